@@ -1,0 +1,6 @@
+"""The mini-batch engine: one place that iterates, weights and checks the data."""
+
+from curvkit._engine.batches import Batch, MiniBatchEngine
+from curvkit._engine.determinism import check_deterministic
+
+__all__ = ["Batch", "MiniBatchEngine", "check_deterministic"]

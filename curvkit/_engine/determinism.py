@@ -1,0 +1,101 @@
+"""Probe that model and data are deterministic, so that a matrix is well defined.
+
+An operator multiplies by iterating the data anew for each product. If the data loader
+shuffles or augments, or the model's forward pass is random (dropout) or depends on the other
+samples of a batch (BatchNorm in train mode), successive products multiply with different
+matrices and every iterative method built on them silently goes wrong. The probe runs two
+passes over the data and two products with the same vector and requires them to agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.dropout import _DropoutNd
+
+from curvkit._engine.batches import Batch, MiniBatchEngine
+
+
+def _random_modules_in_train_mode(model: nn.Module) -> list[str]:
+    """Names of sub-modules whose train-mode forward pass is random or batch-coupled."""
+    offenders = []
+    for name, module in model.named_modules():
+        if not module.training:
+            continue
+        if isinstance(module, _BatchNorm):
+            offenders.append(f"'{name}' ({type(module).__name__}: uses batch statistics in train mode)")
+        elif isinstance(module, _DropoutNd) and module.p > 0:
+            offenders.append(f"'{name}' ({type(module).__name__} with p={module.p} in train mode)")
+        elif isinstance(module, nn.MultiheadAttention) and module.dropout > 0:
+            offenders.append(f"'{name}' (MultiheadAttention with dropout={module.dropout} in train mode)")
+    return offenders
+
+
+def _fingerprint(tensors: list[Tensor]) -> Tensor:
+    """A few float64 statistics per tensor; equal data gives equal fingerprints."""
+    values = []
+    for tensor in tensors:
+        flat = tensor.detach().reshape(-1).to(torch.float64)
+        weights = torch.linspace(1.0, 2.0, flat.numel(), dtype=torch.float64, device=flat.device)
+        values.append(torch.stack([flat.sum(), (weights * flat).sum(), flat.square().sum()]))
+    return torch.cat(values) if values else torch.zeros(0, dtype=torch.float64)
+
+
+def check_deterministic(
+    engine: MiniBatchEngine,
+    model_func: Callable,
+    batch_tensors: Callable[[Batch], list[Tensor]],
+    product: Callable[[Tensor], Tensor],
+    dim: int,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> None:
+    """Raise unless two passes over the data and two products agree.
+
+    Args:
+        engine: The mini-batch engine of the operator.
+        model_func: The model; modules are also scanned for random train-mode layers.
+        batch_tensors: Maps a batch to the tensors that must repeat (inputs, targets, model
+            output, loss).
+        product: Multiplies the operator onto a ``[dim, 1]`` tensor.
+        dim: Input dimension of the operator.
+        dtype: Its dtype.
+        device: Its device.
+
+    Raises:
+        RuntimeError: Naming what is not deterministic and how to fix it.
+    """
+    if isinstance(model_func, nn.Module):
+        offenders = _random_modules_in_train_mode(model_func)
+        if offenders:
+            raise RuntimeError(
+                "check_deterministic: model_func is not deterministic: "
+                + "; ".join(offenders)
+                + ". Call model_func.eval() (or set dropout to 0) before building the operator."
+            )
+    with torch.no_grad():
+        passes = [[_fingerprint(batch_tensors(batch)) for batch in engine.batches()] for _ in range(2)]
+    if len(passes[0]) != len(passes[1]):
+        raise RuntimeError(
+            f"check_deterministic: data yielded {len(passes[0])} and then {len(passes[1])} batches. "
+            "The data must give the same batches in every pass (no drop_last with shuffling)."
+        )
+    for index, (first, second) in enumerate(zip(*passes)):
+        if first.shape != second.shape or not torch.allclose(first, second, rtol=1e-6, atol=1e-8):
+            raise RuntimeError(
+                f"check_deterministic: batch {index} differs between two passes over the data (inputs, "
+                "targets, model output or loss). Use a data loader without shuffling or augmentation "
+                "and a model without randomness, or pass check_deterministic=False if you know better."
+            )
+    generator = torch.Generator(device=device).manual_seed(0)
+    vector = torch.rand(dim, 1, generator=generator, dtype=dtype, device=device)
+    first, second = product(vector), product(vector)
+    tolerance = 1e-5 if dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-10
+    if not torch.allclose(first, second, rtol=tolerance, atol=tolerance * first.abs().max().item()):
+        raise RuntimeError(
+            "check_deterministic: two products with the same vector differ. The model's forward "
+            "pass or the data is random."
+        )

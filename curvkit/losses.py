@@ -1,0 +1,160 @@
+"""What curvkit knows about loss functions: reduction, scale, output-space curvature, sampling.
+
+Notation: a mini-batch loss ``L_b = c_b Σ_n ℓ_n(f_n, y_n)`` where ``ℓ_n`` is the loss of sample
+``n`` *summed* over its terms (output entries for MSE/BCE, sequence positions for cross-entropy)
+and ``c_b`` is ``1`` for ``reduction='sum'`` and ``1 / (number of averaged terms)`` for ``'mean'``.
+All output-space quantities here refer to the batch loss ``L_b`` as the user's ``loss_func``
+computes it, so that every reduction convention is handled by one rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Generator, Tensor
+from torch.func import grad, vjp, vmap
+from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
+
+LossFunction = Callable[[Tensor, Tensor], Tensor]
+
+#: Losses whose predictive distribution curvkit can sample from (MC-Fisher) and whose
+#: output-space Hessian has a closed form.
+SUPPORTED_LOSSES = (MSELoss, CrossEntropyLoss, BCEWithLogitsLoss)
+
+
+def reduction_of(loss_func: LossFunction) -> str:
+    """The reduction (``'mean'`` or ``'sum'``) of ``loss_func``.
+
+    Callables without a ``reduction`` attribute are taken to average over the batch axis.
+
+    Raises:
+        ValueError: If the reduction is neither ``'mean'`` nor ``'sum'``.
+    """
+    reduction = getattr(loss_func, "reduction", "mean")
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"loss_func must reduce with 'mean' or 'sum', got reduction={reduction!r}.")
+    return reduction
+
+
+def _is_class_index_target(loss_func: LossFunction, target: Tensor) -> bool:
+    return isinstance(loss_func, CrossEntropyLoss) and not target.is_floating_point()
+
+
+def num_loss_terms(loss_func: LossFunction, output: Tensor, target: Tensor) -> int:
+    """The number of terms that ``reduction='mean'`` averages over in one batch.
+
+    MSE and BCE average over all output entries; cross-entropy over all (non-ignored)
+    positions, i.e. ``N`` for ``[N, C]`` outputs and ``N·T`` for ``[N, C, T]`` outputs. Any
+    other callable is taken to average over the batch axis only.
+    """
+    if isinstance(loss_func, (MSELoss, BCEWithLogitsLoss)):
+        return output.numel()
+    if isinstance(loss_func, CrossEntropyLoss):
+        if _is_class_index_target(loss_func, target):
+            return int((target != loss_func.ignore_index).sum())
+        return output.numel() // output.shape[1]
+    return output.shape[0]
+
+
+def batch_loss_scale(loss_func: LossFunction, output: Tensor, target: Tensor) -> float:
+    """The factor ``c_b`` in ``L_b = c_b Σ_n ℓ_n``."""
+    if reduction_of(loss_func) == "sum":
+        return 1.0
+    return 1.0 / max(num_loss_terms(loss_func, output, target), 1)
+
+
+def check_supported(loss_func: LossFunction, what: str) -> None:
+    """Raise if ``loss_func`` is not one of :data:`SUPPORTED_LOSSES`.
+
+    Raises:
+        NotImplementedError: Naming ``loss_func`` and the supported losses.
+    """
+    if not isinstance(loss_func, SUPPORTED_LOSSES):
+        names = ", ".join(cls.__name__ for cls in SUPPORTED_LOSSES)
+        raise NotImplementedError(
+            f"loss_func must be one of {names} for {what}, got {type(loss_func).__name__}."
+        )
+
+
+def _has_closed_form(loss_func: LossFunction) -> bool:
+    extra_weights = (
+        getattr(loss_func, "weight", None) is not None or getattr(loss_func, "pos_weight", None) is not None
+    )
+    return isinstance(loss_func, SUPPORTED_LOSSES) and not extra_weights
+
+
+def output_hessian_matmat(
+    loss_func: LossFunction, output: Tensor, target: Tensor, tangents: Tensor
+) -> Tensor:
+    """Multiply ``∇²_f L_b(f, y)`` onto ``k`` output-shaped tangents ``[k, *output.shape]``.
+
+    Closed forms (``p = softmax(f)`` over the class axis, ``σ`` the sigmoid):
+
+    - MSE: ``2 c_b v``;
+    - cross-entropy: ``c_b (p ⊙ v − p (pᵀ v))`` at every (non-ignored) position;
+    - BCE-with-logits: ``c_b σ(f)(1 − σ(f)) ⊙ v``.
+
+    Any other loss (or one with class weights) uses reverse-over-reverse differentiation of
+    ``loss_func`` with respect to its first argument.
+    """
+    output = output.detach()
+    if not _has_closed_form(loss_func):
+        _, hvp = vjp(grad(lambda f: loss_func(f, target)), output)
+        return vmap(lambda tangent: hvp(tangent)[0])(tangents)
+    scale = batch_loss_scale(loss_func, output, target)
+    if isinstance(loss_func, MSELoss):
+        return 2.0 * scale * tangents
+    if isinstance(loss_func, BCEWithLogitsLoss):
+        probability = output.sigmoid()
+        return scale * probability * (1.0 - probability) * tangents
+    probability = output.softmax(dim=1)
+    result = probability * tangents - probability * (probability * tangents).sum(dim=2, keepdim=True)
+    if _is_class_index_target(loss_func, target):
+        kept = (target != loss_func.ignore_index).unsqueeze(1).to(result.dtype)
+        result = result * kept
+    return scale * result
+
+
+def output_gradients(loss_func: LossFunction, output: Tensor, targets: Tensor) -> Tensor:
+    """Gradients ``∇_f L_b(f, ỹ_m)`` for a stack of targets ``[M, *target_shape]``.
+
+    Returns:
+        ``[M, *output.shape]``; row ``n`` of each is ``c_b ∇_{f_n} ℓ_n``.
+    """
+    return vmap(grad(loss_func), in_dims=(None, 0))(output.detach(), targets)
+
+
+def sample_targets(loss_func: LossFunction, output: Tensor, mc_samples: int, generator: Generator) -> Tensor:
+    """Draw ``mc_samples`` targets from the model's predictive distribution ``q(· | f)``.
+
+    The distribution is the one whose negative log-likelihood is ``ℓ`` (up to constants):
+
+    - MSE ``(f − y)²``: ``y ~ N(f, I/2)``, so that ``E[∇ℓ ∇ℓᵀ] = ∇²ℓ = 2 I``;
+    - cross-entropy: class indices ``y ~ Categorical(softmax(f))`` along dim 1, per position;
+    - BCE-with-logits: ``y ~ Bernoulli(σ(f))``.
+
+    Args:
+        loss_func: One of :data:`SUPPORTED_LOSSES`.
+        output: Model output ``f`` (detached internally).
+        mc_samples: ``M``.
+        generator: Source of randomness, consumed sequentially.
+
+    Returns:
+        Targets ``[M, *target_shape]``.
+    """
+    check_supported(loss_func, "sampling targets")
+    output = output.detach()
+    if isinstance(loss_func, MSELoss):
+        noise = torch.randn(
+            (mc_samples, *output.shape), generator=generator, dtype=output.dtype, device=output.device
+        )
+        return output + noise * 0.5**0.5
+    if isinstance(loss_func, BCEWithLogitsLoss):
+        probability = output.sigmoid().expand(mc_samples, *output.shape)
+        return torch.bernoulli(probability, generator=generator)
+    probability = output.softmax(dim=1).movedim(1, -1)  # [N, (T,) C]
+    num_classes = probability.shape[-1]
+    flat_probability = probability.reshape(-1, num_classes)
+    draws = torch.multinomial(flat_probability, mc_samples, replacement=True, generator=generator)
+    return draws.T.reshape(mc_samples, *probability.shape[:-1])

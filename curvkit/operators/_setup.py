@@ -1,0 +1,98 @@
+"""What every model-and-data operator holds: the model function, the loss, the batches.
+
+Operators are composed from a :class:`ModelDataSetup` rather than inheriting its mechanics, so
+the curvature operators (square, symmetric) and the Jacobians (rectangular) share it alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from curvkit._engine import Batch, MiniBatchEngine
+from curvkit._engine import check_deterministic as probe_determinism
+from curvkit.operators._differentiation import Linearization, ModelFunction
+
+
+class ModelDataSetup:
+    """Model function, loss and mini-batch engine of an operator, with an optional per-batch cache.
+
+    Args:
+        model_func: The network (an ``nn.Module``) or a callable ``X ↦ f(X)``.
+        loss_func: The loss ``(prediction, target) ↦ scalar``, or ``None`` (Jacobians).
+        params: The parameters ``θ``: a list of tensors or a dict of named tensors.
+        data: Iterable of ``(X, y)`` mini-batches.
+        progressbar: Show a progress bar per pass over the data.
+        num_data: Number of samples ``N`` (computed with one pass if ``None``).
+        batch_size_fn: Batch size of an ``X`` (required if ``X`` is a dict).
+        cache_batches: Keep each batch's linearization (and output-space factors) in memory
+            after its first use, so later products skip the forward pass. Costs memory of the
+            order of the forward activations (plus their backward graph) of *all* batches.
+
+    Raises:
+        ValueError: If ``loss_func`` is given but not callable.
+    """
+
+    def __init__(
+        self,
+        model_func: Callable,
+        loss_func: Callable | None,
+        params: Sequence[Tensor] | Mapping[str, Tensor],
+        data: Iterable,
+        *,
+        progressbar: bool = False,
+        num_data: int | None = None,
+        batch_size_fn: Callable | None = None,
+        cache_batches: bool = False,
+    ):
+        if loss_func is not None and not callable(loss_func):
+            raise ValueError(f"loss_func must be callable, got {type(loss_func).__name__}.")
+        self.model = ModelFunction(model_func, params)
+        self.loss_func = loss_func
+        self.engine = MiniBatchEngine(
+            data, self.model.device, num_data=num_data, batch_size_fn=batch_size_fn, progressbar=progressbar
+        )
+        self.cache_batches = cache_batches
+        self._cache: dict[tuple[int, Hashable], Any] = {}
+        self.first_output = self._probe_first_batch()
+
+    def _probe_first_batch(self) -> Tensor:
+        """Check the first batch (non-empty data, parameters all used) and return its output."""
+        first = next(iter(self.engine.batches()))
+        self.model.check_all_used(first.X)
+        with torch.no_grad():
+            return self.model(first.X)
+
+    def cached(self, batch: Batch, key: Hashable, compute: Callable[[], Any]) -> Any:
+        """``compute()``, remembered per batch when ``cache_batches`` is on."""
+        if not self.cache_batches:
+            return compute()
+        if (batch.index, key) not in self._cache:
+            self._cache[batch.index, key] = compute()
+        return self._cache[batch.index, key]
+
+    def linearization(self, batch: Batch) -> Linearization:
+        """The batch's output and Jacobian products (cached if requested)."""
+        return self.cached(batch, "linearization", lambda: self.model.linearize(batch.X))
+
+    def batch_tensors(self, batch: Batch) -> list[Tensor]:
+        """Tensors that must repeat across passes for the determinism probe."""
+        X = list(batch.X.values()) if isinstance(batch.X, Mapping) else [batch.X]
+        output = self.model(batch.X)
+        loss = [] if self.loss_func is None else [self.loss_func(output, batch.y)]
+        return [*X, batch.y, output, *loss]
+
+    def check_deterministic(self, product: Callable[[Tensor], Tensor], dim: int) -> None:
+        """Run the determinism probe of the engine (see :mod:`curvkit._engine.determinism`)."""
+        probe_determinism(
+            self.engine,
+            self.model.model_func,
+            self.batch_tensors,
+            product,
+            dim,
+            self.model.dtype,
+            self.model.device,
+        )

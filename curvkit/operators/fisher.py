@@ -1,0 +1,126 @@
+"""The Monte-Carlo Fisher and the empirical Fisher (uncentered gradient covariance)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import torch
+from torch import Generator, Tensor
+
+from curvkit._engine import Batch
+from curvkit.losses import batch_loss_scale, check_supported, output_gradients, sample_targets
+from curvkit.operators._curvature import CurvatureLinearOperator
+from curvkit.operators._jtlj import gradient_outer_product, jtlj_matmat
+
+
+class EFLinearOperator(CurvatureLinearOperator):
+    """Uncentered gradient covariance, often called the empirical Fisher (EF).
+
+    .. math::
+        \\frac{1}{T} \\sum_{n=1}^N \\nabla_\\theta \\ell_n \\, (\\nabla_\\theta \\ell_n)^\\top
+
+    where ``ℓ_n`` is sample ``n``'s loss summed over its terms and ``T`` the total number of
+    terms that ``reduction='mean'`` averages over (``T = 1`` for ``'sum'``): ``N`` for
+    cross-entropy on ``[N, C]``, ``N·T`` for sequence targets, ``N·C`` for MSE/BCE with ``C``
+    outputs. This convention makes the MC-Fisher equal the GGN in expectation for every loss.
+    Callables that are not ``MSELoss``, ``CrossEntropyLoss`` or ``BCEWithLogitsLoss`` are taken
+    to average over the batch axis only.
+
+    Products run as ``Jᵀ Λ J`` with ``Λ`` built from the observed output-space gradients;
+    no per-sample parameter gradients are stored.
+
+    Arguments as for :class:`~curvkit.operators._curvature.CurvatureLinearOperator`.
+    """
+
+    _PSD = True
+
+    def _batch_matmat(self, batch: Batch, tangents: list[Tensor], state: None) -> list[Tensor]:
+        linearization = self._setup.linearization(batch)
+        curvature = self._setup.cached(
+            batch, "ef", lambda: self._observed_curvature(batch, linearization.output)
+        )
+        return jtlj_matmat(linearization, curvature, tangents)
+
+    def _observed_curvature(self, batch: Batch, output: Tensor) -> Callable[[Tensor], Tensor]:
+        loss_func = self._setup.loss_func
+        gradients = output_gradients(loss_func, output, batch.y.unsqueeze(0))
+        return gradient_outer_product(gradients, batch_loss_scale(loss_func, output, batch.y))
+
+
+class FisherMCLinearOperator(CurvatureLinearOperator):
+    """Monte-Carlo approximation of the Fisher information matrix.
+
+    .. math::
+        \\frac{1}{T} \\sum_{n=1}^N J_n^\\top \\Big( \\frac{1}{M} \\sum_{m=1}^M
+        \\nabla_f \\ell(f_n, \\tilde y_{nm}) \\nabla_f \\ell(f_n, \\tilde y_{nm})^\\top \\Big) J_n,
+        \\qquad \\tilde y_{nm} \\sim q(\\cdot \\mid f_n),
+
+    with ``ℓ = -log q`` and the scaling ``T`` of :class:`EFLinearOperator`; in expectation over
+    the samples it equals the GGN. The operator is one deterministic draw: every product
+    re-seeds a generator with ``seed`` and draws the targets batch by batch, so batches must
+    come in the same order each time (no shuffling). Create instances with different seeds
+    for independent draws.
+
+    Args:
+        seed: Seed of the generator that draws the targets. Default: ``2147483647``.
+        mc_samples: Number of samples ``M`` per data point. Default: ``1``.
+        **kwargs: See :class:`~curvkit.operators._curvature.CurvatureLinearOperator`.
+
+    Raises:
+        NotImplementedError: If the loss is not ``MSELoss``, ``CrossEntropyLoss`` or
+            ``BCEWithLogitsLoss``.
+        ValueError: If ``mc_samples`` is not a positive integer or ``seed`` not an integer.
+    """
+
+    _PSD = True
+
+    def __init__(
+        self,
+        model_func: Callable,
+        loss_func: Callable,
+        params: Sequence[Tensor] | Mapping[str, Tensor],
+        data: Iterable,
+        progressbar: bool = False,
+        check_deterministic: bool = True,
+        seed: int = 2147483647,
+        mc_samples: int = 1,
+        *,
+        num_data: int | None = None,
+        batch_size_fn: Callable | None = None,
+        cache_batches: bool = False,
+    ):
+        check_supported(loss_func, "FisherMCLinearOperator")
+        if not isinstance(mc_samples, int) or mc_samples < 1:
+            raise ValueError(f"mc_samples must be a positive integer, got {mc_samples!r}.")
+        if not isinstance(seed, int):
+            raise ValueError(f"seed must be an integer, got {seed!r}.")
+        self._seed, self._mc_samples = seed, mc_samples
+        super().__init__(
+            model_func,
+            loss_func,
+            params,
+            data,
+            progressbar,
+            check_deterministic,
+            num_data=num_data,
+            batch_size_fn=batch_size_fn,
+            cache_batches=cache_batches,
+        )
+
+    def _start_product(self) -> Generator:
+        return torch.Generator(device=self.device).manual_seed(self._seed)
+
+    def _batch_matmat(self, batch: Batch, tangents: list[Tensor], generator: Generator) -> list[Tensor]:
+        linearization = self._setup.linearization(batch)
+        output = linearization.output
+        # with caching, the first product's draw is kept: the same one a re-seeded generator gives
+        curvature = self._setup.cached(batch, "mc", lambda: self._sampled_curvature(batch, output, generator))
+        return jtlj_matmat(linearization, curvature, tangents)
+
+    def _sampled_curvature(
+        self, batch: Batch, output: Tensor, generator: Generator
+    ) -> Callable[[Tensor], Tensor]:
+        loss_func = self._setup.loss_func
+        targets = sample_targets(loss_func, output, self._mc_samples, generator)
+        gradients = output_gradients(loss_func, output, targets)
+        return gradient_outer_product(gradients, batch_loss_scale(loss_func, output, batch.y))

@@ -1,0 +1,35 @@
+"""The generalized Gauss-Newton matrix."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from torch import Tensor
+
+from curvkit._engine import Batch
+from curvkit.losses import output_hessian_matmat
+from curvkit.operators._curvature import CurvatureLinearOperator
+from curvkit.operators._jtlj import jtlj_matmat
+
+
+class GGNLinearOperator(CurvatureLinearOperator):
+    """Generalized Gauss-Newton (GGN) matrix as a linear operator.
+
+    .. math::
+        c \\sum_{n=1}^N (J_\\theta f_\\theta(x_n))^\\top \\nabla^2_{f} \\ell(f_\\theta(x_n), y_n)
+        (J_\\theta f_\\theta(x_n))
+
+    The output-space Hessian has closed forms for ``MSELoss``, ``CrossEntropyLoss`` and
+    ``BCEWithLogitsLoss`` and is differentiated (reverse over reverse) for any other loss.
+    The matrix is positive semi-definite for convex losses.
+
+    Arguments as for :class:`~curvkit.operators._curvature.CurvatureLinearOperator`.
+    """
+
+    _PSD = True
+
+    def _batch_matmat(self, batch: Batch, tangents: list[Tensor], state: Any) -> list[Tensor]:
+        linearization = self._setup.linearization(batch)
+        curvature = partial(output_hessian_matmat, self._setup.loss_func, linearization.output, batch.y)
+        return jtlj_matmat(linearization, curvature, tangents)

@@ -1,0 +1,95 @@
+"""The Hessian of the empirical risk."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from itertools import accumulate
+from typing import Any
+
+from torch import Tensor
+
+from curvkit._engine import Batch
+from curvkit.operators._curvature import CurvatureLinearOperator
+
+
+class HessianLinearOperator(CurvatureLinearOperator):
+    """Hessian of the empirical risk as a linear operator.
+
+    .. math::
+        \\nabla^2_\\theta \\mathcal{L} = c \\sum_{n=1}^N \\nabla^2_\\theta \\ell(f_\\theta(x_n), y_n)
+
+    Products are reverse-over-reverse (a vector-Jacobian product of the gradient), ``vmap``-ed
+    over the columns of a matrix. With ``block_sizes`` the operator is the block-diagonal
+    part of the Hessian over consecutive groups of parameters.
+
+    Args:
+        block_sizes: Numbers of consecutive parameter tensors that form one diagonal block,
+            summing to the number of parameter tensors; ``None`` (default) for the full Hessian.
+        **kwargs: See :class:`~curvkit.operators._curvature.CurvatureLinearOperator` for
+            ``model_func, loss_func, params, data, progressbar, check_deterministic, shape,
+            num_data, batch_size_fn, cache_batches``.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> model, loss_func = nn.Linear(3, 2), nn.MSELoss()
+        >>> data = [(torch.rand(5, 3), torch.rand(5, 2))]
+        >>> H = HessianLinearOperator(model, loss_func, list(model.parameters()), data)
+        >>> H.shape
+        (8, 8)
+        >>> bool((H @ torch.eye(8) - H.to_dense()).abs().max() < 1e-6)
+        True
+    """
+
+    def __init__(
+        self,
+        model_func: Callable,
+        loss_func: Callable,
+        params: Sequence[Tensor] | Mapping[str, Tensor],
+        data: Iterable,
+        progressbar: bool = False,
+        check_deterministic: bool = True,
+        shape: tuple[int, int] | None = None,
+        *,
+        num_data: int | None = None,
+        batch_size_fn: Callable | None = None,
+        block_sizes: Sequence[int] | None = None,
+        cache_batches: bool = False,
+    ):
+        num_tensors = len(params)
+        if block_sizes is None:
+            block_sizes = [num_tensors]
+        if (
+            any(not isinstance(size, int) or size < 1 for size in block_sizes)
+            or sum(block_sizes) != num_tensors
+        ):
+            raise ValueError(
+                f"block_sizes must be positive integers summing to the number of parameter tensors "
+                f"({num_tensors}), got {list(block_sizes)}."
+            )
+        bounds = [0, *accumulate(block_sizes)]
+        self._blocks = [list(range(start, stop)) for start, stop in zip(bounds[:-1], bounds[1:])]
+        super().__init__(
+            model_func,
+            loss_func,
+            params,
+            data,
+            progressbar,
+            check_deterministic,
+            shape,
+            num_data=num_data,
+            batch_size_fn=batch_size_fn,
+            cache_batches=cache_batches,
+        )
+
+    def _batch_matmat(self, batch: Batch, tangents: list[Tensor], state: Any) -> list[Tensor]:
+        setup = self._setup
+        result = []
+        for block_index, block in enumerate(self._blocks):
+            hvp = setup.cached(
+                batch,
+                ("hessian", block_index),
+                lambda block=block: setup.model.hessian_product(batch.X, batch.y, setup.loss_func, block),
+            )
+            result.extend(hvp([tangents[i] for i in block]))
+        return result

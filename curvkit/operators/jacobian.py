@@ -1,0 +1,129 @@
+"""The Jacobian of the model output with respect to the parameters, and its transpose."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+from torch import Tensor
+
+from curvkit.linear_operator import LinearOperator, TransposedLinearOperator
+from curvkit.operators._setup import ModelDataSetup
+
+
+class JacobianLinearOperator(LinearOperator):
+    """The model's Jacobian ``J_θ f`` on a data set, an ``NC × D`` matrix.
+
+    For a model ``f(x, θ): ℝᴹ × ℝᴰ → ℝᶜ`` and data ``{(x_n, y_n)}``,
+
+    .. math::
+        [J_\\theta f]_{(n, c), d} = \\frac{\\partial [f(x_n, \\theta)]_c}{\\partial \\theta_d},
+
+    with rows ordered batch by batch and, within a batch, by the flattened output (sample
+    major). ``J V`` is the transpose of a vector-Jacobian product (reverse mode only), and
+    ``Jᵀ W`` a vector-Jacobian product, both ``vmap``-ed over columns. The data must come in
+    a deterministic order.
+
+    Args:
+        model_func: The network (``nn.Module``) or a callable ``X ↦ f(X)``.
+        params: Parameters ``θ`` (list of tensors or dict of named tensors).
+        data: Iterable of ``(X, y)`` mini-batches (``y`` is not used).
+        progressbar: Show a progress bar during products. Default: ``False``.
+        check_deterministic: Probe that model and data are deterministic. Default: ``True``.
+        num_data: Number of samples ``N`` (computed with one pass if ``None``).
+        batch_size_fn: Maps ``X`` to its batch size; required if ``X`` is a dict.
+        cache_batches: Keep each batch's linearization after the first product.
+
+    Raises:
+        ValueError: For invalid arguments, naming the argument.
+        RuntimeError: If the determinism probe fails.
+    """
+
+    def __init__(
+        self,
+        model_func: Callable,
+        params: Sequence[Tensor] | Mapping[str, Tensor],
+        data: Iterable,
+        progressbar: bool = False,
+        check_deterministic: bool = True,
+        *,
+        num_data: int | None = None,
+        batch_size_fn: Callable | None = None,
+        cache_batches: bool = False,
+    ):
+        self._setup = ModelDataSetup(
+            model_func,
+            None,
+            params,
+            data,
+            progressbar=progressbar,
+            num_data=num_data,
+            batch_size_fn=batch_size_fn,
+            cache_batches=cache_batches,
+        )
+        model, engine = self._setup.model, self._setup.engine
+        first_output = self._setup.first_output
+        self._outputs_per_sample = first_output[0].numel() if first_output.ndim > 0 else 1
+        super().__init__(
+            (engine.num_data * self._outputs_per_sample, model.layout.dim),
+            dtype=model.dtype,
+            device=model.device,
+            in_layout=model.layout,
+        )
+        if check_deterministic:
+            self._setup.check_deterministic(self._matmat, model.layout.dim)
+
+    def _matmat(self, X: Tensor) -> Tensor:
+        tangents = self._setup.model.layout.columns_to_list(X)
+
+        def batch_rows(batch):
+            jvp = self._setup.linearization(batch).jvp(tangents)  # [k, *output.shape]
+            return jvp.reshape(jvp.shape[0], -1).T
+
+        return self._setup.engine.concatenate_over_batches(batch_rows, desc=type(self).__name__)
+
+    def _rmatmat(self, X: Tensor) -> Tensor:
+        layout, engine = self._setup.model.layout, self._setup.engine
+        total, offset = None, 0
+        for batch in engine.batches(desc=f"{type(self).__name__}ᵀ"):
+            linearization = self._setup.linearization(batch)
+            rows = batch.size * self._outputs_per_sample
+            cotangents = X[offset : offset + rows].T.reshape(X.shape[1], *linearization.output.shape)
+            contribution = layout.list_to_columns(linearization.vjp(cotangents))
+            total = contribution if total is None else total + contribution
+            offset += rows
+        return total
+
+
+class TransposedJacobianLinearOperator(TransposedLinearOperator):
+    """The transposed Jacobian ``(J_θ f)ᵀ``, a ``D × NC`` matrix (see :class:`JacobianLinearOperator`).
+
+    .. math::
+        [(J_\\theta f)^\\top]_{d, (n, c)} = \\frac{\\partial [f(x_n, \\theta)]_c}{\\partial \\theta_d}
+
+    Arguments as for :class:`JacobianLinearOperator`.
+    """
+
+    def __init__(
+        self,
+        model_func: Callable,
+        params: Sequence[Tensor] | Mapping[str, Tensor],
+        data: Iterable,
+        progressbar: bool = False,
+        check_deterministic: bool = True,
+        *,
+        num_data: int | None = None,
+        batch_size_fn: Callable | None = None,
+        cache_batches: bool = False,
+    ):
+        super().__init__(
+            JacobianLinearOperator(
+                model_func,
+                params,
+                data,
+                progressbar,
+                check_deterministic,
+                num_data=num_data,
+                batch_size_fn=batch_size_fn,
+                cache_batches=cache_batches,
+            )
+        )
