@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, hessian, jacrev, vmap
+from torch.func import functional_call, grad, jacfwd, jacrev, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from curvkit.losses import sample_targets
@@ -49,6 +49,16 @@ def _math_attention() -> contextlib.AbstractContextManager:
     derivative; the math kernel computes the same function from differentiable primitives.
     """
     return sdpa_kernel(SDPBackend.MATH)
+
+
+def _dense_hessian(func: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """Hessian ``[*x.shape, *x.shape]`` of a scalar function, forward-over-reverse (``jacfwd(grad)``).
+
+    Not ``torch.func.hessian`` (= ``jacfwd(jacrev)``): in torch 2.13, differentiating through
+    ``jacrev`` of ``layer_norm`` gives wrong mixed second derivatives (weight × input), whereas
+    ``jacfwd(grad)`` agrees with finite differences and ``torch.autograd.functional.hessian``.
+    """
+    return jacfwd(grad(func))(x)
 
 
 def _param_names(model_func: nn.Module, params: Params) -> tuple[list[str], list[Tensor]]:
@@ -224,7 +234,7 @@ def hessian_matrix(
     X, y = _concatenated(_load(data, batch_size_fn))
     output = _flat_model(model_func, names, tensors)
     with _math_attention():
-        return hessian(lambda theta: loss_func(output(theta, X), y))(_flatten(tensors)).detach()
+        return _dense_hessian(lambda theta: loss_func(output(theta, X), y), _flatten(tensors)).detach()
 
 
 def ggn_matrix(
@@ -258,7 +268,7 @@ def ggn_matrix(
     with _math_attention():
         f = output(theta, X).detach()
         jac = jacrev(output)(theta, X).reshape(f.numel(), theta.numel())
-        loss_hessian = hessian(lambda out: loss_func(out, y))(f).reshape(f.numel(), f.numel())
+        loss_hessian = _dense_hessian(lambda out: loss_func(out, y), f).reshape(f.numel(), f.numel())
     return (jac.T @ loss_hessian @ jac).detach()
 
 

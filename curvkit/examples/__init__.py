@@ -1,0 +1,1 @@
+"""Helpers for the tutorials: dense ``torch.func`` references and array comparison."""

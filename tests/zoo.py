@@ -1,0 +1,284 @@
+"""A zoo of small, deterministic problems on which every curvature operator is tested.
+
+A problem is a model, a loss, the parameters to differentiate by and the mini-batches. Every
+model is small enough for dense ``[D, D]`` references (``D`` ≲ 300 except the transformer block,
+``D`` = 627), in ``eval`` mode, and free of randomness (dropout 0, no BatchNorm).
+
+Problem ids read ``model-loss-reduction-layout-params[-f32]``, e.g. ``mlp-ce-mean-three-list``:
+
+- models: ``mlp`` (ReLU, Sigmoid, Tanh), ``cnn`` (Conv2d with stride and padding, Flatten, Linear),
+  ``shared`` (one Linear applied twice), ``transformer`` (default ``nn.TransformerEncoderLayer``,
+  fused attention kernels and all) and ``dict_input`` (forward takes ``{"x": ..., "z": ...}``);
+- losses: ``mse``, ``ce`` (targets ``[N]``), ``ceseq`` (output ``[N, C, T]``, targets ``[N, T]``;
+  transformer only), ``bce`` (soft targets in ``[0, 1]``, several outputs);
+- layouts: ``one`` batch of 10 samples or ``three`` batches of 3, 5 and 2 samples;
+- params: ``list``, ``dict`` (named) or ``subset`` (a list of every other parameter tensor).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+NUM_CLASSES = 3
+SEQ_LEN = 4
+D_MODEL = 8
+LAYOUTS = {"one": (10,), "three": (3, 5, 2)}
+LOSSES = {"mse": nn.MSELoss, "ce": nn.CrossEntropyLoss, "ceseq": nn.CrossEntropyLoss, "bce": nn.BCEWithLogitsLoss}
+MODELS = ("mlp", "cnn", "shared", "transformer", "dict_input")
+PARAMS_KINDS = ("list", "dict", "subset")
+_DTYPES = {"f32": torch.float32, "f64": torch.float64}
+_DTYPE_NAMES = {dtype: name for name, dtype in _DTYPES.items()}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Everything a curvature operator is built from.
+
+    Attributes:
+        name: The problem id.
+        model: The network, in ``eval`` mode.
+        loss_func: The loss.
+        params: The parameters to differentiate by (list or dict of named tensors).
+        data: Mini-batches ``(X, y)``.
+        batch_size_fn: Batch size of an input; set for dict inputs.
+    """
+
+    name: str
+    model: nn.Module
+    loss_func: nn.Module
+    params: Sequence[Tensor] | Mapping[str, Tensor]
+    data: list[tuple[Any, Tensor]]
+    batch_size_fn: Callable[[Any], int] | None = None
+
+    @property
+    def param_list(self) -> list[Tensor]:
+        """The parameters as a list, in order."""
+        return list(self.params.values()) if isinstance(self.params, Mapping) else list(self.params)
+
+    @property
+    def dim(self) -> int:
+        """Total number ``D`` of parameter entries."""
+        return sum(p.numel() for p in self.param_list)
+
+    @property
+    def num_data(self) -> int:
+        """Total number ``N`` of samples."""
+        return sum(y.shape[0] for _, y in self.data)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.param_list[0].dtype
+
+
+class SharedLinear(nn.Module):
+    """The same ``Linear`` applied twice (weight sharing), then a head."""
+
+    def __init__(self, width: int = 4, out: int = NUM_CLASSES):
+        super().__init__()
+        self.shared = nn.Linear(width, width)
+        self.head = nn.Linear(width, out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.shared(torch.tanh(self.shared(x))))
+
+
+class TinyTransformer(nn.Module):
+    """A default ``nn.TransformerEncoderLayer`` on ``[N, T, 8]`` inputs plus a linear head.
+
+    ``output`` selects the head: ``"tokens"`` gives ``[N, T, C]``, ``"pool"`` averages over the
+    sequence (``[N, C]``), ``"seq"`` gives the ``[N, C, T]`` layout of sequence cross-entropy.
+    """
+
+    def __init__(self, output: str):
+        super().__init__()
+        self.output = output
+        self.encoder = nn.TransformerEncoderLayer(
+            d_model=D_MODEL, nhead=2, dim_feedforward=16, dropout=0.0, batch_first=True
+        )
+        self.head = nn.Linear(D_MODEL, NUM_CLASSES)
+
+    def forward(self, x: Tensor) -> Tensor:
+        hidden = self.encoder(x)
+        if self.output == "pool":
+            hidden = hidden.mean(dim=1)
+        logits = self.head(hidden)
+        return logits.permute(0, 2, 1) if self.output == "seq" else logits
+
+
+class DictInput(nn.Module):
+    """An MLP whose input is a dict ``{"x": [N, 3], "z": [N, 2]}``."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, NUM_CLASSES))
+
+    def forward(self, X: Mapping[str, Tensor]) -> Tensor:
+        return self.net(torch.cat([X["x"], X["z"]], dim=1))
+
+
+def dict_batch_size(X: Mapping[str, Tensor]) -> int:
+    """Batch size of a ``DictInput`` input."""
+    return X["x"].shape[0]
+
+
+def _build_model(model: str, loss: str) -> nn.Module:
+    """Build (with the current RNG state) the network for a model name."""
+    if model == "mlp":
+        return nn.Sequential(
+            nn.Linear(4, 6),
+            nn.ReLU(),
+            nn.Linear(6, 5),
+            nn.Sigmoid(),
+            nn.Linear(5, 5),
+            nn.Tanh(),
+            nn.Linear(5, NUM_CLASSES),
+        )
+    if model == "cnn":
+        return nn.Sequential(
+            nn.Conv2d(2, 3, kernel_size=3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(3 * 3 * 3, NUM_CLASSES),
+        )
+    if model == "shared":
+        return SharedLinear()
+    if model == "transformer":
+        return TinyTransformer({"ce": "pool", "ceseq": "seq"}.get(loss, "tokens"))
+    if model == "dict_input":
+        return DictInput()
+    raise ValueError(f"Unknown model {model!r}; choose from {MODELS}.")
+
+
+def _sample_input(model: str, n: int, dtype: torch.dtype) -> Any:
+    if model == "mlp":
+        return torch.randn(n, 4, dtype=dtype)
+    if model == "cnn":
+        return torch.randn(n, 2, 6, 6, dtype=dtype)
+    if model == "shared":
+        return torch.randn(n, 4, dtype=dtype)
+    if model == "transformer":
+        return torch.randn(n, SEQ_LEN, D_MODEL, dtype=dtype)
+    return {"x": torch.randn(n, 3, dtype=dtype), "z": torch.randn(n, 2, dtype=dtype)}
+
+
+def _sample_target(loss: str, output: Tensor) -> Tensor:
+    """Targets of the right kind for ``loss`` (drawn with the current RNG state)."""
+    if loss == "mse":
+        return torch.randn_like(output)
+    if loss == "bce":
+        return torch.rand_like(output)
+    # class indices: [N] for "ce", [N, T] for "ceseq" (class axis 1 removed)
+    return torch.randint(0, NUM_CLASSES, (output.shape[0], *output.shape[2:]))
+
+
+def _select_params(model: nn.Module, params_kind: str) -> Sequence[Tensor] | Mapping[str, Tensor]:
+    if params_kind == "list":
+        return [p for p in model.parameters() if p.requires_grad]
+    if params_kind == "dict":
+        return {name: p for name, p in model.named_parameters() if p.requires_grad}
+    if params_kind == "subset":
+        return [p for i, p in enumerate(model.parameters()) if i % 2 == 0]
+    raise ValueError(f"Unknown params_kind {params_kind!r}; choose from {PARAMS_KINDS}.")
+
+
+def make_problem(
+    model: str,
+    loss: str,
+    reduction: str,
+    layout: str = "three",
+    dtype: torch.dtype = torch.float64,
+    params_kind: str = "list",
+    seed: int = 0,
+) -> Problem:
+    """Build a reproducible problem (``torch.manual_seed(seed)`` first).
+
+    Args:
+        model: One of :data:`MODELS`.
+        loss: ``"mse"``, ``"ce"``, ``"ceseq"`` (transformer only) or ``"bce"``.
+        reduction: ``"mean"`` or ``"sum"``.
+        layout: ``"one"`` or ``"three"`` (batches of 3, 5, 2 samples).
+        dtype: Floating-point type of the model and the data.
+        params_kind: ``"list"``, ``"dict"`` or ``"subset"``.
+        seed: Seed of the global RNG used to build model and data.
+
+    Returns:
+        The problem.
+
+    Raises:
+        ValueError: For unknown or incompatible choices.
+    """
+    if loss not in LOSSES:
+        raise ValueError(f"Unknown loss {loss!r}; choose from {tuple(LOSSES)}.")
+    if loss == "ceseq" and model != "transformer":
+        raise ValueError("loss 'ceseq' needs a sequence model; only 'transformer' has one.")
+    if layout not in LAYOUTS:
+        raise ValueError(f"Unknown layout {layout!r}; choose from {tuple(LAYOUTS)}.")
+    torch.manual_seed(seed)
+    net = _build_model(model, loss).to(dtype).eval()
+    data = []
+    for size in LAYOUTS[layout]:
+        X = _sample_input(model, size, dtype)
+        with torch.no_grad():
+            output = net(X)
+        data.append((X, _sample_target(loss, output)))
+    suffix = "" if dtype == torch.float64 else f"-{_DTYPE_NAMES[dtype]}"
+    return Problem(
+        name=f"{model}-{loss}-{reduction}-{layout}-{params_kind}{suffix}",
+        model=net,
+        loss_func=LOSSES[loss](reduction=reduction),
+        params=_select_params(net, params_kind),
+        data=data,
+        batch_size_fn=dict_batch_size if model == "dict_input" else None,
+    )
+
+
+def make_problem_from_id(problem_id: str) -> Problem:
+    """Build the problem named ``model-loss-reduction-layout-params[-f32]``."""
+    parts = problem_id.split("-")
+    dtype = _DTYPES[parts.pop()] if parts[-1] in _DTYPES else torch.float64
+    model, loss, reduction, layout, params_kind = parts
+    return make_problem(model, loss, reduction, layout, dtype, params_kind)
+
+
+PROBLEM_IDS = [
+    "mlp-mse-mean-three-list",
+    "mlp-mse-sum-one-dict",
+    "mlp-ce-mean-three-list",
+    "mlp-ce-sum-three-subset",
+    "mlp-bce-mean-one-list",
+    "mlp-bce-sum-three-dict",
+    "cnn-mse-sum-three-list",
+    "cnn-ce-mean-one-dict",
+    "cnn-ce-sum-three-list",
+    "cnn-bce-mean-three-subset",
+    "shared-mse-mean-three-dict",
+    "shared-ce-mean-one-list",
+    "shared-bce-sum-three-list",
+    "transformer-ceseq-mean-three-list",
+    "transformer-ceseq-sum-one-dict",
+    "transformer-ce-mean-three-subset",
+    "transformer-mse-mean-one-list",
+    "transformer-bce-sum-three-dict",
+    "dict_input-mse-mean-three-list",
+    "dict_input-ce-sum-one-dict",
+    "dict_input-bce-mean-three-subset",
+    "mlp-ce-mean-three-list-f32",
+    "cnn-mse-mean-three-dict-f32",
+    "transformer-ceseq-mean-three-list-f32",
+]
+"""Curated problems: every compatible model × loss, both reductions, layouts and three params kinds."""
+
+SMALL_PROBLEM_IDS = [
+    "mlp-ce-mean-three-list",
+    "mlp-bce-sum-one-dict",
+    "cnn-mse-sum-three-list",
+    "shared-bce-mean-three-list",
+    "transformer-ceseq-mean-three-list",
+    "dict_input-mse-mean-three-subset",
+]
+"""A few cheap problems for expensive checks (every model, every loss, both reductions)."""
