@@ -9,6 +9,7 @@ A :class:`LinearOperator` represents a matrix ``A ∈ ℝᵐˣⁿ`` by its actio
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 from numbers import Number
 from typing import Any
 
@@ -403,7 +404,7 @@ class ProductLinearOperator(LinearOperator):
     """``A_1 A_2 ... A_p`` (lazy), applied right to left."""
 
     def __init__(self, operators: Sequence[LinearOperator]):
-        for left, right in zip(operators[:-1], operators[1:]):
+        for left, right in pairwise(operators):
             if left.shape[1] != right.shape[0]:
                 raise ValueError(f"Cannot multiply operators of shapes {left.shape} and {right.shape}.")
         super().__init__(

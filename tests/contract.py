@@ -57,7 +57,10 @@ class LinearOperatorContract:
         assert_close(operator @ matrix, dense @ matrix.to(dense), operator)
 
     def test_linearity(self, operator, dense):
-        x, y = random_input(operator, operator.shape[1], seed=2), random_input(operator, operator.shape[1], seed=3)
+        x, y = (
+            random_input(operator, operator.shape[1], seed=2),
+            random_input(operator, operator.shape[1], seed=3),
+        )
         assert_close(operator @ (2.0 * x - 3.0 * y), 2.0 * (operator @ x) - 3.0 * (operator @ y), operator)
 
     def test_numpy_in_numpy_out(self, operator, dense):

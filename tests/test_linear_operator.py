@@ -3,13 +3,13 @@
 import numpy
 import pytest
 import torch
+from contract import LinearOperatorContract
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.sparse.linalg import aslinearoperator, cg, eigsh, lsmr
 
 from curvkit import DiagonalLinearOperator, IdentityLinearOperator, LinearOperator, as_linear_operator
 from curvkit.linear_operator import DenseLinearOperator
-from tests.contract import LinearOperatorContract
 
 
 def _matrix(rows, columns, seed=0, dtype=torch.float64):
@@ -37,7 +37,10 @@ class _Square(LinearOperator):
 
 CASES = {
     "dense-rectangular": lambda: (DenseLinearOperator(_matrix(5, 3)), _matrix(5, 3)),
-    "dense-float32": lambda: (DenseLinearOperator(_matrix(4, 4, dtype=torch.float32)), _matrix(4, 4, dtype=torch.float32)),
+    "dense-float32": lambda: (
+        DenseLinearOperator(_matrix(4, 4, dtype=torch.float32)),
+        _matrix(4, 4, dtype=torch.float32),
+    ),
     "subclass": lambda: (_Square(_matrix(4, 4, 1)), _matrix(4, 4, 1)),
     "numpy": lambda: (as_linear_operator(_matrix(3, 6, 2).numpy()), _matrix(3, 6, 2)),
     "scipy": lambda: (as_linear_operator(aslinearoperator(_matrix(4, 2, 3).numpy())), _matrix(4, 2, 3)),
@@ -98,10 +101,20 @@ def test_identity_adapts_to_partner_dtype_and_device():
 @pytest.mark.parametrize(
     "build, error, match",
     [
-        (lambda: DenseLinearOperator(_matrix(3, 3)) + DenseLinearOperator(_matrix(3, 4)), ValueError, "different shapes"),
-        (lambda: DenseLinearOperator(_matrix(3, 3)) @ DenseLinearOperator(_matrix(4, 4)), ValueError, "Cannot multiply"),
         (
-            lambda: DenseLinearOperator(_matrix(2, 2)) + DenseLinearOperator(_matrix(2, 2, dtype=torch.float32)),
+            lambda: DenseLinearOperator(_matrix(3, 3)) + DenseLinearOperator(_matrix(3, 4)),
+            ValueError,
+            "different shapes",
+        ),
+        (
+            lambda: DenseLinearOperator(_matrix(3, 3)) @ DenseLinearOperator(_matrix(4, 4)),
+            ValueError,
+            "Cannot multiply",
+        ),
+        (
+            lambda: (
+                DenseLinearOperator(_matrix(2, 2)) + DenseLinearOperator(_matrix(2, 2, dtype=torch.float32))
+            ),
             ValueError,
             "different dtypes",
         ),
@@ -125,11 +138,15 @@ def test_scipy_solvers_work_on_the_export():
     matrix = _symmetric(8)
     operator = DenseLinearOperator(matrix, symmetric=True).to_scipy()
     eigenvalues = eigsh(operator, k=3, which="LA", return_eigenvectors=False)
-    numpy.testing.assert_allclose(numpy.sort(eigenvalues), torch.linalg.eigvalsh(matrix)[-3:].numpy(), rtol=1e-8)
+    numpy.testing.assert_allclose(
+        numpy.sort(eigenvalues), torch.linalg.eigvalsh(matrix)[-3:].numpy(), rtol=1e-8
+    )
     rhs = numpy.ones(8)
     solution, info = cg(operator, rhs, rtol=1e-12)
     assert info == 0
-    numpy.testing.assert_allclose(solution, torch.linalg.solve(matrix, torch.ones(8, dtype=torch.float64)), rtol=1e-6)
+    numpy.testing.assert_allclose(
+        solution, torch.linalg.solve(matrix, torch.ones(8, dtype=torch.float64)), rtol=1e-6
+    )
     rectangular = DenseLinearOperator(_matrix(6, 4)).to_scipy()
     least_squares = lsmr(rectangular, numpy.ones(6), atol=1e-12, btol=1e-12)[0]
     expected = torch.linalg.lstsq(_matrix(6, 4), torch.ones(6, 1, dtype=torch.float64)).solution.squeeze(1)

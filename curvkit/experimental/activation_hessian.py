@@ -17,14 +17,14 @@ _DIRECTIONS = ("input", "output")
 
 
 class ActivationHessianLinearOperator(LinearOperator):
-    """Hessian of the loss w.r.t. hidden features in a neural network.
+    r"""Hessian of the loss w.r.t. hidden features in a neural network.
 
     For one mini-batch ``X = {x_1, ..., x_N}``, ``y = {y_1, ..., y_N}`` with loss
     ``L(θ) = ℓ(f_θ(X), y)`` and an intermediate feature ``Z = {z_1, ..., z_N}`` of the forward
     pass, the operator represents
 
     .. math::
-        \\nabla^2_{\\mathbf{Z}} \\ell(f_\\theta(\\mathbf{X}), \\mathbf{y})
+        \nabla^2_{\mathbf{Z}} \ell(f_\theta(\mathbf{X}), \mathbf{y})
 
     of dimension ``N dim(z)``. The feature is replaced by a free variable through a forward
     hook (``"output"``) or pre-hook (``"input"``), and products are reverse over reverse.

@@ -1,4 +1,4 @@
-"""The model as a differentiable function of its parameters, and its derivatives per batch.
+r"""The model as a differentiable function of its parameters, and its derivatives per batch.
 
 Everything is reverse mode. On the MLP benchmark (2 CPU cores), reverse-over-reverse took
 2.7 gradients per Hessian product against 3.9 for forward-over-reverse, and a GGN product
@@ -10,7 +10,7 @@ in eval mode).
 Fused scaled-dot-product attention kernels have no second derivative either, so all products
 run with the math attention kernel selected (:func:`differentiable_attention`).
 
-``nn.Module``\\ s are differentiated with ``torch.func`` through ``functional_call``; any other
+``nn.Module``\ s are differentiated with ``torch.func`` through ``functional_call``; any other
 callable ``X ↦ f(X)`` that closes over its parameters falls back to ``torch.autograd``.
 """
 

@@ -14,10 +14,10 @@ from curvkit.operators._jtlj import gradient_outer_product, jtlj_matmat
 
 
 class EFLinearOperator(CurvatureLinearOperator):
-    """Uncentered gradient covariance, often called the empirical Fisher (EF).
+    r"""Uncentered gradient covariance, often called the empirical Fisher (EF).
 
     .. math::
-        \\frac{1}{T} \\sum_{n=1}^N \\nabla_\\theta \\ell_n \\, (\\nabla_\\theta \\ell_n)^\\top
+        \frac{1}{T} \sum_{n=1}^N \nabla_\theta \ell_n \, (\nabla_\theta \ell_n)^\top
 
     where ``ℓ_n`` is sample ``n``'s loss summed over its terms and ``T`` the total number of
     terms that ``reduction='mean'`` averages over (``T = 1`` for ``'sum'``): ``N`` for
@@ -48,12 +48,12 @@ class EFLinearOperator(CurvatureLinearOperator):
 
 
 class FisherMCLinearOperator(CurvatureLinearOperator):
-    """Monte-Carlo approximation of the Fisher information matrix.
+    r"""Monte-Carlo approximation of the Fisher information matrix.
 
     .. math::
-        \\frac{1}{T} \\sum_{n=1}^N J_n^\\top \\Big( \\frac{1}{M} \\sum_{m=1}^M
-        \\nabla_f \\ell(f_n, \\tilde y_{nm}) \\nabla_f \\ell(f_n, \\tilde y_{nm})^\\top \\Big) J_n,
-        \\qquad \\tilde y_{nm} \\sim q(\\cdot \\mid f_n),
+        \frac{1}{T} \sum_{n=1}^N J_n^\top \Big( \frac{1}{M} \sum_{m=1}^M
+        \nabla_f \ell(f_n, \tilde y_{nm}) \nabla_f \ell(f_n, \tilde y_{nm})^\top \Big) J_n,
+        \qquad \tilde y_{nm} \sim q(\cdot \mid f_n),
 
     with ``ℓ = -log q`` and the scaling ``T`` of :class:`EFLinearOperator`; in expectation over
     the samples it equals the GGN. The operator is one deterministic draw: every product

@@ -14,11 +14,11 @@ from curvkit.operators._jtlj import jtlj_matmat
 
 
 class GGNLinearOperator(CurvatureLinearOperator):
-    """Generalized Gauss-Newton (GGN) matrix as a linear operator.
+    r"""Generalized Gauss-Newton (GGN) matrix as a linear operator.
 
     .. math::
-        c \\sum_{n=1}^N (J_\\theta f_\\theta(x_n))^\\top \\nabla^2_{f} \\ell(f_\\theta(x_n), y_n)
-        (J_\\theta f_\\theta(x_n))
+        c \sum_{n=1}^N (J_\theta f_\theta(x_n))^\top \nabla^2_{f} \ell(f_\theta(x_n), y_n)
+        (J_\theta f_\theta(x_n))
 
     The output-space Hessian has closed forms for ``MSELoss``, ``CrossEntropyLoss`` and
     ``BCEWithLogitsLoss`` and is differentiated (reverse over reverse) for any other loss.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from itertools import accumulate
+from itertools import accumulate, pairwise
 from typing import Any
 
 from torch import Tensor
@@ -13,10 +13,10 @@ from curvkit.operators._curvature import CurvatureLinearOperator
 
 
 class HessianLinearOperator(CurvatureLinearOperator):
-    """Hessian of the empirical risk as a linear operator.
+    r"""Hessian of the empirical risk as a linear operator.
 
     .. math::
-        \\nabla^2_\\theta \\mathcal{L} = c \\sum_{n=1}^N \\nabla^2_\\theta \\ell(f_\\theta(x_n), y_n)
+        \nabla^2_\theta \mathcal{L} = c \sum_{n=1}^N \nabla^2_\theta \ell(f_\theta(x_n), y_n)
 
     Products are reverse-over-reverse (a vector-Jacobian product of the gradient), ``vmap``-ed
     over the columns of a matrix. With ``block_sizes`` the operator is the block-diagonal
@@ -56,19 +56,7 @@ class HessianLinearOperator(CurvatureLinearOperator):
         block_sizes: Sequence[int] | None = None,
         cache_batches: bool = False,
     ):
-        num_tensors = len(params)
-        if block_sizes is None:
-            block_sizes = [num_tensors]
-        if (
-            any(not isinstance(size, int) or size < 1 for size in block_sizes)
-            or sum(block_sizes) != num_tensors
-        ):
-            raise ValueError(
-                f"block_sizes must be positive integers summing to the number of parameter tensors "
-                f"({num_tensors}), got {list(block_sizes)}."
-            )
-        bounds = [0, *accumulate(block_sizes)]
-        self._blocks = [list(range(start, stop)) for start, stop in zip(bounds[:-1], bounds[1:])]
+        self._blocks = None if block_sizes is None else _blocks_of(block_sizes, len(params))
         super().__init__(
             model_func,
             loss_func,
@@ -85,7 +73,7 @@ class HessianLinearOperator(CurvatureLinearOperator):
     def _batch_matmat(self, batch: Batch, tangents: list[Tensor], state: Any) -> list[Tensor]:
         setup = self._setup
         result = []
-        for block_index, block in enumerate(self._blocks):
+        for block_index, block in enumerate(self._blocks or [list(range(len(tangents)))]):
             hvp = setup.cached(
                 batch,
                 ("hessian", block_index),
@@ -93,3 +81,18 @@ class HessianLinearOperator(CurvatureLinearOperator):
             )
             result.extend(hvp([tangents[i] for i in block]))
         return result
+
+
+def _blocks_of(block_sizes: Sequence[int], num_tensors: int) -> list[list[int]]:
+    """Parameter indices of each diagonal block.
+
+    Raises:
+        ValueError: If the sizes are not positive integers summing to ``num_tensors``.
+    """
+    if any(not isinstance(size, int) or size < 1 for size in block_sizes) or sum(block_sizes) != num_tensors:
+        raise ValueError(
+            f"block_sizes must be positive integers summing to the number of parameter tensors "
+            f"({num_tensors}), got {list(block_sizes)}."
+        )
+    bounds = [0, *accumulate(block_sizes)]
+    return [list(range(start, stop)) for start, stop in pairwise(bounds)]

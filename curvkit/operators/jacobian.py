@@ -11,12 +11,12 @@ from curvkit.operators._setup import ModelDataSetup
 
 
 class JacobianLinearOperator(LinearOperator):
-    """The model's Jacobian ``J_θ f`` on a data set, an ``NC × D`` matrix.
+    r"""The model's Jacobian ``J_θ f`` on a data set, an ``NC × D`` matrix.
 
     For a model ``f(x, θ): ℝᴹ × ℝᴰ → ℝᶜ`` and data ``{(x_n, y_n)}``,
 
     .. math::
-        [J_\\theta f]_{(n, c), d} = \\frac{\\partial [f(x_n, \\theta)]_c}{\\partial \\theta_d},
+        [J_\theta f]_{(n, c), d} = \frac{\partial [f(x_n, \theta)]_c}{\partial \theta_d},
 
     with rows ordered batch by batch and, within a batch, by the flattened output (sample
     major). ``J V`` is the transpose of a vector-Jacobian product (reverse mode only), and
@@ -95,10 +95,10 @@ class JacobianLinearOperator(LinearOperator):
 
 
 class TransposedJacobianLinearOperator(TransposedLinearOperator):
-    """The transposed Jacobian ``(J_θ f)ᵀ``, a ``D × NC`` matrix (see :class:`JacobianLinearOperator`).
+    r"""The transposed Jacobian ``(J_θ f)ᵀ``, a ``D × NC`` matrix (see :class:`JacobianLinearOperator`).
 
     .. math::
-        [(J_\\theta f)^\\top]_{d, (n, c)} = \\frac{\\partial [f(x_n, \\theta)]_c}{\\partial \\theta_d}
+        [(J_\theta f)^\top]_{d, (n, c)} = \frac{\partial [f(x_n, \theta)]_c}{\partial \theta_d}
 
     Arguments as for :class:`JacobianLinearOperator`.
     """

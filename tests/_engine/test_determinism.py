@@ -1,0 +1,62 @@
+"""The determinism probe catches random models and data and says how to fix them."""
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from curvkit import GGNLinearOperator, HessianLinearOperator, JacobianLinearOperator
+
+
+def _data(num_batches=2, batch_size=4):
+    generator = torch.Generator().manual_seed(0)
+    return [
+        (
+            torch.randn(batch_size, 3, generator=generator),
+            torch.randint(0, 2, (batch_size,), generator=generator),
+        )
+        for _ in range(num_batches)
+    ]
+
+
+@pytest.mark.parametrize(
+    "layer, match",
+    [
+        (nn.Dropout(0.5), r"'1' \(Dropout with p=0.5 in train mode\)"),
+        (nn.BatchNorm1d(4), r"'1' \(BatchNorm1d: uses batch statistics in train mode\)"),
+    ],
+    ids=["dropout", "batchnorm"],
+)
+def test_random_or_batch_coupled_layers_in_train_mode(layer, match):
+    model = nn.Sequential(nn.Linear(3, 4), layer, nn.Linear(4, 2))
+    with pytest.raises(RuntimeError, match=match):
+        GGNLinearOperator(model, nn.CrossEntropyLoss(), list(model.parameters()), _data())
+    model.eval()  # the fix the message suggests
+    GGNLinearOperator(model, nn.CrossEntropyLoss(), list(model.parameters()), _data())
+
+
+def test_random_callable_is_caught_by_two_passes():
+    layer = nn.Linear(3, 2)
+
+    def noisy(X):  # not a module, so only the two-pass comparison can tell
+        return nn.functional.dropout(layer(X), p=0.5, training=True)
+
+    with pytest.raises(RuntimeError, match="batch 0 differs between two passes"):
+        HessianLinearOperator(noisy, nn.CrossEntropyLoss(), list(layer.parameters()), _data())
+
+
+def test_shuffled_loader_is_caught():
+    X = torch.randn(16, 3, generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, 2, (16,), generator=torch.Generator().manual_seed(1))
+    loader = DataLoader(TensorDataset(X, y), batch_size=4, shuffle=True)
+    model = nn.Linear(3, 2)
+    with pytest.raises(RuntimeError, match="differs between two passes"):
+        JacobianLinearOperator(model, list(model.parameters()), loader)
+    # the probe is a safeguard that can be turned off
+    JacobianLinearOperator(model, list(model.parameters()), loader, check_deterministic=False)
+
+
+def test_deterministic_setups_pass():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.0), nn.ReLU(), nn.Linear(4, 2))
+    loader = DataLoader(TensorDataset(torch.randn(10, 3), torch.randint(0, 2, (10,))), batch_size=4)
+    GGNLinearOperator(model, nn.CrossEntropyLoss(), list(model.parameters()), loader)

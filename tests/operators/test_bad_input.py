@@ -1,0 +1,121 @@
+"""Bad input gets a clear exception that names the argument."""
+
+import pytest
+import torch
+from torch import nn
+from zoo import make_problem_from_id
+
+from curvkit import (
+    EFLinearOperator,
+    FisherMCLinearOperator,
+    GGNLinearOperator,
+    HessianLinearOperator,
+    JacobianLinearOperator,
+)
+
+
+@pytest.fixture
+def problem():
+    return make_problem_from_id("mlp-ce-mean-three-list")
+
+
+def test_wrong_vector_length(problem):
+    H = HessianLinearOperator(problem.model, problem.loss_func, problem.params, problem.data)
+    with pytest.raises(ValueError, match=rf"x must have shape \[{problem.dim}\]"):
+        H @ torch.ones(problem.dim + 1, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"x must be a list of"):
+        H @ [torch.ones(3, dtype=torch.float64)]
+    with pytest.raises(ValueError, match=r"x\[0\] must have shape"):
+        H @ [torch.ones(7, dtype=torch.float64) for _ in problem.param_list]
+
+
+def test_parameter_without_grad(problem):
+    frozen = [p.detach() for p in problem.param_list]
+    with pytest.raises(ValueError, match=r"params\[0\] does not require grad"):
+        GGNLinearOperator(problem.model, problem.loss_func, frozen, problem.data)
+
+
+def test_parameter_not_of_the_model(problem):
+    stranger = nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"params\[1\] is not a parameter of model_func"):
+        GGNLinearOperator(problem.model, problem.loss_func, [problem.param_list[0], stranger], problem.data)
+
+
+def test_parameter_not_used_by_the_model():
+    class PartlyUsed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used, self.unused = nn.Linear(3, 2), nn.Linear(2, 2)
+
+        def forward(self, X):
+            return self.used(X)
+
+    model = PartlyUsed().double()
+    data = [(torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64))]
+    with pytest.raises(ValueError, match=r"params\['unused.weight'\] is not used by model_func"):
+        HessianLinearOperator(model, nn.MSELoss(), dict(model.named_parameters()), data)
+
+
+def test_empty_params_and_mixed_dtypes(problem):
+    with pytest.raises(ValueError, match="params must contain at least one tensor"):
+        HessianLinearOperator(problem.model, problem.loss_func, [], problem.data)
+    with pytest.raises(ValueError, match="params must be a list of tensors or a dict"):
+        HessianLinearOperator(problem.model, problem.loss_func, problem.param_list[0], problem.data)
+
+
+@pytest.mark.parametrize("data", [[], iter([])], ids=["empty-list", "empty-iterator"])
+def test_empty_data(problem, data):
+    with pytest.raises(ValueError, match="data is empty"):
+        HessianLinearOperator(problem.model, problem.loss_func, problem.params, data)
+
+
+def test_data_that_is_not_pairs(problem):
+    with pytest.raises(ValueError, match=r"data must yield \(X, y\) pairs"):
+        HessianLinearOperator(problem.model, problem.loss_func, problem.params, [torch.zeros(3, 4)])
+    with pytest.raises(ValueError, match="data must be an iterable"):
+        HessianLinearOperator(problem.model, problem.loss_func, problem.params, 5)
+
+
+@pytest.mark.parametrize("loss_func", [nn.L1Loss(), nn.NLLLoss(), nn.HuberLoss()], ids=type)
+def test_unsupported_loss_for_mc_fisher(problem, loss_func):
+    with pytest.raises(
+        NotImplementedError, match="loss_func must be one of MSELoss, CrossEntropyLoss, BCEWithLogitsLoss"
+    ):
+        FisherMCLinearOperator(problem.model, loss_func, problem.params, problem.data)
+
+
+def test_dict_input_without_batch_size_fn():
+    problem = make_problem_from_id("dict_input-mse-mean-three-list")
+    with pytest.raises(ValueError, match="batch_size_fn is required when X is a dict"):
+        GGNLinearOperator(problem.model, problem.loss_func, problem.params, problem.data)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"mc_samples": 0}, "mc_samples must be a positive integer"),
+        ({"mc_samples": 1.5}, "mc_samples must be a positive integer"),
+        ({"seed": "a"}, "seed must be an integer"),
+        ({"num_data": 0}, "num_data must be a positive integer"),
+    ],
+)
+def test_invalid_fisher_arguments(problem, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        FisherMCLinearOperator(problem.model, problem.loss_func, problem.params, problem.data, **kwargs)
+
+
+def test_invalid_common_arguments(problem):
+    with pytest.raises(ValueError, match="loss_func is required for EFLinearOperator"):
+        EFLinearOperator(problem.model, None, problem.params, problem.data)
+    with pytest.raises(ValueError, match="loss_func must reduce with 'mean' or 'sum'"):
+        EFLinearOperator(problem.model, nn.CrossEntropyLoss(reduction="none"), problem.params, problem.data)
+    with pytest.raises(ValueError, match=r"shape must be \("):
+        HessianLinearOperator(problem.model, problem.loss_func, problem.params, problem.data, shape=(3, 3))
+    with pytest.raises(ValueError, match="block_sizes must be positive integers summing to"):
+        HessianLinearOperator(
+            problem.model, problem.loss_func, problem.params, problem.data, block_sizes=[1, 1]
+        )
+    with pytest.raises(ValueError, match="model_func must be callable"):
+        JacobianLinearOperator("model", problem.params, problem.data)
+    with pytest.raises(ValueError, match="batch_size_fn must be callable"):
+        JacobianLinearOperator(problem.model, problem.params, problem.data, batch_size_fn=3)

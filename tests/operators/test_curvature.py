@@ -1,0 +1,177 @@
+"""Curvature operators against dense ground truth on the zoo, plus their structural properties."""
+
+import pytest
+import torch
+from contract import LinearOperatorContract, assert_close
+from scipy.sparse.linalg import cg, eigsh
+from zoo import SMALL_PROBLEM_IDS, make_problem_from_id
+
+from curvkit import (
+    EFLinearOperator,
+    FisherMCLinearOperator,
+    GGNLinearOperator,
+    HessianLinearOperator,
+    IdentityLinearOperator,
+)
+
+OPERATORS = {
+    "hessian": HessianLinearOperator,
+    "ggn": GGNLinearOperator,
+    "ef": EFLinearOperator,
+    "fisher_mc": FisherMCLinearOperator,
+}
+
+
+def build(kind, problem, **kwargs):
+    return OPERATORS[kind](
+        problem.model,
+        problem.loss_func,
+        problem.params,
+        problem.data,
+        batch_size_fn=problem.batch_size_fn,
+        **kwargs,
+    )
+
+
+def assert_matches(actual, expected, dtype):
+    """Tight tolerances: float64 to ~1e-10 of the largest entry, float32 to ~1e-5."""
+    scale = max(expected.abs().max().item(), 1e-3)
+    rtol, atol = (1e-7, 1e-10) if dtype == torch.float64 else (1e-4, 1e-5)
+    torch.testing.assert_close(actual.to(expected), expected, rtol=rtol, atol=atol * scale)
+
+
+@pytest.mark.parametrize("kind", sorted(OPERATORS))
+def test_matches_reference(kind, problem, reference_of):
+    operator = build(kind, problem)
+    assert operator.shape == (problem.dim, problem.dim)
+    assert operator.dtype == problem.dtype
+    assert_matches(operator.to_dense(), reference_of(problem.name, kind), problem.dtype)
+
+
+@pytest.mark.parametrize("kind", sorted(OPERATORS))
+def test_cached_batches_give_the_same_matrix(kind, small_problem, reference_of):
+    operator = build(kind, small_problem, cache_batches=True)
+    first = operator.to_dense()
+    assert_matches(first, reference_of(small_problem.name, kind), small_problem.dtype)
+    assert_matches(operator.to_dense(chunk_size=7), first, small_problem.dtype)
+
+
+@pytest.mark.parametrize("kind", sorted(OPERATORS))
+def test_symmetric_and_psd_where_theory_says(kind, small_problem):
+    dense = build(kind, small_problem).to_dense()
+    torch.testing.assert_close(dense, dense.T, rtol=1e-10, atol=1e-12)
+    if kind != "hessian":
+        eigenvalues = torch.linalg.eigvalsh(dense)
+        assert eigenvalues.min() >= -1e-10 * eigenvalues.abs().max()
+        assert build(kind, small_problem, check_deterministic=False).is_psd
+
+
+def test_hessian_blocks_are_the_diagonal_blocks(small_problem, reference_of):
+    sizes = [p.numel() for p in small_problem.param_list]
+    block_sizes = [1, len(sizes) - 1] if len(sizes) > 1 else [1]
+    H = build("hessian", small_problem, block_sizes=block_sizes)
+    full = reference_of(small_problem.name, "hessian")
+    boundary = sizes[0]
+    expected = torch.zeros_like(full)
+    expected[:boundary, :boundary] = full[:boundary, :boundary]
+    expected[boundary:, boundary:] = full[boundary:, boundary:]
+    assert_matches(H.to_dense(), expected, small_problem.dtype)
+
+
+def test_batch_splitting_does_not_change_the_matrix():
+    """Three batches of 3, 5, 2 and one batch of all 10 samples give the same matrices."""
+    split = make_problem_from_id("mlp-ce-mean-three-list")
+    X = torch.cat([X for X, _ in split.data])
+    y = torch.cat([y for _, y in split.data])
+    for kind in ("hessian", "ggn", "ef"):
+        together = OPERATORS[kind](split.model, split.loss_func, split.params, [(X, y)]).to_dense()
+        assert_matches(build(kind, split).to_dense(), together, torch.float64)
+
+
+def test_mc_fisher_seeds_and_samples():
+    problem = make_problem_from_id("mlp-ce-mean-three-list")
+    first = build("fisher_mc", problem, seed=1).to_dense()
+    assert_matches(build("fisher_mc", problem, seed=1).to_dense(), first, torch.float64)
+    assert not torch.allclose(build("fisher_mc", problem, seed=2).to_dense(), first)
+    many = build("fisher_mc", problem, mc_samples=3000).to_dense()
+    ggn = build("ggn", problem).to_dense()
+    assert (many - ggn).norm() < 0.05 * ggn.norm()
+
+
+def test_scipy_eigsh_and_cg_on_curvature_operators(reference_of):
+    problem = make_problem_from_id("mlp-ce-mean-three-list")
+    H = build("hessian", problem)
+    top = eigsh(H.to_scipy(), k=3, which="LA", return_eigenvectors=False)
+    expected = torch.linalg.eigvalsh(reference_of(problem.name, "hessian"))[-3:]
+    torch.testing.assert_close(torch.as_tensor(sorted(top)), expected, rtol=1e-6, atol=1e-8)
+
+    damped = build("ggn", problem) + 0.1 * IdentityLinearOperator(problem.dim)
+    rhs = torch.linspace(-1, 1, problem.dim, dtype=torch.float64)
+    solution, info = cg(damped.to_scipy(), rhs.numpy(), rtol=1e-12, maxiter=10 * problem.dim)
+    assert info == 0
+    dense = reference_of(problem.name, "ggn") + 0.1 * torch.eye(problem.dim, dtype=torch.float64)
+    torch.testing.assert_close(
+        torch.as_tensor(solution), torch.linalg.solve(dense, rhs), rtol=1e-6, atol=1e-8
+    )
+
+
+def test_plain_callable_uses_autograd_and_agrees():
+    problem = make_problem_from_id("cnn-ce-mean-three-list")
+
+    def model_func(X):  # a closure, not an nn.Module
+        return problem.model(X)
+
+    for kind in ("hessian", "ggn", "ef"):
+        expected = build(kind, problem).to_dense()
+        actual = OPERATORS[kind](model_func, problem.loss_func, problem.params, problem.data).to_dense()
+        assert_matches(actual, expected, torch.float64)
+
+
+def test_dataloader_and_progressbar(capsys):
+    problem = make_problem_from_id("mlp-mse-mean-three-list")
+    X = torch.cat([X for X, _ in problem.data])
+    y = torch.cat([y for _, y in problem.data])
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=4)
+    operator = GGNLinearOperator(problem.model, problem.loss_func, problem.params, loader, progressbar=True)
+    assert_matches(operator.to_dense(), build("ggn", problem).to_dense(), torch.float64)
+    assert "GGNLinearOperator" in capsys.readouterr().err
+    assert operator.num_data == 10
+
+
+def test_generic_loss_uses_differentiated_output_hessian():
+    """A loss curvkit has no closed form for (a weighted CE) is differentiated exactly."""
+    problem = make_problem_from_id("mlp-ce-mean-three-list")
+    weighted = torch.nn.CrossEntropyLoss(
+        weight=torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64), reduction="sum"
+    )
+    G = GGNLinearOperator(problem.model, weighted, problem.params, problem.data).to_dense()
+    H = HessianLinearOperator(problem.model, weighted, problem.params, problem.data)
+    # for a linear last layer, the GGN and Hessian blocks of the last weight agree
+    last = problem.param_list[-2].numel() + problem.param_list[-1].numel()
+    assert_matches(G[-last:, -last:], H.to_dense()[-last:, -last:], torch.float64)
+
+
+@pytest.fixture(params=[(kind, pid) for kind in sorted(OPERATORS) for pid in SMALL_PROBLEM_IDS[:3]], ids=str)
+def case(request, reference_of):
+    kind, problem_id = request.param
+    problem = make_problem_from_id(problem_id)
+    return build(kind, problem), reference_of(problem_id, kind)
+
+
+class TestOperatorContract(LinearOperatorContract):
+    @pytest.fixture
+    def operator(self, case):
+        return case[0]
+
+    @pytest.fixture
+    def dense(self, case):
+        return case[1]
+
+
+def test_float32_problem_accepts_float64_numpy_with_one_warning():
+    problem = make_problem_from_id("mlp-ce-mean-three-list-f32")
+    operator = build("ggn", problem)
+    with pytest.warns(UserWarning, match="float64, while the linear operator is float32"):
+        result = operator @ torch.ones(problem.dim, dtype=torch.float64).numpy()
+    assert result.dtype.name == "float32"
+    assert_close(result, operator @ torch.ones(problem.dim), operator)

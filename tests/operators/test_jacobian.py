@@ -1,0 +1,68 @@
+"""Jacobian and transposed Jacobian against ground truth, and their adjoint consistency."""
+
+import pytest
+import torch
+from contract import LinearOperatorContract
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from zoo import SMALL_PROBLEM_IDS, make_problem_from_id
+
+from curvkit import JacobianLinearOperator, TransposedJacobianLinearOperator
+
+
+def build(problem, cls=JacobianLinearOperator, **kwargs):
+    return cls(problem.model, problem.params, problem.data, batch_size_fn=problem.batch_size_fn, **kwargs)
+
+
+def test_matches_reference(problem, reference_of):
+    J = build(problem)
+    expected = reference_of(problem.name, "jacobian")
+    assert J.shape == tuple(expected.shape)
+    tolerance = 1e-10 if problem.dtype == torch.float64 else 1e-5
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(J.to_dense(), expected.to(J.dtype), rtol=tolerance, atol=tolerance * scale)
+    JT = build(problem, TransposedJacobianLinearOperator)
+    assert JT.shape == tuple(expected.T.shape)
+    torch.testing.assert_close(JT.to_dense(), expected.T.to(J.dtype), rtol=tolerance, atol=tolerance * scale)
+
+
+@pytest.mark.parametrize("cache_batches", [False, True])
+def test_transposed_products(small_problem, reference_of, cache_batches):
+    J = build(small_problem, cache_batches=cache_batches)
+    expected = reference_of(small_problem.name, "jacobian")
+    W = torch.randn(J.shape[0], 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(J.T @ W, expected.T @ W, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(J.T @ W, expected.T @ W, rtol=1e-10, atol=1e-10)  # second use of the cache
+
+
+_PROBLEM = make_problem_from_id("transformer-ceseq-mean-three-list")
+_J = build(_PROBLEM, check_deterministic=False)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**16), scale=st.floats(-10, 10), num_columns=st.integers(1, 3))
+def test_adjoint_consistency_and_linearity_on_a_transformer(seed, scale, num_columns):
+    """``<J v, w> = <v, Jᵀ w>`` and ``J(a v + u) = a J v + J u`` for random directions."""
+    generator = torch.Generator().manual_seed(seed)
+    v = torch.randn(_J.shape[1], num_columns, dtype=torch.float64, generator=generator)
+    u = torch.randn(_J.shape[1], num_columns, dtype=torch.float64, generator=generator)
+    w = torch.randn(_J.shape[0], num_columns, dtype=torch.float64, generator=generator)
+    Jv, JTw = _J @ v, _J.T @ w
+    torch.testing.assert_close((Jv * w).sum(0), (v * JTw).sum(0), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(_J @ (scale * v + u), scale * Jv + _J @ u, rtol=1e-9, atol=1e-9)
+
+
+@pytest.fixture(params=SMALL_PROBLEM_IDS[:3], ids=str)
+def case(request, reference_of):
+    problem = make_problem_from_id(request.param)
+    return build(problem), reference_of(request.param, "jacobian")
+
+
+class TestJacobianContract(LinearOperatorContract):
+    @pytest.fixture
+    def operator(self, case):
+        return case[0]
+
+    @pytest.fixture
+    def dense(self, case):
+        return case[1]
