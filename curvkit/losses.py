@@ -64,24 +64,41 @@ def batch_loss_scale(loss_func: LossFunction, output: Tensor, target: Tensor) ->
     return 1.0 / max(num_loss_terms(loss_func, output, target), 1)
 
 
-def check_supported(loss_func: LossFunction, what: str) -> None:
-    """Raise if ``loss_func`` is not one of :data:`SUPPORTED_LOSSES`.
+def _is_weighted(loss_func: LossFunction) -> bool:
+    return (
+        getattr(loss_func, "weight", None) is not None or getattr(loss_func, "pos_weight", None) is not None
+    )
+
+
+def _has_closed_form(loss_func: LossFunction) -> bool:
+    return isinstance(loss_func, SUPPORTED_LOSSES) and not _is_weighted(loss_func)
+
+
+def check_unweighted(loss_func: LossFunction, what: str) -> None:
+    """Raise for class-weighted losses, whose per-sample gradients have no Fisher meaning.
 
     Raises:
-        NotImplementedError: Naming ``loss_func`` and the supported losses.
+        NotImplementedError: If ``loss_func`` has ``weight`` or ``pos_weight`` set.
+    """
+    if _is_weighted(loss_func):
+        raise NotImplementedError(
+            f"loss_func with weight/pos_weight is not supported by {what}: a weighted mean is not an "
+            "average of per-sample negative log-likelihoods."
+        )
+
+
+def check_supported(loss_func: LossFunction, what: str) -> None:
+    """Raise unless ``loss_func`` is an unweighted one of :data:`SUPPORTED_LOSSES`.
+
+    Raises:
+        NotImplementedError: Naming ``loss_func`` and the supported losses, or if it is weighted.
     """
     if not isinstance(loss_func, SUPPORTED_LOSSES):
         names = ", ".join(cls.__name__ for cls in SUPPORTED_LOSSES)
         raise NotImplementedError(
             f"loss_func must be one of {names} for {what}, got {type(loss_func).__name__}."
         )
-
-
-def _has_closed_form(loss_func: LossFunction) -> bool:
-    extra_weights = (
-        getattr(loss_func, "weight", None) is not None or getattr(loss_func, "pos_weight", None) is not None
-    )
-    return isinstance(loss_func, SUPPORTED_LOSSES) and not extra_weights
+    check_unweighted(loss_func, what)
 
 
 def output_hessian_matmat(
@@ -114,6 +131,44 @@ def output_hessian_matmat(
         kept = (target != loss_func.ignore_index).unsqueeze(1).to(result.dtype)
         result = result * kept
     return scale * result
+
+
+def output_hessian_sqrt(loss_func: LossFunction, output: Tensor, target: Tensor) -> Tensor:
+    """A factor ``S`` with ``S Sᵀ = ∇²_f L_b`` that is block-diagonal over samples.
+
+    Closed forms: MSE ``√(2 c_b) I``; BCE ``√(c_b σ(1 − σ))``; cross-entropy
+    ``√c_b (diag(√p) − p √pᵀ)`` at every position, since ``(diag √p − p √pᵀ)(diag √p − √p pᵀ)
+    = diag p − p pᵀ`` when ``Σ p = 1``.
+
+    Returns:
+        ``K`` columns stacked as ``[K, *output.shape]``: column ``k`` holds, for every sample
+        ``n``, the ``k``-th column of sample ``n``'s factor (``K`` = entries per sample).
+
+    Raises:
+        NotImplementedError: For losses without a closed form.
+    """
+    if not _has_closed_form(loss_func):
+        raise NotImplementedError(f"No closed-form Hessian square root for {type(loss_func).__name__}.")
+    output = output.detach()
+    scale = batch_loss_scale(loss_func, output, target)
+    per_sample = output[0].numel()
+    identity = torch.eye(per_sample, dtype=output.dtype, device=output.device).reshape(
+        per_sample, *output.shape[1:]
+    )
+    columns = identity.unsqueeze(1).expand(per_sample, *output.shape)  # [K, N, ...]: e_k for every sample
+    if isinstance(loss_func, MSELoss):
+        return (2.0 * scale) ** 0.5 * columns
+    if isinstance(loss_func, BCEWithLogitsLoss):
+        probability = output.sigmoid()
+        return (scale * probability * (1.0 - probability)).sqrt() * columns
+    # column (c, t) is √p_ct (e_c − p_:t) at position t, zero elsewhere
+    probability = output.softmax(dim=1)
+    at_position = columns.sum(dim=2, keepdim=True)  # [K, N, 1, ...]: which position column k lives at
+    root = (probability * columns).sum(dim=2, keepdim=True).sqrt()  # √p_ct at that position
+    result = root * (columns - probability * at_position)
+    if _is_class_index_target(loss_func, target):
+        result = result * (target != loss_func.ignore_index).unsqueeze(1).to(result.dtype)
+    return scale**0.5 * result
 
 
 def output_gradients(loss_func: LossFunction, output: Tensor, targets: Tensor) -> Tensor:

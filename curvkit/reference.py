@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, jacfwd, jacrev, vmap
+from torch.func import functional_call, grad, jacrev, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from curvkit.losses import sample_targets
@@ -52,13 +52,15 @@ def _math_attention() -> contextlib.AbstractContextManager:
 
 
 def _dense_hessian(func: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-    """Hessian ``[*x.shape, *x.shape]`` of a scalar function, forward-over-reverse (``jacfwd(grad)``).
+    """Hessian ``[*x.shape, *x.shape]`` of a scalar function, as ``jacrev(grad(func))``.
 
-    Not ``torch.func.hessian`` (= ``jacfwd(jacrev)``): in torch 2.13, differentiating through
-    ``jacrev`` of ``layer_norm`` gives wrong mixed second derivatives (weight × input), whereas
-    ``jacfwd(grad)`` agrees with finite differences and ``torch.autograd.functional.hessian``.
+    Not ``torch.func.hessian`` (``jacfwd(jacrev)``) nor ``jacrev(jacrev)``: in torch 2.13,
+    differentiating through ``jacrev`` of ``layer_norm`` gives wrong mixed second derivatives
+    (weight × input). ``jacfwd(grad)`` is right there but fails on mean-reduced ``mse_loss``
+    ("ZeroTensors are immutable"). ``jacrev(grad)`` agrees with finite differences and
+    ``torch.autograd.functional.hessian`` on both.
     """
-    return jacfwd(grad(func))(x)
+    return jacrev(grad(func))(x)
 
 
 def _param_names(model_func: nn.Module, params: Params) -> tuple[list[str], list[Tensor]]:
@@ -156,7 +158,7 @@ def _reduction(loss_func: nn.Module) -> str:
     return reduction
 
 
-def num_loss_terms(loss_func: nn.Module, output: Tensor, y: Tensor) -> int:
+def _num_loss_terms(loss_func: nn.Module, output: Tensor, y: Tensor) -> int:
     """Number ``T`` of terms a ``'mean'``-reduced loss averages over.
 
     Args:
@@ -166,7 +168,8 @@ def num_loss_terms(loss_func: nn.Module, output: Tensor, y: Tensor) -> int:
 
     Returns:
         ``output.numel()`` for MSE and BCE-with-logits; for cross-entropy the number of
-        class-index targets, ``y.numel()``, or ``y.numel() / C`` for probability targets.
+        class-index targets other than ``ignore_index`` (``y.numel()`` if none is ignored), or
+        ``y.numel() / C`` for probability targets.
 
     Raises:
         NotImplementedError: For other losses, or cross-entropy with class weights.
@@ -174,7 +177,7 @@ def num_loss_terms(loss_func: nn.Module, output: Tensor, y: Tensor) -> int:
     if isinstance(loss_func, nn.MSELoss | nn.BCEWithLogitsLoss):
         return output.numel()
     if isinstance(loss_func, nn.CrossEntropyLoss) and loss_func.weight is None:
-        return y.numel() // y.shape[1] if y.is_floating_point() else y.numel()
+        return y.numel() // y.shape[1] if y.is_floating_point() else int((y != loss_func.ignore_index).sum())
     raise NotImplementedError(
         f"Number of averaged terms unknown for loss_func {loss_func!r}; supported: MSELoss, "
         "BCEWithLogitsLoss, CrossEntropyLoss without class weights."
@@ -189,8 +192,8 @@ def _sum_loss(loss_func: nn.Module) -> nn.Module:
 
 
 def _scale(loss_func: nn.Module, output: Tensor, y: Tensor) -> float:
-    """``1`` for ``reduction='sum'``, ``1 / T`` for ``'mean'`` (see :func:`num_loss_terms`)."""
-    return 1.0 if _reduction(loss_func) == "sum" else 1.0 / num_loss_terms(loss_func, output, y)
+    """``1`` for ``reduction='sum'``, ``1 / T`` for ``'mean'`` (see :func:`_num_loss_terms`)."""
+    return 1.0 if _reduction(loss_func) == "sum" else 1.0 / _num_loss_terms(loss_func, output, y)
 
 
 def _per_sample_gradients(
@@ -287,7 +290,7 @@ def empirical_fisher_matrix(
 
     where :math:`\ell_\text{sum}` is the loss of sample ``n`` summed over its terms, and
     :math:`s = 1` for ``reduction='sum'``, :math:`s = 1/T` for ``'mean'`` with ``T`` the total
-    number of averaged terms (see :func:`num_loss_terms`).
+    number of averaged terms (see the module docstring).
 
     Args:
         model_func: The network, an ``nn.Module``.
@@ -365,7 +368,10 @@ def jacobian_matrix(
     data: Iterable[Batch],
     batch_size_fn: BatchSizeFn | None = None,
 ) -> Tensor:
-    r"""Dense Jacobian of the model outputs, :math:`[\mathbf{J}]_{(n,c),d} = \partial [f_\theta(x_n)]_c / \partial \theta_d`.
+    r"""Dense Jacobian of the model outputs.
+
+    .. math::
+        [\mathbf{J}]_{(n,c),d} = \partial [f_\theta(x_n)]_c / \partial \theta_d.
 
     Rows are ordered batch by batch and, within a batch, by the row-major flattened output
     (sample-major), matching ``JacobianLinearOperator``.

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from collections.abc import Callable
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -13,15 +12,9 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-# Until the lead's ``curvkit/losses.py`` lands, stand in for its ``sample_targets``.
-# TODO(lead): delete this block and tests/_losses_standin.py once curvkit/losses.py exists.
-if importlib.util.find_spec("curvkit.losses") is None:
-    import _losses_standin
+from zoo import PROBLEM_IDS, SMALL_PROBLEM_IDS, Problem, make_problem_from_id
 
-    sys.modules["curvkit.losses"] = _losses_standin
-
-from curvkit import reference  # noqa: E402
-from zoo import PROBLEM_IDS, SMALL_PROBLEM_IDS, Problem, make_problem_from_id  # noqa: E402
+from curvkit import reference
 
 _REFERENCES: dict[str, Callable[..., Tensor]] = {
     "hessian": reference.hessian_matrix,
@@ -31,7 +24,7 @@ _REFERENCES: dict[str, Callable[..., Tensor]] = {
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cached_reference(problem_id: str, kind: str, mc_samples: int, seed: int) -> Tensor:
     problem = make_problem_from_id(problem_id)
     if kind == "jacobian":

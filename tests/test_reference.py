@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import Tensor, nn
-from torch.autograd.functional import hessian as autograd_hessian
 from torch.autograd.functional import jacobian as autograd_jacobian
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from zoo import PROBLEM_IDS, Problem, dict_batch_size, make_problem, make_problem_from_id
+from zoo import LOSSES, PROBLEM_IDS, Problem, dict_batch_size, make_problem, make_problem_from_id
 
 from curvkit import reference
 from curvkit.examples.functorch import (
@@ -24,7 +23,6 @@ BRUTE_FORCE_IDS = [
     "cnn-mse-sum-three-list",
     "shared-bce-sum-three-list",
     "transformer-ceseq-mean-three-list",
-    "transformer-mse-mean-one-list",
     "dict_input-bce-mean-three-subset",
     "mlp-ce-mean-three-list-f32",
 ]
@@ -44,6 +42,10 @@ def _flat_function(problem: Problem, X) -> callable:
     return output
 
 
+def _args(problem: Problem) -> tuple:
+    return problem.model, problem.loss_func, problem.params, problem.data
+
+
 def _theta(problem: Problem) -> Tensor:
     return torch.cat([p.detach().flatten() for p in problem.param_list])
 
@@ -57,9 +59,23 @@ def _tolerances(problem: Problem) -> dict[str, float]:
     return {"rtol": 1e-4, "atol": 1e-5} if problem.dtype == torch.float32 else {"rtol": 1e-7, "atol": 1e-9}
 
 
+def _autograd_hessian_columns(risk, theta: Tensor, columns: Tensor) -> Tensor:
+    """Columns of the Hessian by double backward with plain ``torch.autograd`` (no ``torch.func``)."""
+    theta = theta.clone().requires_grad_(True)
+    (gradient,) = torch.autograd.grad(risk(theta), theta, create_graph=True)
+    return torch.stack(
+        [torch.autograd.grad(gradient[j], theta, retain_graph=True)[0] for j in columns.tolist()], dim=1
+    )
+
+
 @pytest.mark.parametrize("problem_id", BRUTE_FORCE_IDS)
 def test_hessian_matches_autograd(problem_id: str):
-    """Risk as a weighted sum over batches, differentiated twice by ``torch.autograd``."""
+    """Risk as a weighted sum over batches, differentiated twice by ``torch.autograd``.
+
+    About 24 evenly spaced full columns are checked (double backward is slow for convolutions);
+    each column holds entries in every row, including the transformer's LayerNorm-weight rows,
+    where differentiating through ``jacrev`` of ``layer_norm`` goes wrong in torch 2.13.
+    """
     problem = make_problem_from_id(problem_id)
 
     def risk(theta: Tensor) -> Tensor:
@@ -68,20 +84,22 @@ def test_hessian_matches_autograd(problem_id: str):
             for X, y in problem.data
         )
 
+    columns = torch.arange(0, problem.dim, -(-problem.dim // 24))
     with sdpa_kernel(SDPBackend.MATH):
-        expected = autograd_hessian(risk, _theta(problem))
-    H = reference.hessian_matrix(problem.model, problem.loss_func, problem.params, problem.data, problem.batch_size_fn)
-    torch.testing.assert_close(H, expected, **_tolerances(problem))
+        expected = _autograd_hessian_columns(risk, _theta(problem), columns)
+    H = reference.hessian_matrix(*_args(problem), problem.batch_size_fn)
+    torch.testing.assert_close(H[:, columns], expected, **_tolerances(problem))
 
 
-@pytest.mark.parametrize("problem_id", BRUTE_FORCE_IDS)
+@pytest.mark.parametrize("problem_id", [*BRUTE_FORCE_IDS, "transformer-mse-mean-one-list"])
 def test_jacobian_matches_autograd(problem_id: str):
     problem = make_problem_from_id(problem_id)
     theta = _theta(problem)
     with sdpa_kernel(SDPBackend.MATH):
-        expected = torch.cat(
-            [autograd_jacobian(_flat_function(problem, X), theta).reshape(-1, theta.numel()) for X, _ in problem.data]
-        )
+        blocks = [
+            autograd_jacobian(_flat_function(problem, X), theta, vectorize=True) for X, _ in problem.data
+        ]
+    expected = torch.cat([block.reshape(-1, theta.numel()) for block in blocks])
     J = reference.jacobian_matrix(problem.model, problem.params, problem.data, problem.batch_size_fn)
     torch.testing.assert_close(J, expected, **_tolerances(problem))
 
@@ -91,12 +109,16 @@ def test_jacobian_matches_autograd(problem_id: str):
 def test_ggn_equals_hessian_for_linear_model(loss: str, reduction: str):
     torch.manual_seed(0)
     model = nn.Linear(4, 3).double()
-    loss_func = {"mse": nn.MSELoss, "ce": nn.CrossEntropyLoss, "bce": nn.BCEWithLogitsLoss}[loss](reduction=reduction)
+    loss_func = LOSSES[loss](reduction=reduction)
     data = []
     for size in (3, 5, 2):
         X = torch.randn(size, 4, dtype=torch.float64)
-        y = {"mse": torch.randn(size, 3), "ce": torch.randint(0, 3, (size,)), "bce": torch.rand(size, 3)}[loss]
-        data.append((X, y.double() if y.is_floating_point() else y))
+        targets = {
+            "mse": torch.randn(size, 3, dtype=torch.float64),
+            "ce": torch.randint(0, 3, (size,)),
+            "bce": torch.rand(size, 3, dtype=torch.float64),
+        }
+        data.append((X, targets[loss]))
     params = list(model.parameters())
     G = reference.ggn_matrix(model, loss_func, params, data)
     H = reference.hessian_matrix(model, loss_func, params, data)
@@ -122,7 +144,7 @@ def test_symmetry_and_psd(problem_id: str, reference_of):
     [("mlp", "mse", "mean", 30), ("mlp", "bce", "sum", 1), ("transformer", "ceseq", "mean", 40)],
 )
 def test_empirical_fisher_matches_python_loop(model: str, loss: str, reduction: str, num_terms: int):
-    """``EF = s Σ_n g_n g_nᵀ`` with ``g_n`` the gradient of sample ``n``'s summed loss, ``s = 1/T`` or ``1``."""
+    """``EF = s Σ_n g_n g_nᵀ``, ``g_n`` the gradient of sample ``n``'s summed loss, ``s = 1/T`` or 1."""
     problem = make_problem(model, loss, reduction, layout="three", params_kind="dict")
     summed = type(problem.loss_func)(reduction="sum")
     params = problem.param_list

@@ -28,7 +28,12 @@ NUM_CLASSES = 3
 SEQ_LEN = 4
 D_MODEL = 8
 LAYOUTS = {"one": (10,), "three": (3, 5, 2)}
-LOSSES = {"mse": nn.MSELoss, "ce": nn.CrossEntropyLoss, "ceseq": nn.CrossEntropyLoss, "bce": nn.BCEWithLogitsLoss}
+LOSSES = {
+    "mse": nn.MSELoss,
+    "ce": nn.CrossEntropyLoss,
+    "ceseq": nn.CrossEntropyLoss,
+    "bce": nn.BCEWithLogitsLoss,
+}
 MODELS = ("mlp", "cnn", "shared", "transformer", "dict_input")
 PARAMS_KINDS = ("list", "dict", "subset")
 _DTYPES = {"f32": torch.float32, "f64": torch.float64}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from functools import partial
+
 from torch import Tensor, nn
 
 from curvkit import reference

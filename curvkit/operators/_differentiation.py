@@ -119,7 +119,7 @@ class ModelFunction:
         """The output at the current parameters (differentiable through autograd)."""
         return self.model_func(X)
 
-    def _functional(self, X, indices: Sequence[int]) -> Callable[..., Tensor]:
+    def functional(self, X, indices: Sequence[int]) -> Callable[..., Tensor]:
         """``(θ_i for i in indices) ↦ f(X; θ)`` with the other parameters held fixed."""
         fixed = {name: tensor.detach() for name, tensor in zip(self._names, self.tensors)}
 
@@ -153,7 +153,7 @@ class ModelFunction:
         if self.is_module:
             with differentiable_attention():
                 primals = [tensor.detach() for tensor in self.tensors]
-                output, pullback = vjp(self._functional(X, range(len(primals))), *primals)
+                output, pullback = vjp(self.functional(X, range(len(primals))), *primals)
                 # u ↦ Jᵀu is linear; the vjp of that map with cotangent v is J v.
                 _, pushforward_transpose = vjp(pullback, torch.zeros_like(output))
             return Linearization(
@@ -197,7 +197,7 @@ class ModelFunction:
         block = [self.tensors[i] for i in indices]
         with differentiable_attention():
             if self.is_module:
-                forward = self._functional(X, indices)
+                forward = self.functional(X, indices)
                 gradient = grad(
                     lambda *values: loss_func(forward(*values), y), argnums=tuple(range(len(indices)))
                 )

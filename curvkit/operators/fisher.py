@@ -8,7 +8,7 @@ import torch
 from torch import Generator, Tensor
 
 from curvkit._engine import Batch
-from curvkit.losses import batch_loss_scale, check_supported, output_gradients, sample_targets
+from curvkit.losses import batch_loss_scale, check_supported, check_unweighted, output_gradients, sample_targets
 from curvkit.operators._curvature import CurvatureLinearOperator
 from curvkit.operators._jtlj import gradient_outer_product, jtlj_matmat
 
@@ -33,6 +33,10 @@ class EFLinearOperator(CurvatureLinearOperator):
     """
 
     _PSD = True
+
+    def __init__(self, model_func: Callable, loss_func: Callable, *args, **kwargs):
+        check_unweighted(loss_func, "EFLinearOperator")
+        super().__init__(model_func, loss_func, *args, **kwargs)
 
     def _batch_matmat(self, batch: Batch, tangents: list[Tensor], state: None) -> list[Tensor]:
         linearization = self._setup.linearization(batch)

@@ -119,3 +119,10 @@ def test_invalid_common_arguments(problem):
         JacobianLinearOperator("model", problem.params, problem.data)
     with pytest.raises(ValueError, match="batch_size_fn must be callable"):
         JacobianLinearOperator(problem.model, problem.params, problem.data, batch_size_fn=3)
+
+
+@pytest.mark.parametrize("operator", [EFLinearOperator, FisherMCLinearOperator], ids=lambda cls: cls.__name__)
+def test_weighted_losses_have_no_fisher(problem, operator):
+    weighted = nn.CrossEntropyLoss(weight=torch.ones(3, dtype=torch.float64))
+    with pytest.raises(NotImplementedError, match="weight/pos_weight is not supported"):
+        operator(problem.model, weighted, problem.params, problem.data)

@@ -1,0 +1,131 @@
+"""The exact diagonal of the GGN (or of its Monte-Carlo Fisher approximation)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import torch
+from torch import Tensor
+from torch.func import vjp, vmap
+from torch.utils._pytree import tree_map
+
+from curvkit._engine import Batch
+from curvkit.losses import (
+    batch_loss_scale,
+    check_supported,
+    output_gradients,
+    output_hessian_sqrt,
+    reduction_of,
+    sample_targets,
+)
+from curvkit.operators._differentiation import differentiable_attention
+from curvkit.operators._setup import ModelDataSetup
+from curvkit.structured import DiagonalLinearOperator
+
+
+def ggn_diagonal(
+    model_func: torch.nn.Module,
+    loss_func: Callable,
+    params: Sequence[Tensor] | Mapping[str, Tensor],
+    data: Iterable,
+    *,
+    mode: str = "exact",
+    mc_samples: int = 1,
+    seed: int = 2147483647,
+    progressbar: bool = False,
+    num_data: int | None = None,
+    batch_size_fn: Callable | None = None,
+) -> Tensor:
+    r"""The diagonal of the GGN, ``diag(Σ_b w_b J_bᵀ Λ_b J_b)``, without forming the matrix.
+
+    With a factorization ``Λ_n = S_n S_nᵀ`` of each sample's output-space curvature,
+
+    .. math::
+        \mathrm{diag}(\mathbf{G}) = \sum_n \sum_k (\mathbf{J}_n^\top \mathbf{s}_{n,k})^{\odot 2},
+
+    i.e. one per-sample vector-Jacobian product per column ``k``: ``K`` = the number of output
+    entries per sample for ``mode='exact'`` (closed-form square roots of the loss Hessian) and
+    ``K = mc_samples`` for ``mode='mc'``, whose columns are sampled gradients and whose
+    diagonal is that of :class:`~curvkit.FisherMCLinearOperator` with the same seed. Used for
+    diagonal Laplace approximations and pruning saliencies.
+
+    Args:
+        model_func: The network (an ``nn.Module``; samples are pushed through it one at a
+            time under ``vmap``, so it must not couple samples).
+        loss_func: ``MSELoss``, ``CrossEntropyLoss`` or ``BCEWithLogitsLoss``.
+        params: Parameters (list or dict of named tensors).
+        data: Iterable of ``(X, y)`` mini-batches.
+        mode: ``'exact'`` or ``'mc'``.
+        mc_samples: Samples per data point for ``mode='mc'``.
+        seed: Seed of the target sampling for ``mode='mc'``.
+        progressbar: Show a progress bar.
+        num_data: Number of samples (computed if ``None``).
+        batch_size_fn: Batch size of a dict input.
+
+    Returns:
+        The diagonal, shape ``[D]``.
+
+    Raises:
+        ValueError: For an unknown ``mode``, a model that is not an ``nn.Module`` or bad
+            ``mc_samples``.
+        NotImplementedError: For unsupported losses.
+    """
+    if mode not in ("exact", "mc"):
+        raise ValueError(f"mode must be 'exact' or 'mc', got {mode!r}.")
+    if not isinstance(model_func, torch.nn.Module):
+        raise ValueError("model_func must be an nn.Module for the GGN diagonal (per-sample vmap).")
+    if not isinstance(mc_samples, int) or mc_samples < 1:
+        raise ValueError(f"mc_samples must be a positive integer, got {mc_samples!r}.")
+    check_supported(loss_func, "the GGN diagonal")
+    setup = ModelDataSetup(
+        model_func, loss_func, params, data, progressbar=progressbar, num_data=num_data, batch_size_fn=batch_size_fn
+    )
+    model = setup.model
+    generator = torch.Generator(device=model.device).manual_seed(seed)
+
+    def batch_diagonal(batch: Batch) -> Tensor:
+        with torch.no_grad(), differentiable_attention():
+            output = model(batch.X)
+        if mode == "exact":
+            columns = output_hessian_sqrt(loss_func, output, batch.y)
+        else:
+            targets = sample_targets(loss_func, output, mc_samples, generator)
+            scale = batch_loss_scale(loss_func, output, batch.y) * mc_samples
+            columns = output_gradients(loss_func, output, targets) / scale**0.5
+        return _sum_of_squared_sample_vjps(model, batch.X, columns)
+
+    return setup.engine.sum_over_batches(batch_diagonal, reduction_of(loss_func), desc="GGN diagonal")
+
+
+def _sum_of_squared_sample_vjps(model, X, columns: Tensor) -> Tensor:
+    """``Σ_n Σ_k (J_nᵀ s_{n,k})²`` flattened to ``[D]``; ``columns`` is ``[K, N, ...]``."""
+    primals = [tensor.detach() for tensor in model.tensors]
+
+    def one_sample(x: Tensor, sample_columns: Tensor) -> list[Tensor]:
+        forward = model.functional(tree_map(lambda t: t.unsqueeze(0), x), range(len(primals)))
+        _, pullback = vjp(lambda *values: forward(*values)[0], *primals)
+        return [gradient.square().sum(0) for gradient in vmap(pullback)(sample_columns)]
+
+    with differentiable_attention():
+        squares = vmap(one_sample)(X, columns.movedim(1, 0))
+    return torch.cat([square.sum(0).flatten() for square in squares])
+
+
+class GGNDiagonalLinearOperator(DiagonalLinearOperator):
+    """The GGN's diagonal as a diagonal linear operator (see :func:`ggn_diagonal` for the arguments).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> model, loss_func = nn.Linear(3, 2), nn.CrossEntropyLoss()
+        >>> data = [(torch.rand(5, 3), torch.tensor([0, 1, 1, 0, 1]))]
+        >>> params = list(model.parameters())
+        >>> diagonal = GGNDiagonalLinearOperator(model, loss_func, params, data)
+        >>> from curvkit import GGNLinearOperator
+        >>> dense = GGNLinearOperator(model, loss_func, params, data).to_dense()
+        >>> torch.allclose(diagonal.diagonal, dense.diagonal(), atol=1e-6)
+        True
+    """
+
+    def __init__(self, model_func, loss_func, params, data, **kwargs):
+        super().__init__(ggn_diagonal(model_func, loss_func, params, data, **kwargs))
