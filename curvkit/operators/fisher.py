@@ -8,7 +8,13 @@ import torch
 from torch import Generator, Tensor
 
 from curvkit._engine import Batch
-from curvkit.losses import batch_loss_scale, check_supported, check_unweighted, output_gradients, sample_targets
+from curvkit.losses import (
+    batch_loss_scale,
+    check_supported,
+    check_unweighted,
+    output_gradients,
+    sample_targets,
+)
 from curvkit.operators._curvature import CurvatureLinearOperator
 from curvkit.operators._jtlj import gradient_outer_product, jtlj_matmat
 

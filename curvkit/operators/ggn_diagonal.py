@@ -78,7 +78,13 @@ def ggn_diagonal(
         raise ValueError(f"mc_samples must be a positive integer, got {mc_samples!r}.")
     check_supported(loss_func, "the GGN diagonal")
     setup = ModelDataSetup(
-        model_func, loss_func, params, data, progressbar=progressbar, num_data=num_data, batch_size_fn=batch_size_fn
+        model_func,
+        loss_func,
+        params,
+        data,
+        progressbar=progressbar,
+        num_data=num_data,
+        batch_size_fn=batch_size_fn,
     )
     model = setup.model
     generator = torch.Generator(device=model.device).manual_seed(seed)

@@ -31,5 +31,5 @@ def test_operator_form_and_errors():
         ggn_diagonal(p.model, p.loss_func, p.params, p.data, mode="approximate")
     with pytest.raises(NotImplementedError, match="loss_func must be one of"):
         ggn_diagonal(p.model, nn.L1Loss(), p.params, p.data)
-    with pytest.raises(ValueError, match="must be an nn.Module"):
+    with pytest.raises(ValueError, match=r"must be an nn\.Module"):
         ggn_diagonal(lambda X: p.model(X), p.loss_func, p.params, p.data)
