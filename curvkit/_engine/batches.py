@@ -131,14 +131,27 @@ class MiniBatchEngine:
         return batch.size / self.num_data if reduction == "mean" else 1.0
 
     def sum_over_batches(
-        self, batch_result: Callable[[Batch], Tensor], reduction: str, desc: str | None = None
-    ) -> Tensor:
-        """``Σ_b w_b batch_result(b)`` with the weights of :meth:`weight`."""
+        self,
+        batch_result: Callable[[Batch], Tensor | list[Tensor]],
+        reduction: str,
+        desc: str | None = None,
+    ) -> Tensor | list[Tensor]:
+        """``Σ_b w_b batch_result(b)`` with the weights of :meth:`weight`.
+
+        ``batch_result`` may return a tensor or a list of tensors (e.g. parameter-shaped);
+        the sum is accumulated in place, in the same structure.
+        """
         total = None
         for batch in self.batches(desc):
-            contribution = self.weight(batch, reduction) * batch_result(batch)
-            total = contribution if total is None else total + contribution
-        return total
+            weight = self.weight(batch, reduction)
+            result = batch_result(batch)
+            parts = result if isinstance(result, list) else [result]
+            if total is None:
+                total = [weight * part for part in parts]
+            else:
+                for accumulated, part in zip(total, parts):
+                    accumulated.add_(part, alpha=weight)
+        return total if isinstance(result, list) else total[0]
 
     def concatenate_over_batches(
         self, batch_result: Callable[[Batch], Tensor], desc: str | None = None

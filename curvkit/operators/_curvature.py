@@ -115,8 +115,9 @@ class CurvatureLinearOperator(LinearOperator):
         layout = self._setup.model.layout
         tangents = layout.columns_to_list(X)
         state = self._start_product()
-        return self._setup.engine.sum_over_batches(
-            lambda batch: layout.list_to_columns(self._batch_matmat(batch, tangents, state)),
+        result = self._setup.engine.sum_over_batches(
+            lambda batch: self._batch_matmat(batch, tangents, state),
             self._reduction,
             desc=type(self).__name__,
         )
+        return layout.list_to_columns(result)

@@ -112,6 +112,7 @@ class ModelFunction:
         self.layout = TensorListLayout([tensor.shape for tensor in tensors])
         self.dtype, self.device = tensors[0].dtype, tensors[0].device
         self.is_module = isinstance(model_func, nn.Module)
+        self.column_chunk_size = _column_chunk_size(model_func)
         self._names = _module_parameter_names(model_func, names, tensors) if self.is_module else None
 
     # ------------------------------------------------------------------ evaluation
@@ -158,8 +159,12 @@ class ModelFunction:
                 _, pushforward_transpose = vjp(pullback, torch.zeros_like(output))
             return Linearization(
                 output.detach(),
-                lambda tangents: _with_attention(vmap(lambda *v: pushforward_transpose(v)[0]), *tangents),
-                lambda cotangents: list(_with_attention(vmap(pullback), cotangents)),
+                lambda tangents: _with_attention(
+                    vmap(lambda *v: pushforward_transpose(v)[0], chunk_size=self.column_chunk_size), *tangents
+                ),
+                lambda cotangents: list(
+                    _with_attention(vmap(pullback, chunk_size=self.column_chunk_size), cotangents)
+                ),
             )
         with torch.enable_grad(), differentiable_attention():
             output = self.model_func(X)
@@ -202,7 +207,9 @@ class ModelFunction:
                     lambda *values: loss_func(forward(*values), y), argnums=tuple(range(len(indices)))
                 )
                 _, hvp = vjp(gradient, *[tensor.detach() for tensor in block])
-                return lambda tangents: list(_with_attention(vmap(hvp), tuple(tangents)))
+                return lambda tangents: list(
+                    _with_attention(vmap(hvp, chunk_size=self.column_chunk_size), tuple(tangents))
+                )
             with torch.enable_grad():
                 loss = loss_func(self.model_func(X), y)
                 gradient = list(torch.autograd.grad(loss, block, create_graph=True))
@@ -212,6 +219,20 @@ class ModelFunction:
                 return _batched_grad(gradient, block, tangents)
 
         return hvp_autograd
+
+
+def _column_chunk_size(model_func: Callable) -> int | None:
+    """How many columns of a matrix product to ``vmap`` at once.
+
+    ``vmap``'s batching rule for convolutions turns ``k`` columns into one large grouped
+    convolution plus copies; in chunks of 4 a 16-column GGN product on the benchmark CNN took
+    29 instead of 61 gradients (1 CPU thread), while dense layers are fastest unchunked.
+    """
+    if isinstance(model_func, nn.Module) and any(
+        isinstance(module, nn.modules.conv._ConvNd) for module in model_func.modules()
+    ):
+        return 4
+    return None
 
 
 def _with_attention(function: Callable, *args):

@@ -82,16 +82,19 @@ class JacobianLinearOperator(LinearOperator):
         return self._setup.engine.concatenate_over_batches(batch_rows, desc=type(self).__name__)
 
     def _rmatmat(self, X: Tensor) -> Tensor:
-        layout, engine = self._setup.model.layout, self._setup.engine
-        total, offset = None, 0
-        for batch in engine.batches(desc=f"{type(self).__name__}ᵀ"):
+        layout = self._setup.model.layout
+        offset = 0
+
+        def batch_product(batch):
+            nonlocal offset
             linearization = self._setup.linearization(batch)
             rows = batch.size * self._outputs_per_sample
             cotangents = X[offset : offset + rows].T.reshape(X.shape[1], *linearization.output.shape)
-            contribution = layout.list_to_columns(linearization.vjp(cotangents))
-            total = contribution if total is None else total + contribution
             offset += rows
-        return total
+            return linearization.vjp(cotangents)
+
+        result = self._setup.engine.sum_over_batches(batch_product, "sum", desc=f"{type(self).__name__}ᵀ")
+        return layout.list_to_columns(result)
 
 
 class TransposedJacobianLinearOperator(TransposedLinearOperator):
