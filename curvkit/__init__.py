@@ -1,27 +1,78 @@
-"""curvkit: curvature matrices of neural networks as PyTorch-native linear operators."""
+"""curvkit: curvature matrices of neural networks as PyTorch-native linear operators.
 
+Operators (:mod:`curvkit.operators`) multiply with the Hessian, GGN, MC-Fisher, empirical
+Fisher and Jacobians of a model on a data set; :mod:`curvkit.linalg` holds the randomized
+linear algebra that works on them (and on any tensor, NumPy array or SciPy operator).
+"""
+
+from curvkit.linalg import (
+    CGInverseLinearOperator,
+    HutchinsonDiagonalEstimator,
+    HutchinsonTraceEstimator,
+    HutchPPTraceEstimator,
+    LanczosApproximateLogSpectrumCached,
+    LanczosApproximateSpectrumCached,
+    LSMRInverseLinearOperator,
+    NeumannInverseLinearOperator,
+    damped,
+    hutchinson_diag,
+    hutchinson_squared_fro,
+    hutchinson_trace,
+    hutchpp_trace,
+    lanczos_approximate_log_spectrum,
+    lanczos_approximate_spectrum,
+    lanczos_eigsh,
+    power_iteration,
+    xdiag,
+    xtrace,
+)
 from curvkit.linear_operator import LinearOperator, as_linear_operator
 from curvkit.operators import (
     EFLinearOperator,
     FisherMCLinearOperator,
+    GGNDiagonalLinearOperator,
     GGNLinearOperator,
     HessianLinearOperator,
     JacobianLinearOperator,
     TransposedJacobianLinearOperator,
+    ggn_diagonal,
 )
 from curvkit.structured import DiagonalLinearOperator, IdentityLinearOperator
+from curvkit.submatrix import SubmatrixLinearOperator
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CGInverseLinearOperator",
     "DiagonalLinearOperator",
     "EFLinearOperator",
     "FisherMCLinearOperator",
+    "GGNDiagonalLinearOperator",
     "GGNLinearOperator",
     "HessianLinearOperator",
+    "HutchPPTraceEstimator",
+    "HutchinsonDiagonalEstimator",
+    "HutchinsonTraceEstimator",
     "IdentityLinearOperator",
     "JacobianLinearOperator",
+    "LSMRInverseLinearOperator",
+    "LanczosApproximateLogSpectrumCached",
+    "LanczosApproximateSpectrumCached",
     "LinearOperator",
+    "NeumannInverseLinearOperator",
+    "SubmatrixLinearOperator",
     "TransposedJacobianLinearOperator",
     "as_linear_operator",
+    "damped",
+    "ggn_diagonal",
+    "hutchinson_diag",
+    "hutchinson_squared_fro",
+    "hutchinson_trace",
+    "hutchpp_trace",
+    "lanczos_approximate_log_spectrum",
+    "lanczos_approximate_spectrum",
+    "lanczos_eigsh",
+    "power_iteration",
+    "xdiag",
+    "xtrace",
 ]

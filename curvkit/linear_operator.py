@@ -174,6 +174,8 @@ class LinearOperator:
         if isinstance(other, (Tensor, numpy.ndarray)):
             if other.ndim not in (1, 2):
                 raise ValueError(f"x @ A needs x of shape [m] or [k, m], got {list(other.shape)}.")
+            if other.ndim == 1:
+                return self._apply(other, transpose=True)
             return self._apply(other.T, transpose=True).T
         if hasattr(other, "shape") and hasattr(other, "__matmul__"):
             return ProductLinearOperator([as_linear_operator(other), self])

@@ -8,6 +8,7 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+import torch
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -15,6 +16,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from zoo import PROBLEM_IDS, SMALL_PROBLEM_IDS, Problem, make_problem_from_id
 
 from curvkit import reference
+
+# The zoo's problems are tiny: a second thread costs more in synchronization than it saves,
+# and on a shared 2-core machine it oversubscribes the cores (25x slower products, measured).
+torch.set_num_threads(1)
 
 _REFERENCES: dict[str, Callable[..., Tensor]] = {
     "hessian": reference.hessian_matrix,

@@ -13,7 +13,8 @@ where :math:`\mathbf{s}_i` is the normalized :math:`i`-th column of :math:`\math
 column of :math:`\mathbf{R}`), so that
 
 .. math::
-    \mathbf{Q}_{(i)}\mathbf{Q}_{(i)}^\top = \mathbf{Q}(\mathbf{I} - \mathbf{s}_i\mathbf{s}_i^\top)\mathbf{Q}^\top,
+    \mathbf{Q}_{(i)}\mathbf{Q}_{(i)}^\top
+    = \mathbf{Q}(\mathbf{I} - \mathbf{s}_i\mathbf{s}_i^\top)\mathbf{Q}^\top,
 
 all :math:`m` downdates at the price of one QR factorization and one triangular solve.
 """

@@ -8,10 +8,14 @@ and the projection :math:`\mathbf{H}_m = \mathbf{V}_m^\top \mathbf{A} \mathbf{V}
 .. math::
     \mathbf{A}\mathbf{V}_m = \mathbf{V}_m \mathbf{H}_m + \beta_m \mathbf{v}_{m+1}\mathbf{e}_m^\top.
 
-Without restarts :math:`\mathbf{H}_m` is the tridiagonal Lanczos matrix. Each new vector is
-orthogonalized against the whole basis twice (classical Gram-Schmidt, "twice is enough"), so
-the basis stays orthonormal to machine precision and no spurious copies of converged
-eigenvalues appear. The entries of :math:`\mathbf{H}_m` are read off the orthogonalization
+Without restarts :math:`\mathbf{H}_m` is the tridiagonal Lanczos matrix. Each new vector
+:math:`\mathbf{A}\mathbf{v}_j` is first orthogonalized against the vectors it couples to in exact
+arithmetic (:math:`\mathbf{v}_{j-1}, \mathbf{v}_j`: the three-term recurrence), then once against
+the whole basis (classical Gram-Schmidt), and a second time only if that pass removed more than
+:math:`1 - 1/\sqrt{2}` of its norm (the DGKS criterion of Daniel, Gragg, Kaufman & Stewart,
+1976). So the basis stays orthonormal to machine precision and no spurious copies of converged
+eigenvalues appear, at two passes over the basis per step; vectors are stored as rows so a pass
+reads only the ``j`` vectors in use. The entries of :math:`\mathbf{H}_m` are read off the orthogonalization
 coefficients, which makes a thick restart (Wu & Simon, 2000) a change of basis: keeping Ritz
 vectors :math:`\mathbf{V}_m\mathbf{S}_K` gives :math:`\mathbf{H} = \mathrm{diag}(\theta_K)`,
 coupled to :math:`\mathbf{v}_{m+1}` by :math:`\beta_m \mathbf{S}_{m,K}`.
@@ -52,6 +56,11 @@ class LanczosProcess:
         generator: If given, a breakdown (invariant subspace found) is followed by a random
             restart vector orthogonal to the basis, so eigenvalues outside the Krylov space of
             ``start`` can still be found. Without, the process stops at a breakdown.
+
+    Attributes:
+        broke_down: Whether the last step found an invariant subspace.
+        probed_complement: Whether the last step multiplied such a random restart vector. If it
+            broke down too, ``A`` is a multiple of the identity on the complement of the basis.
     """
 
     def __init__(
@@ -59,14 +68,27 @@ class LanczosProcess:
     ):
         dtype, device = working_dtype(A), start.device
         self.A, self.max_dim, self.generator = A, max_dim, generator
-        self.V = torch.zeros(A.shape[0], max_dim + 1, dtype=dtype, device=device)
+        self.V = torch.zeros(max_dim + 1, A.shape[0], dtype=dtype, device=device)  # basis vectors as rows
         self.H = torch.zeros(max_dim, max_dim, dtype=dtype, device=device)
-        self.V[:, 0] = start / torch.linalg.vector_norm(start)
+        self.V[0] = start / torch.linalg.vector_norm(start)
         self.size = 0
+        self._coupled_from = 0  # first basis vector that A v_j couples to in exact arithmetic
         self.beta = 0.0
         self.num_matvecs = 0
         self.broke_down = False
+        self.probed_complement = False
+        self._next_is_random = False
         self._norm_estimate = 0.0
+
+    def grow(self, max_dim: int) -> None:
+        """Enlarge the storage to ``max_dim`` basis vectors, keeping the current basis."""
+        if max_dim <= self.max_dim:
+            return
+        V = self.V.new_zeros(max_dim + 1, self.V.shape[1])
+        V[: self.max_dim + 1] = self.V
+        H = self.H.new_zeros(max_dim, max_dim)
+        H[: self.max_dim, : self.max_dim] = self.H
+        self.V, self.H, self.max_dim = V, H, max_dim
 
     def step(self) -> bool:
         """Add one vector to the basis (one product with ``A``).
@@ -80,38 +102,48 @@ class LanczosProcess:
         j = self.size
         if j >= self.max_dim:
             raise RuntimeError(f"The Lanczos basis is full ({self.max_dim} vectors).")
-        w = self.A.matmat(self.V[:, j : j + 1]).squeeze(1)
+        self.probed_complement, self._next_is_random = self._next_is_random, False
+        w = self.A.matmat(self.V[j].unsqueeze(1)).squeeze(1)
         self.num_matvecs += 1
         norm_w = float(torch.linalg.vector_norm(w))
         if norm_w != norm_w or norm_w == float("inf"):
             raise RuntimeError("Lanczos: the operator returned NaN or infinity.")
         self._norm_estimate = max(self._norm_estimate, norm_w)
-        basis = self.V[:, : j + 1]
-        h = basis.T @ w
-        w = w - basis @ h
-        correction = basis.T @ w
-        w = w - basis @ correction
-        h = h + correction
+        h = torch.zeros(j + 1, dtype=w.dtype, device=w.device)
+        coupled = self.V[self._coupled_from : j + 1]
+        h[self._coupled_from :] = coupled @ w
+        w = torch.addmv(w, coupled.T, h[self._coupled_from :], alpha=-1)
+        basis, norm_before = self.V[: j + 1], float(torch.linalg.vector_norm(w))
+        for _ in range(2):
+            correction = basis @ w
+            w.addmv_(basis.T, correction, alpha=-1)
+            h += correction
+            norm_after = float(torch.linalg.vector_norm(w))
+            if norm_after > 0.7071 * norm_before:
+                break
+            norm_before = norm_after
         self.H[: j + 1, j] = h
         self.H[j, : j + 1] = h
         self.size = j + 1
-        beta = float(torch.linalg.vector_norm(w))
+        self._coupled_from = j
+        beta = norm_after
         self.broke_down = beta <= 100 * torch.finfo(w.dtype).eps * max(self._norm_estimate, 1e-300)
         if not self.broke_down:
             self.beta = beta
-            self.V[:, j + 1] = w / beta
+            self.V[j + 1] = w / beta
             return True
         self.beta = 0.0
         if self.generator is None or self.size >= self.A.shape[0]:
             return False
-        self.V[:, j + 1] = self._random_orthogonal_vector(basis)
+        self.V[j + 1] = self._random_orthogonal_vector(basis)
+        self._next_is_random = True
         return True
 
     def _random_orthogonal_vector(self, basis: Tensor) -> Tensor:
-        v = torch.randn(basis.shape[0], generator=self.generator, device=self.generator.device)
+        v = torch.randn(basis.shape[1], generator=self.generator, device=self.generator.device)
         v = v.to(dtype=basis.dtype, device=basis.device)
         for _ in range(2):
-            v = v - basis @ (basis.T @ v)
+            v = v - basis.T @ (basis @ v)
         return v / torch.linalg.vector_norm(v)
 
     def ritz_pairs(self) -> RitzPairs:
@@ -121,17 +153,18 @@ class LanczosProcess:
         return RitzPairs(values, S, self.beta * S[m - 1].abs())
 
     def ritz_vectors(self, S: Tensor) -> Tensor:
-        """``V_m S`` for coefficient columns ``S`` of shape ``[m, k]``."""
-        return self.V[:, : self.size] @ S
+        """``V_m S`` (``[n, k]``) for coefficient columns ``S`` of shape ``[m, k]``."""
+        return self.V[: self.size].T @ S
 
     def restart(self, keep: Tensor) -> None:
         """Thick restart: keep the Ritz vectors with indices ``keep`` and the residual direction."""
         m, num_kept = self.size, keep.numel()
         values, S, _ = self.ritz_pairs()
-        residual_direction = self.V[:, m].clone()
-        self.V[:, :num_kept] = self.ritz_vectors(S[:, keep])
-        self.V[:, num_kept] = residual_direction
-        self.V[:, num_kept + 1 :] = 0.0
+        residual_direction = self.V[m].clone()
+        self.V[:num_kept] = S[:, keep].T @ self.V[:m]
+        self.V[num_kept] = residual_direction
+        self.V[num_kept + 1 :] = 0.0
         self.H.zero_()
         self.H[:num_kept, :num_kept] = torch.diag(values[keep])
         self.size = num_kept
+        self._coupled_from = 0  # the residual direction couples to every kept Ritz vector

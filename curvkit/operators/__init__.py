@@ -2,14 +2,17 @@
 
 from curvkit.operators.fisher import EFLinearOperator, FisherMCLinearOperator
 from curvkit.operators.ggn import GGNLinearOperator
+from curvkit.operators.ggn_diagonal import GGNDiagonalLinearOperator, ggn_diagonal
 from curvkit.operators.hessian import HessianLinearOperator
 from curvkit.operators.jacobian import JacobianLinearOperator, TransposedJacobianLinearOperator
 
 __all__ = [
     "EFLinearOperator",
     "FisherMCLinearOperator",
+    "GGNDiagonalLinearOperator",
     "GGNLinearOperator",
     "HessianLinearOperator",
     "JacobianLinearOperator",
     "TransposedJacobianLinearOperator",
+    "ggn_diagonal",
 ]

@@ -1,0 +1,190 @@
+"""Inverse-matrix products by the conjugate gradient method, batched over right-hand sides."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from warnings import warn
+
+import numpy
+import torch
+from torch import Tensor
+
+from curvkit._boundary import as_tensor
+from curvkit.linalg._operator import nonnegative_float, positive_int, square_operator
+from curvkit.linear_operator import LinearOperator, as_linear_operator
+
+
+def conjugate_gradient(
+    A: LinearOperator,
+    B: Tensor,
+    *,
+    x0: Tensor | None = None,
+    tol: float = 1e-5,
+    atol: float = 0.0,
+    maxiter: int | None = None,
+    M: LinearOperator | None = None,
+    callback: Callable[[Tensor], Any] | None = None,
+) -> Tensor:
+    r"""Solve :math:`\mathbf{A}\mathbf{X} = \mathbf{B}` column by column with (preconditioned) CG.
+
+    All columns iterate together, each with its own step sizes
+    :math:`\alpha_j = \mathbf{r}_j^\top\mathbf{z}_j / \mathbf{p}_j^\top\mathbf{A}\mathbf{p}_j` and
+    :math:`\beta_j`, and one product of :math:`\mathbf{A}` with the block of search directions of
+    the columns that have not converged yet per iteration. Column :math:`j` has converged when
+    :math:`\|\mathbf{r}_j\| \le \max(\mathrm{tol} \cdot \|\mathbf{b}_j\|, \mathrm{atol})` (SciPy's rule).
+
+    Hestenes, M. R., & Stiefel, E. (1952). Methods of conjugate gradients for solving linear
+    systems. Journal of Research of the National Bureau of Standards.
+
+    Args:
+        A: Symmetric positive definite operator ``[n, n]``.
+        B: Right-hand sides ``[n, k]`` (dtype and device of ``A``).
+        x0: Initial guess ``[n]`` (for every column) or ``[n, k]``. Default: zeros.
+        tol: Relative tolerance.
+        atol: Absolute tolerance.
+        maxiter: Maximum number of iterations. Default: ``10 · n``.
+        M: Preconditioner, an operator approximating :math:`\mathbf{A}^{-1}` (SPD).
+        callback: Called with the current iterate ``[n, k]`` after each iteration.
+
+    Returns:
+        The solutions ``[n, k]``. Columns that did not converge in ``maxiter`` iterations are
+        returned as they are, with a ``UserWarning``.
+
+    Raises:
+        RuntimeError: If NaN or infinity appears, or a direction of non-positive curvature
+            :math:`\mathbf{p}^\top\mathbf{A}\mathbf{p} \le 0` shows that ``A`` is not positive definite.
+    """
+    maxiter = 10 * A.shape[0] if maxiter is None else maxiter
+    X = torch.zeros_like(B) if x0 is None else x0.expand_as(B).clone()
+    R = B - A.matmat(X) if x0 is not None else B.clone()
+    threshold = torch.clamp(tol * torch.linalg.vector_norm(B, dim=0), min=atol)
+    Z = R if M is None else M.matmat(R)
+    P = Z.clone()
+    rz = (R * Z).sum(dim=0)
+    for _ in range(maxiter):
+        active = torch.nonzero(torch.linalg.vector_norm(R, dim=0) > threshold).squeeze(1)
+        if active.numel() == 0:
+            return X
+        P_active = P[:, active]
+        AP = A.matmat(P_active)
+        curvature = (P_active * AP).sum(dim=0)
+        if not bool(torch.isfinite(curvature).all()):
+            raise RuntimeError("CG encountered NaN or infinity; check A (and M) for non-finite values.")
+        if bool((curvature <= 0).any()):
+            raise RuntimeError(
+                "CG found a direction p with pᵀAp ≤ 0: A is not positive definite. "
+                "Add damping (A + damping · I with damping > 0) or use LSMRInverseLinearOperator."
+            )
+        alpha = rz[active] / curvature
+        X[:, active] += alpha * P_active
+        R[:, active] -= alpha * AP
+        Z_active = R[:, active] if M is None else M.matmat(R[:, active])
+        rz_new = (R[:, active] * Z_active).sum(dim=0)
+        P[:, active] = Z_active + (rz_new / rz[active]) * P_active
+        rz[active] = rz_new
+        if callback is not None:
+            callback(X)
+    residual = torch.linalg.vector_norm(R, dim=0)
+    if bool((residual > threshold).any()):
+        warn(
+            f"CG did not converge within maxiter={maxiter} iterations: the largest residual norm "
+            f"relative to its tolerance is {float((residual / threshold).max()):.3g}.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return X
+
+
+class CGInverseLinearOperator(LinearOperator):
+    r"""Class for inverse linear operators via conjugate gradients.
+
+    Represents :math:`\mathbf{A}^{-1}` for a symmetric positive definite :math:`\mathbf{A}`;
+    ``A_inv @ B`` solves :math:`\mathbf{A}\mathbf{X} = \mathbf{B}` with :func:`conjugate_gradient`
+    in PyTorch, on the operator's device, batched over the columns of ``B``. A positive
+    semi-definite curvature matrix is made definite by damping, e.g.
+    ``CGInverseLinearOperator(damped(GGN, 1e-3))`` (see :func:`~curvkit.linalg.damped`).
+
+    Args:
+        A: Linear operator whose inverse is formed. Must be symmetric and positive definite.
+
+    Raises:
+        ValueError: If ``A`` is not square.
+
+    Example:
+        >>> import torch
+        >>> A = torch.tensor([[4.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
+        >>> A_inv = CGInverseLinearOperator(A)
+        >>> A_inv.set_cg_hyperparameters(tol=1e-10)
+        >>> torch.allclose(A @ (A_inv @ torch.tensor([1.0, 2.0], dtype=torch.float64)),
+        ...                torch.tensor([1.0, 2.0], dtype=torch.float64))
+        True
+    """
+
+    def __init__(self, A: Any):
+        self._A = square_operator(A)
+        super().__init__(
+            self._A.shape,
+            dtype=self._A.dtype,
+            device=self._A.device,
+            psd=True,
+            in_layout=self._A.out_layout,
+            out_layout=self._A.in_layout,
+        )
+        self.set_cg_hyperparameters()
+
+    def set_cg_hyperparameters(
+        self,
+        x0: Tensor | numpy.ndarray | None = None,
+        tol: float = 1e-5,
+        maxiter: int | None = None,
+        M: Any = None,
+        callback: Callable[[Tensor], Any] | None = None,
+        atol: float | None = None,
+    ) -> None:
+        """Store hyperparameters for CG (the arguments of ``scipy.sparse.linalg.cg``).
+
+        Args:
+            x0: Initial guess, ``[n]`` or ``[n, k]`` (tensor or NumPy array). Default: zeros.
+            tol: Relative tolerance on the residual norm, ``≥ 0``.
+            maxiter: Maximum number of iterations, ``≥ 1``. Default: ``10 · n``.
+            M: Preconditioner approximating ``A⁻¹`` (anything with ``@`` and ``.shape``).
+            callback: Called with the current iterate (a ``[n, k]`` tensor) after each iteration.
+            atol: Absolute tolerance, ``≥ 0``. Default: ``0``.
+
+        Raises:
+            ValueError: If a tolerance is negative, ``maxiter < 1``, or ``x0`` / ``M`` has a wrong shape.
+        """
+        n = self.shape[0]
+        self._tol = nonnegative_float(tol, "tol")
+        self._atol = 0.0 if atol is None else nonnegative_float(atol, "atol")
+        self._maxiter = None if maxiter is None else positive_int(maxiter, "maxiter")
+        if x0 is not None:
+            x0 = as_tensor(x0, self._A.dtype, self._A.device, name="x0")
+            if x0.ndim not in (1, 2) or x0.shape[0] != n:
+                raise ValueError(f"x0 must have shape [{n}] or [{n}, k], got {list(x0.shape)}.")
+            x0 = x0.unsqueeze(1) if x0.ndim == 1 else x0
+        self._x0 = x0
+        if M is not None:
+            M = as_linear_operator(M)
+            if M.shape != (n, n):
+                raise ValueError(f"M must have shape {(n, n)} like A, got {tuple(M.shape)}.")
+        self._M = M
+        if callback is not None and not callable(callback):
+            raise ValueError(f"callback must be callable or None, got {type(callback).__name__}.")
+        self._callback = callback
+
+    def _matmat(self, X: Tensor) -> Tensor:
+        x0 = self._x0
+        if x0 is not None and x0.shape[1] not in (1, X.shape[1]):
+            raise ValueError(f"x0 has {x0.shape[1]} columns, but the right-hand side has {X.shape[1]}.")
+        return conjugate_gradient(
+            self._A,
+            X,
+            x0=x0,
+            tol=self._tol,
+            atol=self._atol,
+            maxiter=self._maxiter,
+            M=self._M,
+            callback=self._callback,
+        )

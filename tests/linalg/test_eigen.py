@@ -1,0 +1,108 @@
+"""Eigenpairs: thick-restart Lanczos and power iteration against torch.linalg.eigh."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from linalg_matrices import CountingOperator, random_symmetric, with_spectrum
+from scipy.sparse.linalg import aslinearoperator
+
+from curvkit.linalg import lanczos_eigsh, power_iteration
+
+
+def assert_eigenpairs(A, values, vectors, expected_values, atol=1e-8):
+    torch.testing.assert_close(values, expected_values, atol=atol, rtol=0)
+    torch.testing.assert_close(A @ vectors, vectors * values, atol=1e-5 * float(values.abs().max()), rtol=0)
+    torch.testing.assert_close(
+        vectors.T @ vectors, torch.eye(values.numel(), dtype=values.dtype), atol=1e-8, rtol=0
+    )
+
+
+@pytest.mark.parametrize("which", ["LA", "SA", "LM"])
+@pytest.mark.parametrize("k, ncv", [(1, None), (5, None), (4, 10)])
+def test_agrees_with_eigh(which, k, ncv):
+    A = random_symmetric(150, seed=2)
+    values, vectors = lanczos_eigsh(A, k, which=which, tol=1e-9, ncv=ncv, seed=0)
+    all_values = torch.linalg.eigvalsh(A)
+    expected = {
+        "LA": all_values[-k:],
+        "SA": all_values[:k],
+        "LM": all_values[all_values.abs().argsort()[-k:]].sort().values,
+    }[which]
+    assert_eigenpairs(A, values, vectors, expected)
+
+
+def test_eigenvectors_match_up_to_sign():
+    A = with_spectrum(torch.cat([torch.linspace(0, 1, 95), torch.tensor([2.0, 3.0, 4.0, 5.0, 6.0])]).double())
+    values, vectors = lanczos_eigsh(A, 3, tol=1e-10, seed=1)
+    expected_values, expected_vectors = torch.linalg.eigh(A)
+    torch.testing.assert_close(values, expected_values[-3:])
+    overlaps = (vectors * expected_vectors[:, -3:]).sum(0).abs()
+    torch.testing.assert_close(overlaps, torch.ones(3, dtype=torch.float64))
+
+
+def test_restarts_keep_the_number_of_vectors_bounded():
+    A = CountingOperator(random_symmetric(300, seed=3), symmetric=True)
+    values, _ = lanczos_eigsh(A, 2, ncv=8, tol=1e-8, seed=0)
+    torch.testing.assert_close(values, torch.linalg.eigvalsh(A.matrix)[-2:])
+    assert A.num_columns == A.num_calls  # one vector per product
+
+
+def test_multiple_eigenvalues_and_identity():
+    A = torch.diag(torch.cat([torch.full((3,), 3.0), torch.linspace(0, 1, 40)])).double()
+    values, _ = lanczos_eigsh(A, 3, seed=0)
+    torch.testing.assert_close(values, torch.full((3,), 3.0, dtype=torch.float64))
+    values, vectors = lanczos_eigsh(torch.eye(30, dtype=torch.float64), 4, seed=0)
+    torch.testing.assert_close(values, torch.ones(4, dtype=torch.float64))
+    torch.testing.assert_close(vectors.T @ vectors, torch.eye(4, dtype=torch.float64))
+
+
+def test_full_dimension_and_foreign_inputs():
+    A = random_symmetric(12)
+    values, _ = lanczos_eigsh(aslinearoperator(A.numpy()), 12, seed=0)
+    torch.testing.assert_close(values, torch.linalg.eigvalsh(A))
+    values, _ = lanczos_eigsh(A.numpy(), 2, which="SA", seed=0)
+    torch.testing.assert_close(values, torch.linalg.eigvalsh(A)[:2])
+
+
+def test_eigsh_errors():
+    A = random_symmetric(20)
+    for kwargs, match in [
+        ({"k": 0}, "k must be"),
+        ({"k": 21}, "k must be at most"),
+        ({"which": "BE"}, "which must be one of"),
+        ({"tol": -1.0}, "tol must be"),
+        ({"ncv": 3, "k": 3}, "ncv must satisfy"),
+        ({"ncv": 21}, "ncv must satisfy"),
+        ({"max_matvecs": 0}, "max_matvecs must be"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            lanczos_eigsh(A, **{"k": 2, **kwargs})
+    with pytest.raises(ValueError, match="A must be a square operator"):
+        lanczos_eigsh(torch.zeros(3, 4), 1)
+    with pytest.raises(RuntimeError, match="did not converge to tol=1e-12 within max_matvecs=15"):
+        lanczos_eigsh(random_symmetric(200), 3, ncv=10, tol=1e-12, max_matvecs=15, seed=0)
+    with pytest.raises(RuntimeError, match="NaN"):
+        lanczos_eigsh(torch.full((5, 5), float("nan")), 1, seed=0)
+
+
+def test_power_iteration():
+    A = with_spectrum(torch.cat([torch.linspace(-1, 1, 50), torch.tensor([4.0])]).double())
+    value, vector = power_iteration(A, tol=1e-8, seed=0)
+    assert float(value) == pytest.approx(4.0, rel=1e-8)
+    torch.testing.assert_close(A @ vector, value * vector, atol=1e-7, rtol=0)
+    assert float(power_iteration(-A, tol=1e-8, seed=0)[0]) == pytest.approx(-4.0)
+    assert float(power_iteration(torch.zeros(4, 4), seed=0)[0]) == 0.0
+
+
+def test_power_iteration_errors():
+    with pytest.raises(RuntimeError, match="did not converge to tol=1e-10 within max_iterations=3"):
+        power_iteration(random_symmetric(50), tol=1e-10, max_iterations=3, seed=0)
+    with pytest.raises(ValueError, match="max_iterations must be"):
+        power_iteration(torch.eye(3), max_iterations=0)
+    with pytest.raises(ValueError, match="tol must be"):
+        power_iteration(torch.eye(3), tol=-1.0)
+    with pytest.raises(ValueError, match="A must be a square operator"):
+        power_iteration(torch.zeros(3, 4))
+    with pytest.raises(RuntimeError, match="NaN"):
+        power_iteration(torch.full((3, 3), float("nan")), seed=0)

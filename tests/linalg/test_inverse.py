@@ -1,0 +1,208 @@
+"""Inverse operators: CG, Neumann, LSMR, and damping."""
+
+from __future__ import annotations
+
+import numpy
+import pytest
+import torch
+from linalg_matrices import CountingOperator, generator, random_symmetric, with_spectrum
+from scipy.sparse.linalg import aslinearoperator
+
+from curvkit.linalg import (
+    CGInverseLinearOperator,
+    LSMRInverseLinearOperator,
+    NeumannInverseLinearOperator,
+    damped,
+)
+from curvkit.linear_operator import DenseLinearOperator
+from curvkit.structured import DiagonalLinearOperator, IdentityLinearOperator
+
+
+def spd(n: int = 40, condition: float = 100.0, seed: int = 0) -> torch.Tensor:
+    return with_spectrum(torch.logspace(0, numpy.log10(condition), n, dtype=torch.float64), seed)
+
+
+def rhs(n: int, k: int | None = None, seed: int = 1) -> torch.Tensor:
+    shape = (n,) if k is None else (n, k)
+    return torch.randn(*shape, dtype=torch.float64, generator=generator(seed))
+
+
+# ----------------------------------------------------------------------- CG
+def test_cg_matches_dense_solve_for_vectors_and_batched_columns():
+    A = spd()
+    A_inv = CGInverseLinearOperator(A)
+    A_inv.set_cg_hyperparameters(tol=1e-12)
+    b, B = rhs(40), rhs(40, 5)
+    torch.testing.assert_close(A_inv @ b, torch.linalg.solve(A, b))
+    torch.testing.assert_close(A_inv @ B, torch.linalg.solve(A, B))
+    # each column gets its own step sizes: batched equals column-by-column
+    torch.testing.assert_close(A_inv @ B, torch.stack([A_inv @ B[:, j] for j in range(5)], 1))
+
+
+def test_cg_skips_converged_columns():
+    A = CountingOperator(spd(), symmetric=True)
+    B = torch.stack([torch.zeros(40, dtype=torch.float64), rhs(40)], 1)
+    A_inv = CGInverseLinearOperator(A)
+    A_inv.set_cg_hyperparameters(tol=1e-10)
+    A_inv @ B
+    assert A.num_columns == A.num_calls  # only the non-zero column is multiplied
+
+
+def test_cg_with_preconditioner_converges_in_fewer_iterations():
+    diagonal = torch.logspace(0, 4, 60, dtype=torch.float64)
+    A = torch.diag(diagonal) + 0.1 * with_spectrum(
+        torch.rand(60, dtype=torch.float64, generator=generator(0))
+    )
+    b = rhs(60)
+    iterations = {}
+    for name, M in (("none", None), ("jacobi", DiagonalLinearOperator(1 / A.diagonal()))):
+        counter = []
+        A_inv = CGInverseLinearOperator(A)
+        A_inv.set_cg_hyperparameters(tol=1e-10, M=M, callback=counter.append)
+        torch.testing.assert_close(A_inv @ b, torch.linalg.solve(A, b))
+        iterations[name] = len(counter)
+    assert iterations["jacobi"] < iterations["none"] / 2
+
+
+def test_cg_with_x0_atol_numpy_and_scipy():
+    A = spd()
+    b = rhs(40)
+    x = torch.linalg.solve(A, b)
+    counter = []
+    A_inv = CGInverseLinearOperator(aslinearoperator(A.numpy()))
+    A_inv.set_cg_hyperparameters(x0=x.numpy(), callback=counter.append)
+    numpy.testing.assert_allclose(A_inv @ b.numpy(), x.numpy())
+    assert counter == []  # the initial guess already solves the system
+    A_inv.set_cg_hyperparameters(tol=0.0, atol=1e-9)
+    numpy.testing.assert_allclose(A_inv @ b.numpy(), x.numpy(), atol=1e-7)
+
+
+def test_cg_on_damped_operator():
+    A = with_spectrum(torch.cat([torch.zeros(10), torch.ones(20)]).double())  # singular PSD
+    damped_A = damped(DenseLinearOperator(A, psd=True), 0.5)
+    assert damped_A.is_psd
+    A_inv = CGInverseLinearOperator(damped_A)
+    A_inv.set_cg_hyperparameters(tol=1e-12)
+    b = rhs(30)
+    expected = torch.linalg.solve(A + 0.5 * torch.eye(30, dtype=torch.float64), b)
+    torch.testing.assert_close(A_inv @ b, expected)
+    torch.testing.assert_close(CGInverseLinearOperator(A + 0.5 * IdentityLinearOperator(30)) @ b, expected)
+
+
+def test_cg_errors():
+    with pytest.raises(ValueError, match="A must be a square operator"):
+        CGInverseLinearOperator(torch.zeros(3, 4))
+    A_inv = CGInverseLinearOperator(torch.eye(3))
+    for kwargs, match in [
+        ({"tol": -1.0}, "tol must be"),
+        ({"atol": -1e-3}, "atol must be"),
+        ({"maxiter": 0}, "maxiter must be"),
+        ({"x0": torch.zeros(4)}, "x0 must have shape"),
+        ({"M": torch.eye(4)}, "M must have shape"),
+        ({"callback": 3}, "callback must be callable"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            A_inv.set_cg_hyperparameters(**kwargs)
+    with pytest.raises(RuntimeError, match="NaN"):
+        CGInverseLinearOperator(torch.full((3, 3), float("nan"))) @ torch.ones(3)
+    with pytest.raises(RuntimeError, match="not positive definite"):
+        CGInverseLinearOperator(-torch.eye(3)) @ torch.ones(3)
+    with pytest.raises(RuntimeError, match="not positive definite"):
+        CGInverseLinearOperator(random_symmetric(20)) @ rhs(20)
+
+
+def test_cg_warns_when_not_converged():
+    A_inv = CGInverseLinearOperator(spd(condition=1e4))
+    A_inv.set_cg_hyperparameters(maxiter=2, tol=1e-12)
+    with pytest.warns(UserWarning, match="CG did not converge within maxiter=2"):
+        A_inv @ rhs(40)
+
+
+def test_negative_damping_is_refused():
+    with pytest.raises(ValueError, match="damping must be a finite non-negative number"):
+        damped(torch.eye(3), -0.1)
+    with pytest.raises(ValueError, match="damping must be"):
+        damped(torch.eye(3), float("nan"))
+    with pytest.raises(ValueError, match="A must be a square operator"):
+        damped(torch.zeros(3, 2), 0.1)
+    # the plain algebra with a negative damping makes the matrix indefinite: CG says so
+    with pytest.raises(RuntimeError, match="not positive definite"):
+        CGInverseLinearOperator(
+            torch.eye(3, dtype=torch.float64) - 2.0 * IdentityLinearOperator(3)
+        ) @ torch.ones(3, dtype=torch.float64)
+
+
+# ----------------------------------------------------------------------- Neumann
+@pytest.mark.parametrize("scale", [1.0, 0.4])
+def test_neumann_converges_for_eigenvalues_in_zero_two_over_scale(scale):
+    upper = 0.95 * 2 / scale
+    A = with_spectrum(torch.linspace(0.3 * upper, upper, 20, dtype=torch.float64))
+    b = rhs(20)
+    A_inv = NeumannInverseLinearOperator(A, num_terms=200, scale=scale)
+    torch.testing.assert_close(A_inv @ b, torch.linalg.solve(A, b))
+    # truncation error follows max_i |1 - scale λ_i|^(K+1) / λ_i
+    coarse = NeumannInverseLinearOperator(A, num_terms=10, scale=scale) @ b
+    bound = 0.95**11 / (0.3 * upper) * float(b.norm()) * 1.5
+    assert float((coarse - torch.linalg.solve(A, b)).norm()) < bound
+
+
+def test_neumann_raises_on_divergence_and_checks_hyperparameters():
+    A = with_spectrum(torch.tensor([0.5, 1.0, 3.0], dtype=torch.float64))  # 3 > 2 / scale
+    with pytest.raises(RuntimeError, match="Neumann series diverges"):
+        NeumannInverseLinearOperator(A, num_terms=100) @ torch.ones(3, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="Neumann series diverges"):
+        NeumannInverseLinearOperator(1e200 * A, num_terms=3) @ torch.ones(3, dtype=torch.float64)
+    unchecked = NeumannInverseLinearOperator(A, num_terms=30, check_nan=False) @ torch.ones(
+        3, dtype=torch.float64
+    )
+    assert float(unchecked.abs().max()) > 1e6
+    NeumannInverseLinearOperator(A, scale=0.5) @ torch.ones(3, dtype=torch.float64)  # fixed by the scale
+    with pytest.raises(ValueError, match="num_terms must be"):
+        NeumannInverseLinearOperator(A, num_terms=-1)
+    with pytest.raises(ValueError, match="scale must be a positive"):
+        NeumannInverseLinearOperator(A, scale=0.0)
+    with pytest.raises(ValueError, match="A must be a square operator"):
+        NeumannInverseLinearOperator(torch.zeros(2, 3))
+
+
+# ----------------------------------------------------------------------- LSMR
+@pytest.mark.parametrize("shape", [(30, 20), (20, 30)])
+def test_lsmr_is_the_pseudo_inverse(shape):
+    A = torch.randn(*shape, dtype=torch.float64, generator=generator(0))
+    A_pinv = LSMRInverseLinearOperator(A)
+    A_pinv.set_lsmr_hyperparameters(atol=1e-12, btol=1e-12)
+    assert A_pinv.shape == shape[::-1]
+    torch.testing.assert_close(A_pinv @ rhs(shape[0], 3), torch.linalg.pinv(A) @ rhs(shape[0], 3))
+    torch.testing.assert_close(A_pinv.T @ rhs(shape[1], 2), torch.linalg.pinv(A).T @ rhs(shape[1], 2))
+
+
+def test_lsmr_rank_deficient_and_indefinite():
+    low_rank = torch.randn(25, 4, dtype=torch.float64, generator=generator(0)) @ torch.randn(
+        4, 25, dtype=torch.float64, generator=generator(1)
+    )
+    A_pinv = LSMRInverseLinearOperator(low_rank)
+    A_pinv.set_lsmr_hyperparameters(atol=1e-12, btol=1e-12)
+    torch.testing.assert_close(A_pinv @ rhs(25), torch.linalg.pinv(low_rank) @ rhs(25))
+    indefinite = with_spectrum(torch.linspace(-2, 3, 31, dtype=torch.float64)[torch.arange(31) != 12])
+    A_inv = LSMRInverseLinearOperator(DenseLinearOperator(indefinite, symmetric=True))
+    A_inv.set_lsmr_hyperparameters(atol=1e-12, btol=1e-12, maxiter=500)
+    assert A_inv.is_symmetric
+    torch.testing.assert_close(A_inv @ rhs(30), torch.linalg.solve(indefinite, rhs(30)))
+
+
+def test_lsmr_hyperparameters():
+    A_pinv = LSMRInverseLinearOperator(torch.eye(3))
+    with pytest.raises(ValueError, match="atol must be"):
+        A_pinv.set_lsmr_hyperparameters(atol=-1.0)
+    with pytest.raises(ValueError, match="btol must be"):
+        A_pinv.set_lsmr_hyperparameters(btol=-1.0)
+    with pytest.raises(ValueError, match="conlim must be positive"):
+        A_pinv.set_lsmr_hyperparameters(conlim=0.0)
+    with pytest.raises(ValueError, match="maxiter must be"):
+        A_pinv.set_lsmr_hyperparameters(maxiter=0)
+    A_pinv = LSMRInverseLinearOperator(with_spectrum(torch.logspace(0, 6, 30, dtype=torch.float64)))
+    A_pinv.set_lsmr_hyperparameters(atol=1e-14, btol=1e-14, maxiter=3)
+    with pytest.warns(UserWarning, match="LSMR did not converge within maxiter=3"):
+        A_pinv @ rhs(30)
+    with pytest.raises(RuntimeError, match="NaN"):
+        LSMRInverseLinearOperator(torch.full((3, 3), float("nan"))) @ torch.ones(3)
