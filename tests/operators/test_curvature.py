@@ -190,3 +190,12 @@ def test_cuda_matches_cpu(kind, reference_of):
     assert result.device.type == "cuda"
     expected = reference_of(problem.name, kind) @ vector.cpu()
     assert_matches(result.cpu(), expected, torch.float64)
+
+
+@pytest.mark.parametrize("kind", sorted(OPERATORS))
+def test_transformer_in_default_train_mode(kind, reference_of):
+    """Fused attention kernels, train or eval mode: products work without user changes."""
+    problem = make_problem_from_id("transformer-ceseq-mean-three-list")
+    problem.model.train()  # dropout=0, so the matrix is that of eval mode
+    operator = build(kind, problem)
+    assert_matches(operator.to_dense(), reference_of(problem.name, kind), torch.float64)
