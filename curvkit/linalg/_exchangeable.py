@@ -26,8 +26,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from curvkit.linalg._operator import working_dtype
-from curvkit.linalg._random import random_block
+from curvkit.linalg._operator import positive_int, square_operator, working_dtype
+from curvkit.linalg._random import check_distribution, random_block
 from curvkit.linear_operator import LinearOperator
 
 
@@ -39,6 +39,23 @@ class LeaveOneOutBasis(NamedTuple):
     Q: Tensor
     R: Tensor
     S: Tensor
+
+
+def checked_half_budget(A, num_matvecs: int, distribution: str, method: str) -> tuple[LinearOperator, int]:
+    """Validate the arguments of an exchangeable estimator; return the operator and ``m = num_matvecs // 2``.
+
+    Raises:
+        ValueError: If ``A`` is not square, ``num_matvecs`` is not in ``[2, 2 · dim]`` or
+            ``distribution`` is unknown.
+    """
+    A = square_operator(A)
+    positive_int(num_matvecs, "num_matvecs", minimum=2)
+    check_distribution(distribution)
+    if num_matvecs // 2 > A.shape[0]:
+        raise ValueError(
+            f"num_matvecs must be at most 2 · dim = {2 * A.shape[0]} for {method}, got {num_matvecs}."
+        )
+    return A, num_matvecs // 2
 
 
 def leave_one_out_basis(

@@ -6,9 +6,8 @@ from typing import Any
 
 from torch import Tensor
 
-from curvkit.linalg._exchangeable import columnwise_dot, leave_one_out_basis
-from curvkit.linalg._operator import positive_int, square_operator
-from curvkit.linalg._random import Seed, as_generator, check_distribution
+from curvkit.linalg._exchangeable import checked_half_budget, columnwise_dot, leave_one_out_basis
+from curvkit.linalg._random import Seed, as_generator
 
 
 def xdiag(A: Any, num_matvecs: int, *, distribution: str = "rademacher", seed: Seed = None) -> Tensor:
@@ -63,14 +62,7 @@ def xdiag(A: Any, num_matvecs: int, *, distribution: str = "rademacher", seed: S
         >>> torch.allclose(xdiag(A, 10, seed=0), A.diagonal())  # rank 4 = 10 // 2 - 1: exact
         True
     """
-    A = square_operator(A)
-    positive_int(num_matvecs, "num_matvecs", minimum=2)
-    check_distribution(distribution)
-    m = num_matvecs // 2
-    if m > A.shape[0]:
-        raise ValueError(
-            f"num_matvecs must be at most 2 · dim = {2 * A.shape[0]} for XDiag, got {num_matvecs}."
-        )
+    A, m = checked_half_budget(A, num_matvecs, distribution, "XDiag")
     Omega, Y, Q, _, S = leave_one_out_basis(A, m, distribution, as_generator(seed, A.device))
     Z = A.rmatmat(Q)
     T = Z.T @ Omega

@@ -6,9 +6,8 @@ from typing import Any
 
 from torch import Tensor
 
-from curvkit.linalg._exchangeable import columnwise_dot, leave_one_out_basis
-from curvkit.linalg._operator import positive_int, square_operator
-from curvkit.linalg._random import Seed, as_generator, check_distribution
+from curvkit.linalg._exchangeable import checked_half_budget, columnwise_dot, leave_one_out_basis
+from curvkit.linalg._random import Seed, as_generator
 
 
 def xtrace(A: Any, num_matvecs: int, *, distribution: str = "rademacher", seed: Seed = None) -> Tensor:
@@ -58,14 +57,7 @@ def xtrace(A: Any, num_matvecs: int, *, distribution: str = "rademacher", seed: 
         >>> round(float(xtrace(A, 10, seed=0)), 8)  # rank 4 = 10 // 2 - 1: exact
         10.0
     """
-    A = square_operator(A)
-    positive_int(num_matvecs, "num_matvecs", minimum=2)
-    check_distribution(distribution)
-    m = num_matvecs // 2
-    if m > A.shape[0]:
-        raise ValueError(
-            f"num_matvecs must be at most 2 · dim = {2 * A.shape[0]} for XTrace, got {num_matvecs}."
-        )
+    A, m = checked_half_budget(A, num_matvecs, distribution, "XTrace")
     Omega, Y, Q, R, S = leave_one_out_basis(A, m, distribution, as_generator(seed, A.device))
     Z = A.matmat(Q)
     H, W, T = Q.T @ Z, Q.T @ Omega, Z.T @ Omega  # T[:, i] = Qᵀ Aᵀ ω_i
