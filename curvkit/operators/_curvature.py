@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 from torch import Tensor
 
@@ -51,8 +51,10 @@ class CurvatureLinearOperator(LinearOperator):
         RuntimeError: If the determinism probe fails.
     """
 
-    #: Whether the matrix is positive semi-definite by construction (a fact of the class).
-    _PSD: ClassVar[bool] = False
+    @classmethod
+    def _is_psd(cls, loss_func: Callable) -> bool:
+        """Whether the matrix is positive semi-definite by construction for this loss."""
+        return False
 
     def __init__(
         self,
@@ -91,7 +93,7 @@ class CurvatureLinearOperator(LinearOperator):
             dtype=self._setup.model.dtype,
             device=self._setup.model.device,
             symmetric=True,
-            psd=self._PSD,
+            psd=self._is_psd(loss_func),
             in_layout=layout,
             out_layout=layout,
         )

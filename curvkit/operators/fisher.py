@@ -38,7 +38,9 @@ class EFLinearOperator(CurvatureLinearOperator):
     Arguments as for :class:`~curvkit.operators._curvature.CurvatureLinearOperator`.
     """
 
-    _PSD = True
+    @classmethod
+    def _is_psd(cls, loss_func: Callable) -> bool:
+        return True  # a sum of outer products
 
     def __init__(self, model_func: Callable, loss_func: Callable, *args, **kwargs):
         check_unweighted(loss_func, "EFLinearOperator")
@@ -82,7 +84,9 @@ class FisherMCLinearOperator(CurvatureLinearOperator):
         ValueError: If ``mc_samples`` is not a positive integer or ``seed`` not an integer.
     """
 
-    _PSD = True
+    @classmethod
+    def _is_psd(cls, loss_func: Callable) -> bool:
+        return True  # a sum of outer products
 
     def __init__(
         self,

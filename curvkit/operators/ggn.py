@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 from torch import Tensor
 
 from curvkit._engine import Batch
-from curvkit.losses import output_hessian_matmat
+from curvkit.losses import SUPPORTED_LOSSES, output_hessian_matmat
 from curvkit.operators._curvature import CurvatureLinearOperator
 from curvkit.operators._jtlj import jtlj_matmat
 
@@ -22,12 +23,15 @@ class GGNLinearOperator(CurvatureLinearOperator):
 
     The output-space Hessian has closed forms for ``MSELoss``, ``CrossEntropyLoss`` and
     ``BCEWithLogitsLoss`` and is differentiated (reverse over reverse) for any other loss.
-    The matrix is positive semi-definite for convex losses.
+    The matrix is tagged positive semi-definite for these three (convex) losses; for other
+    losses it is PSD only where the loss is convex in the output.
 
     Arguments as for :class:`~curvkit.operators._curvature.CurvatureLinearOperator`.
     """
 
-    _PSD = True
+    @classmethod
+    def _is_psd(cls, loss_func: Callable) -> bool:
+        return isinstance(loss_func, SUPPORTED_LOSSES)
 
     def _batch_matmat(self, batch: Batch, tangents: list[Tensor], state: Any) -> list[Tensor]:
         linearization = self._setup.linearization(batch)

@@ -199,3 +199,15 @@ def test_transformer_in_default_train_mode(kind, reference_of):
     problem.model.train()  # dropout=0, so the matrix is that of eval mode
     operator = build(kind, problem)
     assert_matches(operator.to_dense(), reference_of(problem.name, kind), torch.float64)
+
+
+def test_psd_tags_follow_the_loss():
+    problem = make_problem_from_id("mlp-mse-mean-three-list")
+    assert GGNLinearOperator(problem.model, problem.loss_func, problem.params, problem.data).is_psd
+    assert not HessianLinearOperator(problem.model, problem.loss_func, problem.params, problem.data).is_psd
+
+    def quartic(output, target):  # not convex in the output
+        return ((output - target) ** 2 - 1.0).square().mean()
+
+    ggn = GGNLinearOperator(problem.model, quartic, problem.params, problem.data)
+    assert ggn.is_symmetric and not ggn.is_psd
