@@ -1,11 +1,12 @@
 r"""The model as a differentiable function of its parameters, and its derivatives per batch.
 
-Everything is reverse mode. On the MLP benchmark (2 CPU cores), reverse-over-reverse took
+Reverse mode by default. On the MLP benchmark (2 CPU cores), reverse-over-reverse took
 2.7 gradients per Hessian product against 3.9 for forward-over-reverse, and a GGN product
 whose Jacobian-vector product is the transpose of a vector-Jacobian product (a "double vjp")
 1.7 gradients against 2.4 with forward mode. Reverse mode also works where forward-mode
 derivatives are missing (fused attention kernels, the fast path of ``nn.TransformerEncoderLayer``
-in eval mode).
+in eval mode). Convolutional networks are the measured exception (:func:`_has_convolutions`):
+their ``J v`` runs in forward mode, falling back to reverse mode where that is missing.
 
 Fused scaled-dot-product attention kernels have no second derivative either, so all products
 run with the math attention kernel selected (:func:`differentiable_attention`).
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vjp, vmap
+from torch.func import jvp as forward_jvp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from curvkit._layout import TensorListLayout
@@ -112,7 +114,9 @@ class ModelFunction:
         self.layout = TensorListLayout([tensor.shape for tensor in tensors])
         self.dtype, self.device = tensors[0].dtype, tensors[0].device
         self.is_module = isinstance(model_func, nn.Module)
-        self.column_chunk_size = _column_chunk_size(model_func)
+        # Convolutions: J v in forward mode, k columns in chunks of 4 (see _has_convolutions)
+        self.prefers_forward_mode = _has_convolutions(model_func)
+        self.column_chunk_size = 4 if self.prefers_forward_mode else None
         self._names = _module_parameter_names(model_func, names, tensors) if self.is_module else None
 
     # ------------------------------------------------------------------ evaluation
@@ -150,22 +154,13 @@ class ModelFunction:
 
     # ------------------------------------------------------------------ derivatives
     def linearize(self, X) -> Linearization:
-        """Output and Jacobian products on batch ``X`` (reverse mode only)."""
+        """Output and Jacobian products on batch ``X``.
+
+        ``Jᵀ W`` is a ``vjp``; ``J V`` transposes that ``vjp`` (reverse mode), except for
+        convolutional networks, where forward mode is faster (:func:`_has_convolutions`).
+        """
         if self.is_module:
-            with differentiable_attention():
-                primals = [tensor.detach() for tensor in self.tensors]
-                output, pullback = vjp(self.functional(X, range(len(primals))), *primals)
-                # u ↦ Jᵀu is linear; the vjp of that map with cotangent v is J v.
-                _, pushforward_transpose = vjp(pullback, torch.zeros_like(output))
-            return Linearization(
-                output.detach(),
-                lambda tangents: _with_attention(
-                    vmap(lambda *v: pushforward_transpose(v)[0], chunk_size=self.column_chunk_size), *tangents
-                ),
-                lambda cotangents: list(
-                    _with_attention(vmap(pullback, chunk_size=self.column_chunk_size), cotangents)
-                ),
-            )
+            return self._linearize_functional(X)
         with torch.enable_grad(), differentiable_attention():
             output = self.model_func(X)
             dummy = torch.zeros_like(output, requires_grad=True)
@@ -180,6 +175,38 @@ class ModelFunction:
                 return _batched_grad([output], self.tensors, [cotangents])
 
         return Linearization(output.detach(), jvp, pullback)
+
+    def _linearize_functional(self, X) -> Linearization:
+        forward = self.functional(X, range(len(self.tensors)))
+        primals = tuple(tensor.detach() for tensor in self.tensors)
+        chunk_size = self.column_chunk_size
+        with differentiable_attention():
+            output, pullback = vjp(forward, *primals)
+        transposed_pullback = []  # built on first use: it costs one backward pass
+
+        def reverse_jvp(tangents: list[Tensor]) -> Tensor:
+            if not transposed_pullback:
+                # u ↦ Jᵀu is linear; the vjp of that map with cotangent v is J v.
+                transposed_pullback.append(vjp(pullback, torch.zeros_like(output))[1])
+            return vmap(lambda *v: transposed_pullback[0](v)[0], chunk_size=chunk_size)(*tangents)
+
+        def jvp(tangents: list[Tensor]) -> Tensor:
+            with differentiable_attention():
+                if self.prefers_forward_mode:
+                    try:
+                        return vmap(lambda *v: forward_jvp(forward, primals, v)[1], chunk_size=chunk_size)(
+                            *tangents
+                        )
+                    except NotImplementedError as error:  # an operation without forward-mode derivative
+                        if "forward AD" not in str(error):
+                            raise
+                return reverse_jvp(tangents)
+
+        def vjp_columns(cotangents: Tensor) -> list[Tensor]:
+            with differentiable_attention():
+                return list(vmap(pullback, chunk_size=chunk_size)(cotangents))
+
+        return Linearization(output.detach(), jvp, vjp_columns)
 
     def hessian_product(
         self, X, y: Tensor, loss_func: Callable, indices: Sequence[int]
@@ -221,18 +248,20 @@ class ModelFunction:
         return hvp_autograd
 
 
-def _column_chunk_size(model_func: Callable) -> int | None:
-    """How many columns of a matrix product to ``vmap`` at once.
+def _has_convolutions(model_func: Callable) -> bool:
+    """Whether ``model_func`` is a module with convolution layers.
 
-    ``vmap``'s batching rule for convolutions turns ``k`` columns into one large grouped
-    convolution plus copies; in chunks of 4 a 16-column GGN product on the benchmark CNN took
-    29 instead of 61 gradients (1 CPU thread), while dense layers are fastest unchunked.
+    Such models get two measured exceptions to the defaults (benchmark CNN, one batch, CPU time
+    on 1 thread, in gradients): ``J v`` in forward mode instead of transposing a ``vjp``, since
+    the double backward of a convolution is expensive (GGN matvec 2.5 instead of 3.1), and
+    columns ``vmap``-ed in chunks of 4, since the batching rule for convolutions turns ``k``
+    columns into one large grouped convolution plus copies (16 columns: 11 instead of 19 in
+    forward mode, 16 instead of 32 in reverse mode). Dense layers and attention are fastest
+    with the defaults, and forward mode falls back to reverse where a derivative is missing.
     """
-    if isinstance(model_func, nn.Module) and any(
+    return isinstance(model_func, nn.Module) and any(
         isinstance(module, nn.modules.conv._ConvNd) for module in model_func.modules()
-    ):
-        return 4
-    return None
+    )
 
 
 def _with_attention(function: Callable, *args):

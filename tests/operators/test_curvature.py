@@ -12,6 +12,7 @@ from curvkit import (
     GGNLinearOperator,
     HessianLinearOperator,
     IdentityLinearOperator,
+    reference,
 )
 
 OPERATORS = {
@@ -211,3 +212,29 @@ def test_psd_tags_follow_the_loss():
 
     ggn = GGNLinearOperator(problem.model, quartic, problem.params, problem.data)
     assert ggn.is_symmetric and not ggn.is_psd
+
+
+class ConvAttention(torch.nn.Module):
+    """Convolutions (forward-mode ``J v``) followed by attention whose eval-mode fast path has none."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv1d(3, 4, kernel_size=3, padding=1)
+        self.attention = torch.nn.MultiheadAttention(4, num_heads=2, batch_first=True)
+        self.head = torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        hidden = self.conv(x).transpose(1, 2)
+        attended, _ = self.attention(hidden, hidden, hidden, need_weights=False)
+        return self.head(attended.mean(dim=1))
+
+
+def test_forward_mode_falls_back_to_reverse_mode_where_derivatives_are_missing():
+    torch.manual_seed(0)
+    model = ConvAttention().double().eval()
+    data = [(torch.randn(n, 3, 5, dtype=torch.float64), torch.randint(0, 2, (n,))) for n in (3, 4)]
+    params = list(model.parameters())
+    operator = GGNLinearOperator(model, torch.nn.CrossEntropyLoss(), params, data)
+    assert operator._setup.model.prefers_forward_mode
+    expected = reference.ggn_matrix(model, torch.nn.CrossEntropyLoss(), params, data)
+    assert_matches(operator.to_dense(), expected, torch.float64)
