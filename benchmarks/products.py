@@ -131,6 +131,11 @@ PROBLEM_LABELS = {
 
 
 # ---------------------------------------------------------------------------------- measuring
+#: The clock of the measurements: wall time by default; with ``--cpu-time`` the worker runs on one
+#: thread and measures its process's CPU time, which other processes on the machine barely affect.
+clock = time.perf_counter
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -142,10 +147,10 @@ def median_time(function: Callable[[], object], device: torch.device, warmup: in
     times = []
     for _ in range(repeats):
         synchronize(device)
-        start = time.perf_counter()
+        start = clock()
         function()
         synchronize(device)
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return statistics.median(times)
 
 
@@ -214,10 +219,10 @@ def time_operator(operator, gradient, vector, matrix, device, warmup: int, repea
     for _ in range(repeats):
         for name, function in calls.items():
             synchronize(device)
-            start = time.perf_counter()
+            start = clock()
             function()
             synchronize(device)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     result = {name: statistics.median(values) for name, values in times.items()}
     # max / min of the gradient times of these rounds: > NOISY_SPREAD flags a disturbed measurement
     result["gradient_spread"] = max(times["gradient_s"]) / min(times["gradient_s"])
@@ -239,6 +244,10 @@ def gradient_function(model, loss_func, params, data) -> Callable[[], list]:
 
 def run_worker(args: argparse.Namespace) -> dict:
     """Measure one (library, problem) pair in this process; ``args.mode`` is time or memory."""
+    global clock
+    if args.cpu_time:
+        torch.set_num_threads(1)
+        clock = time.process_time
     device = torch.device(args.device)
     library = importlib.import_module(args.library)
     model, loss_func, params, data = make_problem(args.problem, device, args.quick)
@@ -319,6 +328,8 @@ def spawn(python: str, library: str, problem: str, mode: str, args: argparse.Nam
     ]
     if args.quick:
         command.append("--quick")
+    if args.cpu_time:
+        command.append("--cpu-time")
     env = dict(os.environ)
     if mode == "memory":
         # large allocations always mmap-ed, so that freed tensors leave the resident set
@@ -432,6 +443,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-curvlinops", action="store_true", help="skip the comparison")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory measurements")
     parser.add_argument("--output", default=None, help="also write the table to this file")
+    parser.add_argument(
+        "--cpu-time", action="store_true", help="one thread, CPU time of the process (robust to other load)"
+    )
     # internal: one measurement process
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--library", default="curvkit", help=argparse.SUPPRESS)
@@ -459,7 +473,9 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
 
     device_name = (
-        torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+        torch.cuda.get_device_name()
+        if args.device == "cuda"
+        else ("CPU, 1 thread, CPU time" if args.cpu_time else f"CPU, {torch.get_num_threads()} threads")
     )
     lines = [
         "## Curvature products as multiples of one gradient",
