@@ -64,6 +64,10 @@ OPERATORS = (
 MATVEC_TARGETS = {"Hessian": 4.0, "GGN": 3.0, "EF": 3.0, "MC-Fisher": 3.0}
 MATVEC_TARGETS_CACHED = {"Hessian": 4.0, "GGN": 2.0, "EF": 2.0, "MC-Fisher": 2.0}
 MATMAT_TARGETS = {"Hessian": 20.0, "GGN": 16.0}
+# glibc settings of the timing workers (both libraries, and the gradient baseline): freed memory
+# stays in the heap instead of going back to the OS, so that a call does not pay page faults for
+# memory that the previous call released. See benchmarks/README.md, "Allocator".
+STEADY_MALLOC = {"MALLOC_TRIM_THRESHOLD_": str(2**40), "MALLOC_MMAP_THRESHOLD_": str(2**25)}
 
 
 # ---------------------------------------------------------------------------------- problems
@@ -334,6 +338,8 @@ def spawn(python: str, library: str, problem: str, mode: str, args: argparse.Nam
     if mode == "memory":
         # large allocations always mmap-ed, so that freed tensors leave the resident set
         env["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    elif not (args.system_malloc or args.quick):
+        env.update(STEADY_MALLOC)
     completed = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if completed.returncode != 0:
         tail = completed.stderr.strip().splitlines()[-1:] or ["(no output)"]
@@ -446,6 +452,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--cpu-time", action="store_true", help="one thread, CPU time of the process (robust to other load)"
     )
+    parser.add_argument(
+        "--system-malloc",
+        action="store_true",
+        help="time with glibc's default heap trimming (page faults included) instead of STEADY_MALLOC",
+    )
     # internal: one measurement process
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--library", default="curvkit", help=argparse.SUPPRESS)
@@ -487,6 +498,14 @@ def main(argv: list[str] | None = None) -> int:
             else "median of 6 runs"
         )
         + "; operators built with check_deterministic=False.",
+        "Allocator: "
+        + (
+            "glibc defaults (heap trimming on: page faults are part of the times)."
+            if args.system_malloc or args.quick
+            else "glibc without heap trimming ("
+            + ", ".join(f"{key}={value}" for key, value in STEADY_MALLOC.items())
+            + ") for both libraries and the gradient baseline."
+        ),
         "curvlinops: " + (f"measured with {other}" if other else "not importable, comparison skipped") + ".",
         "",
     ]

@@ -177,6 +177,10 @@ def output_gradients(loss_func: LossFunction, output: Tensor, targets: Tensor) -
     Returns:
         ``[M, *output.shape]``; row ``n`` of each is ``c_b ∇_{f_n} ℓ_n``.
     """
+    if targets.shape[0] == 1:  # one backward pass; vmap costs more than the loss itself here
+        with torch.enable_grad():
+            leaf = output.detach().requires_grad_()
+            return torch.autograd.grad(loss_func(leaf, targets[0]), leaf)[0].unsqueeze(0)
     return vmap(grad(loss_func), in_dims=(None, 0))(output.detach(), targets)
 
 

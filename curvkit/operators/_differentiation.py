@@ -1,18 +1,31 @@
 r"""The model as a differentiable function of its parameters, and its derivatives per batch.
 
-Reverse mode by default. On the MLP benchmark (2 CPU cores), reverse-over-reverse took
-2.7 gradients per Hessian product against 3.9 for forward-over-reverse, and a GGN product
-whose Jacobian-vector product is the transpose of a vector-Jacobian product (a "double vjp")
-1.7 gradients against 2.4 with forward mode. Reverse mode also works where forward-mode
-derivatives are missing (fused attention kernels, the fast path of ``nn.TransformerEncoderLayer``
-in eval mode). Convolutional networks are the measured exception (:func:`_has_convolutions`):
-their ``J v`` runs in forward mode, falling back to reverse mode where that is missing.
+The machinery is chosen by measurement (benchmark problems MLP / transformer / CNN, one thread,
+CPU time, in gradients, glibc's heap trimming off so that page faults do not blur the comparison;
+see ``docs/design-notes.md``):
 
-Fused scaled-dot-product attention kernels have no second derivative either, so all products
-run with the math attention kernel selected (:func:`differentiable_attention`).
+- **Plain autograd where it is faster.** The model is called as it is and differentiated with
+  ``torch.autograd`` (:mod:`._autograd`); ``torch.func`` wraps every intermediate tensor, which
+  costs most on models of many small operations. For one vector: a GGN product took 2.1 / 2.3 /
+  1.8 gradients this way against 2.7 / 3.8 / 2.6 through ``torch.func``, a Hessian product 2.4 /
+  2.7 / 3.1 against 3.0 / 4.5 / 4.1.
+- **One vector, used once: forward mode in the primal pass.** Parameters become dual numbers
+  (``torch.autograd.forward_ad``, substituted with ``functional_call``), so the forward pass that
+  records the graph for ``Jᵀ w`` also yields ``J v``. One vector, cached linearization: ``J v``
+  transposes the backward pass ("double backward", reverse mode), except for convolutional
+  networks (:func:`_has_convolutions`), whose double backward is expensive.
+- **Several columns: forward mode**, ``vmap``-ed over ``torch.func.jvp`` (16 GGN columns: 20.0 /
+  14.4 / 20.3 gradients against 21.0 / 17.9 / 32.3 for a batched double backward), ``Jᵀ W`` as
+  one batched backward pass (``is_grads_batched``). Hessian columns are ``vmap``-ed over
+  ``torch.func.vjp`` of ``torch.func.grad`` (26.1 / 22.8 / 33.4 against 27.4 / 23.7 / 35.4
+  through autograd); one Hessian-vector product is reverse over reverse through autograd.
+- Where forward-mode derivatives are missing (fused attention kernels, the fast path of
+  ``nn.TransformerEncoderLayer`` in eval mode, custom ``autograd.Function``\ s without ``jvp``),
+  the first failure switches the model to reverse mode for good.
 
-``nn.Module``\ s are differentiated with ``torch.func`` through ``functional_call``; any other
-callable ``X ↦ f(X)`` that closes over its parameters falls back to ``torch.autograd``.
+Fused scaled-dot-product attention kernels have no second derivative, so all products run with
+the math attention kernel selected (:func:`differentiable_attention`). Models need not be
+``nn.Module``\ s: any callable ``X ↦ f(X)`` that closes over its parameters works, in reverse mode.
 """
 
 from __future__ import annotations
@@ -24,14 +37,14 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vjp, vmap
 from torch.func import jvp as forward_jvp
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from curvkit._layout import TensorListLayout
-
-
-def differentiable_attention():
-    """Context that selects the twice-differentiable math kernel for ``scaled_dot_product_attention``."""
-    return sdpa_kernel(SDPBackend.MATH)
+from curvkit.operators._autograd import (
+    differentiable_attention,
+    hessian_products,
+    output_with_tangent,
+    reverse_products,
+)
 
 
 @dataclass(frozen=True)
@@ -114,9 +127,8 @@ class ModelFunction:
         self.layout = TensorListLayout([tensor.shape for tensor in tensors])
         self.dtype, self.device = tensors[0].dtype, tensors[0].device
         self.is_module = isinstance(model_func, nn.Module)
-        # Convolutions: J v in forward mode, k columns in chunks of 4 (see _has_convolutions)
         self.prefers_forward_mode = _has_convolutions(model_func)
-        self.column_chunk_size = 4 if self.prefers_forward_mode else None
+        self.forward_mode_available = True  # until an operation without forward-mode derivative shows up
         self._names = _module_parameter_names(model_func, names, tensors) if self.is_module else None
 
     # ------------------------------------------------------------------ evaluation
@@ -154,125 +166,101 @@ class ModelFunction:
 
     # ------------------------------------------------------------------ derivatives
     def linearize(self, X) -> Linearization:
-        """Output and Jacobian products on batch ``X``.
-
-        ``Jᵀ W`` is a ``vjp``; ``J V`` transposes that ``vjp`` (reverse mode), except for
-        convolutional networks, where forward mode is faster (:func:`_has_convolutions`).
-        """
-        if self.is_module:
-            return self._linearize_functional(X)
+        """Output and Jacobian products on batch ``X`` (see the module docstring)."""
         with torch.enable_grad(), differentiable_attention():
             output = self.model_func(X)
-            dummy = torch.zeros_like(output, requires_grad=True)
-            transposed = list(torch.autograd.grad(output, self.tensors, dummy, create_graph=True))
+        return self._linearization(X, output)
+
+    def linearize_along(self, X, tangents: list[Tensor]) -> tuple[Linearization, Tensor]:
+        """The linearization on batch ``X`` and ``J V`` for ``tangents`` ``[k, *θ_p.shape]``.
+
+        For one vector, ``J v`` comes out of the primal forward pass (dual numbers).
+        """
+        if tangents[0].shape[0] == 1 and self._forward_mode_possible():
+            try:
+                output, output_tangents = output_with_tangent(
+                    self.model_func, self._names, self.tensors, X, tangents
+                )
+                return self._linearization(X, output), output_tangents
+            except NotImplementedError as error:
+                self._forward_mode_failed(error)
+        linearization = self.linearize(X)
+        return linearization, linearization.jvp(tangents)
+
+    def _linearization(self, X, output: Tensor) -> Linearization:
+        """Products with the Jacobian of ``output``, which carries its autograd graph."""
+        reverse_jvp, vjp = reverse_products(output, self.tensors)
 
         def jvp(tangents: list[Tensor]) -> Tensor:
-            with differentiable_attention():
-                return _batched_grad(transposed, [dummy], tangents)[0]
+            several_columns = tangents[0].shape[0] > 1
+            if (several_columns or self.prefers_forward_mode) and self._forward_mode_possible():
+                try:
+                    return self._forward_jvp(X, tangents)
+                except NotImplementedError as error:
+                    self._forward_mode_failed(error)
+            return reverse_jvp(tangents)
 
-        def pullback(cotangents: Tensor) -> list[Tensor]:
-            with differentiable_attention():
-                return _batched_grad([output], self.tensors, [cotangents])
+        return Linearization(output.detach(), jvp, vjp)
 
-        return Linearization(output.detach(), jvp, pullback)
-
-    def _linearize_functional(self, X) -> Linearization:
+    def _forward_jvp(self, X, tangents: list[Tensor]) -> Tensor:
+        """``J V`` in forward mode: dual numbers for one column, ``vmap``-ed ``torch.func.jvp`` else."""
+        if tangents[0].shape[0] == 1:
+            with torch.no_grad():
+                return output_with_tangent(self.model_func, self._names, self.tensors, X, tangents)[1]
         forward = self.functional(X, range(len(self.tensors)))
         primals = tuple(tensor.detach() for tensor in self.tensors)
-        chunk_size = self.column_chunk_size
         with differentiable_attention():
-            output, pullback = vjp(forward, *primals)
-        transposed_pullback = []  # built on first use: it costs one backward pass
+            return vmap(lambda *columns: forward_jvp(forward, primals, columns)[1])(*tangents)
 
-        def reverse_jvp(tangents: list[Tensor]) -> Tensor:
-            if not transposed_pullback:
-                # u ↦ Jᵀu is linear; the vjp of that map with cotangent v is J v.
-                transposed_pullback.append(vjp(pullback, torch.zeros_like(output))[1])
-            return vmap(lambda *v: transposed_pullback[0](v)[0], chunk_size=chunk_size)(*tangents)
+    def _forward_mode_possible(self) -> bool:
+        return self.is_module and self.forward_mode_available
 
-        def jvp(tangents: list[Tensor]) -> Tensor:
-            with differentiable_attention():
-                if self.prefers_forward_mode:
-                    try:
-                        return vmap(lambda *v: forward_jvp(forward, primals, v)[1], chunk_size=chunk_size)(
-                            *tangents
-                        )
-                    except NotImplementedError as error:  # an operation without forward-mode derivative
-                        if "forward AD" not in str(error):
-                            raise
-                return reverse_jvp(tangents)
-
-        def vjp_columns(cotangents: Tensor) -> list[Tensor]:
-            with differentiable_attention():
-                return list(vmap(pullback, chunk_size=chunk_size)(cotangents))
-
-        return Linearization(output.detach(), jvp, vjp_columns)
+    def _forward_mode_failed(self, error: NotImplementedError) -> None:
+        """Switch to reverse mode if ``error`` is a missing forward-mode derivative; re-raise otherwise."""
+        if not any(phrase in str(error) for phrase in ("forward AD", "forward mode AD")):
+            raise error
+        self.forward_mode_available = False
 
     def hessian_product(
-        self, X, y: Tensor, loss_func: Callable, indices: Sequence[int]
+        self, X, y: Tensor, loss_func: Callable, indices: Sequence[int], several_columns: bool
     ) -> Callable[[list[Tensor]], list[Tensor]]:
         """``V ↦ ∇²_θ L_b V`` for the Hessian block of the parameters in ``indices``.
 
-        The gradient's graph is built once; each call is one reverse pass through it
-        (reverse over reverse), ``vmap``-ed over the leading axis of the tangents.
+        Reverse over reverse: the gradient's graph is built once, each call is one reverse pass
+        through it; through autograd for single vectors, ``vmap``-ed ``torch.func`` for columns.
 
         Args:
             X: Batch input.
             y: Batch target.
             loss_func: The loss.
             indices: Which parameters form the Hessian block.
+            several_columns: Whether the tangents will have more than one column.
 
         Returns:
             A function of tangents ``[k, *θ_i.shape]`` (``i`` in ``indices``) returning the
             product in the same layout.
         """
         block = [self.tensors[i] for i in indices]
+        if not (self.is_module and several_columns):
+            return hessian_products(self.model_func, X, y, loss_func, block)
+        forward = self.functional(X, indices)
         with differentiable_attention():
-            if self.is_module:
-                forward = self.functional(X, indices)
-                gradient = grad(
-                    lambda *values: loss_func(forward(*values), y), argnums=tuple(range(len(indices)))
-                )
-                _, hvp = vjp(gradient, *[tensor.detach() for tensor in block])
-                return lambda tangents: list(
-                    _with_attention(vmap(hvp, chunk_size=self.column_chunk_size), tuple(tangents))
-                )
-            with torch.enable_grad():
-                loss = loss_func(self.model_func(X), y)
-                gradient = list(torch.autograd.grad(loss, block, create_graph=True))
+            gradient = grad(lambda *values: loss_func(forward(*values), y), argnums=tuple(range(len(block))))
+            _, hvp = vjp(gradient, *[tensor.detach() for tensor in block])
 
-        def hvp_autograd(tangents: list[Tensor]) -> list[Tensor]:
+        def hvp_columns(tangents: list[Tensor]) -> list[Tensor]:
             with differentiable_attention():
-                return _batched_grad(gradient, block, tangents)
+                return list(vmap(hvp)(tuple(tangents)))
 
-        return hvp_autograd
+        return hvp_columns
 
 
 def _has_convolutions(model_func: Callable) -> bool:
     """Whether ``model_func`` is a module with convolution layers.
 
-    Such models get two measured exceptions to the defaults (benchmark CNN, one batch, CPU time
-    on 1 thread, in gradients): ``J v`` in forward mode instead of transposing a ``vjp``, since
-    the double backward of a convolution is expensive (GGN matvec 2.5 instead of 3.1), and
-    columns ``vmap``-ed in chunks of 4, since the batching rule for convolutions turns ``k``
-    columns into one large grouped convolution plus copies (16 columns: 11 instead of 19 in
-    forward mode, 16 instead of 32 in reverse mode). Dense layers and attention are fastest
-    with the defaults, and forward mode falls back to reverse where a derivative is missing.
+    Their ``J v`` runs in forward mode even for a single vector: the double backward of a
+    convolution is expensive (benchmark CNN: GGN matvec 2.2 instead of 3.0 gradients).
     """
     return isinstance(model_func, nn.Module) and any(
         isinstance(module, nn.modules.conv._ConvNd) for module in model_func.modules()
-    )
-
-
-def _with_attention(function: Callable, *args):
-    with differentiable_attention():
-        return function(*args)
-
-
-def _batched_grad(outputs: list[Tensor], inputs: list[Tensor], grad_outputs: list[Tensor]) -> list[Tensor]:
-    """Autograd vector-Jacobian products for a leading batch of ``grad_outputs``."""
-    return list(
-        torch.autograd.grad(
-            outputs, inputs, grad_outputs, retain_graph=True, is_grads_batched=True, materialize_grads=True
-        )
     )

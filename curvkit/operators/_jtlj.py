@@ -26,10 +26,10 @@ OutputCurvature = Callable[[Tensor], Tensor]
 
 
 def jtlj_matmat(
-    linearization: Linearization, output_curvature: OutputCurvature, tangents: list[Tensor]
+    linearization: Linearization, output_curvature: OutputCurvature, output_tangents: Tensor
 ) -> list[Tensor]:
-    """``Jᵀ Λ J V`` for tangents ``[k, *θ_p.shape]``; ``output_curvature`` applies ``Λ``."""
-    return linearization.vjp(output_curvature(linearization.jvp(tangents)))
+    """``Jᵀ Λ (J V)`` from output tangents ``J V`` ``[k, *output.shape]``; ``Λ`` is ``output_curvature``."""
+    return linearization.vjp(output_curvature(output_tangents))
 
 
 def gradient_outer_product(gradients: Tensor, batch_loss_scale: float) -> OutputCurvature:

@@ -78,6 +78,26 @@ class ModelDataSetup:
         """The batch's output and Jacobian products (cached if requested)."""
         return self.cached(batch, "linearization", lambda: self.model.linearize(batch.X))
 
+    def linearization_along(self, batch: Batch, tangents: list[Tensor]) -> tuple[Linearization, Tensor]:
+        """The batch's linearization and ``J V`` for ``tangents`` (``[k, *θ_p.shape]``).
+
+        Without the cache, both come from one forward pass where possible.
+        """
+        if self.cache_batches:
+            linearization = self.linearization(batch)
+            return linearization, linearization.jvp(tangents)
+        return self.model.linearize_along(batch.X, tangents)
+
+    def hessian_product(
+        self, batch: Batch, block_index: int, block: list[int], several_columns: bool
+    ) -> Callable[[list[Tensor]], list[Tensor]]:
+        """``V ↦ ∇²L_b V`` for the Hessian block ``block`` (parameter indices; cached if requested)."""
+        return self.cached(
+            batch,
+            ("hessian", block_index, several_columns),
+            lambda: self.model.hessian_product(batch.X, batch.y, self.loss_func, block, several_columns),
+        )
+
     def batch_tensors(self, batch: Batch) -> list[Tensor]:
         """Tensors that must repeat across passes for the determinism probe."""
         X = list(batch.X.values()) if isinstance(batch.X, Mapping) else [batch.X]

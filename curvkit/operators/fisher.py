@@ -47,11 +47,11 @@ class EFLinearOperator(CurvatureLinearOperator):
         super().__init__(model_func, loss_func, *args, **kwargs)
 
     def _batch_matmat(self, batch: Batch, tangents: list[Tensor], state: None) -> list[Tensor]:
-        linearization = self._setup.linearization(batch)
+        linearization, output_tangents = self._setup.linearization_along(batch, tangents)
         curvature = self._setup.cached(
             batch, "ef", lambda: self._observed_curvature(batch, linearization.output)
         )
-        return jtlj_matmat(linearization, curvature, tangents)
+        return jtlj_matmat(linearization, curvature, output_tangents)
 
     def _observed_curvature(self, batch: Batch, output: Tensor) -> Callable[[Tensor], Tensor]:
         loss_func = self._setup.loss_func
@@ -125,11 +125,11 @@ class FisherMCLinearOperator(CurvatureLinearOperator):
         return torch.Generator(device=self.device).manual_seed(self._seed)
 
     def _batch_matmat(self, batch: Batch, tangents: list[Tensor], generator: Generator) -> list[Tensor]:
-        linearization = self._setup.linearization(batch)
+        linearization, output_tangents = self._setup.linearization_along(batch, tangents)
         output = linearization.output
         # with caching, the first product's draw is kept: the same one a re-seeded generator gives
         curvature = self._setup.cached(batch, "mc", lambda: self._sampled_curvature(batch, output, generator))
-        return jtlj_matmat(linearization, curvature, tangents)
+        return jtlj_matmat(linearization, curvature, output_tangents)
 
     def _sampled_curvature(
         self, batch: Batch, output: Tensor, generator: Generator

@@ -34,6 +34,6 @@ class GGNLinearOperator(CurvatureLinearOperator):
         return isinstance(loss_func, SUPPORTED_LOSSES)
 
     def _batch_matmat(self, batch: Batch, tangents: list[Tensor], state: Any) -> list[Tensor]:
-        linearization = self._setup.linearization(batch)
+        linearization, output_tangents = self._setup.linearization_along(batch, tangents)
         curvature = partial(output_hessian_matmat, self._setup.loss_func, linearization.output, batch.y)
-        return jtlj_matmat(linearization, curvature, tangents)
+        return jtlj_matmat(linearization, curvature, output_tangents)

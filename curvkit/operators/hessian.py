@@ -71,14 +71,9 @@ class HessianLinearOperator(CurvatureLinearOperator):
         )
 
     def _batch_matmat(self, batch: Batch, tangents: list[Tensor], state: Any) -> list[Tensor]:
-        setup = self._setup
-        result = []
+        result, several_columns = [], tangents[0].shape[0] > 1
         for block_index, block in enumerate(self._blocks or [list(range(len(tangents)))]):
-            hvp = setup.cached(
-                batch,
-                ("hessian", block_index),
-                lambda block=block: setup.model.hessian_product(batch.X, batch.y, setup.loss_func, block),
-            )
+            hvp = self._setup.hessian_product(batch, block_index, block, several_columns)
             result.extend(hvp([tangents[i] for i in block]))
         return result
 

@@ -238,3 +238,47 @@ def test_forward_mode_falls_back_to_reverse_mode_where_derivatives_are_missing()
     assert operator._setup.model.prefers_forward_mode
     expected = reference.ggn_matrix(model, torch.nn.CrossEntropyLoss(), params, data)
     assert_matches(operator.to_dense(), expected, torch.float64)
+    assert not operator._setup.model.forward_mode_available  # the fast path was met and left
+
+
+class SquareWithoutJvp(torch.autograd.Function):
+    """``x²`` with a backward formula but no forward-mode one."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x):
+        return x * x
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (x,) = ctx.saved_tensors
+        return 2 * x * grad_output
+
+
+class SquaredConvolution(torch.nn.Conv1d):
+    """A convolution (so columns run in forward mode too), squared without a jvp."""
+
+    def __init__(self):
+        super().__init__(2, 2, kernel_size=2)
+
+    def forward(self, x):
+        return SquareWithoutJvp.apply(super().forward(x)).flatten(1)
+
+
+@pytest.mark.parametrize("num_columns", [1, 3])
+def test_single_vectors_and_columns_fall_back_to_reverse_mode(num_columns):
+    """Dual numbers (one vector) and ``torch.func.jvp`` (columns) meet an operation without jvp."""
+    torch.manual_seed(0)
+    model = SquaredConvolution().double()
+    data = [(torch.randn(n, 2, 3).double(), torch.randn(n, 4).double()) for n in (3, 4)]
+    params = list(model.parameters())
+    operator = GGNLinearOperator(model, torch.nn.MSELoss(), params, data, check_deterministic=False)
+    vectors = torch.randn(operator.shape[1], num_columns, dtype=torch.float64)
+    expected = reference.ggn_matrix(model, torch.nn.MSELoss(), params, data) @ vectors
+    assert_matches(operator @ vectors, expected, torch.float64)
+    assert not operator._setup.model.forward_mode_available
