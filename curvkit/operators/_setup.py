@@ -30,7 +30,8 @@ class ModelDataSetup:
         batch_size_fn: Batch size of an ``X`` (required if ``X`` is a dict).
         cache_batches: Keep each batch's linearization (and output-space factors) in memory
             after its first use, so later products skip the forward pass. Costs memory of the
-            order of the forward activations (plus their backward graph) of *all* batches.
+            order of the forward activations (plus their backward graph) of *all* batches; the
+            Hessian keeps one graph for single vectors and one for columns if both are used.
 
     Raises:
         ValueError: If ``loss_func`` is given but not callable.
