@@ -72,9 +72,14 @@ def reverse_products(
 
 
 def output_with_tangent(
-    module: torch.nn.Module, names: list[str], tensors: list[Tensor], X, tangents: list[Tensor]
+    module: torch.nn.Module,
+    names: list[str],
+    tensors: list[Tensor],
+    X,
+    tangents: list[Tensor],
+    record_graph: bool = True,
 ) -> tuple[Tensor, Tensor]:
-    """``f(X)`` with its autograd graph, and ``J v``, from one forward pass with dual numbers.
+    """``f(X)`` and ``J v`` from one forward pass with dual numbers.
 
     Args:
         module: The model.
@@ -82,15 +87,16 @@ def output_with_tangent(
         tensors: The parameters ``θ``.
         X: Batch input.
         tangents: ``v`` as ``[1, *θ_p.shape]`` per parameter.
+        record_graph: Whether the output carries its autograd graph back to ``θ`` (for ``Jᵀ w``).
 
     Returns:
-        The output (differentiable w.r.t. ``θ`` through autograd) and ``J v`` as ``[1, *output.shape]``.
+        The output and ``J v`` as ``[1, *output.shape]``.
 
     Raises:
         NotImplementedError: If an operation has no forward-mode derivative (``"forward AD"`` in
             the message).
     """
-    with torch.enable_grad(), differentiable_attention(), forward_ad.dual_level():
+    with torch.set_grad_enabled(record_graph), differentiable_attention(), forward_ad.dual_level():
         duals = {name: forward_ad.make_dual(t, v[0]) for name, t, v in zip(names, tensors, tangents)}
         output, output_tangent = forward_ad.unpack_dual(functional_call(module, duals, (X,)))
     if output_tangent is None:  # no parameter reaches the output on this batch

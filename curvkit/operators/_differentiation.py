@@ -202,11 +202,21 @@ class ModelFunction:
 
         return Linearization(output.detach(), jvp, vjp)
 
+    def jvp(self, X, tangents: list[Tensor]) -> Tensor:
+        """``J V`` on batch ``X`` for ``tangents`` ``[k, *θ_p.shape]``, when no ``Jᵀ W`` follows."""
+        if self._forward_mode_possible():
+            try:
+                return self._forward_jvp(X, tangents)
+            except NotImplementedError as error:
+                self._forward_mode_failed(error)
+        return self.linearize(X).jvp(tangents)
+
     def _forward_jvp(self, X, tangents: list[Tensor]) -> Tensor:
         """``J V`` in forward mode: dual numbers for one column, ``vmap``-ed ``torch.func.jvp`` else."""
         if tangents[0].shape[0] == 1:
-            with torch.no_grad():
-                return output_with_tangent(self.model_func, self._names, self.tensors, X, tangents)[1]
+            return output_with_tangent(
+                self.model_func, self._names, self.tensors, X, tangents, record_graph=False
+            )[1]
         forward = self.functional(X, range(len(self.tensors)))
         primals = tuple(tensor.detach() for tensor in self.tensors)
         with differentiable_attention():

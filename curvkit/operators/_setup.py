@@ -89,6 +89,12 @@ class ModelDataSetup:
             return linearization, linearization.jvp(tangents)
         return self.model.linearize_along(batch.X, tangents)
 
+    def jvp(self, batch: Batch, tangents: list[Tensor]) -> Tensor:
+        """``J V`` on the batch for ``tangents`` (``[k, *θ_p.shape]``), when no ``Jᵀ W`` follows."""
+        if self.cache_batches:
+            return self.linearization(batch).jvp(tangents)
+        return self.model.jvp(batch.X, tangents)
+
     def hessian_product(
         self, batch: Batch, block_index: int, block: list[int], several_columns: bool
     ) -> Callable[[list[Tensor]], list[Tensor]]:

@@ -76,7 +76,7 @@ class JacobianLinearOperator(LinearOperator):
         tangents = self._setup.model.layout.columns_to_list(X)
 
         def batch_rows(batch):
-            jvp = self._setup.linearization_along(batch, tangents)[1]  # [k, *output.shape]
+            jvp = self._setup.jvp(batch, tangents)  # [k, *output.shape]
             return jvp.reshape(jvp.shape[0], -1).T
 
         return self._setup.engine.concatenate_over_batches(batch_rows, desc=type(self).__name__)
