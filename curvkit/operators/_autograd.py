@@ -1,12 +1,9 @@
-"""Products with the Jacobian and Hessian through ``torch.autograd``, for products taken once.
+"""Products with the Jacobian and the Hessian through ``torch.autograd``.
 
 No function transforms: the model is called as it is, derivatives are taken with
-``torch.autograd.grad`` and forward-mode dual numbers (``torch.autograd.forward_ad``). For a
-single vector this is the cheaper machinery (benchmark problems, one thread, CPU time, in
-gradients: a ``Jᵀ Λ J v`` without ``Λ`` 1.9 / 2.2 / 1.6 against 2.7 / 3.8 / 2.6 through
-``torch.func``, a Hessian product 2.4 / 2.7 / 3.1 against 3.0 / 4.5 / 4.1; MLP / transformer /
-CNN), because ``torch.func`` wraps every intermediate tensor, which costs most on models made of
-many small operations. Several columns use ``torch.func.vmap`` (:mod:`._differentiation`).
+``torch.autograd.grad`` (several columns: ``is_grads_batched``) and forward-mode dual numbers
+(``torch.autograd.forward_ad``). Which product uses what, and the measurements behind it, is
+decided in :mod:`._differentiation`.
 """
 
 from __future__ import annotations
