@@ -89,3 +89,14 @@ def test_sampling_is_reproducible_and_shaped():
     assert first.shape == (3, 4, 5) and torch.equal(first, second)
     with pytest.raises(NotImplementedError, match="loss_func must be one of"):
         sample_targets(nn.L1Loss(), output, 1, torch.Generator())
+
+
+@pytest.mark.parametrize("name", ["mse", "ce", "ce-seq", "bce"])
+def test_one_draw_takes_a_plain_backward_pass_with_the_same_result(name):
+    loss_cls, kind, _ = CASES[name]
+    loss_func, output = loss_cls(), _OUT[kind]
+    samples = sample_targets(loss_func, output, 2, torch.Generator().manual_seed(2))
+    both = output_gradients(loss_func, output, samples)  # vmap over the draws
+    for draw in range(2):
+        one = output_gradients(loss_func, output, samples[draw : draw + 1])
+        torch.testing.assert_close(one, both[draw : draw + 1], rtol=1e-6, atol=1e-7)
