@@ -19,9 +19,10 @@ class JacobianLinearOperator(LinearOperator):
         [J_\theta f]_{(n, c), d} = \frac{\partial [f(x_n, \theta)]_c}{\partial \theta_d},
 
     with rows ordered batch by batch and, within a batch, by the flattened output (sample
-    major). ``J V`` is the transpose of a vector-Jacobian product (reverse mode only), and
-    ``Jᵀ W`` a vector-Jacobian product, both ``vmap``-ed over columns. The data must come in
-    a deterministic order.
+    major). ``J V`` runs in forward mode (dual numbers for one vector, ``vmap``-ed
+    ``torch.func.jvp`` for columns; reverse mode where forward-mode derivatives are missing),
+    ``Jᵀ W`` is a backward pass, batched over columns. The data must come in a deterministic
+    order.
 
     Args:
         model_func: The network (``nn.Module``) or a callable ``X ↦ f(X)``.
