@@ -36,9 +36,15 @@ class TensorListLayout:
         return hash(self.shapes)
 
     def columns_to_list(self, matrix: Tensor) -> list[Tensor]:
-        """Split ``[D, k]`` into tensors of shape ``[k, *shape]`` (``vmap`` layout)."""
+        """Split ``[D, k]`` into contiguous tensors of shape ``[k, *shape]`` (``vmap`` layout).
+
+        Contiguous, so that each column has its parameter's strides: ``torch.func.jvp`` would
+        otherwise copy every column into a fresh zeroed tensor once per batch (measured: 16
+        columns of the MLP benchmark's GGN 18.1 instead of 20.2 gradients, Hessian 21.7
+        instead of 26.0).
+        """
         return [
-            block.T.reshape(matrix.shape[1], *shape)
+            block.T.reshape(matrix.shape[1], *shape).contiguous()
             for block, shape in zip(matrix.split(self.numels), self.shapes)
         ]
 
