@@ -22,6 +22,20 @@ def differentiable_attention():
     return sdpa_kernel(SDPBackend.MATH)
 
 
+def require_autograd() -> None:
+    """Raise where derivatives cannot be taken.
+
+    Raises:
+        RuntimeError: Under ``torch.inference_mode()``, where autograd and forward-mode dual
+            numbers are switched off (products would fail, or come out zero).
+    """
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            "curvkit's curvature operators take derivatives, which torch.inference_mode() switches "
+            "off; build and multiply them outside of it (torch.no_grad() is fine)."
+        )
+
+
 def grad_columns(
     outputs: Sequence[Tensor], inputs: Sequence[Tensor], cotangents: Sequence[Tensor]
 ) -> list[Tensor]:

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from curvkit._engine import Batch, MiniBatchEngine
 from curvkit._engine import check_deterministic as probe_determinism
+from curvkit.operators._autograd import require_autograd
 from curvkit.operators._differentiation import Linearization, ModelFunction
 
 
@@ -35,6 +36,7 @@ class ModelDataSetup:
 
     Raises:
         ValueError: If ``loss_func`` is given but not callable.
+        RuntimeError: Under ``torch.inference_mode()`` (here and in every product).
     """
 
     def __init__(
@@ -51,6 +53,7 @@ class ModelDataSetup:
     ):
         if loss_func is not None and not callable(loss_func):
             raise ValueError(f"loss_func must be callable, got {type(loss_func).__name__}.")
+        require_autograd()
         self.model = ModelFunction(model_func, params)
         self.loss_func = loss_func
         self.engine = MiniBatchEngine(
@@ -77,6 +80,7 @@ class ModelDataSetup:
 
     def linearization(self, batch: Batch) -> Linearization:
         """The batch's output and Jacobian products (cached if requested)."""
+        require_autograd()
         return self.cached(batch, "linearization", lambda: self.model.linearize(batch.X))
 
     def linearization_along(self, batch: Batch, tangents: list[Tensor]) -> tuple[Linearization, Tensor]:
@@ -84,6 +88,7 @@ class ModelDataSetup:
 
         Without the cache, both come from one forward pass where possible.
         """
+        require_autograd()
         if self.cache_batches:
             linearization = self.linearization(batch)
             return linearization, linearization.jvp(tangents)
@@ -91,6 +96,7 @@ class ModelDataSetup:
 
     def jvp(self, batch: Batch, tangents: list[Tensor]) -> Tensor:
         """``J V`` on the batch for ``tangents`` (``[k, *θ_p.shape]``), when no ``Jᵀ W`` follows."""
+        require_autograd()
         if self.cache_batches:
             return self.linearization(batch).jvp(tangents)
         return self.model.jvp(batch.X, tangents)
@@ -99,6 +105,7 @@ class ModelDataSetup:
         self, batch: Batch, block_index: int, block: list[int], several_columns: bool
     ) -> Callable[[list[Tensor]], list[Tensor]]:
         """``V ↦ ∇²L_b V`` for the Hessian block ``block`` (parameter indices; cached if requested)."""
+        require_autograd()
         return self.cached(
             batch,
             ("hessian", block_index, several_columns),

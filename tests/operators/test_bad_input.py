@@ -126,3 +126,29 @@ def test_weighted_losses_have_no_fisher(problem, operator):
     weighted = nn.CrossEntropyLoss(weight=torch.ones(3, dtype=torch.float64))
     with pytest.raises(NotImplementedError, match="weight/pos_weight is not supported"):
         operator(problem.model, weighted, problem.params, problem.data)
+
+
+@pytest.mark.parametrize("cache_batches", [False, True])
+@pytest.mark.parametrize("num_columns", [1, 3])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p, **kw: HessianLinearOperator(p.model, p.loss_func, p.params, p.data, **kw),
+        lambda p, **kw: GGNLinearOperator(p.model, p.loss_func, p.params, p.data, **kw),
+        lambda p, **kw: EFLinearOperator(p.model, p.loss_func, p.params, p.data, **kw),
+        lambda p, **kw: FisherMCLinearOperator(p.model, p.loss_func, p.params, p.data, **kw),
+        lambda p, **kw: JacobianLinearOperator(p.model, p.params, p.data, **kw),
+    ],
+    ids=["hessian", "ggn", "ef", "fisher", "jacobian"],
+)
+def test_inference_mode_is_refused_instead_of_giving_zeros(problem, make, num_columns, cache_batches):
+    """Forward-mode dual numbers are switched off there: products would silently come out zero."""
+    with torch.inference_mode(), pytest.raises(RuntimeError, match=r"inference_mode\(\)"):
+        make(problem, cache_batches=cache_batches)
+    operator = make(problem, cache_batches=cache_batches)
+    vectors = torch.ones(operator.shape[1], num_columns, dtype=torch.float64)
+    expected = operator @ vectors  # fills the cache, if any
+    with torch.inference_mode(), pytest.raises(RuntimeError, match=r"torch.no_grad\(\) is fine"):
+        operator @ vectors
+    with torch.no_grad():
+        torch.testing.assert_close(operator @ vectors, expected)
