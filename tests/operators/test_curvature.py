@@ -290,3 +290,30 @@ def test_single_vectors_and_columns_fall_back_to_reverse_mode(num_columns):
     expected = reference.ggn_matrix(model, torch.nn.MSELoss(), params, data) @ vectors
     assert_matches(operator @ vectors, expected, torch.float64)
     assert not operator._setup.model.forward_mode_available
+
+
+class TiedLayers(torch.nn.Module):
+    """Two layers whose weights are one parameter under two names (as in tied embeddings)."""
+
+    def __init__(self):
+        super().__init__()
+        self.first, self.second = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)
+        self.second.weight = self.first.weight
+
+    def forward(self, x):
+        return self.second(torch.tanh(self.first(x)))
+
+
+@pytest.mark.parametrize("kind", ["ggn", "hessian"])
+def test_parameters_tied_under_two_names(kind):
+    """Dual numbers and ``torch.func`` substitute a tied parameter under every name it has."""
+    torch.manual_seed(0)
+    model = TiedLayers().double()
+    data = [(torch.randn(n, 4).double(), torch.randn(n, 4).double()) for n in (3, 2)]
+    params = list(model.parameters())
+    operator = OPERATORS[kind](model, torch.nn.MSELoss(), params, data)
+    make_reference = {"ggn": reference.ggn_matrix, "hessian": reference.hessian_matrix}[kind]
+    expected = make_reference(model, torch.nn.MSELoss(), params, data)
+    vectors = torch.randn(operator.shape[1], 3, dtype=torch.float64)
+    assert_matches(operator @ vectors[:, 0], expected @ vectors[:, 0], torch.float64)
+    assert_matches(operator @ vectors, expected @ vectors, torch.float64)
