@@ -126,10 +126,9 @@ def _concatenated(batches: list[tuple[Any, Tensor]]) -> tuple[Any, Tensor]:
     return _concatenate([X for X, _ in batches]), _concatenate([y for _, y in batches])
 
 
-def _flat_model(
-    model_func: nn.Module, names: list[str], tensors: list[Tensor]
-) -> Callable[[Tensor, Any], Tensor]:
-    """The model as a function of the flat parameter vector ``θ ∈ ℝᴰ`` and the input ``X``."""
+def _flat_model(model_func: nn.Module, params: Params) -> tuple[Callable[[Tensor, Any], Tensor], Tensor]:
+    """``(θ, X) ↦ f(X; θ)`` for the flat parameter vector ``θ ∈ ℝᴰ``, and the current ``θ``."""
+    names, tensors = _param_names(model_func, params)
     shapes = [tensor.shape for tensor in tensors]
     numels = [tensor.numel() for tensor in tensors]
 
@@ -139,11 +138,7 @@ def _flat_model(
             model_func, {name: b.reshape(s) for name, b, s in zip(names, blocks, shapes)}, (X,)
         )
 
-    return output
-
-
-def _flatten(tensors: list[Tensor]) -> Tensor:
-    return torch.cat([tensor.detach().flatten() for tensor in tensors])
+    return output, torch.cat([tensor.detach().flatten() for tensor in tensors])
 
 
 def _reduction(loss_func: nn.Module) -> str:
@@ -233,11 +228,10 @@ def hessian_matrix(
     Returns:
         The Hessian, ``[D, D]``.
     """
-    names, tensors = _param_names(model_func, params)
+    output, theta = _flat_model(model_func, params)
     X, y = _concatenated(_load(data, batch_size_fn))
-    output = _flat_model(model_func, names, tensors)
     with _math_attention():
-        return _dense_hessian(lambda theta: loss_func(output(theta, X), y), _flatten(tensors)).detach()
+        return _dense_hessian(lambda flat: loss_func(output(flat, X), y), theta).detach()
 
 
 def ggn_matrix(
@@ -264,10 +258,8 @@ def ggn_matrix(
     Returns:
         The GGN, ``[D, D]``.
     """
-    names, tensors = _param_names(model_func, params)
+    output, theta = _flat_model(model_func, params)
     X, y = _concatenated(_load(data, batch_size_fn))
-    output = _flat_model(model_func, names, tensors)
-    theta = _flatten(tensors)
     with _math_attention():
         f = output(theta, X).detach()
         jac = jacrev(output)(theta, X).reshape(f.numel(), theta.numel())
@@ -302,10 +294,8 @@ def empirical_fisher_matrix(
     Returns:
         The empirical Fisher, ``[D, D]``.
     """
-    names, tensors = _param_names(model_func, params)
+    output, theta = _flat_model(model_func, params)
     X, y = _concatenated(_load(data, batch_size_fn))
-    output = _flat_model(model_func, names, tensors)
-    theta = _flatten(tensors)
     with _math_attention():
         scale = _scale(loss_func, output(theta, X).detach(), y)
         grads = _per_sample_gradients(output, loss_func, theta, X, y)
@@ -345,11 +335,9 @@ def fisher_mc_matrix(
     Returns:
         The MC-Fisher, ``[D, D]``.
     """
-    names, tensors = _param_names(model_func, params)
+    output, theta = _flat_model(model_func, params)
     batches = _load(data, batch_size_fn)
     X_all, y_all = _concatenated(batches)
-    output = _flat_model(model_func, names, tensors)
-    theta = _flatten(tensors)
     generator = torch.Generator(theta.device).manual_seed(seed)
     fisher = torch.zeros(theta.numel(), theta.numel(), dtype=theta.dtype, device=theta.device)
     with _math_attention():
@@ -385,9 +373,7 @@ def jacobian_matrix(
     Returns:
         The Jacobian, ``[N·C, D]``.
     """
-    names, tensors = _param_names(model_func, params)
-    output = _flat_model(model_func, names, tensors)
-    theta = _flatten(tensors)
+    output, theta = _flat_model(model_func, params)
     with _math_attention():
         rows = [jacrev(output)(theta, X).reshape(-1, theta.numel()) for X, _ in _load(data, batch_size_fn)]
     return torch.cat(rows).detach()
