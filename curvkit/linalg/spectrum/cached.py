@@ -92,7 +92,15 @@ def gaussian_density(
 class _CachedLanczosQuadratures:
     """Lanczos quadratures of ``A`` computed once per repeat and kept (shared by both densities)."""
 
-    def __init__(self, A: Any, ncv: int, boundaries: Boundaries, boundaries_tol: float, seed: Seed):
+    def __init__(
+        self,
+        A: Any,
+        ncv: int,
+        boundaries: Boundaries = None,
+        boundaries_tol: float = 1e-2,
+        *,
+        seed: Seed = None,
+    ):
         self._A = square_operator(A)
         self._ncv = check_ncv(ncv, self._A.shape[0])
         self._given_low, self._given_high = check_boundaries(boundaries)
@@ -146,17 +154,6 @@ class LanczosApproximateSpectrumCached(_CachedLanczosQuadratures):
             out of range.
     """
 
-    def __init__(
-        self,
-        A: Any,
-        ncv: int,
-        boundaries: Boundaries = None,
-        boundaries_tol: float = 1e-2,
-        *,
-        seed: Seed = None,
-    ):
-        super().__init__(A, ncv, boundaries, boundaries_tol, seed)
-
     def approximate_spectrum(
         self, num_repeats: int = 1, num_points: int = 1024, kappa: float = 3.0, margin: float = 0.05
     ) -> tuple[numpy.ndarray, numpy.ndarray]:
@@ -208,7 +205,7 @@ class LanczosApproximateLogSpectrumCached(_CachedLanczosQuadratures):
         *,
         seed: Seed = None,
     ):
-        super().__init__(A, ncv, boundaries, boundaries_tol, seed)
+        super().__init__(A, ncv, boundaries, boundaries_tol, seed=seed)
         if any(b is not None and b < 0 for b in (self._given_low, self._given_high)):
             raise ValueError(f"boundaries of |A| must be non-negative, got {boundaries!r}.")
 
