@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -45,6 +46,8 @@ from curvkit.operators._autograd import (
     output_with_tangent,
     reverse_products,
 )
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -176,14 +179,13 @@ class ModelFunction:
 
         For one vector, ``J v`` comes out of the primal forward pass (dual numbers).
         """
-        if tangents[0].shape[0] == 1 and self._forward_mode_possible():
-            try:
-                output, output_tangents = output_with_tangent(
-                    self.model_func, self._names, self.tensors, X, tangents
-                )
+        if tangents[0].shape[0] == 1:
+            dual = self._in_forward_mode(
+                lambda: output_with_tangent(self.model_func, self._names, self.tensors, X, tangents)
+            )
+            if dual is not None:
+                output, output_tangents = dual
                 return self._linearization(X, output), output_tangents
-            except NotImplementedError as error:
-                self._forward_mode_failed(error)
         linearization = self.linearize(X)
         return linearization, linearization.jvp(tangents)
 
@@ -192,24 +194,17 @@ class ModelFunction:
         reverse_jvp, vjp = reverse_products(output, self.tensors)
 
         def jvp(tangents: list[Tensor]) -> Tensor:
-            several_columns = tangents[0].shape[0] > 1
-            if (several_columns or self.prefers_forward_mode) and self._forward_mode_possible():
-                try:
-                    return self._forward_jvp(X, tangents)
-                except NotImplementedError as error:
-                    self._forward_mode_failed(error)
-            return reverse_jvp(tangents)
+            output_tangents = None
+            if tangents[0].shape[0] > 1 or self.prefers_forward_mode:
+                output_tangents = self._in_forward_mode(lambda: self._forward_jvp(X, tangents))
+            return reverse_jvp(tangents) if output_tangents is None else output_tangents
 
         return Linearization(output.detach(), jvp, vjp)
 
     def jvp(self, X, tangents: list[Tensor]) -> Tensor:
         """``J V`` on batch ``X`` for ``tangents`` ``[k, *θ_p.shape]``, when no ``Jᵀ W`` follows."""
-        if self._forward_mode_possible():
-            try:
-                return self._forward_jvp(X, tangents)
-            except NotImplementedError as error:
-                self._forward_mode_failed(error)
-        return self.linearize(X).jvp(tangents)
+        output_tangents = self._in_forward_mode(lambda: self._forward_jvp(X, tangents))
+        return self.linearize(X).jvp(tangents) if output_tangents is None else output_tangents
 
     def _forward_jvp(self, X, tangents: list[Tensor]) -> Tensor:
         """``J V`` in forward mode: dual numbers for one column, ``vmap``-ed ``torch.func.jvp`` else."""
@@ -222,14 +217,21 @@ class ModelFunction:
         with differentiable_attention():
             return vmap(lambda *columns: forward_jvp(forward, primals, columns)[1])(*tangents)
 
-    def _forward_mode_possible(self) -> bool:
-        return self.is_module and self.forward_mode_available
+    def _in_forward_mode(self, compute: Callable[[], T]) -> T | None:
+        """``compute()``, or ``None`` where forward mode is unavailable.
 
-    def _forward_mode_failed(self, error: NotImplementedError) -> None:
-        """Switch to reverse mode if ``error`` is a missing forward-mode derivative; re-raise otherwise."""
-        if not any(phrase in str(error) for phrase in ("forward AD", "forward mode AD")):
-            raise error
-        self.forward_mode_available = False
+        Forward mode needs an ``nn.Module`` (its parameters are substituted). The first operation
+        without a forward-mode derivative switches it off for good; other errors propagate.
+        """
+        if not (self.is_module and self.forward_mode_available):
+            return None
+        try:
+            return compute()
+        except NotImplementedError as error:
+            if not any(phrase in str(error) for phrase in ("forward AD", "forward mode AD")):
+                raise
+            self.forward_mode_available = False
+            return None
 
     def hessian_product(
         self, X, y: Tensor, loss_func: Callable, indices: Sequence[int], several_columns: bool
