@@ -196,18 +196,11 @@ class LanczosApproximateLogSpectrumCached(_CachedLanczosQuadratures):
             out of range.
     """
 
-    def __init__(
-        self,
-        A: Any,
-        ncv: int,
-        boundaries: Boundaries = None,
-        boundaries_tol: float = 1e-2,
-        *,
-        seed: Seed = None,
-    ):
-        super().__init__(A, ncv, boundaries, boundaries_tol, seed=seed)
-        if any(b is not None and b < 0 for b in (self._given_low, self._given_high)):
-            raise ValueError(f"boundaries of |A| must be non-negative, got {boundaries!r}.")
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        given = (self._given_low, self._given_high)
+        if any(b is not None and b < 0 for b in given):
+            raise ValueError(f"boundaries of |A| must be non-negative, got {given!r}.")
 
     def _eigenvalue_boundaries(self) -> tuple[float, float]:
         """Smallest and largest eigenvalue of ``|A|``."""
