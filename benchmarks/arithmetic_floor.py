@@ -35,7 +35,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from products import MATMAT_TARGETS, NUM_COLUMNS, make_problem
+from problems import make_problem
+from products import MATMAT_TARGETS, NUM_COLUMNS
 
 
 def multiply_adds_per_layer(model: nn.Module, X: torch.Tensor) -> list[int]:

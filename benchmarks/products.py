@@ -15,9 +15,12 @@ Usage::
     python benchmarks/products.py --device cuda
     python benchmarks/products.py --curvlinops-python /tmp/clvenv/bin/python
 
-Method (see benchmarks/README.md): each (library, problem) pair is measured in two fresh
-subprocesses, one for times and one for memory. Times are medians of 6 runs after one warm-up
-(``--quick``: 1 run), float32, default ``torch`` thread count, operators built with
+Method (see benchmarks/README.md): each (library, problem) pair is timed in ``--processes`` fresh
+subprocesses (default 3; the two libraries' alternate) and its memory measured in one more. In
+each timing process, every ratio is the median of 6 runs after one warm-up (``--quick``: 1 run)
+over the median of the gradients timed between them; the table gives the median over the
+processes and, in brackets, their range (the same code on the same data varies this much from
+one process to the next on a shared machine). float32, default ``torch`` thread count, operators built with
 ``check_deterministic=False`` (the probe runs only at construction, never during products, and
 construction is not timed). Cached operators are timed after one warm-up product that fills the
 cache. Memory on CPU is the high-water mark of the resident set size (``VmHWM``, reset through
@@ -44,11 +47,10 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from torch import nn
+from problems import PROBLEM_LABELS, PROBLEMS, gradient_function, make_problem
 
 NUM_COLUMNS = 16
 NOISY_SPREAD = 1.5
-PROBLEMS = ("mlp", "cnn", "transformer")
 OPERATORS = (
     # (row label, class name, extra kwargs, cached)
     ("Hessian", "HessianLinearOperator", {}, False),
@@ -68,70 +70,6 @@ MATMAT_TARGETS = {"Hessian": 20.0, "GGN": 16.0}
 # stays in the heap instead of going back to the OS, so that a call does not pay page faults for
 # memory that the previous call released. See benchmarks/README.md, "Allocator".
 STEADY_MALLOC = {"MALLOC_TRIM_THRESHOLD_": str(2**40), "MALLOC_MMAP_THRESHOLD_": str(2**25)}
-
-
-# ---------------------------------------------------------------------------------- problems
-class SequenceClassifier(nn.Module):
-    """``nn.TransformerEncoderLayer`` (default settings, dropout 0) and a linear head per position.
-
-    Output ``[N, C, T]`` for ``CrossEntropyLoss`` with sequence targets ``[N, T]``.
-    """
-
-    def __init__(self, d_model: int = 32, num_classes: int = 10):
-        super().__init__()
-        self.encoder = nn.TransformerEncoderLayer(
-            d_model=d_model, nhead=4, dim_feedforward=64, dropout=0.0, batch_first=True
-        )
-        self.head = nn.Linear(d_model, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(x)).transpose(1, 2)
-
-
-def make_problem(name: str, device: torch.device, quick: bool):
-    """Model, loss, params and data (list of ``(X, y)``) of a benchmark problem, seeded."""
-    torch.manual_seed(0)
-    shrink = 8 if quick else 1
-    if name == "mlp":
-        model = nn.Sequential(
-            nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)
-        )
-        num_batches, batch_size = 4, 128 // shrink
-        inputs = [torch.randn(batch_size, 784) for _ in range(num_batches)]
-        targets = [torch.randint(0, 10, (batch_size,)) for _ in range(num_batches)]
-    elif name == "cnn":
-        model = nn.Sequential(
-            nn.Conv2d(3, 16, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(16, 32, 3, stride=2, padding=1),
-            nn.ReLU(),
-            nn.Flatten(),
-            nn.Linear(32 * 8 * 8, 10),
-        )
-        num_batches, batch_size = 2, 64 // shrink
-        inputs = [torch.randn(batch_size, 3, 16, 16) for _ in range(num_batches)]
-        targets = [torch.randint(0, 10, (batch_size,)) for _ in range(num_batches)]
-    elif name == "transformer":
-        model = SequenceClassifier()
-        num_batches, batch_size, length = 4, 32 // shrink, 16
-        inputs = [torch.randn(batch_size, length, 32) for _ in range(num_batches)]
-        targets = [torch.randint(0, 10, (batch_size, length)) for _ in range(num_batches)]
-    else:
-        raise ValueError(f"unknown problem {name!r}")
-    model = model.to(device)
-    data = [(X.to(device), y.to(device)) for X, y in zip(inputs, targets)]
-    params = [p for p in model.parameters() if p.requires_grad]
-    return model, nn.CrossEntropyLoss(), params, data
-
-
-PROBLEM_LABELS = {
-    "mlp": "MLP 784-256-256-10, 4 batches of 128, CE",
-    "cnn": "CNN conv16-conv32/s2-linear on 3x16x16, 2 batches of 64, CE",
-    "transformer": (
-        "TransformerEncoderLayer(d_model=32, nhead=4, dim_feedforward=64, dropout=0) + linear head, "
-        "4 batches of 32 sequences of length 16, sequence CE ([N, C, T] output)"
-    ),
-}
 
 
 # ---------------------------------------------------------------------------------- measuring
@@ -231,19 +169,6 @@ def time_operator(operator, gradient, vector, matrix, device, warmup: int, repea
     # max / min of the gradient times of these rounds: > NOISY_SPREAD flags a disturbed measurement
     result["gradient_spread"] = max(times["gradient_s"]) / min(times["gradient_s"])
     return result
-
-
-def gradient_function(model, loss_func, params, data) -> Callable[[], list]:
-    """One gradient over all batches with plain autograd (what users compare with)."""
-
-    def gradient():
-        for param in params:
-            param.grad = None
-        for X, y in data:
-            loss_func(model(X), y).backward()
-        return [param.grad for param in params]
-
-    return gradient
 
 
 def run_worker(args: argparse.Namespace) -> dict:
@@ -360,39 +285,58 @@ def curvlinops_python(args: argparse.Namespace) -> str | None:
     return None
 
 
-def noisy(row: dict) -> str:
-    return " ⚠" if row.get("gradient_spread", 1.0) > NOISY_SPREAD else ""
+def noisy(rows: list[dict]) -> str:
+    return " ⚠" if any(row.get("gradient_spread", 1.0) > NOISY_SPREAD for row in rows) else ""
 
 
-def ratio(seconds: float | None, gradient: float) -> str:
-    return "–" if seconds is None else f"{seconds / gradient:.2f}"
+def ratios(rows: list[dict], key: str) -> list[float]:
+    """``key``'s time over the gradient's, one value per timing process."""
+    return [row[key] / row["gradient_s"] for row in rows]
+
+
+def summary(values: list[float]) -> str:
+    """Median, and the range over processes where there are several."""
+    middle = f"{statistics.median(values):.2f}"
+    return middle if len(values) == 1 else f"{middle} ({min(values):.1f}–{max(values):.1f})"
 
 
 def mebibytes(num_bytes: int | None) -> str:
     return "–" if num_bytes is None else f"{num_bytes / 2**20:.1f}"
 
 
-def verdict(value: float, target: float | None) -> str:
+def verdict(values: list[float], target: float | None) -> str:
     if target is None:
         return "–"
-    return f"≤ {target:g} {'✓' if value <= target else '✗'}"
+    return f"≤ {target:g} {'✓' if statistics.median(values) <= target else '✗'}"
 
 
-def format_problem(problem: str, ours: dict, ours_memory: dict, theirs: dict | None) -> list[str]:
+def operator_rows(runs: list[dict], label: str) -> list[dict] | str:
+    """One operator's rows from every timing process, or the first error message."""
+    rows = [run.get("operators", {}).get(label, {}) for run in runs]
+    for row in rows:
+        if "error" in row:
+            return row["error"]
+    return rows
+
+
+def failure(runs: list[dict]) -> str | None:
+    return next((run["failed"] for run in runs if "failed" in run), None)
+
+
+def format_problem(problem: str, ours: list[dict], ours_memory: dict, theirs: list[dict] | None) -> list[str]:
     lines = [f"### {problem}: {PROBLEM_LABELS[problem]}", ""]
-    if "failed" in ours:
-        return [*lines, f"curvkit failed: {ours['failed']}", ""]
-    gradient = ours["gradient_s"]
+    if failure(ours):
+        return [*lines, f"curvkit failed: {failure(ours)}", ""]
     memory_ok = ours_memory.get("memory_available", True) and "failed" not in ours_memory
+    gradient_ms = [run["gradient_s"] * 1e3 for run in ours]
     lines.append(
-        f"D = {ours['dim']:,} parameters; one gradient (plain autograd, all batches) = "
-        f"{gradient * 1e3:.1f} ms"
+        f"D = {ours[0]['dim']:,} parameters; one gradient (plain autograd, all batches) = "
+        f"{summary(gradient_ms)} ms"
         + (f", extra peak memory {mebibytes(ours_memory.get('gradient_peak'))} MiB." if memory_ok else ".")
     )
-    if theirs is not None and "failed" not in theirs:
-        lines.append(
-            f"curvlinops' own gradient baseline in its process: {theirs['gradient_s'] * 1e3:.1f} ms."
-        )
+    if theirs is not None and not failure(theirs):
+        their_ms = [run["gradient_s"] * 1e3 for run in theirs]
+        lines.append(f"curvlinops' own gradient baseline in its processes: {summary(their_ms)} ms.")
     lines.append("")
     header = (
         "| operator | matvec (× grad) | target | matmat k=16 (× grad) | target | per column (× grad) "
@@ -404,36 +348,35 @@ def format_problem(problem: str, ours: dict, ours_memory: dict, theirs: dict | N
         separator += "---:|---:|"
     lines += [header, separator]
     for label, _, _, cached in OPERATORS:
-        row = ours["operators"].get(label, {})
+        rows = operator_rows(ours, label)
         memory_row = ours_memory.get("operators", {}).get(label, {}) if memory_ok else {}
         base = label.removesuffix(", cached")
-        if "error" in row:
-            cells = [label, f"fails: {row['error']}", "", "", "", "", "", "", ""]
+        if isinstance(rows, str):
+            cells = [label, f"fails: {rows}", "", "", "", "", "", "", ""]
         else:
-            matvec = row["matvec_s"] / row["gradient_s"]
-            matmat = row["matmat_s"] / row["gradient_s"]
+            matvec, matmat = ratios(rows, "matvec_s"), ratios(rows, "matmat_s")
             matvec_target = (MATVEC_TARGETS_CACHED if cached else MATVEC_TARGETS).get(base)
             cells = [
-                label + noisy(row),
-                f"{matvec:.2f}",
+                label + noisy(rows),
+                summary(matvec),
                 verdict(matvec, matvec_target),
-                f"{matmat:.2f}",
+                summary(matmat),
                 verdict(matmat, MATMAT_TARGETS.get(base)),
-                f"{matmat / NUM_COLUMNS:.2f}",
+                f"{statistics.median(matmat) / NUM_COLUMNS:.2f}",
                 mebibytes(memory_row.get("matvec_peak")),
                 mebibytes(memory_row.get("matmat_peak")),
                 mebibytes(memory_row.get("cache")) if cached else "–",
             ]
         if theirs is not None:
-            their_row = theirs.get("operators", {}).get(label) if "failed" not in theirs else None
-            if cached or their_row is None:
-                cells += ["n/a (no cache)" if cached else "–", ""]
-            elif "error" in their_row:
-                cells += [f"fails: {their_row['error']}", ""]
+            their_rows = "–" if failure(theirs) else operator_rows(theirs, label)
+            if cached:
+                cells += ["n/a (no cache)", ""]
+            elif isinstance(their_rows, str):
+                cells += [their_rows if their_rows == "–" else f"fails: {their_rows}", ""]
             else:
                 cells += [
-                    ratio(their_row["matvec_s"], their_row["gradient_s"]) + noisy(their_row),
-                    ratio(their_row["matmat_s"], their_row["gradient_s"]) + noisy(their_row),
+                    summary(ratios(their_rows, "matvec_s")) + noisy(their_rows),
+                    summary(ratios(their_rows, "matmat_s")) + noisy(their_rows),
                 ]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
@@ -449,6 +392,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-curvlinops", action="store_true", help="skip the comparison")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory measurements")
     parser.add_argument("--output", default=None, help="also write the table to this file")
+    parser.add_argument(
+        "--processes", type=int, default=3, help="timing processes per library and problem (default 3)"
+    )
     parser.add_argument(
         "--cpu-time", action="store_true", help="one thread, CPU time of the process (robust to other load)"
     )
@@ -474,8 +420,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(problems) - set(PROBLEMS)
     if unknown:
         parser.error(f"unknown problems {sorted(unknown)}; choose from {PROBLEMS}")
+    if args.processes < 1:
+        parser.error(f"--processes must be at least 1, got {args.processes}")
     if args.quick:  # smoke run: in-process, no memory, curvlinops only if asked for
-        args.no_memory = True
+        args.no_memory, args.processes = True, 1
         args.no_curvlinops = args.no_curvlinops or not (
             args.curvlinops_python or os.environ.get("CURVLINOPS_PYTHON")
         )
@@ -495,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         + (
             "QUICK smoke run (data / 8, 1 repeat): numbers not meaningful"
             if args.quick
-            else "median of 6 runs"
+            else f"per process the median of 6 runs; median (range) over {args.processes} processes"
         )
         + "; operators built with check_deterministic=False.",
         "Allocator: "
@@ -510,19 +458,25 @@ def main(argv: list[str] | None = None) -> int:
         "",
     ]
     for problem in problems:
-        ours = spawn(sys.executable, "curvkit", problem, "time", args)
-        ours_memory = {} if args.no_memory else spawn(sys.executable, "curvkit", problem, "memory", args)
-        if args.no_memory:
-            ours_memory = {"memory_available": False}
-        theirs = spawn(other, "curvlinops", problem, "time", args) if other else None
+        ours, theirs = [], [] if other else None
+        for _ in range(args.processes):  # alternate, so that both see the same drifts in load
+            ours.append(spawn(sys.executable, "curvkit", problem, "time", args))
+            if other:
+                theirs.append(spawn(other, "curvlinops", problem, "time", args))
+        ours_memory = (
+            {"memory_available": False}
+            if args.no_memory
+            else spawn(sys.executable, "curvkit", problem, "memory", args)
+        )
         lines += format_problem(problem, ours, ours_memory, theirs)
     elapsed = time.perf_counter() - start
     load = ""
     if load_before is not None:
         load = f" 1-minute load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end."
     lines.append(
-        f"⚠: the gradients timed between this row's products varied by more than {NOISY_SPREAD}× "
-        "(max/min), i.e. other processes disturbed the measurement; rerun on a quiet machine."
+        f"⚠: in some process, the gradients timed between this row's products varied by more than "
+        f"{NOISY_SPREAD}× (max/min), i.e. other processes disturbed the measurement; rerun on a quiet "
+        "machine."
     )
     lines.append("")
     lines.append(f"Benchmark wall time: {elapsed:.0f} s.{load}")

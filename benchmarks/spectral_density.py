@@ -1,7 +1,7 @@
 """Wall time of a 64-vector Lanczos spectral density of the MLP Hessian.
 
 Compares ``lanczos_approximate_spectrum(H, ncv=64)`` (Papyan, 2020, Algorithm 2) on the Hessian of
-the MLP 784-256-256-10 of ``benchmarks/products.py`` (CE, mean; 4 batches of 128 random samples;
+the MLP 784-256-256-10 of ``benchmarks/problems.py`` (CE, mean; 4 batches of 128 random samples;
 float32; D = 269,322) with one gradient (plain autograd over all batches) and with 64 Hessian
 matrix-vector products, which any 64-step Lanczos needs one after the other. The issue's target
 is ≤ 1.2 × the 64 products: the re-orthogonalization, the quadrature and the density must cost
@@ -28,7 +28,7 @@ import statistics
 import time
 
 import torch
-from torch import nn
+from problems import gradient_function, make_problem
 
 from curvkit import HessianLinearOperator
 from curvkit.linalg import lanczos_approximate_spectrum
@@ -49,13 +49,6 @@ class CountingOperator(LinearOperator):
         return self.operator.matmat(X)
 
 
-def mlp_problem():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
-    data = [(torch.randn(128, 784), torch.randint(0, 10, (128,))) for _ in range(4)]
-    return model, nn.CrossEntropyLoss(), [p for p in model.parameters() if p.requires_grad], data
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -66,7 +59,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    model, loss_func, params, data = mlp_problem()
+    model, loss_func, params, data = make_problem("mlp", torch.device("cpu"), quick=False)
     H = HessianLinearOperator(
         model, loss_func, params, data, check_deterministic=False, cache_batches=args.cache_batches
     )
@@ -75,11 +68,7 @@ def main() -> None:
     # contiguous columns, like the vectors Lanczos multiplies
     vectors = [torch.randn(H.shape[0], 1, generator=generator) for _ in range(NCV)]
 
-    def gradient() -> None:
-        for parameter in params:
-            parameter.grad = None
-        for X, y in data:
-            loss_func(model(X), y).backward()
+    gradient = gradient_function(model, loss_func, params, data)
 
     def matvecs() -> None:
         for vector in vectors:

@@ -7,7 +7,7 @@ Two studies, printed as Markdown tables, plotted to ``benchmarks/results/trace_e
    D products in blocks). The estimators then run on that dense matrix: they only see products,
    so their errors are those they would have on the operator (up to rounding), at a fraction of
    the time. Mean relative error over ``--seeds`` seeds per budget.
-2. **The MLP 784-256-256-10** of ``benchmarks/products.py`` (D = 269,322; CE, mean; 4 batches of
+2. **The MLP 784-256-256-10** of ``benchmarks/problems.py`` (D = 269,322; CE, mean; 4 batches of
    128; float32), where no exact trace is affordable: all three estimators are unbiased, so the
    relative standard deviation of the estimates over seeds is their relative RMS error. Products
    run on the real operators (one block product per block); the wall time per estimate is given.
