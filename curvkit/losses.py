@@ -41,27 +41,44 @@ def _is_class_index_target(loss_func: LossFunction, target: Tensor) -> bool:
     return isinstance(loss_func, CrossEntropyLoss) and not target.is_floating_point()
 
 
-def num_loss_terms(loss_func: LossFunction, output: Tensor, target: Tensor) -> int:
-    """The number of terms that ``reduction='mean'`` averages over in one batch.
+def num_loss_terms(loss_func: LossFunction, target: Tensor, batch_size: int) -> float:
+    """The number of terms ``K_b`` that ``reduction='mean'`` divides one batch's sum by.
 
-    MSE and BCE average over all output entries; cross-entropy over all (non-ignored)
-    positions, i.e. ``N`` for ``[N, C]`` outputs and ``N·T`` for ``[N, C, T]`` outputs. Any
-    other callable is taken to average over the batch axis only.
+    MSE and BCE average over all entries (as many as the target has); cross-entropy over all
+    positions (``N`` for ``[N, C]`` outputs, ``N·T`` for ``[N, C, T]``) except those whose
+    class-index target is ``ignore_index``, and with class weights ``w`` over their total weight
+    ``Σ w_{y}`` (as ``torch`` does). Any other callable is taken to average over the batch axis
+    only (``batch_size`` terms). Summed over batches, these give the full data set's divisor.
     """
     if isinstance(loss_func, (MSELoss, BCEWithLogitsLoss)):
-        return output.numel()
+        return float(target.numel())
     if isinstance(loss_func, CrossEntropyLoss):
-        if _is_class_index_target(loss_func, target):
-            return int((target != loss_func.ignore_index).sum())
-        return output.numel() // output.shape[1]
-    return output.shape[0]
+        if not _is_class_index_target(loss_func, target):
+            return float(target.numel() // target.shape[1])
+        kept = target[target != loss_func.ignore_index]
+        if loss_func.weight is not None:
+            return float(loss_func.weight.to(target.device)[kept].sum())
+        return float(kept.numel())
+    return float(batch_size)
 
 
 def batch_loss_scale(loss_func: LossFunction, output: Tensor, target: Tensor) -> float:
     """The factor ``c_b`` in ``L_b = c_b Σ_n ℓ_n``."""
     if reduction_of(loss_func) == "sum":
         return 1.0
-    return 1.0 / max(num_loss_terms(loss_func, output, target), 1)
+    return 1.0 / max(num_loss_terms(loss_func, target, output.shape[0]), 1.0)
+
+
+def _target_mass(loss_func: LossFunction, target: Tensor) -> Tensor | float:
+    """``Σ_c q_c`` per position of cross-entropy's target distribution ``q`` (after smoothing).
+
+    The Hessian of ``-Σ_c q_c log softmax(f)_c`` is ``(Σ_c q_c)(diag p − p pᵀ)``: ``1`` for class
+    indices and normalized probabilities, anything for unnormalized (e.g. multi-hot) targets.
+    """
+    if _is_class_index_target(loss_func, target):
+        return 1.0
+    smoothing = loss_func.label_smoothing
+    return (1.0 - smoothing) * target.sum(dim=1, keepdim=True) + smoothing
 
 
 def _is_weighted(loss_func: LossFunction) -> bool:
@@ -109,7 +126,8 @@ def output_hessian_matmat(
     Closed forms (``p = softmax(f)`` over the class axis, ``σ`` the sigmoid):
 
     - MSE: ``2 c_b v``;
-    - cross-entropy: ``c_b (p ⊙ v − p (pᵀ v))`` at every (non-ignored) position;
+    - cross-entropy: ``c_b (p ⊙ v − p (pᵀ v))`` at every (non-ignored) position, times the mass
+      ``Σ_c q_c`` of a probability target;
     - BCE-with-logits: ``c_b σ(f)(1 − σ(f)) ⊙ v``.
 
     Any other loss (or one with class weights) uses reverse-over-reverse differentiation of
@@ -130,15 +148,16 @@ def output_hessian_matmat(
     if _is_class_index_target(loss_func, target):
         kept = (target != loss_func.ignore_index).unsqueeze(1).to(result.dtype)
         result = result * kept
-    return scale * result
+    return scale * _target_mass(loss_func, target) * result
 
 
 def output_hessian_sqrt(loss_func: LossFunction, output: Tensor, target: Tensor) -> Tensor:
     """A factor ``S`` with ``S Sᵀ = ∇²_f L_b`` that is block-diagonal over samples.
 
     Closed forms: MSE ``√(2 c_b) I``; BCE ``√(c_b σ(1 − σ))``; cross-entropy
-    ``√c_b (diag(√p) − p √pᵀ)`` at every position, since ``(diag √p − p √pᵀ)(diag √p − √p pᵀ)
-    = diag p − p pᵀ`` when ``Σ p = 1``.
+    ``√(c_b m) (diag(√p) − p √pᵀ)`` at every position (``m`` the target's mass, see
+    :func:`output_hessian_matmat`), since ``(diag √p − p √pᵀ)(diag √p − √p pᵀ) = diag p − p pᵀ``
+    when ``Σ p = 1``.
 
     Returns:
         ``K`` columns stacked as ``[K, *output.shape]``: column ``k`` holds, for every sample
@@ -168,34 +187,72 @@ def output_hessian_sqrt(loss_func: LossFunction, output: Tensor, target: Tensor)
     result = root * (columns - probability * at_position)
     if _is_class_index_target(loss_func, target):
         result = result * (target != loss_func.ignore_index).unsqueeze(1).to(result.dtype)
-    return scale**0.5 * result
+    mass = _target_mass(loss_func, target)
+    return (scale * mass) ** 0.5 * result
 
 
-def output_gradients(loss_func: LossFunction, output: Tensor, targets: Tensor) -> Tensor:
-    """Gradients ``∇_f L_b(f, ỹ_m)`` for a stack of targets ``[M, *target_shape]``.
+def output_gradients(loss_func: LossFunction, output: Tensor, target: Tensor) -> Tensor:
+    """The gradient ``∇_f L_b(f, y)`` of the batch loss as ``loss_func`` computes it.
 
     Returns:
-        ``[M, *output.shape]``; row ``n`` of each is ``c_b ∇_{f_n} ℓ_n``.
+        Tensor of ``output``'s shape; row ``n`` is ``c_b ∇_{f_n} ℓ_n``.
     """
-    if targets.shape[0] == 1:  # one backward pass; vmap costs more than the loss itself here
-        with torch.enable_grad():
-            leaf = output.detach().requires_grad_()
-            return torch.autograd.grad(loss_func(leaf, targets[0]), leaf)[0].unsqueeze(0)
-    return vmap(grad(loss_func), in_dims=(None, 0))(output.detach(), targets)
+    with torch.enable_grad():
+        leaf = output.detach().requires_grad_()
+        return torch.autograd.grad(loss_func(leaf, target), leaf)[0]
 
 
-def sample_targets(loss_func: LossFunction, output: Tensor, mc_samples: int, generator: Generator) -> Tensor:
+def sampled_output_gradients(
+    loss_func: LossFunction, output: Tensor, targets: Tensor, observed: Tensor
+) -> Tensor:
+    """Gradients ``c_b ∇_f (−log q(ỹ_m | f))`` for targets ``ỹ_m`` drawn by :func:`sample_targets`.
+
+    The negative log-likelihood of the model's predictive distribution, in closed form: MSE
+    ``2 (f − ỹ)``, BCE ``σ(f) − ỹ``, cross-entropy ``softmax(f) − onehot(ỹ)`` (zero where
+    ``observed`` is ignored). Cross-entropy's ``label_smoothing`` is left out on purpose: the
+    smoothed loss is no likelihood of the samples, its gradients have mean ``ε (p − 1/C) ≠ 0``,
+    while the Hessian with respect to ``f``, which the Fisher must equal in expectation, does
+    not depend on the smoothing. ``c_b`` is that of the batch with its observed targets.
+
+    Args:
+        loss_func: One of :data:`SUPPORTED_LOSSES`.
+        output: Model output ``f``.
+        targets: Draws ``[M, *target_shape]``.
+        observed: The batch's observed targets.
+
+    Returns:
+        ``[M, *output.shape]``.
+    """
+    output = output.detach()
+    scale = batch_loss_scale(loss_func, output, observed)
+    if isinstance(loss_func, MSELoss):
+        return 2.0 * scale * (output - targets)
+    if isinstance(loss_func, BCEWithLogitsLoss):
+        return scale * (output.sigmoid() - targets)
+    probability = output.softmax(dim=1)
+    ignored = targets == loss_func.ignore_index
+    one_hot = torch.nn.functional.one_hot(targets.masked_fill(ignored, 0), probability.shape[1])
+    gradients = probability - one_hot.movedim(-1, 2).to(probability.dtype)
+    return scale * gradients.masked_fill(ignored.unsqueeze(2), 0.0)
+
+
+def sample_targets(
+    loss_func: LossFunction, output: Tensor, observed: Tensor, mc_samples: int, generator: Generator
+) -> Tensor:
     """Draw ``mc_samples`` targets from the model's predictive distribution ``q(· | f)``.
 
     The distribution is the one whose negative log-likelihood is ``ℓ`` (up to constants):
 
     - MSE ``(f − y)²``: ``y ~ N(f, I/2)``, so that ``E[∇ℓ ∇ℓᵀ] = ∇²ℓ = 2 I``;
-    - cross-entropy: class indices ``y ~ Categorical(softmax(f))`` along dim 1, per position;
+    - cross-entropy: class indices ``y ~ Categorical(softmax(f))`` along dim 1, per position,
+      and ``ignore_index`` where the observed class-index target is ignored (such positions are
+      not part of the loss, so they carry no Fisher information either);
     - BCE-with-logits: ``y ~ Bernoulli(σ(f))``.
 
     Args:
         loss_func: One of :data:`SUPPORTED_LOSSES`.
         output: Model output ``f`` (detached internally).
+        observed: The batch's observed targets (only their ignored positions matter).
         mc_samples: ``M``.
         generator: Source of randomness, consumed sequentially.
 
@@ -216,4 +273,7 @@ def sample_targets(loss_func: LossFunction, output: Tensor, mc_samples: int, gen
     num_classes = probability.shape[-1]
     flat_probability = probability.reshape(-1, num_classes)
     draws = torch.multinomial(flat_probability, mc_samples, replacement=True, generator=generator)
-    return draws.T.reshape(mc_samples, *probability.shape[:-1])
+    draws = draws.T.reshape(mc_samples, *probability.shape[:-1])
+    if _is_class_index_target(loss_func, observed):
+        draws = draws.masked_fill(observed == loss_func.ignore_index, loss_func.ignore_index)
+    return draws

@@ -186,6 +186,15 @@ def _sum_loss(loss_func: nn.Module) -> nn.Module:
     return summed
 
 
+def _without_smoothing(loss_func: nn.Module) -> nn.Module:
+    """The negative log-likelihood of the samples: ``loss_func`` without label smoothing."""
+    if getattr(loss_func, "label_smoothing", 0.0) == 0.0:
+        return loss_func
+    unsmoothed = copy.copy(loss_func)
+    unsmoothed.label_smoothing = 0.0
+    return unsmoothed
+
+
 def _scale(loss_func: nn.Module, output: Tensor, y: Tensor) -> float:
     """``1`` for ``reduction='sum'``, ``1 / T`` for ``'mean'`` (see :func:`_num_loss_terms`)."""
     return 1.0 if _reduction(loss_func) == "sum" else 1.0 / _num_loss_terms(loss_func, output, y)
@@ -319,9 +328,11 @@ def fisher_mc_matrix(
         \tilde{\mathbf{g}}_{nm} = \nabla_\theta \ell_\text{sum}(f_\theta(x_n), \tilde{y}_{nm}),
         \quad \tilde{y}_{nm} \sim q(\cdot \mid f_\theta(x_n)),
 
-    with :math:`s` as in :func:`empirical_fisher_matrix`. A generator seeded with ``seed`` draws
-    the targets batch by batch, in the order ``data`` yields them, via
-    :func:`curvkit.losses.sample_targets`. In expectation over the targets this is the GGN.
+    with :math:`s` as in :func:`empirical_fisher_matrix` and :math:`\ell` the negative
+    log-likelihood of the model's predictive distribution (cross-entropy's label smoothing left
+    out). A generator seeded with ``seed`` draws the targets batch by batch, in the order
+    ``data`` yields them, via :func:`curvkit.losses.sample_targets`. In expectation over the
+    targets this is the GGN.
 
     Args:
         model_func: The network, an ``nn.Module``.
@@ -342,9 +353,12 @@ def fisher_mc_matrix(
     fisher = torch.zeros(theta.numel(), theta.numel(), dtype=theta.dtype, device=theta.device)
     with _math_attention():
         scale = _scale(loss_func, output(theta, X_all).detach(), y_all)
-        for X, _ in batches:
-            targets = sample_targets(loss_func, output(theta, X).detach(), mc_samples, generator)
-            per_target = vmap(partial(_per_sample_gradients, output, loss_func, theta, X))
+        likelihood = _without_smoothing(loss_func)
+        for X, y in batches:
+            if _num_loss_terms(loss_func, y, y) == 0:
+                continue  # every target ignored: no loss, nothing drawn (as the operators do)
+            targets = sample_targets(loss_func, output(theta, X).detach(), y, mc_samples, generator)
+            per_target = vmap(partial(_per_sample_gradients, output, likelihood, theta, X))
             grads = per_target(targets).flatten(end_dim=1)
             fisher += grads.T @ grads
     return scale / mc_samples * fisher

@@ -11,6 +11,7 @@ from curvkit.losses import (
     output_gradients,
     output_hessian_matmat,
     sample_targets,
+    sampled_output_gradients,
 )
 
 _GEN = torch.Generator().manual_seed(0)
@@ -48,7 +49,7 @@ def test_ignore_index_positions_have_no_curvature():
         output_hessian_matmat(loss_func, output, target, tangents)[0].reshape(-1),
         dense @ tangents.reshape(-1),
     )
-    assert num_loss_terms(loss_func, output, target) == 18
+    assert num_loss_terms(loss_func, target, output.shape[0]) == 18
 
 
 @pytest.mark.parametrize(
@@ -59,10 +60,17 @@ def test_ignore_index_positions_have_no_curvature():
         (nn.CrossEntropyLoss(), torch.zeros(4, 3), torch.zeros(4, dtype=torch.long), 4),
         (nn.CrossEntropyLoss(), torch.zeros(4, 3, 5), torch.zeros(4, 5, dtype=torch.long), 20),
         (lambda f, y: (f - y).abs().mean(), torch.zeros(4, 3), torch.zeros(4, 3), 4),
+        (
+            nn.CrossEntropyLoss(weight=torch.tensor([0.5, 2.0, 1.0])),
+            torch.zeros(4, 3),
+            torch.tensor([0, 1, 1, 2]),
+            5.5,
+        ),
+        (nn.CrossEntropyLoss(), torch.zeros(4, 3), torch.tensor([0, -100, 1, -100]), 2),
     ],
 )
 def test_number_of_averaged_terms(loss_func, output, target, terms):
-    assert num_loss_terms(loss_func, output, target) == terms
+    assert num_loss_terms(loss_func, target, output.shape[0]) == terms
     assert batch_loss_scale(loss_func, output, target) == pytest.approx(1 / terms)
 
 
@@ -71,32 +79,50 @@ def test_sampled_gradient_outer_products_average_to_the_output_hessian(name):
     """Fisher identity per sample: E[∇ℓ ∇ℓᵀ] = ∇²ℓ, so the MC-Fisher is unbiased for the GGN."""
     loss_cls, kind, make_target = CASES[name]
     loss_func, output = loss_cls(reduction="sum"), _OUT[kind]
-    samples = sample_targets(loss_func, output, 20000, torch.Generator().manual_seed(1))
-    gradients = output_gradients(loss_func, output, samples)  # [M, N, ...]
+    target = make_target(output)  # the Hessian of these losses does not depend on it
+    samples = sample_targets(loss_func, output, target, 20000, torch.Generator().manual_seed(1))
+    gradients = sampled_output_gradients(loss_func, output, samples, target)  # [M, N, ...]
     per_sample = gradients.reshape(gradients.shape[0], output.shape[0], -1)
     estimate = torch.einsum("mni,mnj->nij", per_sample, per_sample) / gradients.shape[0]
-    target = make_target(output)  # the Hessian of these losses does not depend on it
     dense = hessian(lambda f: loss_func(f, target))(output)
     dense = dense.reshape(output.shape[0], per_sample.shape[-1], output.shape[0], per_sample.shape[-1])
     blocks = torch.stack([dense[n, :, n, :] for n in range(output.shape[0])])
     torch.testing.assert_close(estimate, blocks, atol=0.05 * blocks.abs().max().item(), rtol=0)
 
 
-def test_sampling_is_reproducible_and_shaped():
-    output = _OUT["seq"]
-    first = sample_targets(nn.CrossEntropyLoss(), output, 3, torch.Generator().manual_seed(5))
-    second = sample_targets(nn.CrossEntropyLoss(), output, 3, torch.Generator().manual_seed(5))
+def test_sampling_is_reproducible_shaped_and_keeps_ignored_positions():
+    output, observed = _OUT["seq"], torch.zeros(4, 5, dtype=torch.long)
+    observed[1, 2:] = -100
+    first = sample_targets(nn.CrossEntropyLoss(), output, observed, 3, torch.Generator().manual_seed(5))
+    second = sample_targets(nn.CrossEntropyLoss(), output, observed, 3, torch.Generator().manual_seed(5))
     assert first.shape == (3, 4, 5) and torch.equal(first, second)
+    assert (first[:, 1, 2:] == -100).all() and (first[:, observed != -100] >= 0).all()
     with pytest.raises(NotImplementedError, match="loss_func must be one of"):
-        sample_targets(nn.L1Loss(), output, 1, torch.Generator())
+        sample_targets(nn.L1Loss(), output, observed, 1, torch.Generator())
 
 
 @pytest.mark.parametrize("name", ["mse", "ce", "ce-seq", "bce"])
-def test_one_draw_takes_a_plain_backward_pass_with_the_same_result(name):
-    loss_cls, kind, _ = CASES[name]
-    loss_func, output = loss_cls(), _OUT[kind]
-    samples = sample_targets(loss_func, output, 2, torch.Generator().manual_seed(2))
-    both = output_gradients(loss_func, output, samples)  # vmap over the draws
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_sampled_gradients_are_those_of_the_negative_log_likelihood(name, reduction):
+    """The closed forms equal autograd's gradient of the loss (without smoothing) at each draw."""
+    loss_cls, kind, make_target = CASES[name]
+    loss_func, output = loss_cls(reduction=reduction), _OUT[kind]
+    observed = make_target(output)
+    if name.startswith("ce"):
+        observed[0] = -100  # an ignored position (or sequence)
+    samples = sample_targets(loss_func, output, observed, 2, torch.Generator().manual_seed(2))
+    closed_form = sampled_output_gradients(loss_func, output, samples, observed)
     for draw in range(2):
-        one = output_gradients(loss_func, output, samples[draw : draw + 1])
-        torch.testing.assert_close(one, both[draw : draw + 1], rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(closed_form[draw], output_gradients(loss_func, output, samples[draw]))
+
+
+def test_sampled_gradients_leave_label_smoothing_out():
+    """Smoothed gradients have mean ε (p − 1/C) ≠ 0 under the model's distribution; the NLL's do not."""
+    output = _OUT["flat"]
+    observed = torch.randint(0, 3, (4,), generator=_GEN)
+    smoothed, plain = nn.CrossEntropyLoss(label_smoothing=0.3), nn.CrossEntropyLoss()
+    samples = sample_targets(smoothed, output, observed, 1, torch.Generator().manual_seed(4))
+    torch.testing.assert_close(
+        sampled_output_gradients(smoothed, output, samples, observed)[0],
+        output_gradients(plain, output, samples[0]),
+    )

@@ -1,19 +1,25 @@
 """Iterate mini-batches, weight their contributions, show progress.
 
-A curvature matrix of the empirical risk ``L(θ) = c Σ_n ℓ_n`` is a weighted sum of the same
-matrix over mini-batches: with ``N_b`` samples in batch ``b`` and ``N`` in total, the batch's
-matrix (of the loss as ``loss_func`` reduces it on that batch) enters with weight ``N_b / N``
-for ``reduction='mean'`` and ``1`` for ``'sum'``. This module is the only place that knows
-this rule, so batches of unequal sizes give exactly the full-data matrix.
+A curvature matrix of the empirical risk is a weighted sum of the same matrix over mini-batches.
+A ``reduction='mean'`` loss divides batch ``b``'s sum of terms by their number ``K_b`` (samples,
+or output entries for MSE, or non-ignored positions for cross-entropy, see
+:func:`curvkit.losses.num_loss_terms`), while the full-data loss divides by ``K = Σ_b K_b``; so
+the batch's matrix (of the loss as ``loss_func`` reduces it on that batch) enters with weight
+``K_b / K``, and with weight ``1`` for ``'sum'``. This module is the only place that knows this
+rule, so however the data is split into batches, the result is the full-data matrix. ``K`` is
+accumulated in the same pass as the weighted sum, which is divided by it at the end: no extra
+pass over the data.
 
 The sums over batches are the seam for data-parallel products: a distributed engine shards
-the batches across processes and all-reduces the partial sums in :meth:`sum_over_batches`.
+the batches across processes and all-reduces the partial sums (and ``K``) in
+:meth:`sum_over_batches`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from numbers import Integral
 from typing import Any
 
 import torch
@@ -56,13 +62,16 @@ class MiniBatchEngine:
             product, so it must be re-iterable and deterministic.
         device: Device to move the batches to.
         num_data: Total number of samples ``N``. Computed with one pass over ``data`` on
-            first use when not given.
+            first use when not given; checked against every later pass.
         batch_size_fn: Maps ``X`` to its batch size. Required when ``X`` is a dict; by
             default the size of ``X``'s first axis.
         progressbar: Show a tqdm progress bar over the batches of each pass.
+        loss_terms: Maps a batch to its number ``K_b`` of averaged loss terms (the weights of
+            ``reduction='mean'``); by default its number of samples.
 
     Raises:
-        ValueError: If ``data`` is not iterable or ``num_data`` is not positive.
+        ValueError: If ``data`` is not re-iterable (e.g. a generator) or ``num_data`` is not
+            a positive integer.
     """
 
     def __init__(
@@ -73,10 +82,18 @@ class MiniBatchEngine:
         num_data: int | None = None,
         batch_size_fn: Callable[[BatchInput], int] | None = None,
         progressbar: bool = False,
+        loss_terms: Callable[[Batch], float] | None = None,
     ):
         if not isinstance(data, Iterable) or isinstance(data, (Tensor, str)):
             raise ValueError(f"data must be an iterable of (X, y) mini-batches, got {type(data).__name__}.")
-        if num_data is not None and (not isinstance(num_data, int) or num_data <= 0):
+        if isinstance(data, Iterator):
+            raise ValueError(
+                f"data must be re-iterable (every product passes over it), got a one-shot "
+                f"{type(data).__name__}. Pass a list of (X, y) batches or a DataLoader."
+            )
+        if num_data is not None and (
+            not isinstance(num_data, Integral) or isinstance(num_data, bool) or num_data <= 0
+        ):
             raise ValueError(f"num_data must be a positive integer, got {num_data!r}.")
         if batch_size_fn is not None and not callable(batch_size_fn):
             raise ValueError("batch_size_fn must be callable, mapping X to its batch size.")
@@ -84,7 +101,8 @@ class MiniBatchEngine:
         self.device = device
         self.progressbar = progressbar
         self._batch_size_fn = batch_size_fn
-        self._num_data = num_data
+        self._num_data = None if num_data is None else int(num_data)
+        self._loss_terms = loss_terms or (lambda batch: float(batch.size))
 
     def batch_size(self, X: BatchInput) -> int:
         """The number of samples in ``X``.
@@ -105,30 +123,35 @@ class MiniBatchEngine:
         """Yield the batches on the engine's device, with a progress bar if requested.
 
         Raises:
-            ValueError: If ``data`` yields no batch or a batch is not an ``(X, y)`` pair.
+            ValueError: If ``data`` yields no batch, a batch is not an ``(X, y)`` pair, or the
+                batches' sizes do not add up to ``num_data``.
         """
         iterator = tqdm(self.data, desc=desc, disable=not self.progressbar, leave=False)
-        index = -1
+        index, num_samples = -1, 0
         for index, pair in enumerate(iterator):
             if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
                 raise ValueError(f"data must yield (X, y) pairs; batch {index} is a {type(pair).__name__}.")
             X, y = pair
-            yield Batch(index, _to_device(X, self.device), _to_device(y, self.device), self.batch_size(X))
+            size = self.batch_size(X)
+            num_samples += size
+            yield Batch(index, _to_device(X, self.device), _to_device(y, self.device), size)
         if index < 0:
             raise ValueError("data is empty: it yielded no mini-batch.")
+        if self._num_data is not None and num_samples != self._num_data:
+            raise ValueError(
+                f"num_data is {self._num_data}, but data yielded {num_samples} samples in this pass. "
+                "Pass the number of samples data holds (or None to count them)."
+            )
 
     @property
     def num_data(self) -> int:
         """Total number of samples ``N`` (one pass over ``data`` the first time, unless given)."""
         if self._num_data is None:
-            self._num_data = sum(self.batch_size(X) for X, _ in self.data)
-            if self._num_data == 0:
+            num_data = sum(self.batch_size(X) for X, _ in self.data)
+            if num_data == 0:
                 raise ValueError("data is empty: it contains no samples.")
+            self._num_data = num_data
         return self._num_data
-
-    def weight(self, batch: Batch, reduction: str) -> float:
-        """The weight ``N_b / N`` (``'mean'``) or ``1`` (``'sum'``) of a batch's matrix."""
-        return batch.size / self.num_data if reduction == "mean" else 1.0
 
     def sum_over_batches(
         self,
@@ -136,22 +159,35 @@ class MiniBatchEngine:
         reduction: str,
         desc: str | None = None,
     ) -> Tensor | list[Tensor]:
-        """``Σ_b w_b batch_result(b)`` with the weights of :meth:`weight`.
+        """``Σ_b w_b batch_result(b)`` with ``w_b = K_b / K`` (``'mean'``) or ``1`` (``'sum'``).
 
         ``batch_result`` may return a tensor or a list of tensors (e.g. parameter-shaped);
-        the sum is accumulated in place, in the same structure.
+        the sum is accumulated in place, in the same structure. Batches without loss terms
+        (``K_b = 0``: every target ignored) are skipped; their loss is not defined.
+
+        Raises:
+            ValueError: If no batch has a loss term.
         """
-        total = None
+        total, num_terms, structure = None, 0.0, None
         for batch in self.batches(desc):
-            weight = self.weight(batch, reduction)
+            weight = self._loss_terms(batch) if reduction == "mean" else 1.0
+            if weight == 0.0:
+                continue
+            num_terms += weight
             result = batch_result(batch)
+            structure = type(result)
             parts = result if isinstance(result, list) else [result]
             if total is None:
                 total = [weight * part for part in parts]
             else:
                 for accumulated, part in zip(total, parts):
                     accumulated.add_(part, alpha=weight)
-        return total if isinstance(result, list) else total[0]
+        if total is None:
+            raise ValueError("No batch of data has a loss term (every target is ignored).")
+        if reduction == "mean":
+            for accumulated in total:
+                accumulated.div_(num_terms)
+        return total if structure is list else total[0]
 
     def concatenate_over_batches(
         self, batch_result: Callable[[Batch], Tensor], desc: str | None = None

@@ -84,7 +84,9 @@ def check_deterministic(
             "The data must give the same batches in every pass (no drop_last with shuffling)."
         )
     for index, (first, second) in enumerate(zip(*passes)):
-        if first.shape != second.shape or not torch.allclose(first, second, rtol=1e-6, atol=1e-8):
+        if first.shape != second.shape or not torch.allclose(
+            first, second, rtol=1e-6, atol=1e-8, equal_nan=True
+        ):
             raise RuntimeError(
                 f"check_deterministic: batch {index} differs between two passes over the data (inputs, "
                 "targets, model output or loss). Use a data loader without shuffling or augmentation "

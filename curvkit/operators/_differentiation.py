@@ -112,10 +112,14 @@ class ModelFunction:
         names, tensors = _normalize_params(params)
         if not tensors:
             raise ValueError("params must contain at least one tensor.")
+        first_label: dict[int, str] = {}
         for index, tensor in enumerate(tensors):
             label = f"params[{names[index]!r}]" if names else f"params[{index}]"
             if not isinstance(tensor, Tensor):
                 raise ValueError(f"{label} must be a tensor, got {type(tensor).__name__}.")
+            if id(tensor) in first_label:
+                raise ValueError(f"{label} is the same tensor as {first_label[id(tensor)]}; pass each once.")
+            first_label[id(tensor)] = label
             if not tensor.requires_grad:
                 raise ValueError(
                     f"{label} does not require grad; curvature is only defined for trainable parameters."
@@ -158,7 +162,9 @@ class ModelFunction:
         """
         with torch.enable_grad():
             output = self.model_func(X)
-            if not isinstance(output, Tensor) or not output.requires_grad:
+            if not isinstance(output, Tensor):
+                raise ValueError(f"model_func must return a tensor, got {type(output).__name__}.")
+            if not output.requires_grad:
                 raise ValueError("model_func's output does not depend on params.")
             gradients = torch.autograd.grad(output.sum(), self.tensors, allow_unused=True)
         for label, gradient in zip(self.labels, gradients):

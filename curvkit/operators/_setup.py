@@ -7,6 +7,7 @@ the curvature operators (square, symmetric) and the Jacobians (rectangular) shar
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -14,8 +15,13 @@ from torch import Tensor
 
 from curvkit._engine import Batch, MiniBatchEngine
 from curvkit._engine import check_deterministic as probe_determinism
+from curvkit.losses import num_loss_terms
 from curvkit.operators._autograd import require_autograd
 from curvkit.operators._differentiation import Linearization, ModelFunction
+
+
+def _loss_terms(loss_func: Callable, batch: Batch) -> float:
+    return num_loss_terms(loss_func, batch.y, batch.size)
 
 
 class ModelDataSetup:
@@ -51,13 +57,22 @@ class ModelDataSetup:
         batch_size_fn: Callable | None = None,
         cache_batches: bool = False,
     ):
+        if isinstance(loss_func, type):
+            raise ValueError(
+                f"loss_func must be a loss instance such as {loss_func.__name__}(), got the class itself."
+            )
         if loss_func is not None and not callable(loss_func):
             raise ValueError(f"loss_func must be callable, got {type(loss_func).__name__}.")
         require_autograd()
         self.model = ModelFunction(model_func, params)
         self.loss_func = loss_func
         self.engine = MiniBatchEngine(
-            data, self.model.device, num_data=num_data, batch_size_fn=batch_size_fn, progressbar=progressbar
+            data,
+            self.model.device,
+            num_data=num_data,
+            batch_size_fn=batch_size_fn,
+            progressbar=progressbar,
+            loss_terms=None if loss_func is None else partial(_loss_terms, loss_func),
         )
         self.cache_batches = cache_batches
         self._cache: dict[tuple[int, Hashable], Any] = {}
@@ -115,9 +130,10 @@ class ModelDataSetup:
     def batch_tensors(self, batch: Batch) -> list[Tensor]:
         """Tensors that must repeat across passes for the determinism probe."""
         X = list(batch.X.values()) if isinstance(batch.X, Mapping) else [batch.X]
+        y = [] if batch.y is None else [batch.y]
         output = self.model(batch.X)
         loss = [] if self.loss_func is None else [self.loss_func(output, batch.y)]
-        return [*X, batch.y, output, *loss]
+        return [*X, *y, output, *loss]
 
     def check_deterministic(self, product: Callable[[Tensor], Tensor], dim: int) -> None:
         """Run the determinism probe of the engine (see :mod:`curvkit._engine.determinism`)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from numbers import Integral
 
 import torch
 from torch import Generator, Tensor
@@ -14,9 +15,14 @@ from curvkit.losses import (
     check_unweighted,
     output_gradients,
     sample_targets,
+    sampled_output_gradients,
 )
 from curvkit.operators._curvature import CurvatureLinearOperator
 from curvkit.operators._jtlj import gradient_outer_product, jtlj_matmat
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
 
 
 class EFLinearOperator(CurvatureLinearOperator):
@@ -42,9 +48,33 @@ class EFLinearOperator(CurvatureLinearOperator):
     def _is_psd(cls, loss_func: Callable) -> bool:
         return True  # a sum of outer products
 
-    def __init__(self, model_func: Callable, loss_func: Callable, *args, **kwargs):
+    def __init__(
+        self,
+        model_func: Callable,
+        loss_func: Callable,
+        params: Sequence[Tensor] | Mapping[str, Tensor],
+        data: Iterable,
+        progressbar: bool = False,
+        check_deterministic: bool = True,
+        shape: tuple[int, int] | None = None,
+        *,
+        num_data: int | None = None,
+        batch_size_fn: Callable | None = None,
+        cache_batches: bool = False,
+    ):
         check_unweighted(loss_func, "EFLinearOperator")
-        super().__init__(model_func, loss_func, *args, **kwargs)
+        super().__init__(
+            model_func,
+            loss_func,
+            params,
+            data,
+            progressbar,
+            check_deterministic,
+            shape,
+            num_data=num_data,
+            batch_size_fn=batch_size_fn,
+            cache_batches=cache_batches,
+        )
 
     def _batch_matmat(self, batch: Batch, tangents: list[Tensor], state: None) -> list[Tensor]:
         linearization, output_tangents = self._setup.linearization_along(batch, tangents)
@@ -55,7 +85,7 @@ class EFLinearOperator(CurvatureLinearOperator):
 
     def _observed_curvature(self, batch: Batch, output: Tensor) -> Callable[[Tensor], Tensor]:
         loss_func = self._setup.loss_func
-        gradients = output_gradients(loss_func, output, batch.y.unsqueeze(0))
+        gradients = output_gradients(loss_func, output, batch.y).unsqueeze(0)
         return gradient_outer_product(gradients, batch_loss_scale(loss_func, output, batch.y))
 
 
@@ -104,11 +134,11 @@ class FisherMCLinearOperator(CurvatureLinearOperator):
         cache_batches: bool = False,
     ):
         check_supported(loss_func, "FisherMCLinearOperator")
-        if not isinstance(mc_samples, int) or mc_samples < 1:
+        if not _is_integer(mc_samples) or mc_samples < 1:
             raise ValueError(f"mc_samples must be a positive integer, got {mc_samples!r}.")
-        if not isinstance(seed, int):
+        if not _is_integer(seed):
             raise ValueError(f"seed must be an integer, got {seed!r}.")
-        self._seed, self._mc_samples = seed, mc_samples
+        self._seed, self._mc_samples = int(seed), int(mc_samples)
         super().__init__(
             model_func,
             loss_func,
@@ -135,6 +165,6 @@ class FisherMCLinearOperator(CurvatureLinearOperator):
         self, batch: Batch, output: Tensor, generator: Generator
     ) -> Callable[[Tensor], Tensor]:
         loss_func = self._setup.loss_func
-        targets = sample_targets(loss_func, output, self._mc_samples, generator)
-        gradients = output_gradients(loss_func, output, targets)
+        targets = sample_targets(loss_func, output, batch.y, self._mc_samples, generator)
+        gradients = sampled_output_gradients(loss_func, output, targets, batch.y)
         return gradient_outer_product(gradients, batch_loss_scale(loss_func, output, batch.y))

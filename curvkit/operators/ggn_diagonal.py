@@ -13,10 +13,10 @@ from curvkit._engine import Batch
 from curvkit.losses import (
     batch_loss_scale,
     check_supported,
-    output_gradients,
     output_hessian_sqrt,
     reduction_of,
     sample_targets,
+    sampled_output_gradients,
 )
 from curvkit.operators._differentiation import differentiable_attention
 from curvkit.operators._setup import ModelDataSetup
@@ -95,9 +95,9 @@ def ggn_diagonal(
         if mode == "exact":
             columns = output_hessian_sqrt(loss_func, output, batch.y)
         else:
-            targets = sample_targets(loss_func, output, mc_samples, generator)
+            targets = sample_targets(loss_func, output, batch.y, mc_samples, generator)
             scale = batch_loss_scale(loss_func, output, batch.y) * mc_samples
-            columns = output_gradients(loss_func, output, targets) / scale**0.5
+            columns = sampled_output_gradients(loss_func, output, targets, batch.y) / scale**0.5
         return _sum_of_squared_sample_vjps(model, batch.X, columns)
 
     return setup.engine.sum_over_batches(batch_diagonal, reduction_of(loss_func), desc="GGN diagonal")

@@ -6,25 +6,38 @@ import torch
 from curvkit._engine import MiniBatchEngine
 
 
-def test_weights_reproduce_the_full_data_mean_and_sum():
-    data = [(torch.ones(size, 2), torch.zeros(size)) for size in (3, 5, 2)]
-    engine = MiniBatchEngine(data, torch.device("cpu"))
-    assert engine.num_data == 10
-    weights = [engine.weight(batch, "mean") for batch in engine.batches()]
-    assert weights == [0.3, 0.5, 0.2]
-    assert [engine.weight(batch, "sum") for batch in engine.batches()] == [1.0, 1.0, 1.0]
-    # a per-batch mean weighted this way is the full-data mean
+def test_weighted_sums_reproduce_the_full_data_mean_and_sum():
+    """A per-batch mean weighted by K_b / K is the full-data mean, however the data is split."""
     values = torch.arange(10.0)
     batches = [(values[:3], None), (values[3:8], None), (values[8:], None)]
     engine = MiniBatchEngine(batches, torch.device("cpu"))
-    total = engine.sum_over_batches(lambda batch: batch.X.mean(), "mean")
-    assert torch.isclose(total, values.mean())
+    assert engine.num_data == 10
+    assert torch.isclose(engine.sum_over_batches(lambda batch: batch.X.mean(), "mean"), values.mean())
+    assert torch.isclose(engine.sum_over_batches(lambda batch: batch.X.sum(), "sum"), values.sum())
 
 
-def test_given_num_data_is_not_recomputed():
+def test_loss_terms_weight_the_batches_and_empty_batches_are_skipped():
+    """Batch means over kept entries (here: the non-negative ones) combine to the kept mean."""
+    values = torch.tensor([1.0, -1.0, 3.0, -1.0, -1.0, 5.0, 6.0])
+    batches = [(values[:3], None), (values[3:5], None), (values[5:], None)]
+    engine = MiniBatchEngine(
+        batches, torch.device("cpu"), loss_terms=lambda batch: float((batch.X >= 0).sum())
+    )
+    calls = []
+
+    def kept_mean(batch):
+        calls.append(batch.index)
+        return batch.X[batch.X >= 0].mean()
+
+    assert torch.isclose(engine.sum_over_batches(kept_mean, "mean"), values[values >= 0].mean())
+    assert calls == [0, 2]  # the batch without kept entries is not evaluated (its mean is 0/0)
+
+
+def test_given_num_data_is_checked_against_every_pass():
     engine = MiniBatchEngine([(torch.ones(4, 1), torch.ones(4))], torch.device("cpu"), num_data=8)
     assert engine.num_data == 8
-    assert next(iter(engine.batches())).size == 4
+    with pytest.raises(ValueError, match="num_data is 8, but data yielded 4 samples"):
+        list(engine.batches())
 
 
 def test_dict_inputs_use_batch_size_fn_and_move_to_device():

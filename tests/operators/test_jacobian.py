@@ -26,6 +26,14 @@ def test_matches_reference(problem, reference_of):
     torch.testing.assert_close(JT.to_dense(), expected.T.to(J.dtype), rtol=tolerance, atol=tolerance * scale)
 
 
+def test_targets_may_be_none():
+    """Jacobians ignore the targets; ``(X, None)`` batches pass the determinism probe too."""
+    problem = make_problem_from_id("mlp-ce-mean-three-list")
+    without_targets = [(X, None) for X, _ in problem.data]
+    J = JacobianLinearOperator(problem.model, problem.params, without_targets)
+    torch.testing.assert_close(J.to_dense(), build(problem).to_dense())
+
+
 @pytest.mark.parametrize("cache_batches", [False, True])
 def test_transposed_products(small_problem, reference_of, cache_batches):
     J = build(small_problem, cache_batches=cache_batches)

@@ -1,0 +1,110 @@
+"""Loss options that change what ``reduction='mean'`` divides by or what the Fisher samples.
+
+``ignore_index`` and class weights make a batch's mean divide by something other than its
+number of samples; label smoothing makes the loss no likelihood of sampled targets; soft targets
+need not sum to one. Each case is compared with the dense matrix of the *full-data* loss, on data
+split into unequal batches (one of them entirely ignored where that applies).
+"""
+
+import pytest
+import torch
+from torch import nn
+
+from curvkit import (
+    EFLinearOperator,
+    FisherMCLinearOperator,
+    GGNLinearOperator,
+    HessianLinearOperator,
+    ggn_diagonal,
+    reference,
+)
+
+REFERENCES = {
+    HessianLinearOperator: reference.hessian_matrix,
+    GGNLinearOperator: reference.ggn_matrix,
+    EFLinearOperator: reference.empirical_fisher_matrix,
+}
+NUM_CLASSES = 3
+
+
+def mlp_problem(targets: torch.Tensor, split=(3, 4, 3)):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, NUM_CLASSES)).double()
+    X = torch.randn(targets.shape[0], 4, dtype=torch.float64)
+    data = list(zip(X.split(list(split)), targets.split(list(split))))
+    return model, list(model.parameters()), data
+
+
+def class_targets(ignored=()):
+    targets = torch.tensor([0, 1, 2, 2, 1, 0, 1, 2, 0, 1])
+    targets[list(ignored)] = -100
+    return targets
+
+
+def assert_close(actual, expected):
+    torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-11 * expected.abs().max().item())
+
+
+# the second batch (samples 3-6) is entirely ignored; the others partly
+IGNORED = (0, 3, 4, 5, 6, 9)
+
+
+@pytest.mark.parametrize("operator", list(REFERENCES), ids=lambda cls: cls.__name__)
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize(
+    "options",
+    [{"ignore_index": -100}, {"label_smoothing": 0.2}, {"ignore_index": -100, "label_smoothing": 0.1}],
+    ids=["ignore", "smoothing", "both"],
+)
+def test_cross_entropy_options_give_the_full_data_matrix(operator, reduction, options):
+    """Batches enter with weight K_b / K, K_b their number of kept targets (0 for the middle one)."""
+    loss_func = nn.CrossEntropyLoss(reduction=reduction, **options)
+    model, params, data = mlp_problem(class_targets(IGNORED if "ignore_index" in options else ()))
+    expected = REFERENCES[operator](model, loss_func, params, data)
+    assert_close(operator(model, loss_func, params, data).to_dense(), expected)
+
+
+@pytest.mark.parametrize("operator", [HessianLinearOperator, GGNLinearOperator], ids=lambda cls: cls.__name__)
+def test_class_weights_give_the_full_data_matrix(operator):
+    """A weighted mean divides by the targets' total weight, per batch and over the data."""
+    loss_func = nn.CrossEntropyLoss(weight=torch.tensor([0.5, 2.0, 1.0], dtype=torch.float64))
+    model, params, data = mlp_problem(class_targets(), split=(2, 6, 2))
+    expected = REFERENCES[operator](model, loss_func, params, data)
+    assert_close(operator(model, loss_func, params, data).to_dense(), expected)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.3])
+def test_unnormalized_soft_targets(smoothing):
+    """Multi-hot targets: the loss Hessian is (Σ_c q_c)(diag p − p pᵀ), not diag p − p pᵀ."""
+    loss_func = nn.CrossEntropyLoss(label_smoothing=smoothing)
+    multi_hot = (torch.rand(10, NUM_CLASSES, generator=torch.Generator().manual_seed(1)) < 0.6).double()
+    model, params, data = mlp_problem(multi_hot)
+    expected = reference.ggn_matrix(model, loss_func, params, data)
+    assert_close(GGNLinearOperator(model, loss_func, params, data).to_dense(), expected)
+    assert_close(ggn_diagonal(model, loss_func, params, data), expected.diagonal())
+
+
+@pytest.mark.parametrize(
+    "options", [{"ignore_index": -100}, {"label_smoothing": 0.2}], ids=["ignore", "smoothing"]
+)
+def test_mc_fisher_equals_the_ggn_in_expectation(options):
+    """Ignored positions carry no information; smoothing is no likelihood of the samples."""
+    loss_func = nn.CrossEntropyLoss(**options)
+    model, params, data = mlp_problem(class_targets(IGNORED if "ignore_index" in options else ()))
+    ggn = GGNLinearOperator(model, loss_func, params, data).to_dense()
+    fisher = FisherMCLinearOperator(model, loss_func, params, data, mc_samples=4000, seed=3)
+    assert (fisher.to_dense() - ggn).norm() < 0.05 * ggn.norm()
+    assert_close(
+        fisher.to_dense(), reference.fisher_mc_matrix(model, loss_func, params, data, mc_samples=4000, seed=3)
+    )
+    mc_diagonal = ggn_diagonal(model, loss_func, params, data, mode="mc", mc_samples=4000, seed=3)
+    assert_close(mc_diagonal, fisher.to_dense().diagonal())
+
+
+def test_batches_without_loss_terms_are_skipped_and_all_ignored_data_is_refused():
+    loss_func = nn.CrossEntropyLoss()
+    model, params, data = mlp_problem(class_targets(IGNORED))
+    assert torch.isfinite(GGNLinearOperator(model, loss_func, params, data).to_dense()).all()
+    model, params, data = mlp_problem(class_targets(range(10)))
+    with pytest.raises(ValueError, match="No batch of data has a loss term"):
+        GGNLinearOperator(model, loss_func, params, data)
