@@ -107,5 +107,27 @@ class TransposedJacobianLinearOperator(TransposedLinearOperator):
     Arguments as for :class:`JacobianLinearOperator`.
     """
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(JacobianLinearOperator(*args, **kwargs))
+    def __init__(
+        self,
+        model_func: Callable,
+        params: Sequence[Tensor] | Mapping[str, Tensor],
+        data: Iterable,
+        progressbar: bool = False,
+        check_deterministic: bool = True,
+        *,
+        num_data: int | None = None,
+        batch_size_fn: Callable | None = None,
+        cache_batches: bool = False,
+    ):
+        super().__init__(
+            JacobianLinearOperator(
+                model_func,
+                params,
+                data,
+                progressbar,
+                check_deterministic,
+                num_data=num_data,
+                batch_size_fn=batch_size_fn,
+                cache_batches=cache_batches,
+            )
+        )
