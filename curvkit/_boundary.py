@@ -1,45 +1,81 @@
-"""The one place where NumPy meets PyTorch.
+"""The one place where NumPy and SciPy meet PyTorch.
 
 Everything inside curvkit computes on torch tensors on the operator's device. Inputs that
-arrive as NumPy arrays (or tensors of another dtype) are converted here, and results go
-back to the caller's kind of array here.
+arrive as NumPy arrays, NumPy scalars or dimensions (or tensors of another dtype) are
+converted here, results go back to the caller's kind of array here, and SciPy views of
+operators are built here.
+
+curvkit's operators are real (curvature matrices are real), so complex dtypes are refused
+with a ``TypeError`` rather than silently losing an imaginary part. NumPy has no ``bfloat16``
+(nor float8 types): tensors of those dtypes leave as float32 arrays, which hold them exactly.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from numbers import Complex, Integral, Real
 from typing import Any
 from warnings import warn
 
 import numpy
 import torch
+from scipy.sparse.linalg import LinearOperator as ScipyLinearOperator
 from torch import Tensor
 
 _NUMPY_TO_TORCH = {
     numpy.dtype("float16"): torch.float16,
     numpy.dtype("float32"): torch.float32,
     numpy.dtype("float64"): torch.float64,
-    numpy.dtype("complex64"): torch.complex64,
-    numpy.dtype("complex128"): torch.complex128,
 }
+_TORCH_TO_NUMPY = {torch_dtype: numpy_dtype for numpy_dtype, torch_dtype in _NUMPY_TO_TORCH.items()}
+
+
+def _refuse_complex(what: str) -> TypeError:
+    return TypeError(
+        f"{what}, but curvkit's linear operators are real (curvature matrices are real) and do not "
+        "support complex numbers. For a complex x = u + iv, multiply u and v separately."
+    )
 
 
 def torch_dtype_of(dtype: Any) -> torch.dtype:
-    """Translate a NumPy (or torch) dtype into a torch dtype.
+    """Translate a NumPy (or torch) dtype into the torch dtype that computes with it.
+
+    Integer and boolean dtypes compute in torch's default floating dtype, as integer arrays do.
 
     Raises:
-        TypeError: If the dtype has no floating-point torch counterpart.
+        TypeError: If the dtype is complex or neither floating-point, integer nor boolean.
     """
     if isinstance(dtype, torch.dtype):
-        return dtype
+        if dtype.is_complex:
+            raise _refuse_complex(f"dtype is {dtype}")
+        return dtype if dtype.is_floating_point else torch.get_default_dtype()
     try:
-        return _NUMPY_TO_TORCH[numpy.dtype(dtype)]
-    except (KeyError, TypeError) as error:
+        dtype = numpy.dtype(dtype)
+    except TypeError as error:
         raise TypeError(f"dtype must be a floating-point dtype, got {dtype!r}.") from error
+    if dtype.kind == "c":
+        raise _refuse_complex(f"dtype is {dtype}")
+    if dtype.kind in "iub":
+        return torch.get_default_dtype()
+    if dtype not in _NUMPY_TO_TORCH:
+        raise TypeError(f"dtype must be a floating-point dtype, got {dtype!r}.")
+    return _NUMPY_TO_TORCH[dtype]
 
 
 def numpy_dtype_of(dtype: torch.dtype) -> numpy.dtype:
-    """Translate a torch floating-point dtype into the NumPy dtype of the same precision."""
-    return torch.empty((), dtype=dtype).numpy().dtype
+    """The NumPy dtype of a torch floating-point dtype; float32 for those NumPy lacks (bfloat16)."""
+    return _TORCH_TO_NUMPY.get(dtype, numpy.dtype("float32"))
+
+
+def as_dimension(value: Any, name: str) -> int:
+    """Return ``value`` as an ``int`` if it is a non-negative integer (NumPy integers too).
+
+    Raises:
+        ValueError: For anything else, booleans included.
+    """
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}.")
+    return int(value)
 
 
 def as_tensor(
@@ -51,20 +87,24 @@ def as_tensor(
     """Convert a tensor or NumPy array to ``dtype`` on ``device``.
 
     A precision change is announced with one ``UserWarning`` because it silently loses (or
-    invents) digits otherwise. ``dtype=None`` and ``device=None`` keep the input's.
+    invents) digits otherwise. ``dtype=None`` and ``device=None`` keep the input's; integer
+    and boolean inputs become ``dtype`` (default: torch's default dtype) without a warning.
+    A read-only array is copied (torch cannot share memory it may not write).
 
     Raises:
-        TypeError: If ``array`` is neither a tensor nor a NumPy array.
+        TypeError: If ``array`` is neither a tensor nor a NumPy array, or is complex.
     """
     if isinstance(array, numpy.ndarray):
-        if array.dtype.kind in "iub":
-            array = array.astype(numpy_dtype_of(dtype or torch.get_default_dtype()))
+        if not array.flags.writeable:
+            array = numpy.array(array, order="C")
         tensor = torch.from_numpy(numpy.ascontiguousarray(array))
     elif isinstance(array, Tensor):
         tensor = array
     else:
         raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(array).__name__}.")
-    if not (tensor.is_floating_point() or tensor.is_complex()):
+    if tensor.is_complex():
+        raise _refuse_complex(f"{name} is {str(tensor.dtype).removeprefix('torch.')}")
+    if not tensor.is_floating_point():
         tensor = tensor.to(dtype or torch.get_default_dtype())
     if dtype is not None and tensor.dtype != dtype:
         warn(
@@ -78,5 +118,59 @@ def as_tensor(
 
 
 def to_numpy(tensor: Tensor) -> numpy.ndarray:
-    """Detach a tensor and return it as a NumPy array on the CPU."""
-    return tensor.detach().cpu().numpy()
+    """Detach a tensor and return it as a NumPy array on the CPU (bfloat16 becomes float32)."""
+    tensor = tensor.detach().cpu()
+    if tensor.is_floating_point() and tensor.dtype not in _TORCH_TO_NUMPY:
+        tensor = tensor.to(_NUMPY_TO_TORCH[numpy_dtype_of(tensor.dtype)])
+    return tensor.numpy()
+
+
+def real_scalar(value: Any) -> float | None:
+    """``value`` as a float if it is a real scalar (number, 0-d tensor or array); ``None`` if no number.
+
+    Raises:
+        TypeError: For complex numbers and for tensors or arrays with ``ndim ≥ 1`` (one entry too).
+    """
+    if isinstance(value, (Tensor, numpy.ndarray)):
+        if value.ndim != 0:
+            raise TypeError(
+                "An operator can be scaled by a scalar (a number or a 0-d tensor or array) only, got a "
+                f"{type(value).__name__} of shape {list(value.shape)}. Use @ for products."
+            )
+        value = value.item()
+    if isinstance(value, Complex) and not isinstance(value, Real):
+        raise _refuse_complex(f"scalar is {value!r}")
+    return float(value) if isinstance(value, Real) else None
+
+
+def scipy_view(
+    shape: tuple[int, int],
+    dtype: torch.dtype | None,
+    device: torch.device | None,
+    product: Callable[[Tensor, bool], Tensor],
+) -> ScipyLinearOperator:
+    """A SciPy operator computing ``product(x, transpose)`` in ``dtype`` on ``device``.
+
+    The view's dtype is ``dtype`` in NumPy (float64 if ``None``); a product returns
+    ``numpy.result_type(x.dtype, view.dtype)``, as a NumPy matrix would. Returning float32 for
+    float64 vectors instead makes SciPy's solvers carry float32 scalars, which NumPy 2 then
+    combines with their float64 constants in float32: ``lsmr`` (its ``minrbar = 1e100``) warns
+    ``overflow encountered in cast`` and reports ``condA = inf``.
+    """
+    view_dtype = numpy.dtype("float64") if dtype is None else numpy_dtype_of(dtype)
+
+    def apply(x: Any, transpose: bool) -> numpy.ndarray:
+        x = numpy.asarray(x)
+        result_dtype = numpy.result_type(x.dtype, view_dtype)
+        tensor = as_tensor(x.astype(result_dtype, copy=False), None, device, name="x")
+        result = product(tensor.to(dtype or tensor.dtype), transpose)
+        return to_numpy(result).astype(result_dtype, copy=False)
+
+    return ScipyLinearOperator(
+        shape=shape,
+        dtype=view_dtype,
+        matvec=lambda x: apply(x, transpose=False),
+        rmatvec=lambda x: apply(x, transpose=True),
+        matmat=lambda X: apply(X, transpose=False),
+        rmatmat=lambda X: apply(X, transpose=True),
+    )

@@ -3,13 +3,12 @@
 A :class:`LinearOperator` represents a matrix ``A ∈ ℝᵐˣⁿ`` by its action ``X ↦ A X`` on
 ``[n, k]`` tensors, without forming ``A``. A subclass implements one method, :meth:`_matmat`
 (plus :meth:`_rmatmat`, the action of ``Aᵀ``, unless it is declared symmetric); everything else
-— vectors, NumPy arrays, lists of tensors, algebra, dense and SciPy export — is derived here.
+— vectors, NumPy arrays, lists of tensors, autograd, dense and SciPy export — is derived here;
+the lazy algebra (``A + B``, ``c A``, ``A B``, ``Aᵀ``) lives in :mod:`curvkit._algebra`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from itertools import pairwise
 from numbers import Number
 from typing import Any
 
@@ -18,7 +17,7 @@ import torch
 from scipy.sparse.linalg import LinearOperator as ScipyLinearOperator
 from torch import Tensor
 
-from curvkit._boundary import as_tensor, numpy_dtype_of, to_numpy, torch_dtype_of
+from curvkit._boundary import as_dimension, as_tensor, real_scalar, scipy_view, to_numpy, torch_dtype_of
 from curvkit._layout import TensorListLayout
 
 
@@ -41,6 +40,14 @@ class LinearOperator:
       when the operator acts on a list-of-tensors space (curvature operators do): a list;
     - ``x @ A`` (left products, computed as ``(Aᵀ xᵀ)ᵀ``) and ``A @ B`` for operators, NumPy
       arrays, SciPy linear operators or anything with ``@`` and ``.shape``.
+
+    Products are differentiable in ``x``: a product is linear, so its backward pass is the
+    adjoint product, ``∂⟨ḡ, A x⟩/∂x = Aᵀ ḡ`` (twice differentiable too). The operator itself is
+    a constant: no gradient flows into the tensors (matrix, model parameters) it was built from.
+
+    Operators are real (curvature matrices are): complex dtypes, inputs and scalars raise a
+    ``TypeError``. Dimensions may be any integers (NumPy ones too). NumPy has no ``bfloat16``:
+    NumPy results of a ``bfloat16`` operator are float32 arrays.
 
     Args:
         shape: ``(m, n)``.
@@ -65,11 +72,14 @@ class LinearOperator:
         in_layout: TensorListLayout | None = None,
         out_layout: TensorListLayout | None = None,
     ):
-        if len(shape) != 2 or any(not isinstance(s, int) or s < 0 for s in shape):
+        if len(shape) != 2:
             raise ValueError(f"shape must be a pair of non-negative integers, got {shape!r}.")
+        shape = (as_dimension(shape[0], "shape[0]"), as_dimension(shape[1], "shape[1]"))
         if (symmetric or psd) and shape[0] != shape[1]:
             raise ValueError(f"A symmetric operator must be square, got shape {shape}.")
-        self._shape = (int(shape[0]), int(shape[1]))
+        if dtype is not None and (not isinstance(dtype, torch.dtype) or torch_dtype_of(dtype) != dtype):
+            raise TypeError(f"dtype must be a real floating-point torch dtype or None, got {dtype!r}.")
+        self._shape = shape
         self._dtype = dtype
         self._device = None if device is None else torch.device(device)
         self._is_psd = bool(psd)
@@ -130,36 +140,54 @@ class LinearOperator:
         """``Aᵀ X`` for a tensor ``X`` of shape ``[m, k]``, with the input checks of ``@``."""
         return self._apply(X, transpose=True)
 
+    def _product(self, X: Tensor, transpose: bool) -> Tensor:
+        """``A X`` (or ``Aᵀ X``) for an ``[n, k]`` tensor: the one path of every product.
+
+        Computed on ``X`` detached, without recording anything (an operator that takes derivatives
+        inside, a curvature operator, records nothing on ``X``), then, if ``X`` requires grad,
+        attached to its graph as one node whose backward is the adjoint product.
+        """
+        expected = (self.shape[1] if transpose else self.shape[0], X.shape[1])
+        if X.shape[1] == 0:  # nothing to multiply: no pass over data, no empty vmap
+            return X.new_zeros(expected)
+        with torch.no_grad():
+            result = self._rmatmat(X.detach()) if transpose else self._matmat(X.detach())
+        if result.shape != expected:
+            raise RuntimeError(
+                f"{type(self).__name__} returned a result of shape {list(result.shape)}, "
+                f"expected {list(expected)}."
+            )
+        if X.requires_grad and torch.is_grad_enabled():
+            result = _AdjointBackward.apply(self, transpose, X, result)
+        return result
+
     def _apply(self, x: Any, transpose: bool) -> Any:
         """Multiply ``A`` (or ``Aᵀ``) onto a tensor, array or tensor list, returning the same kind."""
-        out_dim, in_dim = self.shape[::-1] if transpose else self.shape
+        in_dim = self.shape[0] if transpose else self.shape[1]
         in_layout, out_layout = (
             (self.out_layout, self.in_layout) if transpose else (self.in_layout, self.out_layout)
         )
-        product = self._rmatmat if transpose else self._matmat
         if isinstance(x, (list, tuple)) and all(isinstance(t, Tensor) for t in x):
             if in_layout is None:
                 raise TypeError(
                     f"{type(self).__name__} accepts no list of tensors: its input is a flat vector."
                 )
             matrix, is_vector = in_layout.flatten_user_list(x, name="x")
-            matrix = as_tensor(matrix, self.dtype, self.device, name="x")
-            result = product(matrix)
-            return result if out_layout is None else out_layout.unflatten_to_user_list(result, is_vector)
+            result = self._product(as_tensor(matrix, self.dtype, self.device, name="x"), transpose)
+            if out_layout is not None:
+                return out_layout.unflatten_to_user_list(result, is_vector)
+            return result.squeeze(1) if is_vector else result
         is_numpy = isinstance(x, numpy.ndarray)
         if not (is_numpy or isinstance(x, Tensor)):
             raise TypeError(f"Cannot multiply {type(self).__name__} with {type(x).__name__}.")
         if x.ndim not in (1, 2) or x.shape[0] != in_dim:
             raise ValueError(
-                f"x must have shape [{in_dim}] or [{in_dim}, k] to multiply an operator of shape "
-                f"{self.shape}{' from the left' if transpose else ''}, got {list(x.shape)}."
+                f"x must have shape [{in_dim}] or [{in_dim}, k] to multiply "
+                f"{'the transpose of ' if transpose else ''}an operator of shape {self.shape}, "
+                f"got {list(x.shape)}."
             )
         matrix = as_tensor(x, self.dtype, self.device, name="x")
-        result = product(matrix if x.ndim == 2 else matrix.unsqueeze(1))
-        if result.shape != (out_dim, matrix.shape[1] if x.ndim == 2 else 1):
-            raise RuntimeError(
-                f"{type(self).__name__} returned a result of wrong shape {list(result.shape)}."
-            )
+        result = self._product(matrix if x.ndim == 2 else matrix.unsqueeze(1), transpose)
         result = result if x.ndim == 2 else result.squeeze(1)
         return to_numpy(result) if is_numpy else result
 
@@ -172,8 +200,11 @@ class LinearOperator:
 
     def __rmatmul__(self, other: Any) -> Any:
         if isinstance(other, (Tensor, numpy.ndarray)):
-            if other.ndim not in (1, 2):
-                raise ValueError(f"x @ A needs x of shape [m] or [k, m], got {list(other.shape)}.")
+            if other.ndim not in (1, 2) or other.shape[-1] != self.shape[0]:
+                raise ValueError(
+                    f"x must have shape [{self.shape[0]}] or [k, {self.shape[0]}] to multiply an "
+                    f"operator of shape {self.shape} from the left, got {list(other.shape)}."
+                )
             if other.ndim == 1:
                 return self._apply(other, transpose=True)
             return self._apply(other.T, transpose=True).T
@@ -188,7 +219,7 @@ class LinearOperator:
         return self if self.is_symmetric else TransposedLinearOperator(self)
 
     def adjoint(self) -> LinearOperator:
-        """The adjoint, equal to the transpose for real operators."""
+        """The adjoint, equal to the transpose (operators are real)."""
         return self.T
 
     def __add__(self, other: Any) -> LinearOperator:
@@ -212,21 +243,17 @@ class LinearOperator:
         return as_linear_operator(other) + (-1.0) * self
 
     def __mul__(self, scalar: Any) -> LinearOperator:
-        if isinstance(scalar, Tensor) and scalar.numel() == 1:
-            scalar = scalar.item()
-        if not isinstance(scalar, Number):
-            return NotImplemented
-        return ScaledLinearOperator(self, scalar)
+        scalar = real_scalar(scalar)
+        return NotImplemented if scalar is None else ScaledLinearOperator(self, scalar)
 
     __rmul__ = __mul__
 
     def __truediv__(self, scalar: Any) -> LinearOperator:
-        if isinstance(scalar, Tensor) and scalar.numel() == 1:
-            scalar = scalar.item()
-        if not isinstance(scalar, Number):
+        scalar = real_scalar(scalar)
+        if scalar is None:
             return NotImplemented
         if scalar == 0:
-            raise ZeroDivisionError("Cannot divide a linear operator by zero.")
+            raise ValueError("Cannot divide a linear operator by zero.")
         return ScaledLinearOperator(self, 1.0 / scalar)
 
     def __neg__(self) -> LinearOperator:
@@ -235,6 +262,8 @@ class LinearOperator:
     # ----------------------------------------------------------------- export
     def to_dense(self, chunk_size: int = 256) -> Tensor:
         """Form the matrix by multiplying onto blocks of ``chunk_size`` identity columns.
+
+        Adaptive operators (``dtype=None``) form it in torch's default dtype.
 
         Args:
             chunk_size: Columns per product; smaller values use less memory.
@@ -251,22 +280,49 @@ class LinearOperator:
             stop = min(start + chunk_size, num_columns)
             identity_block = torch.zeros(num_columns, stop - start, dtype=dtype, device=self.device)
             identity_block[torch.arange(start, stop), torch.arange(stop - start)] = 1.0
-            blocks.append(self._matmat(identity_block))
+            blocks.append(self._product(identity_block, transpose=False))
         return (
             torch.cat(blocks, dim=1) if blocks else torch.zeros(self.shape, dtype=dtype, device=self.device)
         )
 
     def to_scipy(self) -> ScipyLinearOperator:
-        """A ``scipy.sparse.linalg.LinearOperator`` view (for ``eigsh``, ``cg``, ``lsmr``, ...)."""
-        dtype = numpy_dtype_of(self.dtype or torch.get_default_dtype())
-        return ScipyLinearOperator(
-            shape=self.shape,
-            dtype=dtype,
-            matvec=lambda x: self._apply(numpy.asarray(x, dtype=dtype).ravel(), transpose=False),
-            rmatvec=lambda x: self._apply(numpy.asarray(x, dtype=dtype).ravel(), transpose=True),
-            matmat=lambda X: self._apply(numpy.asarray(X, dtype=dtype), transpose=False),
-            rmatmat=lambda X: self._apply(numpy.asarray(X, dtype=dtype), transpose=True),
-        )
+        """A ``scipy.sparse.linalg.LinearOperator`` view (for ``eigsh``, ``cg``, ``lsmr``, ...).
+
+        The view's ``dtype`` is the operator's: float64 for one that adapts (``dtype=None``),
+        float32 for ``bfloat16`` (NumPy has none). Products compute in the operator's dtype
+        (an adaptive one: the view's) and return arrays of ``numpy.result_type(x.dtype, dtype)``,
+        as a NumPy matrix of that dtype would, without the precision warning of ``@``: a
+        float32 operator gives float64 products for float64 vectors (SciPy's solvers need
+        that, see :func:`curvkit._boundary.scipy_view`).
+
+        Example:
+            >>> import numpy, torch
+            >>> view = DenseLinearOperator(torch.eye(2)).to_scipy()
+            >>> view.dtype, view.matvec(numpy.ones(2)).dtype
+            (dtype('float32'), dtype('float64'))
+        """
+        return scipy_view(self.shape, self.dtype, self.device, self._apply)
+
+
+class _AdjointBackward(torch.autograd.Function):
+    """Attach ``A X`` (or ``Aᵀ X``), computed outside, to the graph of ``X``.
+
+    Exact because the product is linear in ``X``: its backward is ``ḡ ↦ Aᵀ ḡ`` (or ``A ḡ``),
+    itself a product, so differentiable again. Computing inside ``forward`` instead would run
+    with forward-mode AD off, and silently zero the Jacobian products of curvature operators.
+    """
+
+    @staticmethod
+    def forward(operator: LinearOperator, transpose: bool, X: Tensor, product: Tensor) -> Tensor:
+        return product
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+        ctx.operator, ctx.transpose = inputs[:2]
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[None, None, Tensor, None]:
+        return None, None, ctx.operator._product(grad_output, not ctx.transpose), None
 
 
 # =============================================================================== wrappers
@@ -295,11 +351,14 @@ class DenseLinearOperator(LinearOperator):
         return self.matrix.T @ X
 
     def to_dense(self, chunk_size: int = 256) -> Tensor:
-        return self.matrix.clone()
+        return self.matrix.detach().clone()
 
 
 class _ForeignLinearOperator(LinearOperator):
-    """Anything with ``@`` and ``.shape`` (a SciPy ``LinearOperator``, say), used through NumPy."""
+    """Anything with ``@`` and ``.shape`` (a SciPy ``LinearOperator``, say), used through NumPy.
+
+    An integer (or boolean) one computes in torch's default dtype, as integer arrays do.
+    """
 
     def __init__(self, foreign: Any):
         dtype = getattr(foreign, "dtype", None)
@@ -308,15 +367,15 @@ class _ForeignLinearOperator(LinearOperator):
         )
         self.foreign = foreign
 
-    def _product(self, operand: Any, X: Tensor) -> Tensor:
-        result = numpy.asarray(operand @ to_numpy(X))
-        return torch.as_tensor(result).to(dtype=X.dtype, device=X.device)
+    def _through_numpy(self, operand: Any, X: Tensor) -> Tensor:
+        result = as_tensor(numpy.asarray(operand @ to_numpy(X)), None, X.device, name="result")
+        return result.to(X.dtype)
 
     def _matmat(self, X: Tensor) -> Tensor:
-        return self._product(self.foreign, X)
+        return self._through_numpy(self.foreign, X)
 
     def _rmatmat(self, X: Tensor) -> Tensor:
-        return self._product(self.foreign.T, X)
+        return self._through_numpy(self.foreign.T, X)
 
 
 def as_linear_operator(operator: Any) -> LinearOperator:
@@ -334,120 +393,11 @@ def as_linear_operator(operator: Any) -> LinearOperator:
     raise TypeError(f"Expected a linear operator (with @ and a 2-d .shape), got {type(operator).__name__}.")
 
 
-# =============================================================================== algebra
-def _common(values: Sequence[Any], what: str) -> Any:
-    """The one non-``None`` value among ``values`` (``None`` if all are), else a clear error."""
-    concrete = {value for value in values if value is not None}
-    if len(concrete) > 1:
-        raise ValueError(f"Cannot combine operators with different {what}s: {sorted(map(str, concrete))}.")
-    return concrete.pop() if concrete else None
-
-
-def _layouts(operators: Sequence[LinearOperator], attribute: str) -> TensorListLayout | None:
-    layouts = {getattr(operator, attribute) for operator in operators} - {None}
-    return layouts.pop() if len(layouts) == 1 else None
-
-
-class SumLinearOperator(LinearOperator):
-    """``A_1 + ... + A_p`` (lazy)."""
-
-    def __init__(self, operators: Sequence[LinearOperator]):
-        shapes = {operator.shape for operator in operators}
-        if len(shapes) != 1:
-            raise ValueError(f"Cannot add operators of different shapes {sorted(shapes)}.")
-        flattened = [
-            op
-            for operator in operators
-            for op in (operator.operators if isinstance(operator, SumLinearOperator) else [operator])
-        ]
-        super().__init__(
-            shapes.pop(),
-            dtype=_common([op.dtype for op in flattened], "dtype"),
-            device=_common([op.device for op in flattened], "device"),
-            symmetric=all(op.is_symmetric for op in flattened),
-            psd=all(op.is_psd for op in flattened),
-            in_layout=_layouts(flattened, "in_layout"),
-            out_layout=_layouts(flattened, "out_layout"),
-        )
-        self.operators = flattened
-
-    def _matmat(self, X: Tensor) -> Tensor:
-        return sum(op.matmat(X) for op in self.operators)
-
-    def _rmatmat(self, X: Tensor) -> Tensor:
-        return sum(op.rmatmat(X) for op in self.operators)
-
-
-class ScaledLinearOperator(LinearOperator):
-    """``c A`` (lazy)."""
-
-    def __init__(self, operator: LinearOperator, scalar: Number):
-        if isinstance(scalar, complex) or not numpy.isfinite(scalar):
-            raise ValueError(f"scalar must be a finite real number, got {scalar!r}.")
-        super().__init__(
-            operator.shape,
-            dtype=operator.dtype,
-            device=operator.device,
-            symmetric=operator.is_symmetric,
-            psd=operator.is_psd and scalar >= 0,
-            in_layout=operator.in_layout,
-            out_layout=operator.out_layout,
-        )
-        self.operator, self.scalar = operator, float(scalar)
-
-    def _matmat(self, X: Tensor) -> Tensor:
-        return self.scalar * self.operator.matmat(X)
-
-    def _rmatmat(self, X: Tensor) -> Tensor:
-        return self.scalar * self.operator.rmatmat(X)
-
-
-class ProductLinearOperator(LinearOperator):
-    """``A_1 A_2 ... A_p`` (lazy), applied right to left."""
-
-    def __init__(self, operators: Sequence[LinearOperator]):
-        for left, right in pairwise(operators):
-            if left.shape[1] != right.shape[0]:
-                raise ValueError(f"Cannot multiply operators of shapes {left.shape} and {right.shape}.")
-        super().__init__(
-            (operators[0].shape[0], operators[-1].shape[1]),
-            dtype=_common([op.dtype for op in operators], "dtype"),
-            device=_common([op.device for op in operators], "device"),
-            in_layout=operators[-1].in_layout,
-            out_layout=operators[0].out_layout,
-        )
-        self.operators = list(operators)
-
-    def _matmat(self, X: Tensor) -> Tensor:
-        for operator in reversed(self.operators):
-            X = operator.matmat(X)
-        return X
-
-    def _rmatmat(self, X: Tensor) -> Tensor:
-        for operator in self.operators:
-            X = operator.rmatmat(X)
-        return X
-
-
-class TransposedLinearOperator(LinearOperator):
-    """``Aᵀ`` (lazy); its transpose is ``A`` again."""
-
-    def __init__(self, operator: LinearOperator):
-        super().__init__(
-            operator.shape[::-1],
-            dtype=operator.dtype,
-            device=operator.device,
-            in_layout=operator.out_layout,
-            out_layout=operator.in_layout,
-        )
-        self.operator = operator
-
-    def _matmat(self, X: Tensor) -> Tensor:
-        return self.operator.rmatmat(X)
-
-    def _rmatmat(self, X: Tensor) -> Tensor:
-        return self.operator.matmat(X)
-
-    @property
-    def T(self) -> LinearOperator:
-        return self.operator
+# The lazy algebra subclasses the base above, which builds it in ``A + B``, ``c * A``, ``A @ B``
+# and ``A.T``; importing it last keeps ``curvkit.linear_operator`` its public home.
+from curvkit._algebra import (  # noqa: E402
+    ProductLinearOperator,
+    ScaledLinearOperator,
+    SumLinearOperator,
+    TransposedLinearOperator,
+)

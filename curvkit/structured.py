@@ -10,7 +10,7 @@ import numpy
 import torch
 from torch import Tensor
 
-from curvkit._boundary import as_tensor
+from curvkit._boundary import as_dimension, as_tensor
 from curvkit.linear_operator import LinearOperator
 
 
@@ -18,7 +18,7 @@ class IdentityLinearOperator(LinearOperator):
     """The identity ``I ∈ ℝⁿˣⁿ``.
 
     Args:
-        dim: ``n``.
+        dim: ``n`` (any non-negative integer, NumPy ones too).
         dtype: Optional dtype; by default the identity adapts to what it is combined with.
         device: Optional device; adapts by default.
 
@@ -31,8 +31,7 @@ class IdentityLinearOperator(LinearOperator):
     """
 
     def __init__(self, dim: int, dtype: torch.dtype | None = None, device: torch.device | str | None = None):
-        if not isinstance(dim, int) or dim < 0:
-            raise ValueError(f"dim must be a non-negative integer, got {dim!r}.")
+        dim = as_dimension(dim, "dim")
         super().__init__((dim, dim), dtype=dtype, device=device, psd=True)
 
     def _matmat(self, X: Tensor) -> Tensor:

@@ -1,5 +1,7 @@
 """The base class and its algebra, checked with the contract suite and property tests."""
 
+import re
+
 import numpy
 import pytest
 import torch
@@ -7,8 +9,17 @@ from contract import LinearOperatorContract
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.sparse.linalg import aslinearoperator, cg, eigsh, lsmr
+from torch import nn
 
-from curvkit import DiagonalLinearOperator, IdentityLinearOperator, LinearOperator, as_linear_operator
+from curvkit import (
+    DiagonalLinearOperator,
+    GGNLinearOperator,
+    IdentityLinearOperator,
+    LinearOperator,
+    as_linear_operator,
+    reference,
+)
+from curvkit._layout import TensorListLayout
 from curvkit.linear_operator import DenseLinearOperator
 
 
@@ -118,7 +129,7 @@ def test_identity_adapts_to_partner_dtype_and_device():
             ValueError,
             "different dtypes",
         ),
-        (lambda: DenseLinearOperator(_matrix(2, 2)) / 0, ZeroDivisionError, "by zero"),
+        (lambda: DenseLinearOperator(_matrix(2, 2)) / 0, ValueError, "by zero"),
         (lambda: DenseLinearOperator(_matrix(2, 2)) * "a", TypeError, None),
         (lambda: DenseLinearOperator(_matrix(2, 2)) * float("nan"), ValueError, "finite"),
         (lambda: DenseLinearOperator(torch.zeros(3)), ValueError, "2-dimensional"),
@@ -170,3 +181,165 @@ def test_lazy_algebra_matches_dense_algebra(rows, inner, columns, scalars, seed)
     torch.testing.assert_close(lazy.T.to_dense(), ((a * A - b * B) @ C).T)
     x = _matrix(columns, 2, seed + 3)
     torch.testing.assert_close(lazy @ x, (a * A - b * B) @ C @ x)
+
+
+# ----------------------------------------------------------------------------- autograd
+def _tiny_ggn():
+    """A float64 GGN of a 2-layer MLP with cross-entropy, and its dense reference."""
+    generator = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3)).double()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator, dtype=torch.float64))
+    data = [(torch.randn(6, 3, generator=generator, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2]))]
+    loss_func, params = nn.CrossEntropyLoss(), list(model.parameters())
+    dense = reference.ggn_matrix(model, loss_func, params, data)
+    return GGNLinearOperator(model, loss_func, params, data), dense
+
+
+def _damped_ggn():
+    ggn, dense = _tiny_ggn()
+    return ggn + 0.5 * IdentityLinearOperator(ggn.shape[0]), dense + 0.5 * torch.eye(ggn.shape[0]).double()
+
+
+GRADIENT_CASES = {
+    "dense": lambda: (DenseLinearOperator(_matrix(4, 5)), _matrix(4, 5)),
+    "dense+identity": lambda: (
+        DenseLinearOperator(_matrix(4, 4)) + IdentityLinearOperator(4),
+        _matrix(4, 4) + torch.eye(4, dtype=torch.float64),
+    ),
+    "ggn": _tiny_ggn,
+    "ggn+identity": _damped_ggn,
+}
+
+
+@pytest.mark.parametrize("case", sorted(GRADIENT_CASES))
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("columns", [None, 2], ids=["vector", "matrix"])
+def test_gradients_through_products_are_adjoint_products(case, side, columns):
+    """∇ₓ f(A x) = Aᵀ ∇f and ∇ₓ f(x A) = ∇f Aᵀ for f(y) = ⟨w, y⟩ + ½‖y‖², without double counting."""
+    operator, dense = GRADIENT_CASES[case]()
+    in_dim = dense.shape[1] if side == "right" else dense.shape[0]
+    shape = (in_dim,) if columns is None else (in_dim, columns) if side == "right" else (columns, in_dim)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    y = operator @ x.requires_grad_() if side == "right" else x.requires_grad_() @ operator
+    weights = torch.randn(y.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    (gradient,) = torch.autograd.grad((weights * y).sum() + 0.5 * y.square().sum(), x)
+    x = x.detach()
+    expected = dense.T @ (weights + dense @ x) if side == "right" else (weights + x @ dense) @ dense.T
+    torch.testing.assert_close(gradient, expected)
+
+
+@pytest.mark.parametrize("case", sorted(GRADIENT_CASES))
+def test_products_are_twice_differentiable(case):
+    """The Hessian of ½‖A x‖² is AᵀA: a double backward through the adjoint product."""
+    operator, dense = GRADIENT_CASES[case]()
+    x = torch.randn(dense.shape[1], dtype=torch.float64, requires_grad=True)
+    v = torch.randn(dense.shape[1], generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    (gradient,) = torch.autograd.grad(0.5 * (operator @ x).square().sum(), x, create_graph=True)
+    (hessian_v,) = torch.autograd.grad(gradient @ v, x)
+    torch.testing.assert_close(hessian_v, dense.T @ (dense @ v))
+
+
+def test_operators_are_constants_for_autograd():
+    matrix = _matrix(3, 3).requires_grad_()
+    operator = DenseLinearOperator(matrix)
+    assert not (operator @ torch.ones(3, dtype=torch.float64)).requires_grad
+    assert not operator.to_dense().requires_grad
+    x = torch.ones(3, dtype=torch.float64, requires_grad=True)
+    (operator @ x).sum().backward()
+    assert matrix.grad is None and x.grad is not None
+
+
+# ----------------------------------------------------------------------------- tensor lists
+class _WithLayouts(_Square):
+    def __init__(self, matrix, in_layout, out_layout=None):
+        LinearOperator.__init__(
+            self, tuple(matrix.shape), dtype=matrix.dtype, in_layout=in_layout, out_layout=out_layout
+        )
+        self.matrix = matrix
+
+
+_LAYOUT = TensorListLayout([(2, 3), (4,)])
+LIST_CASES = {
+    "flat output": lambda: (_WithLayouts(_matrix(7, 10), _LAYOUT), _matrix(7, 10)),
+    "dense @ layout": lambda: (
+        DenseLinearOperator(_matrix(7, 10)) @ _WithLayouts(_matrix(10, 10, 1), _LAYOUT, _LAYOUT),
+        _matrix(7, 10) @ _matrix(10, 10, 1),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LIST_CASES))
+@pytest.mark.parametrize("columns", [None, 2], ids=["vector", "matrix"])
+def test_tensor_list_into_flat_output_keeps_vector_or_matrix(case, columns):
+    operator, dense = LIST_CASES[case]()
+    flat = _matrix(10, 1 if columns is None else columns, seed=4)
+    as_list = _LAYOUT.unflatten_to_user_list(flat, is_vector=columns is None)
+    expected = dense @ flat
+    torch.testing.assert_close(operator @ as_list, expected[:, 0] if columns is None else expected)
+
+
+# ----------------------------------------------------------------------------- shapes and scalars
+@pytest.mark.parametrize("shape", [(2, 4), (4,), (5, 2), (2, 2, 5)])
+@pytest.mark.parametrize("kind", ["tensor", "numpy"])
+def test_left_product_error_reports_expected_and_actual_shapes(shape, kind):
+    operator = DenseLinearOperator(_matrix(5, 3))
+    x = torch.zeros(shape, dtype=torch.float64)
+    message = re.escape("x must have shape [5] or [k, 5]") + ".*" + re.escape(f"got {list(shape)}.")
+    with pytest.raises(ValueError, match=message):
+        (x if kind == "tensor" else x.numpy()) @ operator
+
+
+SCALARS = {
+    "int": 2,
+    "float": 2.0,
+    "0-d tensor": torch.tensor(2.0),
+    "0-d int tensor": torch.tensor(2),
+    "0-d ndarray": numpy.array(2.0),
+    "numpy float32": numpy.float32(2.0),
+    "numpy int64": numpy.int64(2),
+}
+SCALINGS = {
+    "c * A": (lambda A, c: c * A, 2.0),
+    "A * c": (lambda A, c: A * c, 2.0),
+    "A / c": (lambda A, c: A / c, 0.5),
+}
+
+
+@pytest.mark.parametrize("scalar", list(SCALARS.values()), ids=list(SCALARS))
+@pytest.mark.parametrize("scaling", list(SCALINGS.values()), ids=list(SCALINGS))
+def test_real_scalars_of_every_kind_scale(scalar, scaling):
+    form, factor = scaling
+    scaled = form(DenseLinearOperator(_matrix(3, 3)), scalar)
+    torch.testing.assert_close(scaled.to_dense(), factor * _matrix(3, 3))
+
+
+NON_SCALARS = {
+    "[1] tensor": torch.tensor([2.0]),
+    "[1, 1] tensor": torch.tensor([[2.0]]),
+    "[1] ndarray": numpy.array([2.0]),
+    "[2] ndarray": numpy.array([2.0, 3.0]),
+}
+
+
+@pytest.mark.parametrize("value", list(NON_SCALARS.values()), ids=list(NON_SCALARS))
+@pytest.mark.parametrize("scaling", list(SCALINGS.values()), ids=list(SCALINGS))
+def test_arrays_are_not_scalars(value, scaling):
+    form, _ = scaling
+    with pytest.raises(TypeError, match=r"scalar \(a number or a 0-d tensor or array\) only"):
+        form(DenseLinearOperator(_matrix(3, 3)), value)
+
+
+@pytest.mark.parametrize("zero", [0, 0.0, torch.tensor(0.0), numpy.array(0.0), numpy.float64(0.0)])
+def test_division_by_zero_raises_value_error(zero):
+    with pytest.raises(ValueError, match="by zero"):
+        DenseLinearOperator(_matrix(3, 3)) / zero
+
+
+@pytest.mark.parametrize("case", sorted(GRADIENT_CASES))
+def test_products_with_zero_columns_are_empty(case):
+    operator, dense = GRADIENT_CASES[case]()
+    result = operator @ torch.zeros(dense.shape[1], 0, dtype=torch.float64)
+    assert result.shape == (dense.shape[0], 0)
+    assert (torch.zeros(0, dense.shape[0], dtype=torch.float64) @ operator).shape == (0, dense.shape[1])
