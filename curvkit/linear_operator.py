@@ -358,10 +358,15 @@ class _ForeignLinearOperator(LinearOperator):
     """Anything with ``@`` and ``.shape`` (a SciPy ``LinearOperator``, say), used through NumPy.
 
     An integer (or boolean) one computes in torch's default dtype, as integer arrays do.
+
+    Args:
+        foreign: The object.
+        dtype: Its precision where it has no ``.dtype`` but the caller found it out; ``None``:
+            its ``.dtype``, or none (adapt to the input).
     """
 
-    def __init__(self, foreign: Any):
-        dtype = getattr(foreign, "dtype", None)
+    def __init__(self, foreign: Any, dtype: torch.dtype | None = None):
+        dtype = dtype if dtype is not None else getattr(foreign, "dtype", None)
         super().__init__(
             tuple(int(s) for s in foreign.shape), dtype=None if dtype is None else torch_dtype_of(dtype)
         )

@@ -43,7 +43,8 @@ class ActivationHessianLinearOperator(LinearOperator):
 
     Raises:
         ValueError: If ``data`` contains more than one batch, or ``activation`` does not name
-            a layer, a direction (``"input"``/``"output"``) or a tensor of it.
+            a layer, a direction (``"input"``/``"output"``) or a tensor of it, or the layer
+            does not run exactly once per forward pass (a module shared by several places).
 
     Example:
         >>> from numpy import eye, allclose
@@ -95,6 +96,7 @@ class ActivationHessianLinearOperator(LinearOperator):
             raise ValueError(f"activation[1] must be 'input' or 'output', got {direction!r}.")
         self._model, self._loss_func = model_func, loss_func
         self._layer, self._direction, self._index = layers[layer_name], direction, index
+        self._layer_name = layer_name
         device = next(model_func.parameters(), torch.empty(0)).device
         self._engine = MiniBatchEngine(data, device, progressbar=progressbar)
         batches = list(self._engine.batches())
@@ -150,6 +152,17 @@ class ActivationHessianLinearOperator(LinearOperator):
                 self._model(batch.X)
         finally:
             hook.remove()
+        if len(captured) != 1:
+            raise ValueError(
+                f"activation[0] = {self._layer_name!r} must run exactly once per forward pass of "
+                f"model_func, but it ran {len(captured)} times"
+                + (
+                    " (a module used at several places): its input/output is then not one feature. "
+                    "Give each place its own module (e.g. a copy) and name the one you mean."
+                    if captured
+                    else "."
+                )
+            )
         return captured[0]
 
     def _loss_of_feature(self, batch: Batch) -> Callable[[Tensor], Tensor]:
@@ -176,9 +189,15 @@ class ActivationHessianLinearOperator(LinearOperator):
 
     # ---------------------------------------------------------------- product
     def _matmat(self, X: Tensor) -> Tensor:
+        """Hessian-vector products by ``torch.func`` under ``torch.no_grad()``.
+
+        The function transforms differentiate with respect to the feature regardless of the
+        outer ``no_grad``, which keeps autograd from recording a graph through the model's
+        parameters: products come back without ``requires_grad`` and hold no graph.
+        """
         (batch,) = list(self._engine.batches(desc=type(self).__name__))
         tangents = X.T.reshape(X.shape[1], *self._feature_shape)
-        with differentiable_attention():
+        with torch.no_grad(), differentiable_attention():
             _, hvp = vjp(grad(self._loss_of_feature(batch)), self._capture(batch))
             products = vmap(lambda tangent: hvp(tangent)[0])(tangents)
         return products.reshape(X.shape[1], -1).T

@@ -48,7 +48,7 @@ def checked_half_budget(A, num_matvecs: int, distribution: str, method: str) -> 
         ValueError: If ``A`` is not square, ``num_matvecs`` is not in ``[2, 2 · dim]`` or
             ``distribution`` is unknown.
     """
-    A = square_operator(A)
+    A = square_operator(A, typed=True)
     positive_int(num_matvecs, "num_matvecs", minimum=2)
     check_distribution(distribution)
     if num_matvecs // 2 > A.shape[0]:

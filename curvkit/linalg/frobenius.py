@@ -6,9 +6,8 @@ from typing import Any
 
 from torch import Tensor
 
-from curvkit.linalg._operator import positive_int, working_dtype
+from curvkit.linalg._operator import linalg_operator, positive_int, working_dtype
 from curvkit.linalg._random import Seed, as_generator, check_distribution, random_block
-from curvkit.linear_operator import as_linear_operator
 
 
 def hutchinson_squared_fro(
@@ -43,7 +42,7 @@ def hutchinson_squared_fro(
         >>> float(hutchinson_squared_fro(A, 5, seed=0))  # exact for Rademacher: AᵀA is diagonal
         12.0
     """
-    A = as_linear_operator(A)
+    A = linalg_operator(A, square=False, typed=True)
     positive_int(num_matvecs, "num_matvecs")
     check_distribution(distribution)
     generator = as_generator(seed, A.device)

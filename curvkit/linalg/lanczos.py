@@ -20,6 +20,13 @@ coefficients, which makes a thick restart (Wu & Simon, 2000) a change of basis: 
 vectors :math:`\mathbf{V}_m\mathbf{S}_K` gives :math:`\mathbf{H} = \mathrm{diag}(\theta_K)`,
 coupled to :math:`\mathbf{v}_{m+1}` by :math:`\beta_m \mathbf{S}_{m,K}`.
 
+Given orthonormal ``locked`` vectors :math:`\mathbf{L}` (converged eigenvectors), the process
+runs on their orthogonal complement: every new vector is also orthogonalized against
+:math:`\mathbf{L}`, which is Lanczos on :math:`\mathbf{P}\mathbf{A}\mathbf{P}` with
+:math:`\mathbf{P} = \mathbf{I} - \mathbf{L}\mathbf{L}^\top` (deflation by locking); if
+:math:`\|\mathbf{A}\mathbf{L} - \mathbf{L}\mathbf{\Theta}\| \le \varepsilon`, that operator
+differs from :math:`\mathbf{A}` on the complement by at most :math:`\varepsilon`.
+
 A Ritz pair :math:`(\theta_k, \mathbf{V}_m\mathbf{s}_k)` has residual norm
 :math:`\|\mathbf{A}\mathbf{V}_m\mathbf{s}_k - \theta_k\mathbf{V}_m\mathbf{s}_k\| = \beta_m |s_{mk}|`,
 so an eigenvalue of :math:`\mathbf{A}` lies within that distance of :math:`\theta_k`.
@@ -34,7 +41,6 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from curvkit.linalg._operator import working_dtype
 from curvkit.linear_operator import LinearOperator
 
 
@@ -51,25 +57,39 @@ class LanczosProcess:
 
     Args:
         A: Square operator, assumed symmetric.
-        start: Start vector ``[n]`` (normalized here).
+        start: Start vector ``[n]`` (projected onto the complement of ``locked`` and normalized).
         max_dim: Largest basis size (memory: ``max_dim + 1`` vectors of length ``n``).
         generator: If given, a breakdown (invariant subspace found) is followed by a random
             restart vector orthogonal to the basis, so eigenvalues outside the Krylov space of
             ``start`` can still be found. Without, the process stops at a breakdown.
+        locked: Orthonormal rows ``[p, n]`` to work orthogonally to (deflation), or ``None``.
 
     Attributes:
+        dim: Dimension ``n - p`` of the space the process explores.
         broke_down: Whether the last step found an invariant subspace.
         probed_complement: Whether the last step multiplied such a random restart vector. If it
-            broke down too, ``A`` is a multiple of the identity on the complement of the basis.
+            broke down too, ``A`` is a multiple of the identity on the complement of the basis
+            (and of ``locked``): a random vector of that complement is an eigenvector only if
+            all its eigenvalues are equal, with probability one.
     """
 
     def __init__(
-        self, A: LinearOperator, start: Tensor, max_dim: int, generator: torch.Generator | None = None
+        self,
+        A: LinearOperator,
+        start: Tensor,
+        max_dim: int,
+        generator: torch.Generator | None = None,
+        locked: Tensor | None = None,
     ):
-        dtype, device = working_dtype(A), start.device
+        dtype, device = start.dtype, start.device
         self.A, self.max_dim, self.generator = A, max_dim, generator
+        self.locked = (
+            None if locked is None or locked.shape[0] == 0 else locked.to(dtype=dtype, device=device)
+        )
+        self.dim = A.shape[0] - (0 if self.locked is None else self.locked.shape[0])
         self.V = torch.zeros(max_dim + 1, A.shape[0], dtype=dtype, device=device)  # basis vectors as rows
         self.H = torch.zeros(max_dim, max_dim, dtype=dtype, device=device)
+        start = self._deflate(start.clone())
         self.V[0] = start / torch.linalg.vector_norm(start)
         self.size = 0
         self._coupled_from = 0  # first basis vector that A v_j couples to in exact arithmetic
@@ -79,6 +99,13 @@ class LanczosProcess:
         self.probed_complement = False
         self._next_is_random = False
         self._norm_estimate = 0.0
+
+    def _deflate(self, v: Tensor) -> Tensor:
+        """Remove the components along the locked vectors (twice, for accuracy), in place."""
+        if self.locked is not None:
+            for _ in range(2):
+                v.addmv_(self.locked.T, self.locked @ v, alpha=-1)
+        return v
 
     def grow(self, max_dim: int) -> None:
         """Enlarge the storage to ``max_dim`` basis vectors, keeping the current basis."""
@@ -118,6 +145,8 @@ class LanczosProcess:
             correction = basis @ w
             w.addmv_(basis.T, correction, alpha=-1)
             h += correction
+            if self.locked is not None:
+                w.addmv_(self.locked.T, self.locked @ w, alpha=-1)
             norm_after = float(torch.linalg.vector_norm(w))
             if norm_after > 0.7071 * norm_before:
                 break
@@ -133,18 +162,26 @@ class LanczosProcess:
             self.V[j + 1] = w / beta
             return True
         self.beta = 0.0
-        if self.generator is None or self.size >= self.A.shape[0]:
+        if self.generator is None or self.size >= self.dim:
             return False
         self.V[j + 1] = self._random_orthogonal_vector(basis)
         self._next_is_random = True
         return True
 
     def _random_orthogonal_vector(self, basis: Tensor) -> Tensor:
-        v = torch.randn(basis.shape[1], generator=self.generator, device=self.generator.device)
-        v = v.to(dtype=basis.dtype, device=basis.device)
+        return self.random_complement(basis, 1)[:, 0]
+
+    def random_complement(self, basis: Tensor, num_vectors: int) -> Tensor:
+        """``[n, num_vectors]`` random orthonormal columns orthogonal to ``basis`` rows and ``locked``."""
+        shape = (basis.shape[1], num_vectors)
+        X = torch.randn(shape, generator=self.generator, device=self.generator.device)
+        X = X.to(dtype=basis.dtype, device=basis.device)
         for _ in range(2):
-            v = v - basis.T @ (basis @ v)
-        return v / torch.linalg.vector_norm(v)
+            X = X - basis.T @ (basis @ X)
+            if self.locked is not None:
+                X = X - self.locked.T @ (self.locked @ X)
+            X = torch.linalg.qr(X).Q
+        return X
 
     def ritz_pairs(self) -> RitzPairs:
         """Eigen-decompose the projection ``H`` of the current basis."""

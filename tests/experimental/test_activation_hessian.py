@@ -39,3 +39,39 @@ def test_bad_input(setup):
         ActivationHessianLinearOperator(model, loss_func, ("0", "output", 3), data)
     with pytest.raises(ValueError, match=r"shape must be \(15, 15\)"):
         ActivationHessianLinearOperator(model, loss_func, ("0", "output", 0), data, shape=(3, 3))
+
+
+@pytest.mark.parametrize("widths", [(3, 3), (3, 5)])
+def test_a_layer_that_runs_twice_is_refused(widths):
+    """A shared module's input is two features: no silent Hessian of one of them, no shape error."""
+    tanh = nn.Tanh()
+    model = nn.Sequential(
+        nn.Linear(4, widths[0]), tanh, nn.Linear(widths[0], widths[1]), tanh, nn.Linear(widths[1], 2)
+    )
+    data = [(torch.randn(5, 4), torch.randn(5, 2))]
+    with pytest.raises(ValueError, match=r"activation\[0\] = '1' must run exactly once .* it ran 2 times"):
+        ActivationHessianLinearOperator(model, nn.MSELoss(), ("1", "input", 0), data)
+
+
+class _WithUnusedLayer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body, self.unused = nn.Linear(4, 2), nn.ReLU()
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def test_a_layer_that_never_runs_is_refused():
+    data = [(torch.randn(5, 4), torch.randn(5, 2))]
+    with pytest.raises(ValueError, match="it ran 0 times"):
+        ActivationHessianLinearOperator(_WithUnusedLayer(), nn.MSELoss(), ("unused", "output", 0), data)
+
+
+def test_products_carry_no_autograd_graph(setup):
+    model, loss_func, data = setup
+    assert all(parameter.requires_grad for parameter in model.parameters())
+    operator = ActivationHessianLinearOperator(model, loss_func, ("1", "input", 0), data)
+    product = operator @ torch.ones(operator.shape[1], dtype=torch.float64)
+    assert not product.requires_grad and product.grad_fn is None
+    assert not operator.to_dense().requires_grad

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from linalg_matrices import CountingOperator, random_symmetric, with_spectrum
+from linalg_matrices import CountingOperator, generator, low_rank_plus_noise, random_symmetric, with_spectrum
 from scipy.sparse.linalg import aslinearoperator
 
 from curvkit.linalg import lanczos_eigsh, power_iteration
@@ -55,6 +55,70 @@ def test_multiple_eigenvalues_and_identity():
     values, vectors = lanczos_eigsh(torch.eye(30, dtype=torch.float64), 4, seed=0)
     torch.testing.assert_close(values, torch.ones(4, dtype=torch.float64))
     torch.testing.assert_close(vectors.T @ vectors, torch.eye(4, dtype=torch.float64))
+
+
+def _spectrum(*parts) -> torch.Tensor:
+    return torch.cat([torch.as_tensor(part, dtype=torch.float64) for part in parts])
+
+
+def _rank_five_psd() -> torch.Tensor:
+    """``JᵀJ`` for ``J ∈ ℝ⁵ˣ²⁰⁰``: eigenvalue 0 with multiplicity 195, like a Gauss-Newton matrix."""
+    J = torch.randn(5, 200, dtype=torch.float64, generator=generator(0))
+    return J.T @ J
+
+
+REPEATED = {
+    "5-fold top": lambda: with_spectrum(_spectrum([10.0] * 5, torch.linspace(0, 9, 195))),
+    "5-fold bottom": lambda: with_spectrum(_spectrum([-10.0] * 5, torch.linspace(-9, 9, 195))),
+    "195-fold zero": _rank_five_psd,
+    "clusters of 4": lambda: with_spectrum(
+        _spectrum([10.0] * 4, [9.0] * 4, [8.0] * 4, torch.linspace(0, 7, 188))
+    ),
+    "290-fold bulk": low_rank_plus_noise,
+    "breakdowns": lambda: with_spectrum(_spectrum([10.0] * 5, [1.0, 2.0, 3.0, 4.0, 5.0], [0.5] * 40)),
+}
+
+
+@pytest.mark.parametrize("which", ["LA", "SA", "LM"])
+@pytest.mark.parametrize("k", [5, 9])
+@pytest.mark.parametrize("spectrum", REPEATED)
+def test_repeated_eigenvalues_agree_with_eigh(spectrum, k, which):
+    """A single Krylov space sees one copy of each eigenvalue; locking finds the others."""
+    A = REPEATED[spectrum]()
+    values, vectors = lanczos_eigsh(A, k, which=which, seed=0)
+    all_values = torch.linalg.eigvalsh(A)
+    scale = float(all_values.abs().max())
+    if which == "LM":  # compare magnitudes: ± pairs of equal magnitude may tie
+        torch.testing.assert_close(
+            values.abs().sort().values, all_values.abs().sort().values[-k:], atol=1e-8 * scale, rtol=0
+        )
+    else:
+        torch.testing.assert_close(
+            values, all_values[-k:] if which == "LA" else all_values[:k], atol=1e-8 * scale, rtol=0
+        )
+    residuals = torch.linalg.vector_norm(A @ vectors - vectors * values, dim=0)
+    assert float(residuals.max()) <= (k + 1) * 1e-6 * scale
+    torch.testing.assert_close(vectors.T @ vectors, torch.eye(k, dtype=torch.float64), atol=1e-10, rtol=0)
+
+
+def test_null_space_is_filled_from_one_probe():
+    """After the Krylov space of a rank-5 matrix breaks down, one random probe shows ``A = 0`` on the rest."""
+    A = CountingOperator(_rank_five_psd(), symmetric=True)
+    values, vectors = lanczos_eigsh(A, 5, which="SA", seed=0)
+    assert float(values.abs().max()) < 1e-10
+    assert float((A.matrix @ vectors).abs().max()) < 1e-10
+    assert A.num_columns <= 8  # 6 Krylov vectors (5 eigenvalues and 0), a rounding step, the probe
+
+
+def test_every_run_counts_towards_max_matvecs():
+    A = with_spectrum(_spectrum([10.0] * 5, torch.linspace(0, 9, 195)))
+    counting = CountingOperator(A, symmetric=True)
+    lanczos_eigsh(counting, 5, seed=0)
+    needed = counting.num_columns
+    counting = CountingOperator(A, symmetric=True)
+    with pytest.raises(RuntimeError, match="search of their complement for further copies"):
+        lanczos_eigsh(counting, 5, seed=0, max_matvecs=needed - 1)
+    assert counting.num_columns == needed - 1
 
 
 def test_full_dimension_and_foreign_inputs():

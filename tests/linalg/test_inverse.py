@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy
 import pytest
 import torch
@@ -163,6 +165,49 @@ def test_neumann_raises_on_divergence_and_checks_hyperparameters():
         NeumannInverseLinearOperator(A, scale=0.0)
     with pytest.raises(ValueError, match="A must be a square operator"):
         NeumannInverseLinearOperator(torch.zeros(2, 3))
+
+
+def _nonsymmetric(n: int = 20) -> torch.Tensor:
+    """Symmetric part with eigenvalues in [0.5, 1.5] plus a skew part: the series converges."""
+    R = torch.randn(n, n, dtype=torch.float64, generator=generator(2)) / n**0.5
+    return with_spectrum(torch.linspace(0.5, 1.5, n, dtype=torch.float64)) + 0.2 * (R - R.T)
+
+
+@pytest.mark.parametrize("matrix", ["symmetric tensor", "nonsymmetric"])
+def test_neumann_transpose_is_the_series_of_the_transpose(matrix):
+    symmetric = with_spectrum(torch.linspace(0.5, 1.5, 20, dtype=torch.float64))
+    A = symmetric if matrix == "symmetric tensor" else _nonsymmetric()
+    A_inv = NeumannInverseLinearOperator(A, num_terms=300)
+    expected = torch.linalg.solve(A.T, rhs(20, 3))
+    torch.testing.assert_close(A_inv.T @ rhs(20, 3), expected)
+    torch.testing.assert_close(rhs(20, 3).T @ A_inv, expected.T)
+    torch.testing.assert_close(A_inv.T.to_dense(), torch.linalg.inv(A).T)
+
+
+def test_neumann_growing_terms_raise_for_symmetric_and_warn_otherwise():
+    """λ_max = 4 > 2 / 0.55: |1 - 0.55 · 4| = 1.2, the terms grow slowly (far below GROWTH_LIMIT)."""
+    A = with_spectrum(torch.linspace(0.5, 4.0, 40, dtype=torch.float64))
+    b = rhs(40)
+    with pytest.raises(RuntimeError, match="larger than the one before"):
+        NeumannInverseLinearOperator(DenseLinearOperator(A, symmetric=True), num_terms=30, scale=0.55) @ b
+    with pytest.warns(UserWarning, match="times larger than the first: the series seems to diverge"):
+        NeumannInverseLinearOperator(A, num_terms=30, scale=0.55) @ b
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        NeumannInverseLinearOperator(DenseLinearOperator(A, symmetric=True), num_terms=30, scale=0.45) @ b
+        NeumannInverseLinearOperator(A, num_terms=30, scale=0.45) @ b
+        NeumannInverseLinearOperator(A, num_terms=30, scale=0.55, check_nan=False) @ b
+
+
+def test_neumann_tolerates_transient_growth_of_nonnormal_operators():
+    """(I - B)^k has a 20 k 0.5^(k-1) entry: the terms grow twentyfold, then the series converges."""
+    B = torch.tensor([[0.5, 20.0], [0.0, 0.5]], dtype=torch.float64)
+    b = torch.ones(2, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.testing.assert_close(
+            NeumannInverseLinearOperator(B, num_terms=100) @ b, torch.linalg.solve(B, b)
+        )
 
 
 # ----------------------------------------------------------------------- LSMR

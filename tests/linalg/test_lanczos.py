@@ -87,3 +87,21 @@ def test_grow_keeps_the_basis():
     V = process.V[:12].T
     torch.testing.assert_close(V.T @ V, torch.eye(12, dtype=torch.float64), atol=1e-12, rtol=0)
     torch.testing.assert_close(process.H, V.T @ A @ V, atol=1e-12, rtol=0)
+
+
+def test_locked_vectors_deflate_the_operator():
+    """With locked eigenvectors the process is Lanczos on their complement: it finds the rest."""
+    A = random_symmetric(30)
+    eigenvalues, eigenvectors = torch.linalg.eigh(A)
+    locked = eigenvectors[:, -4:].T.contiguous()
+    start = torch.ones(30, dtype=torch.float64)
+    process = LanczosProcess(DenseLinearOperator(A), start, 26, generator(0), locked)
+    assert process.dim == 26
+    while process.size < process.dim:
+        process.step()
+    V = process.V[:26]
+    torch.testing.assert_close(V @ locked.T, torch.zeros(26, 4, dtype=torch.float64), atol=1e-12, rtol=0)
+    torch.testing.assert_close(process.ritz_pairs().values, eigenvalues[:-4])
+    restart = process.random_complement(V[:20], 3)
+    torch.testing.assert_close(restart.T @ restart, torch.eye(3, dtype=torch.float64))
+    torch.testing.assert_close(locked @ restart, torch.zeros(4, 3, dtype=torch.float64), atol=1e-12, rtol=0)

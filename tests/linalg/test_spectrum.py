@@ -133,6 +133,14 @@ def test_numpy_input():
         ({"boundaries": (2.0, 1.0)}, ValueError, "boundaries must satisfy low < high"),
         ({"boundaries": (1.0,)}, ValueError, "boundaries must be a pair"),
         ({"boundaries_tol": -1.0}, ValueError, "boundaries_tol must be"),
+        ({"boundaries": (None, math.nan)}, ValueError, r"boundaries\[1\] must be a finite real number"),
+        ({"boundaries": (math.nan, None)}, ValueError, r"boundaries\[0\] must be a finite real number"),
+        ({"boundaries": (0.0, math.inf)}, ValueError, r"boundaries\[1\] must be a finite real number"),
+        ({"boundaries": (-math.inf, 1.0)}, ValueError, r"boundaries\[0\] must be a finite real number"),
+        ({"boundaries": ("a", 1.0)}, ValueError, r"boundaries\[0\] must be a finite real number"),
+        ({"kappa": math.inf}, ValueError, "kappa must be a finite real number"),
+        ({"kappa": math.nan}, ValueError, "kappa must be a finite real number"),
+        ({"kappa": "3"}, ValueError, "kappa must be a finite real number"),
     ],
 )
 def test_bad_arguments(kwargs, error, match):
@@ -148,5 +156,14 @@ def test_bad_arguments_log_and_non_square():
         LanczosApproximateLogSpectrumCached(torch.zeros(4, 5), ncv=3)
     with pytest.raises(ValueError, match="epsilon must be positive"):
         lanczos_approximate_log_spectrum(torch.eye(10), ncv=3, epsilon=0.0)
+    for epsilon in (math.inf, math.nan, "1e-5"):
+        with pytest.raises(ValueError, match="epsilon must be a finite real number"):
+            lanczos_approximate_log_spectrum(torch.eye(10), ncv=3, epsilon=epsilon)
+    with pytest.raises(ValueError, match="kappa must be a finite real number"):
+        lanczos_approximate_log_spectrum(torch.eye(10), ncv=3, kappa=math.inf)
+    counting = CountingOperator(torch.eye(10, dtype=torch.float64), symmetric=True)
+    with pytest.raises(ValueError, match="kappa must be a finite real number"):
+        lanczos_approximate_spectrum(counting, ncv=3, kappa=math.inf)
+    assert counting.num_calls == 0  # checked before any product
     with pytest.raises(ValueError, match=r"boundaries of \|A\| must be non-negative"):
         lanczos_approximate_log_spectrum(torch.eye(10), ncv=3, boundaries=(-1.0, 2.0))

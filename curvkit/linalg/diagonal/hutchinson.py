@@ -50,7 +50,7 @@ def hutchinson_diag(
         >>> hutchinson_diag(A, 1, seed=0)  # Rademacher vectors are exact on diagonal matrices
         tensor([1., 2., 3.])
     """
-    A = square_operator(A)
+    A = square_operator(A, typed=True)
     positive_int(num_matvecs, "num_matvecs")
     check_distribution(distribution)
     generator = as_generator(seed, A.device)
@@ -114,7 +114,7 @@ class HutchinsonDiagonalEstimator:
 
     def __init__(self, A: Any, seed: Seed = None):
         self._returns_numpy = not isinstance(A, (Tensor, LinearOperator))
-        self._A = square_operator(A)
+        self._A = square_operator(A, typed=True)
         self._generator = as_generator(seed, self._A.device)
 
     def sample(self, distribution: str = "rademacher") -> numpy.ndarray | Tensor:

@@ -7,6 +7,7 @@ from typing import Any
 from torch import Tensor
 
 from curvkit.linalg._exchangeable import checked_half_budget, columnwise_dot, leave_one_out_basis
+from curvkit.linalg._operator import needs_transpose
 from curvkit.linalg._random import Seed, as_generator
 
 
@@ -41,7 +42,9 @@ def xdiag(A: Any, num_matvecs: int, *, distribution: str = "rademacher", seed: S
     sample in stochastic trace estimation. SIAM Journal on Matrix Analysis and Applications.
 
     Args:
-        A: Square operator of rank at least ``num_matvecs // 2``; needs ``A.T`` unless symmetric.
+        A: Square operator of rank at least ``num_matvecs // 2``. Needs products with ``Aᵀ``
+            unless it is a curvkit operator declared symmetric (``A.is_symmetric``): a foreign
+            object needs a ``.T`` (symmetry cannot be told from ``@`` alone).
         num_matvecs: Number of products, at least 2 and at most ``2 · dim``.
         distribution: ``'rademacher'`` or ``'normal'``.
         seed: ``int``, ``torch.Generator`` or ``None``.
@@ -52,6 +55,7 @@ def xdiag(A: Any, num_matvecs: int, *, distribution: str = "rademacher", seed: S
     Raises:
         ValueError: If ``A`` is not square, ``num_matvecs`` is out of range, or ``distribution``
             is unknown.
+        TypeError: If ``A`` provides no products with ``Aᵀ`` (see ``A``).
         RuntimeError: If ``A`` has rank below ``num_matvecs // 2``.
 
     Example:
@@ -64,7 +68,7 @@ def xdiag(A: Any, num_matvecs: int, *, distribution: str = "rademacher", seed: S
     """
     A, m = checked_half_budget(A, num_matvecs, distribution, "XDiag")
     Omega, Y, Q, _, S = leave_one_out_basis(A, m, distribution, as_generator(seed, A.device))
-    Z = A.rmatmat(Q)
+    Z = needs_transpose("xdiag", A.rmatmat, Q)
     T = Z.T @ Omega
     QS = Q @ S
     correction = (

@@ -48,7 +48,7 @@ def power_iteration(
         >>> round(float(value), 6)
         -5.0
     """
-    A = square_operator(A)
+    A = square_operator(A, typed=True)
     tol = nonnegative_float(tol, "tol")
     positive_int(max_iterations, "max_iterations")
     generator = as_generator(seed, A.device)

@@ -8,7 +8,7 @@ from warnings import warn
 import torch
 from torch import Tensor
 
-from curvkit.linalg._operator import nonnegative_float, positive_int
+from curvkit.linalg._operator import needs_transpose, nonnegative_float, positive_int
 from curvkit.linear_operator import LinearOperator, as_linear_operator
 
 
@@ -62,12 +62,13 @@ def lsmr(
         The solutions ``[n, k]``; with a ``UserWarning`` if ``maxiter`` stopped a column.
 
     Raises:
+        TypeError: If ``A`` provides no products with ``Aᵀ``.
         RuntimeError: If NaN or infinity appears.
     """
     maxiter = max(2 * min(A.shape), 10) if maxiter is None else maxiter
     U, beta = _normalize(B.clone())
     normb = beta
-    V, alpha = _normalize(A.rmatmat(U))
+    V, alpha = _normalize(needs_transpose("lsmr", A.rmatmat, U))
     X = torch.zeros(A.shape[1], B.shape[1], dtype=B.dtype, device=B.device)
     ones, zeros = torch.ones_like(beta), torch.zeros_like(beta)
     zetabar, alphabar, rho, rhobar, cbar, sbar = alpha * beta, alpha, ones, ones, ones, zeros
@@ -79,8 +80,8 @@ def lsmr(
     for itn in range(1, maxiter + 1):
         if bool(done.all()):
             return X
-        U, beta = _normalize(A.matmat(V) - alpha * U)
-        V, alpha = _normalize(A.rmatmat(U) - beta * V)
+        U, beta = _normalize(needs_transpose("lsmr", A.matmat, V) - alpha * U)
+        V, alpha = _normalize(needs_transpose("lsmr", A.rmatmat, U) - beta * V)
         rhoold = rho
         c, s, rho = _rotation(alphabar, beta)
         thetanew, alphabar = s * alpha, c * alpha
@@ -130,7 +131,9 @@ class LSMRInverseLinearOperator(LinearOperator):
     the pseudo-inverse of :math:`\mathbf{A}^\top`.
 
     Args:
-        A: Operator of shape ``[m, n]``; the result has shape ``[n, m]``.
+        A: Operator of shape ``[m, n]``; the result has shape ``[n, m]``. LSMR multiplies with
+            ``A`` and ``Aᵀ``: a foreign object needs a ``.T``, a curvkit operator ``_rmatmat``
+            (or ``symmetric=True``); else products raise a ``TypeError`` that says so.
 
     Example:
         >>> import torch

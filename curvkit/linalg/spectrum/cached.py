@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from curvkit._boundary import to_numpy
-from curvkit.linalg._operator import nonnegative_float, positive_int, square_operator
+from curvkit.linalg._operator import finite_float, nonnegative_float, positive_int, square_operator
 from curvkit.linalg._random import Seed, as_generator
 from curvkit.linalg.spectrum.quadrature import Quadrature, lanczos_quadrature
 
@@ -33,16 +33,29 @@ def check_boundaries(boundaries: Boundaries) -> tuple[float | None, float | None
     """Return ``boundaries`` as a pair ``(low, high)`` with ``None`` for unknown ends.
 
     Raises:
-        ValueError: If it is not a pair, or ``low ≥ high``.
+        ValueError: If it is not a pair, an end is not a finite real number, or ``low ≥ high``.
     """
     if boundaries is None:
         return None, None
     if not isinstance(boundaries, (tuple, list)) or len(boundaries) != 2:
         raise ValueError(f"boundaries must be a pair (low, high) or None, got {boundaries!r}.")
-    low, high = (None if b is None else float(b) for b in boundaries)
+    low, high = (None if b is None else finite_float(b, f"boundaries[{i}]") for i, b in enumerate(boundaries))
     if low is not None and high is not None and not low < high:
         raise ValueError(f"boundaries must satisfy low < high, got {boundaries!r}.")
     return low, high
+
+
+def check_smoothing(num_points: Any, kappa: Any, margin: Any) -> tuple[int, float, float]:
+    """Return the smoothing arguments if ``num_points ≥ 2``, ``1 < kappa < ∞`` and ``0 ≤ margin < ∞``.
+
+    Raises:
+        ValueError: Otherwise, naming the argument.
+    """
+    num_points = positive_int(num_points, "num_points", minimum=2)
+    kappa = finite_float(kappa, "kappa")
+    if not kappa > 1:
+        raise ValueError(f"kappa must be greater than 1, got {kappa!r}.")
+    return num_points, kappa, nonnegative_float(margin, "margin")
 
 
 def gaussian_density(
@@ -64,13 +77,8 @@ def gaussian_density(
     original scale. A single-point interval (``low = high``, e.g. for a multiple of the
     identity) is widened to ``low ± 5%`` (``± 1`` at zero).
 
-    Raises:
-        ValueError: If ``kappa ≤ 1``, ``num_points < 2`` or ``margin < 0``.
+    The arguments are assumed checked by :func:`check_smoothing`.
     """
-    if not kappa > 1:
-        raise ValueError(f"kappa must be greater than 1, got {kappa!r}.")
-    positive_int(num_points, "num_points", minimum=2)
-    margin = nonnegative_float(margin, "margin")
     if not high > low:
         spread = 0.05 * max(abs(low), abs(high)) or 1.0
         low, high = min(low, high) - spread, max(low, high) + spread
@@ -101,7 +109,7 @@ class _CachedLanczosQuadratures:
         *,
         seed: Seed = None,
     ):
-        self._A = square_operator(A)
+        self._A = square_operator(A, typed=True)
         self._ncv = check_ncv(ncv, self._A.shape[0])
         self._given_low, self._given_high = check_boundaries(boundaries)
         self._boundaries_tol = nonnegative_float(boundaries_tol, "boundaries_tol")
@@ -171,6 +179,7 @@ class LanczosApproximateSpectrumCached(_CachedLanczosQuadratures):
         Raises:
             ValueError: If an argument is out of range.
         """
+        num_points, kappa, margin = check_smoothing(num_points, kappa, margin)
         quadratures = [(q.nodes, q.weights) for q in self._quadratures_for(num_repeats)]
         low, high = self._eigenvalue_boundaries()
         return gaussian_density(quadratures, low, high, self._ncv, num_points, kappa, margin)
@@ -231,7 +240,7 @@ class LanczosApproximateLogSpectrumCached(_CachedLanczosQuadratures):
             kappa: Width of the Gaussians in ``[-1, 1]``; ``> 1``. Default from reproducing
                 Papyan (2020), Fig. 15b.
             margin: Relative margin added around the spectral boundary.
-            epsilon: Shift ``ε > 0`` for numerical stability.
+            epsilon: Shift ``ε > 0`` (finite) for numerical stability.
 
         Returns:
             Grid points and approximated spectral density of ``log(|A| + εI)`` (NumPy arrays).
@@ -239,8 +248,10 @@ class LanczosApproximateLogSpectrumCached(_CachedLanczosQuadratures):
         Raises:
             ValueError: If an argument is out of range.
         """
-        if not epsilon > 0:
+        num_points, kappa, margin = check_smoothing(num_points, kappa, margin)
+        if not finite_float(epsilon, "epsilon") > 0:
             raise ValueError(f"epsilon must be positive, got {epsilon!r}.")
+        epsilon = float(epsilon)
         quadratures = [
             (torch.log(q.nodes.abs() + epsilon), q.weights) for q in self._quadratures_for(num_repeats)
         ]

@@ -48,7 +48,7 @@ def hutchinson_trace(
         >>> float(hutchinson_trace(A, 10, seed=0))  # Rademacher vectors are exact on diagonals
         5050.0
     """
-    A = square_operator(A)
+    A = square_operator(A, typed=True)
     positive_int(num_matvecs, "num_matvecs")
     check_distribution(distribution)
     generator = as_generator(seed, A.device)
@@ -102,7 +102,7 @@ class HutchinsonTraceEstimator:
     """
 
     def __init__(self, A: Any, seed: Seed = None):
-        self._A = square_operator(A)
+        self._A = square_operator(A, typed=True)
         self._generator = as_generator(seed, self._A.device)
 
     def sample(self, distribution: str = "rademacher") -> float:

@@ -65,7 +65,7 @@ def hutchpp_trace(A: Any, num_matvecs: int, *, distribution: str = "rademacher",
         >>> round(float(hutchpp_trace(A, 9, seed=0)), 8)  # rank 3 ≤ 9 // 3: exact
         6.0
     """
-    A = square_operator(A)
+    A = square_operator(A, typed=True)
     positive_int(num_matvecs, "num_matvecs", minimum=3)
     check_distribution(distribution)
     basis_dim = num_matvecs // 3
@@ -142,7 +142,7 @@ class HutchPPTraceEstimator:
     def __init__(
         self, A: Any, basis_dim: int | None = None, basis_distribution: str = "rademacher", seed: Seed = None
     ):
-        self._A = square_operator(A)
+        self._A = square_operator(A, typed=True)
         dim = self._A.shape[0]
         basis_dim = min(10, max(dim // 100, 1)) if basis_dim is None else basis_dim
         positive_int(basis_dim, "basis_dim")
