@@ -16,6 +16,7 @@ import numpy
 import torch
 from scipy.sparse.linalg import LinearOperator as ScipyLinearOperator
 from torch import Tensor
+from torch.autograd import forward_ad
 
 from curvkit._boundary import as_dimension, as_tensor, real_scalar, scipy_view, to_numpy, torch_dtype_of
 from curvkit._layout import TensorListLayout
@@ -42,8 +43,13 @@ class LinearOperator:
       arrays, SciPy linear operators or anything with ``@`` and ``.shape``.
 
     Products are differentiable in ``x``: a product is linear, so its backward pass is the
-    adjoint product, ``∂⟨ḡ, A x⟩/∂x = Aᵀ ḡ`` (twice differentiable too). The operator itself is
-    a constant: no gradient flows into the tensors (matrix, model parameters) it was built from.
+    adjoint product, ``∂⟨ḡ, A x⟩/∂x = Aᵀ ḡ`` (twice differentiable too), and its forward-mode
+    derivative (``torch.autograd.forward_ad``, ``torch.func.jvp``) the product with the tangent.
+    Operators that take derivatives themselves (the curvature operators) support
+    ``torch.autograd``'s reverse mode only; forward mode and ``torch.func`` transforms raise
+    (PyTorch nests neither forward mode nor ``torch.func`` inside their products). The operator
+    itself is a constant: no gradient flows into the tensors (matrix, model parameters) it was
+    built from.
 
     Operators are real (curvature matrices are): complex dtypes, inputs and scalars raise a
     ``TypeError``. Dimensions may be any integers (NumPy ones too). NumPy has no ``bfloat16``:
@@ -157,7 +163,8 @@ class LinearOperator:
                 f"{type(self).__name__} returned a result of shape {list(result.shape)}, "
                 f"expected {list(expected)}."
             )
-        if X.requires_grad and torch.is_grad_enabled():
+        has_tangent = forward_ad.unpack_dual(X).tangent is not None  # forward mode, torch.func.jvp
+        if (X.requires_grad and torch.is_grad_enabled()) or has_tangent:
             result = _AdjointBackward.apply(self, transpose, X, result)
         return result
 
@@ -308,9 +315,12 @@ class _AdjointBackward(torch.autograd.Function):
     """Attach ``A X`` (or ``Aᵀ X``), computed outside, to the graph of ``X``.
 
     Exact because the product is linear in ``X``: its backward is ``ḡ ↦ Aᵀ ḡ`` (or ``A ḡ``),
-    itself a product, so differentiable again. Computing inside ``forward`` instead would run
-    with forward-mode AD off, and silently zero the Jacobian products of curvature operators.
+    itself a product, so differentiable again; its forward-mode derivative is ``Ẋ ↦ A Ẋ``.
+    Computing inside ``forward`` instead would run with forward-mode AD off, and silently zero
+    the Jacobian products of curvature operators.
     """
+
+    generate_vmap_rule = True  # torch.func.vmap over it (jacfwd, jacrev): products are batched
 
     @staticmethod
     def forward(operator: LinearOperator, transpose: bool, X: Tensor, product: Tensor) -> Tensor:
@@ -323,6 +333,11 @@ class _AdjointBackward(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[None, None, Tensor, None]:
         return None, None, ctx.operator._product(grad_output, not ctx.transpose), None
+
+    @staticmethod
+    def jvp(ctx: Any, _operator: None, _transpose: None, X_tangent: Tensor, _product: None) -> Tensor:
+        """Forward mode: the tangent of ``A X`` is ``A Ẋ``."""
+        return ctx.operator._product(X_tangent, ctx.transpose)
 
 
 # =============================================================================== wrappers

@@ -10,49 +10,78 @@ computes it, so that every reduction convention is handled by one rule.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import Generator, Tensor
 from torch.func import grad, vjp, vmap
-from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
+from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss, NLLLoss
 
 LossFunction = Callable[[Tensor, Tensor], Tensor]
 
 #: Losses whose predictive distribution curvkit can sample from (MC-Fisher) and whose
 #: output-space Hessian has a closed form.
 SUPPORTED_LOSSES = (MSELoss, CrossEntropyLoss, BCEWithLogitsLoss)
+_KNOWN_LOSSES = (*SUPPORTED_LOSSES, NLLLoss)
+
+
+def known_loss(loss_func: LossFunction) -> type | None:
+    """The ``torch.nn`` loss whose computation ``loss_func`` is, or ``None``.
+
+    A subclass counts only if it keeps its parent's ``forward``: one that overrides it (a
+    temperature, a penalty, ...) computes something else, so closed forms and term counts of the
+    parent would be wrong for it; it is treated like any other callable.
+    """
+    for cls in _KNOWN_LOSSES:
+        if isinstance(loss_func, cls) and type(loss_func).forward is cls.forward:
+            return cls
+    return None
+
+
+def is_supported(loss_func: LossFunction) -> bool:
+    """Whether ``loss_func`` is one of :data:`SUPPORTED_LOSSES` (not a subclass that changes it)."""
+    return known_loss(loss_func) in SUPPORTED_LOSSES
 
 
 def reduction_of(loss_func: LossFunction) -> str:
     """The reduction (``'mean'`` or ``'sum'``) of ``loss_func``.
 
-    Callables without a ``reduction`` attribute are taken to average over the batch axis.
+    Read off its ``reduction`` attribute, or the ``reduction`` keyword of a
+    ``functools.partial`` (``partial(F.mse_loss, reduction='sum')``). Other callables are taken
+    to average over the batch axis.
 
     Raises:
         ValueError: If the reduction is neither ``'mean'`` nor ``'sum'``.
     """
-    reduction = getattr(loss_func, "reduction", "mean")
+    if isinstance(loss_func, partial):
+        reduction = loss_func.keywords.get("reduction", "mean")
+    else:
+        reduction = getattr(loss_func, "reduction", "mean")
     if reduction not in ("mean", "sum"):
         raise ValueError(f"loss_func must reduce with 'mean' or 'sum', got reduction={reduction!r}.")
     return reduction
 
 
 def _is_class_index_target(loss_func: LossFunction, target: Tensor) -> bool:
-    return isinstance(loss_func, CrossEntropyLoss) and not target.is_floating_point()
+    return known_loss(loss_func) in (CrossEntropyLoss, NLLLoss) and not target.is_floating_point()
 
 
 def num_loss_terms(loss_func: LossFunction, target: Tensor, batch_size: int) -> float:
     """The number of terms ``K_b`` that ``reduction='mean'`` divides one batch's sum by.
 
-    MSE and BCE average over all entries (as many as the target has); cross-entropy over all
-    positions (``N`` for ``[N, C]`` outputs, ``N·T`` for ``[N, C, T]``) except those whose
-    class-index target is ``ignore_index``, and with class weights ``w`` over their total weight
-    ``Σ w_{y}`` (as ``torch`` does). Any other callable is taken to average over the batch axis
-    only (``batch_size`` terms). Summed over batches, these give the full data set's divisor.
+    MSE and BCE average over all entries (as many as the target has); cross-entropy (and NLL)
+    over all positions (``N`` for ``[N, C]`` outputs, ``N·T`` for ``[N, C, T]``) except those
+    whose class-index target is ``ignore_index``, and with class weights ``w`` over their total
+    weight ``Σ w_{y}`` (as ``torch`` does). Any other callable is taken to average over the
+    batch axis only (``batch_size`` terms): a callable that averages over all ``C`` entries of a
+    sample (``lambda f, y: F.mse_loss(f, y)``) gets the right Hessian and GGN, but an empirical
+    or MC-Fisher ``C`` times too small; pass the ``nn`` loss instead. Summed over batches, these
+    give the full data set's divisor.
     """
-    if isinstance(loss_func, (MSELoss, BCEWithLogitsLoss)):
+    kind = known_loss(loss_func)
+    if kind in (MSELoss, BCEWithLogitsLoss):
         return float(target.numel())
-    if isinstance(loss_func, CrossEntropyLoss):
+    if kind in (CrossEntropyLoss, NLLLoss):
         if not _is_class_index_target(loss_func, target):
             return float(target.numel() // target.shape[1])
         kept = target[target != loss_func.ignore_index]
@@ -88,7 +117,7 @@ def _is_weighted(loss_func: LossFunction) -> bool:
 
 
 def _has_closed_form(loss_func: LossFunction) -> bool:
-    return isinstance(loss_func, SUPPORTED_LOSSES) and not _is_weighted(loss_func)
+    return is_supported(loss_func) and not _is_weighted(loss_func)
 
 
 def check_unweighted(loss_func: LossFunction, what: str) -> None:
@@ -110,10 +139,11 @@ def check_supported(loss_func: LossFunction, what: str) -> None:
     Raises:
         NotImplementedError: Naming ``loss_func`` and the supported losses, or if it is weighted.
     """
-    if not isinstance(loss_func, SUPPORTED_LOSSES):
+    if not is_supported(loss_func):
         names = ", ".join(cls.__name__ for cls in SUPPORTED_LOSSES)
         raise NotImplementedError(
-            f"loss_func must be one of {names} for {what}, got {type(loss_func).__name__}."
+            f"loss_func must be one of {names} (not a subclass that overrides forward) for {what}, "
+            f"got {type(loss_func).__name__}."
         )
     check_unweighted(loss_func, what)
 

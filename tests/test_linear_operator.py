@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.sparse.linalg import aslinearoperator, cg, eigsh, lsmr
 from torch import nn
+from torch.autograd import forward_ad
 
 from curvkit import (
     DiagonalLinearOperator,
@@ -343,3 +344,26 @@ def test_products_with_zero_columns_are_empty(case):
     result = operator @ torch.zeros(dense.shape[1], 0, dtype=torch.float64)
     assert result.shape == (dense.shape[0], 0)
     assert (torch.zeros(0, dense.shape[0], dtype=torch.float64) @ operator).shape == (0, dense.shape[1])
+
+
+FORWARD_CASES = {name: GRADIENT_CASES[name] for name in ("dense", "dense+identity")}
+
+
+@pytest.mark.parametrize("case", sorted(FORWARD_CASES))
+def test_forward_mode_derivatives_are_products_with_the_tangent(case):
+    operator, dense = FORWARD_CASES[case]()
+    x = torch.randn(dense.shape[1], generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    tangent = torch.randn(dense.shape[1], generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    torch.testing.assert_close(torch.func.jvp(lambda x: operator @ x, (x,), (tangent,))[1], dense @ tangent)
+    with forward_ad.dual_level():
+        dual = operator @ forward_ad.make_dual(x, tangent)
+        torch.testing.assert_close(forward_ad.unpack_dual(dual).tangent, dense @ tangent)
+    torch.testing.assert_close(torch.func.jacfwd(lambda x: operator @ x)(x), dense)
+
+
+def test_curvature_operators_refuse_forward_mode_loudly():
+    """Never a silently zero tangent: PyTorch cannot nest the operator's own forward mode."""
+    ggn, _ = _tiny_ggn()
+    x, tangent = torch.ones(ggn.shape[0], dtype=torch.float64), torch.ones(ggn.shape[0], dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="Nested forward mode AD is not supported"):
+        torch.func.jvp(lambda x: ggn @ x, (x,), (tangent,))

@@ -130,9 +130,20 @@ class MiniBatchEngine:
         index, num_samples = -1, 0
         for index, pair in enumerate(iterator):
             if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
-                raise ValueError(f"data must yield (X, y) pairs; batch {index} is a {type(pair).__name__}.")
+                what = type(pair).__name__
+                what += f" of length {len(pair)}" if isinstance(pair, (tuple, list)) else ""
+                raise ValueError(
+                    f"data must yield (X, y) pairs; batch {index} is a {what}. "
+                    "Combine several inputs into a dict X (with batch_size_fn), e.g. in a collate_fn."
+                )
             X, y = pair
             size = self.batch_size(X)
+            if isinstance(y, Tensor) and (y.ndim == 0 or y.shape[0] != size):
+                raise ValueError(
+                    f"batch {index}: X holds {size} samples but y has shape {list(y.shape)}; data must "
+                    "yield mini-batches with the batch axis first (e.g. a DataLoader with a batch_size), "
+                    "not single samples."
+                )
             num_samples += size
             yield Batch(index, _to_device(X, self.device), _to_device(y, self.device), size)
         if index < 0:

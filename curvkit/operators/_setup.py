@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from functools import partial
+from numbers import Integral
 from typing import Any
 
 import torch
@@ -18,6 +19,11 @@ from curvkit._engine import check_deterministic as probe_determinism
 from curvkit.losses import num_loss_terms
 from curvkit.operators._autograd import require_autograd
 from curvkit.operators._differentiation import Linearization, ModelFunction
+
+
+def is_integer(value: Any) -> bool:
+    """Whether ``value`` is an integer (NumPy's too), not a ``bool``."""
+    return isinstance(value, Integral) and not isinstance(value, bool)
 
 
 def _loss_terms(loss_func: Callable, batch: Batch) -> float:
@@ -76,6 +82,7 @@ class ModelDataSetup:
         )
         self.cache_batches = cache_batches
         self._cache: dict[tuple[int, Hashable], Any] = {}
+        self._cache_versions: tuple[int, ...] = ()
         self.first_output = self._probe_first_batch()
 
     def _probe_first_batch(self) -> Tensor:
@@ -86,9 +93,17 @@ class ModelDataSetup:
             return self.model(first.X)
 
     def cached(self, batch: Batch, key: Hashable, compute: Callable[[], Any]) -> Any:
-        """``compute()``, remembered per batch when ``cache_batches`` is on."""
+        """``compute()``, remembered per batch when ``cache_batches`` is on.
+
+        The cache is emptied when a parameter changed in place since it was filled (an
+        optimizer step, say): the operator then follows the current parameters, as without it.
+        """
         if not self.cache_batches:
             return compute()
+        versions = tuple(tensor._version for tensor in self.model.tensors)
+        if versions != self._cache_versions:
+            self._cache.clear()
+            self._cache_versions = versions
         if (batch.index, key) not in self._cache:
             self._cache[batch.index, key] = compute()
         return self._cache[batch.index, key]

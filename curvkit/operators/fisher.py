@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from numbers import Integral
 
 import torch
 from torch import Generator, Tensor
@@ -19,10 +18,7 @@ from curvkit.losses import (
 )
 from curvkit.operators._curvature import CurvatureLinearOperator
 from curvkit.operators._jtlj import gradient_outer_product, jtlj_matmat
-
-
-def _is_integer(value) -> bool:
-    return isinstance(value, Integral) and not isinstance(value, bool)
+from curvkit.operators._setup import is_integer
 
 
 class EFLinearOperator(CurvatureLinearOperator):
@@ -134,9 +130,9 @@ class FisherMCLinearOperator(CurvatureLinearOperator):
         cache_batches: bool = False,
     ):
         check_supported(loss_func, "FisherMCLinearOperator")
-        if not _is_integer(mc_samples) or mc_samples < 1:
+        if not is_integer(mc_samples) or mc_samples < 1:
             raise ValueError(f"mc_samples must be a positive integer, got {mc_samples!r}.")
-        if not _is_integer(seed):
+        if not is_integer(seed):
             raise ValueError(f"seed must be an integer, got {seed!r}.")
         self._seed, self._mc_samples = int(seed), int(mc_samples)
         super().__init__(

@@ -9,7 +9,7 @@ from typing import Any
 from torch import Tensor
 
 from curvkit._engine import Batch
-from curvkit.losses import SUPPORTED_LOSSES, output_hessian_matmat
+from curvkit.losses import is_supported, output_hessian_matmat
 from curvkit.operators._curvature import CurvatureLinearOperator
 from curvkit.operators._jtlj import jtlj_matmat
 
@@ -31,7 +31,7 @@ class GGNLinearOperator(CurvatureLinearOperator):
 
     @classmethod
     def _is_psd(cls, loss_func: Callable) -> bool:
-        return isinstance(loss_func, SUPPORTED_LOSSES)
+        return is_supported(loss_func)
 
     def _batch_matmat(self, batch: Batch, tangents: list[Tensor], state: Any) -> list[Tensor]:
         linearization, output_tangents = self._setup.linearization_along(batch, tangents)

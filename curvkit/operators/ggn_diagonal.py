@@ -19,7 +19,7 @@ from curvkit.losses import (
     sampled_output_gradients,
 )
 from curvkit.operators._differentiation import differentiable_attention
-from curvkit.operators._setup import ModelDataSetup
+from curvkit.operators._setup import ModelDataSetup, is_integer
 from curvkit.structured import DiagonalLinearOperator
 
 
@@ -74,8 +74,11 @@ def ggn_diagonal(
         raise ValueError(f"mode must be 'exact' or 'mc', got {mode!r}.")
     if not isinstance(model_func, torch.nn.Module):
         raise ValueError("model_func must be an nn.Module for the GGN diagonal (per-sample vmap).")
-    if not isinstance(mc_samples, int) or mc_samples < 1:
+    if not is_integer(mc_samples) or mc_samples < 1:
         raise ValueError(f"mc_samples must be a positive integer, got {mc_samples!r}.")
+    if not is_integer(seed):
+        raise ValueError(f"seed must be an integer, got {seed!r}.")
+    mc_samples, seed = int(mc_samples), int(seed)
     check_supported(loss_func, "the GGN diagonal")
     setup = ModelDataSetup(
         model_func,
@@ -112,8 +115,16 @@ def _sum_of_squared_sample_vjps(model, X, columns: Tensor) -> Tensor:
         _, pullback = vjp(lambda *values: forward(*values)[0], *primals)
         return [gradient.square().sum(0) for gradient in vmap(pullback)(sample_columns)]
 
-    with differentiable_attention():
-        squares = vmap(one_sample)(X, columns.movedim(1, 0))
+    try:
+        with differentiable_attention():
+            squares = vmap(one_sample)(X, columns.movedim(1, 0))
+    except RuntimeError as error:
+        raise RuntimeError(
+            "ggn_diagonal pushes the samples through model_func one at a time under torch.func.vmap, "
+            f"which failed for this model ({error}). Layers that vmap cannot batch (nn.LSTM, nn.GRU, "
+            "...) are not supported here; estimate the diagonal of GGNLinearOperator with "
+            "hutchinson_diag or xdiag instead."
+        ) from error
     return torch.cat([square.sum(0).flatten() for square in squares])
 
 

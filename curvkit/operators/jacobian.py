@@ -78,6 +78,12 @@ class JacobianLinearOperator(LinearOperator):
 
         def batch_rows(batch):
             jvp = self._setup.jvp(batch, tangents)  # [k, *output.shape]
+            if jvp[0].numel() != batch.size * self._outputs_per_sample:
+                raise ValueError(
+                    f"batch {batch.index}: model_func gives {jvp[0].numel() // max(batch.size, 1)} "
+                    f"outputs per sample, the first batch {self._outputs_per_sample}; the Jacobian "
+                    "needs the same number for every sample."
+                )
             return jvp.reshape(jvp.shape[0], -1).T
 
         return self._setup.engine.concatenate_over_batches(batch_rows, desc=type(self).__name__)

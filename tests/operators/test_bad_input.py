@@ -109,6 +109,18 @@ def test_data_that_is_not_pairs(problem):
         HessianLinearOperator(problem.model, problem.loss_func, problem.params, [torch.zeros(3, 4)])
     with pytest.raises(ValueError, match="data must be an iterable"):
         HessianLinearOperator(problem.model, problem.loss_func, problem.params, 5)
+    triples = [(X, y, y) for X, y in problem.data]
+    with pytest.raises(
+        ValueError, match=r"batch 0 is a tuple of length 3\. Combine several inputs into a dict X"
+    ):
+        HessianLinearOperator(problem.model, problem.loss_func, problem.params, triples)
+
+
+def test_single_samples_instead_of_mini_batches(problem):
+    """``list(zip(X, y))`` yields samples; their feature axis would pass for a batch axis."""
+    X, y = problem.data[0]
+    with pytest.raises(ValueError, match=r"batch 0: X holds 4 samples but y has shape \[\]"):
+        EFLinearOperator(problem.model, problem.loss_func, problem.params, list(zip(X, y)))
 
 
 @pytest.mark.parametrize("loss_func", [nn.L1Loss(), nn.NLLLoss(), nn.HuberLoss()], ids=type)

@@ -87,6 +87,22 @@ def test_hessian_blocks_are_the_diagonal_blocks(small_problem, reference_of):
     assert_matches(H.to_dense(), expected, small_problem.dtype)
 
 
+@pytest.mark.parametrize("kind", sorted(OPERATORS))
+@pytest.mark.parametrize("num_columns", [1, 3])
+def test_cache_follows_in_place_parameter_updates(kind, num_columns):
+    """After an optimizer step the cached operator is the operator at the new parameters."""
+    problem = make_problem_from_id("mlp-ce-mean-three-list")
+    cached = build(kind, problem, cache_batches=True)
+    vectors = torch.randn(
+        problem.dim, num_columns, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+    )
+    cached @ vectors
+    with torch.no_grad():
+        for param in problem.param_list:
+            param.mul_(1.1)
+    assert_matches(cached @ vectors, build(kind, problem) @ vectors, torch.float64)
+
+
 def test_batch_splitting_does_not_change_the_matrix():
     """Three batches of 3, 5, 2 and one batch of all 10 samples give the same matrices."""
     split = make_problem_from_id("mlp-ce-mean-three-list")

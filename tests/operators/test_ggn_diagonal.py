@@ -33,3 +33,20 @@ def test_operator_form_and_errors():
         ggn_diagonal(p.model, nn.L1Loss(), p.params, p.data)
     with pytest.raises(ValueError, match=r"must be an nn\.Module"):
         ggn_diagonal(lambda X: p.model(X), p.loss_func, p.params, p.data)
+
+
+def test_models_that_vmap_cannot_batch_get_a_clear_error():
+    class Recurrent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn, self.head = nn.GRU(3, 4, batch_first=True), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.head(self.rnn(x)[0][:, -1])
+
+    model = Recurrent().double()
+    data = [(torch.randn(5, 6, 3, dtype=torch.float64), torch.tensor([0, 1, 1, 0, 1]))]
+    with pytest.raises(
+        RuntimeError, match="ggn_diagonal pushes the samples through model_func one at a time"
+    ):
+        ggn_diagonal(model, nn.CrossEntropyLoss(), list(model.parameters()), data)

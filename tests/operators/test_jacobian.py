@@ -34,6 +34,16 @@ def test_targets_may_be_none():
     torch.testing.assert_close(J.to_dense(), build(problem).to_dense())
 
 
+def test_outputs_per_sample_must_not_change_between_batches():
+    model = torch.nn.Linear(3, 2).double()
+    data = [(torch.randn(4, 3, dtype=torch.float64), None), (torch.randn(2, 5, 3, dtype=torch.float64), None)]
+    J = JacobianLinearOperator(model, list(model.parameters()), data, check_deterministic=False)
+    with pytest.raises(
+        ValueError, match="batch 1: model_func gives 10 outputs per sample, the first batch 2"
+    ):
+        J @ torch.ones(J.shape[1], dtype=torch.float64)
+
+
 @pytest.mark.parametrize("cache_batches", [False, True])
 def test_transposed_products(small_problem, reference_of, cache_batches):
     J = build(small_problem, cache_batches=cache_batches)

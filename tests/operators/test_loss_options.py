@@ -6,6 +6,8 @@ need not sum to one. Each case is compared with the dense matrix of the *full-da
 split into unequal batches (one of them entirely ignored where that applies).
 """
 
+from functools import partial
+
 import pytest
 import torch
 from torch import nn
@@ -108,3 +110,40 @@ def test_batches_without_loss_terms_are_skipped_and_all_ignored_data_is_refused(
     model, params, data = mlp_problem(class_targets(range(10)))
     with pytest.raises(ValueError, match="No batch of data has a loss term"):
         GGNLinearOperator(model, loss_func, params, data)
+
+
+class TemperatureCrossEntropy(nn.CrossEntropyLoss):
+    """A subclass that computes something else than its parent."""
+
+    def forward(self, output, target):
+        return super().forward(output / 4.0, target)
+
+
+def test_loss_subclasses_that_override_forward_are_differentiated_not_taken_for_the_parent():
+    loss_func = TemperatureCrossEntropy()
+    model, params, data = mlp_problem(class_targets())
+    expected = reference.ggn_matrix(model, loss_func, params, data)
+    assert_close(GGNLinearOperator(model, loss_func, params, data).to_dense(), expected)
+    with pytest.raises(NotImplementedError, match="not a subclass that overrides forward"):
+        FisherMCLinearOperator(model, loss_func, params, data)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"ignore_index": -100}, {"weight": torch.tensor([0.5, 2.0, 1.0], dtype=torch.float64)}],
+    ids=["ignore", "weight"],
+)
+def test_nll_loss_options_give_the_full_data_matrix(options):
+    """``LogSoftmax`` + ``NLLLoss`` averages over kept targets (or their weights), like cross-entropy."""
+    loss_func = nn.NLLLoss(**options)
+    model, params, data = mlp_problem(class_targets(IGNORED if "ignore_index" in options else ()))
+    model.append(nn.LogSoftmax(dim=1))
+    expected = reference.hessian_matrix(model, loss_func, params, data)
+    assert_close(HessianLinearOperator(model, loss_func, params, data).to_dense(), expected)
+
+
+def test_partial_functional_loss_with_sum_reduction():
+    summed = partial(nn.functional.cross_entropy, reduction="sum")
+    model, params, data = mlp_problem(class_targets())
+    expected = reference.hessian_matrix(model, nn.CrossEntropyLoss(reduction="sum"), params, data)
+    assert_close(HessianLinearOperator(model, summed, params, data).to_dense(), expected)

@@ -73,8 +73,13 @@ def gaussian_density(
     :math:`[-1, 1]`, where every node carries a Gaussian of width
     :math:`\sigma = 2 / ((\text{ncv} - 1)\sqrt{8 \ln \kappa})` (Papyan, 2020, Section D.2): halfway
     between nodes spaced :math:`2/(\text{ncv}-1)` apart, a bump has decayed by :math:`\kappa`.
-    The density is averaged over the quadratures and rescaled to integrate to one on the grid's
-    original scale. A single-point interval (``low = high``, e.g. for a multiple of the
+    The density is averaged over the quadratures and scaled back to the original axis, every
+    Gaussian with unit mass on the whole line: the density integrates to one up to the tails cut
+    off at the grid's ends. Nodes at the ends (a null space, the low end of a log spectrum) lose
+    up to half their mass that way when the bumps are wide against ``margin`` (e.g. about 0.3
+    of the total for a 90 % null space at the log spectrum's ``kappa = 1.04``); a larger
+    ``margin`` keeps it. (Papyan's Algorithm 2 and curvlinops have the same grid.) A single-point
+    interval (``low = high``, e.g. for a multiple of the
     identity) is widened to ``low ± 5%`` (``± 1`` at zero).
 
     The arguments are assumed checked by :func:`check_smoothing`.
