@@ -110,6 +110,19 @@ def test_null_space_is_filled_from_one_probe():
     assert A.num_columns <= 8  # 6 Krylov vectors (5 eigenvalues and 0), a rounding step, the probe
 
 
+def test_multiplicity_check_can_be_skipped_for_speed():
+    """Without the check: the first run's answer, fewer products, and a 5-fold eigenvalue may lose copies."""
+    distinct = CountingOperator(random_symmetric(150), symmetric=True)
+    checked = lanczos_eigsh(distinct, 6, seed=0)[0]
+    checked_products, distinct.num_columns = distinct.num_columns, 0
+    torch.testing.assert_close(lanczos_eigsh(distinct, 6, seed=0, check_multiplicity=False)[0], checked)
+    assert distinct.num_columns < 0.8 * checked_products
+    repeated = with_spectrum(_spectrum([10.0] * 5, torch.linspace(0, 9, 195)))
+    unchecked = lanczos_eigsh(repeated, 5, seed=0, check_multiplicity=False)[0]
+    assert int((unchecked - 10.0).abs().lt(1e-6).sum()) < 5  # the trade-off the docstring states
+    assert bool((lanczos_eigsh(repeated, 5, seed=0)[0] - 10.0).abs().lt(1e-6).all())
+
+
 def test_every_run_counts_towards_max_matvecs():
     A = with_spectrum(_spectrum([10.0] * 5, torch.linspace(0, 9, 195)))
     counting = CountingOperator(A, symmetric=True)

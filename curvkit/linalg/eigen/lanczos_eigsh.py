@@ -133,6 +133,7 @@ def lanczos_eigsh(
     max_matvecs: int | None = None,
     ncv: int | None = None,
     seed: Seed = None,
+    check_multiplicity: bool = True,
 ) -> tuple[Tensor, Tensor]:
     r"""Compute ``k`` extreme eigenpairs of a symmetric operator, like ``scipy.sparse.linalg.eigsh``.
 
@@ -187,6 +188,10 @@ def lanczos_eigsh(
         ncv: Largest basis size, ``k < ncv ≤ dim`` (or ``ncv = dim``). Default:
             ``min(dim, max(2k + 1, 20))``. Memory: ``ncv + k + 1`` vectors.
         seed: ``int``, ``torch.Generator`` or ``None``.
+        check_multiplicity: Explore the complement of the converged vectors for further copies
+            of repeated eigenvalues (above). ``False`` returns after the first run, as ARPACK
+            does: 1.5–1.8 times cheaper with distinct eigenvalues, but a repeated eigenvalue may
+            then show fewer copies than it has, the next eigenvalues taking their places.
 
     Returns:
         Eigenvalues ``[k]`` in ascending order and eigenvectors ``[dim, k]`` (orthonormal
@@ -224,7 +229,7 @@ def lanczos_eigsh(
     search = _Search(A, k, which, tol, ncv, max_matvecs, as_generator(seed, A.device))
     found, complete = search.run(k, None)
     locked = found.most_wanted(k, which)
-    while not complete and locked.values.numel() < n:
+    while check_multiplicity and not complete and locked.values.numel() < n:
         priority = _priority(locked.values, which)  # most wanted first
         if not bool(priority[0] > priority[-1] + search.threshold):
             break  # all k values equal: a missing copy would not change them
