@@ -107,11 +107,13 @@ def as_tensor(
     if not tensor.is_floating_point():
         tensor = tensor.to(dtype or torch.get_default_dtype())
     if dtype is not None and tensor.dtype != dtype:
+        # attributed to this line, not the caller's: Python then shows it once per process (as
+        # the seed tutorials show it), not once per line of user code that multiplies
         warn(
             f"{name} is {str(tensor.dtype).removeprefix('torch.')}, while the linear operator is "
             f"{str(dtype).removeprefix('torch.')}. Converting to {str(dtype).removeprefix('torch.')}.",
             UserWarning,
-            stacklevel=4,
+            stacklevel=1,
         )
         tensor = tensor.to(dtype)
     return tensor if device is None else tensor.to(device)

@@ -9,6 +9,7 @@ computes it, so that every reduction convention is handled by one rule.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from functools import partial
 
@@ -95,6 +96,8 @@ def batch_loss_scale(loss_func: LossFunction, output: Tensor, target: Tensor) ->
     """The factor ``c_b`` in ``L_b = c_b Σ_n ℓ_n``."""
     if reduction_of(loss_func) == "sum":
         return 1.0
+    if known_loss(loss_func) in (MSELoss, BCEWithLogitsLoss):  # torch broadcasts (and warns)
+        return 1.0 / max(math.prod(torch.broadcast_shapes(output.shape, target.shape)), 1)
     return 1.0 / max(num_loss_terms(loss_func, target, output.shape[0]), 1.0)
 
 

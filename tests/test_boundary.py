@@ -93,6 +93,23 @@ def test_read_only_arrays_are_copied_without_a_torch_warning():
     assert completed.returncode == 0, completed.stderr
 
 
+CONVERSION_SCRIPT = """
+import numpy, torch
+from curvkit.linear_operator import DenseLinearOperator
+A = DenseLinearOperator(torch.eye(3))
+first = A @ numpy.ones(3)
+second = A @ numpy.ones((3, 2))
+third = numpy.ones(3) @ A
+"""
+
+
+def test_float64_arrays_into_a_float32_operator_warn_once_per_process():
+    """As in the seed tutorials: one warning, not one per line of user code that multiplies."""
+    completed = subprocess.run([sys.executable, "-c", CONVERSION_SCRIPT], capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stderr.count("Converting to float32") == 1, completed.stderr
+
+
 INTEGER_OPERATORS = {
     "ndarray": lambda matrix: matrix,
     "sparse matrix": scipy.sparse.csr_matrix,

@@ -95,6 +95,11 @@ def check_deterministic(
     generator = torch.Generator(device=device).manual_seed(0)
     vector = torch.rand(dim, 1, generator=generator, dtype=dtype, device=device)
     first, second = product(vector), product(vector)
+    if not bool(torch.isfinite(first).all()):
+        raise RuntimeError(
+            "check_deterministic: a product contains NaN or infinity: the data, the parameters or "
+            "the model's output are not finite."
+        )
     tolerance = 1e-5 if dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-10
     if not torch.allclose(first, second, rtol=tolerance, atol=tolerance * first.abs().max().item()):
         raise RuntimeError(

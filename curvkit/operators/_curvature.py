@@ -28,7 +28,9 @@ class CurvatureLinearOperator(LinearOperator):
         model_func: The network: an ``nn.Module`` (differentiated with ``torch.func``) or a
             callable ``X ↦ f(X)`` closing over ``params`` (differentiated with autograd).
         loss_func: Loss criterion mapping predictions and mini-batch labels to a scalar;
-            its ``reduction`` (``'mean'`` or ``'sum'``) defines ``c``.
+            its ``reduction`` (``'mean'`` or ``'sum'``) defines ``c``. Required: ``None``,
+            which the reference's signature admits, is refused (these matrices are those of
+            a loss; the Jacobians take no loss).
         params: Differentiable parameters ``θ`` used by ``model_func``: a list of tensors or
             a dict of named tensors. The matrix follows their order, each flattened.
         data: Source of mini-batches ``(X, y)``, e.g. a list or a ``DataLoader``. ``X`` may

@@ -21,6 +21,10 @@ from curvkit.operators._autograd import require_autograd
 from curvkit.operators._differentiation import Linearization, ModelFunction
 
 
+def _same_state(first: tuple[tuple, Tensor], second: tuple[tuple, Tensor]) -> bool:
+    return first[0] == second[0] and torch.equal(first[1], second[1])
+
+
 def is_integer(value: Any) -> bool:
     """Whether ``value`` is an integer (NumPy's too), not a ``bool``."""
     return isinstance(value, Integral) and not isinstance(value, bool)
@@ -82,7 +86,7 @@ class ModelDataSetup:
         )
         self.cache_batches = cache_batches
         self._cache: dict[tuple[int, Hashable], Any] = {}
-        self._cache_versions: tuple[int, ...] = ()
+        self._cached_state: tuple[tuple, Tensor] | None = None
         self.first_output = self._probe_first_batch()
 
     def _probe_first_batch(self) -> Tensor:
@@ -95,18 +99,36 @@ class ModelDataSetup:
     def cached(self, batch: Batch, key: Hashable, compute: Callable[[], Any]) -> Any:
         """``compute()``, remembered per batch when ``cache_batches`` is on.
 
-        The cache is emptied when a parameter changed in place since it was filled (an
-        optimizer step, say): the operator then follows the current parameters, as without it.
+        At the first batch of every pass, the cache is emptied if the model changed since it was
+        filled (:meth:`_model_state`): an optimizer step, ``vector_to_parameters``, an update
+        through ``.data``, of ``params`` or of any other parameter or buffer of the module. The
+        operator then follows the current model, as without the cache.
         """
         if not self.cache_batches:
             return compute()
-        versions = tuple(tensor._version for tensor in self.model.tensors)
-        if versions != self._cache_versions:
-            self._cache.clear()
-            self._cache_versions = versions
+        if batch.index == 0:
+            state = self._model_state()
+            if self._cached_state is None or not _same_state(state, self._cached_state):
+                self._cache.clear()
+                self._cached_state = state
         if (batch.index, key) not in self._cache:
             self._cache[batch.index, key] = compute()
         return self._cache[batch.index, key]
+
+    def _model_state(self) -> tuple[tuple, Tensor]:
+        """Storage, version counter and sum of every parameter and buffer the products read.
+
+        Version counters see in-place updates, storage addresses see reassignment
+        (``p.data = ...``), and the sums see in-place updates through ``.data``, which bypass the
+        version counter. Reading every parameter once per product costs little beside the product.
+        """
+        model = self.model.model_func
+        tensors = list(self.model.tensors)
+        if isinstance(model, torch.nn.Module):
+            tensors += [*model.parameters(), *model.buffers()]
+        identity = tuple((t.data_ptr(), t._version, t.shape, t.dtype) for t in tensors)
+        sums = torch.stack([t.detach().sum(dtype=torch.float64) for t in tensors if t.is_floating_point()])
+        return identity, sums
 
     def linearization(self, batch: Batch) -> Linearization:
         """The batch's output and Jacobian products (cached if requested)."""

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from curvkit._engine import Batch
 from curvkit.operators._curvature import CurvatureLinearOperator
+from curvkit.operators._setup import is_integer
 
 
 class HessianLinearOperator(CurvatureLinearOperator):
@@ -85,10 +86,10 @@ def _blocks_of(block_sizes: Sequence[int], num_tensors: int) -> list[list[int]]:
     Raises:
         ValueError: If the sizes are not positive integers summing to ``num_tensors``.
     """
-    if any(not isinstance(size, int) or size < 1 for size in block_sizes) or sum(block_sizes) != num_tensors:
+    if any(not is_integer(size) or size < 1 for size in block_sizes) or sum(block_sizes) != num_tensors:
         raise ValueError(
             f"block_sizes must be positive integers summing to the number of parameter tensors "
             f"({num_tensors}), got {list(block_sizes)}."
         )
-    bounds = [0, *accumulate(block_sizes)]
+    bounds = [0, *accumulate(int(size) for size in block_sizes)]
     return [list(range(start, stop)) for start, stop in pairwise(bounds)]

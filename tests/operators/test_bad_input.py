@@ -152,6 +152,13 @@ def test_invalid_fisher_arguments(problem, kwargs, match):
         FisherMCLinearOperator(problem.model, problem.loss_func, problem.params, problem.data, **kwargs)
 
 
+def test_non_finite_data_is_named(problem):
+    X, y = problem.data[0]
+    corrupted = [(torch.full_like(X, float("nan")), y), *problem.data[1:]]
+    with pytest.raises(RuntimeError, match="a product contains NaN or infinity"):
+        GGNLinearOperator(problem.model, problem.loss_func, problem.params, corrupted)
+
+
 def test_numpy_integers_are_integers(problem):
     fisher = FisherMCLinearOperator(
         problem.model,
@@ -179,6 +186,16 @@ def test_invalid_common_arguments(problem):
         HessianLinearOperator(
             problem.model, problem.loss_func, problem.params, problem.data, block_sizes=[1, 1]
         )
+    num_tensors = len(problem.param_list)
+    with pytest.raises(ValueError, match="block_sizes must be positive integers summing to"):
+        HessianLinearOperator(
+            problem.model, problem.loss_func, problem.params, problem.data, block_sizes=[True] * num_tensors
+        )
+    numpy_sizes = [numpy.int64(1)] * num_tensors  # NumPy integers are integers
+    blocks = HessianLinearOperator(
+        problem.model, problem.loss_func, problem.params, problem.data, block_sizes=numpy_sizes
+    )
+    assert blocks.shape == (problem.dim, problem.dim)
     with pytest.raises(ValueError, match="model_func must be callable"):
         JacobianLinearOperator("model", problem.params, problem.data)
     with pytest.raises(ValueError, match="batch_size_fn must be callable"):

@@ -87,20 +87,50 @@ def test_hessian_blocks_are_the_diagonal_blocks(small_problem, reference_of):
     assert_matches(H.to_dense(), expected, small_problem.dtype)
 
 
-@pytest.mark.parametrize("kind", sorted(OPERATORS))
-@pytest.mark.parametrize("num_columns", [1, 3])
-def test_cache_follows_in_place_parameter_updates(kind, num_columns):
-    """After an optimizer step the cached operator is the operator at the new parameters."""
-    problem = make_problem_from_id("mlp-ce-mean-three-list")
-    cached = build(kind, problem, cache_batches=True)
-    vectors = torch.randn(
-        problem.dim, num_columns, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
-    )
-    cached @ vectors
+def _optimizer_step(problem):
     with torch.no_grad():
         for param in problem.param_list:
             param.mul_(1.1)
-    assert_matches(cached @ vectors, build(kind, problem) @ vectors, torch.float64)
+
+
+def _vector_to_parameters(problem):
+    vector = torch.nn.utils.parameters_to_vector(problem.param_list)
+    torch.nn.utils.vector_to_parameters(1.1 * vector, problem.param_list)
+
+
+def _through_data(problem):
+    for param in problem.param_list:
+        param.data.mul_(1.1)
+
+
+def _other_parameters(problem):
+    """Parameters of the module that are not among ``params`` (a frozen feature extractor, say)."""
+    with torch.no_grad():
+        problem.model[0].weight.mul_(1.1)
+
+
+PARAMETER_UPDATES = {
+    "optimizer step": _optimizer_step,
+    "vector_to_parameters": _vector_to_parameters,
+    "through .data": _through_data,
+    "other parameters": _other_parameters,
+}
+
+
+@pytest.mark.parametrize("kind", sorted(OPERATORS))
+@pytest.mark.parametrize("num_columns", [1, 3])
+@pytest.mark.parametrize("update", sorted(PARAMETER_UPDATES))
+def test_cache_follows_parameter_updates(kind, num_columns, update):
+    """After the model changed, a cached operator is the operator at the new parameters."""
+    problem = make_problem_from_id("mlp-ce-mean-three-list")
+    params = problem.param_list[2:] if update == "other parameters" else problem.params
+    cached = OPERATORS[kind](problem.model, problem.loss_func, params, problem.data, cache_batches=True)
+    dim = sum(param.numel() for param in params)
+    vectors = torch.randn(dim, num_columns, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    cached @ vectors
+    PARAMETER_UPDATES[update](problem)
+    fresh = OPERATORS[kind](problem.model, problem.loss_func, params, problem.data)
+    assert_matches(cached @ vectors, fresh @ vectors, torch.float64)
 
 
 def test_batch_splitting_does_not_change_the_matrix():

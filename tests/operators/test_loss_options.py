@@ -147,3 +147,14 @@ def test_partial_functional_loss_with_sum_reduction():
     model, params, data = mlp_problem(class_targets())
     expected = reference.hessian_matrix(model, nn.CrossEntropyLoss(reduction="sum"), params, data)
     assert_close(HessianLinearOperator(model, summed, params, data).to_dense(), expected)
+
+
+def test_mse_with_a_broadcasting_target_matches_the_hessian_of_a_linear_model():
+    """torch averages over the broadcast shape (and warns); the GGN of a linear model is its Hessian."""
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3).double()
+    data = [(torch.randn(5, 4, dtype=torch.float64), torch.randn(5, 1, dtype=torch.float64))]
+    params = list(model.parameters())
+    with pytest.warns(UserWarning, match="target size"):
+        hessian = reference.hessian_matrix(model, nn.MSELoss(), params, data)
+        assert_close(GGNLinearOperator(model, nn.MSELoss(), params, data).to_dense(), hessian)
