@@ -163,8 +163,7 @@ class LinearOperator:
                 f"{type(self).__name__} returned a result of shape {list(result.shape)}, "
                 f"expected {list(expected)}."
             )
-        has_tangent = forward_ad.unpack_dual(X).tangent is not None  # forward mode, torch.func.jvp
-        if (X.requires_grad and torch.is_grad_enabled()) or has_tangent:
+        if (X.requires_grad and torch.is_grad_enabled()) or _may_carry_tangent(X):
             result = _AdjointBackward.apply(self, transpose, X, result)
         return result
 
@@ -309,6 +308,14 @@ class LinearOperator:
             (dtype('float32'), dtype('float64'))
         """
         return scipy_view(self.shape, self.dtype, self.device, self._apply)
+
+
+def _may_carry_tangent(X: Tensor) -> bool:
+    """Whether ``X`` may carry a forward-mode tangent (``forward_ad``, ``torch.func.jvp``)."""
+    try:
+        return forward_ad.unpack_dual(X).tangent is not None
+    except RuntimeError:  # batched by torch.func.vmap (jacfwd over jacrev): attaching is exact anyway
+        return True
 
 
 class _AdjointBackward(torch.autograd.Function):

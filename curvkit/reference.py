@@ -19,7 +19,8 @@ gradients :math:`g_n` are those of the per-sample loss *summed* over its terms, 
 ``'mean'`` reduction contributes a factor :math:`1/T`, where :math:`T` is the total number of
 averaged terms (the output's ``numel`` for MSE and BCE-with-logits; the number of class-index
 targets for cross-entropy, i.e. ``N`` for ``[N]`` targets and ``N·T`` for ``[N, T]``). Only then does
-the MC-Fisher equal the GGN in expectation for every loss.
+the MC-Fisher equal the GGN in expectation for every loss (with targets that are
+probability distributions, for cross-entropy).
 """
 
 from __future__ import annotations

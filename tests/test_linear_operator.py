@@ -359,6 +359,9 @@ def test_forward_mode_derivatives_are_products_with_the_tangent(case):
         dual = operator @ forward_ad.make_dual(x, tangent)
         torch.testing.assert_close(forward_ad.unpack_dual(dual).tangent, dense @ tangent)
     torch.testing.assert_close(torch.func.jacfwd(lambda x: operator @ x)(x), dense)
+    if dense.shape[0] == dense.shape[1]:  # forward over reverse, vmap-ed: the Hessian of xᵀ A x
+        hessian = torch.func.hessian(lambda x: x @ (operator @ x))(x)
+        torch.testing.assert_close(hessian, dense + dense.T)
 
 
 def test_curvature_operators_refuse_forward_mode_loudly():

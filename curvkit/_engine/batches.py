@@ -103,6 +103,7 @@ class MiniBatchEngine:
         self._batch_size_fn = batch_size_fn
         self._num_data = None if num_data is None else int(num_data)
         self._loss_terms = loss_terms or (lambda batch: float(batch.size))
+        self.num_passes = 0  # passes started, so that per-pass checks (the cache's) know a new one
 
     def batch_size(self, X: BatchInput) -> int:
         """The number of samples in ``X``.
@@ -126,6 +127,7 @@ class MiniBatchEngine:
             ValueError: If ``data`` yields no batch, a batch is not an ``(X, y)`` pair, or the
                 batches' sizes do not add up to ``num_data``.
         """
+        self.num_passes += 1
         iterator = tqdm(self.data, desc=desc, disable=not self.progressbar, leave=False)
         index, num_samples = -1, 0
         for index, pair in enumerate(iterator):

@@ -11,7 +11,9 @@ by an output-space matrix ``Λ`` that is block-diagonal over samples, and pulled
 
 The factor ``1/c_b`` turns the batch-loss gradients (``c_b ∇ℓ_n`` per sample) into
 ``c_b ∇ℓ_n ∇ℓ_nᵀ``, so that the sum over batches is scaled by one over the total number of
-averaged terms (DESIGN.md, "Scaling convention"); then ``E[MC-Fisher] = GGN`` for every loss.
+averaged terms (DESIGN.md, "Scaling convention"); then ``E[MC-Fisher] = GGN`` for every loss
+(for cross-entropy: with targets that are distributions; unnormalized soft targets of mass
+``m`` scale the GGN by ``m``, not the Fisher of the model's likelihood).
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ from curvkit.operators._differentiation import Linearization, ModelFunction
 
 
 def _same_state(first: tuple[tuple, Tensor], second: tuple[tuple, Tensor]) -> bool:
-    return first[0] == second[0] and torch.equal(first[1], second[1])
+    """Equal identities and bit-for-bit equal sums (a NaN sum equals itself)."""
+    return first[0] == second[0] and torch.equal(first[1].view(torch.int64), second[1].view(torch.int64))
 
 
 def is_integer(value: Any) -> bool:
@@ -87,6 +88,7 @@ class ModelDataSetup:
         self.cache_batches = cache_batches
         self._cache: dict[tuple[int, Hashable], Any] = {}
         self._cached_state: tuple[tuple, Tensor] | None = None
+        self._checked_pass = -1
         self.first_output = self._probe_first_batch()
 
     def _probe_first_batch(self) -> Tensor:
@@ -99,14 +101,15 @@ class ModelDataSetup:
     def cached(self, batch: Batch, key: Hashable, compute: Callable[[], Any]) -> Any:
         """``compute()``, remembered per batch when ``cache_batches`` is on.
 
-        At the first batch of every pass, the cache is emptied if the model changed since it was
+        Once in every pass over the data, the cache is emptied if the model changed since it was
         filled (:meth:`_model_state`): an optimizer step, ``vector_to_parameters``, an update
         through ``.data``, of ``params`` or of any other parameter or buffer of the module. The
         operator then follows the current model, as without the cache.
         """
         if not self.cache_batches:
             return compute()
-        if batch.index == 0:
+        if self._checked_pass != self.engine.num_passes:  # once per pass (batch 0 may be skipped)
+            self._checked_pass = self.engine.num_passes
             state = self._model_state()
             if self._cached_state is None or not _same_state(state, self._cached_state):
                 self._cache.clear()

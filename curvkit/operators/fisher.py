@@ -30,7 +30,8 @@ class EFLinearOperator(CurvatureLinearOperator):
     where ``ℓ_n`` is sample ``n``'s loss summed over its terms and ``T`` the total number of
     terms that ``reduction='mean'`` averages over (``T = 1`` for ``'sum'``): ``N`` for
     cross-entropy on ``[N, C]``, ``N·T`` for sequence targets, ``N·C`` for MSE/BCE with ``C``
-    outputs. This convention makes the MC-Fisher equal the GGN in expectation for every loss.
+    outputs. This convention makes the MC-Fisher equal the GGN in expectation for every loss
+    (for cross-entropy, with targets that are probability distributions).
     Callables that are not ``MSELoss``, ``CrossEntropyLoss`` or ``BCEWithLogitsLoss`` are taken
     to average over the batch axis only.
 

@@ -123,6 +123,15 @@ def test_multiplicity_check_can_be_skipped_for_speed():
     assert bool((lanczos_eigsh(repeated, 5, seed=0)[0] - 10.0).abs().lt(1e-6).all())
 
 
+def test_largest_magnitude_needs_room_for_both_ends():
+    """A basis of k + 2 vectors accepted 5.0, 4.94 and -4.5 as the 3 largest magnitudes (not 4.87)."""
+    A = with_spectrum(torch.linspace(-4.5, 5.0, 150, dtype=torch.float64))
+    with pytest.raises(ValueError, match="which='LM' needs ncv ≥ 2k \\+ 1 = 7"):
+        lanczos_eigsh(A, 3, which="LM", ncv=5, seed=0)
+    values = lanczos_eigsh(A, 3, which="LM", ncv=7, seed=0)[0]
+    torch.testing.assert_close(values, torch.linalg.eigvalsh(A)[-3:], atol=1e-8, rtol=0)
+
+
 def test_every_run_counts_towards_max_matvecs():
     A = with_spectrum(_spectrum([10.0] * 5, torch.linspace(0, 9, 195)))
     counting = CountingOperator(A, symmetric=True)

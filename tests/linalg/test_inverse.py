@@ -190,8 +190,11 @@ def test_neumann_growing_terms_raise_for_symmetric_and_warn_otherwise():
     b = rhs(40)
     with pytest.raises(RuntimeError, match="larger than the one before"):
         NeumannInverseLinearOperator(DenseLinearOperator(A, symmetric=True), num_terms=30, scale=0.55) @ b
-    with pytest.warns(UserWarning, match="times larger than the first: the series seems to diverge"):
+    with pytest.warns(
+        UserWarning, match="times larger than the first: the series seems to diverge"
+    ) as record:
         NeumannInverseLinearOperator(A, num_terms=30, scale=0.55) @ b
+    assert record[0].filename == __file__  # points at the product in user code
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         NeumannInverseLinearOperator(DenseLinearOperator(A, symmetric=True), num_terms=30, scale=0.45) @ b

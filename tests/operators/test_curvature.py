@@ -133,6 +133,21 @@ def test_cache_follows_parameter_updates(kind, num_columns, update):
     assert_matches(cached @ vectors, fresh @ vectors, torch.float64)
 
 
+def test_cache_is_kept_while_the_model_does_not_change():
+    """Non-finite buffers (clamp bounds, say) must not make every product look like a new model."""
+    problem = make_problem_from_id("mlp-ce-mean-three-list")
+    problem.model.register_buffer("bounds", torch.tensor([-float("inf"), float("inf"), float("nan")]))
+    forward_passes = []
+    problem.model.register_forward_hook(lambda *_: forward_passes.append(1))
+    cached = build("ggn", problem, cache_batches=True, check_deterministic=False)
+    vector = torch.ones(problem.dim, dtype=torch.float64)
+    cached @ vector
+    forward_passes.clear()
+    for _ in range(3):
+        cached @ vector
+    assert not forward_passes
+
+
 def test_batch_splitting_does_not_change_the_matrix():
     """Three batches of 3, 5, 2 and one batch of all 10 samples give the same matrices."""
     split = make_problem_from_id("mlp-ce-mean-three-list")

@@ -158,3 +158,16 @@ def test_mse_with_a_broadcasting_target_matches_the_hessian_of_a_linear_model():
     with pytest.warns(UserWarning, match="target size"):
         hessian = reference.hessian_matrix(model, nn.MSELoss(), params, data)
         assert_close(GGNLinearOperator(model, nn.MSELoss(), params, data).to_dense(), hessian)
+
+
+def test_cache_notices_parameter_updates_when_the_first_batch_has_no_loss_term():
+    """The cache checks the model once per pass, also when batch 0 is skipped (all targets ignored)."""
+    loss_func = nn.CrossEntropyLoss()
+    model, params, data = mlp_problem(class_targets((0, 1, 2)))
+    cached = HessianLinearOperator(model, loss_func, params, data, cache_batches=True)
+    vector = torch.ones(cached.shape[0], dtype=torch.float64)
+    cached @ vector
+    with torch.no_grad():
+        for param in params:
+            param.mul_(1.1)
+    assert_close(cached @ vector, reference.hessian_matrix(model, loss_func, params, data) @ vector)

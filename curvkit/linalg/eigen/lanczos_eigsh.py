@@ -185,13 +185,15 @@ def lanczos_eigsh(
         tol: Relative residual tolerance, ``≥ 0`` (``0``: machine precision).
         max_matvecs: Maximum number of products with ``A``, all runs together. Default:
             ``10 · dim``.
-        ncv: Largest basis size, ``k < ncv ≤ dim`` (or ``ncv = dim``). Default:
+        ncv: Largest basis size, ``k < ncv ≤ dim`` (or ``ncv = dim``), for ``'LM'`` at least
+            ``2k + 1``. Default:
             ``min(dim, max(2k + 1, 20))``. Memory: ``ncv + k + 1`` vectors.
         seed: ``int``, ``torch.Generator`` or ``None``.
         check_multiplicity: Explore the complement of the converged vectors for further copies
             of repeated eigenvalues (above). ``False`` returns after the first run, as ARPACK
             does: 1.5–1.8 times cheaper with distinct eigenvalues, but a repeated eigenvalue may
-            then show fewer copies than it has, the next eigenvalues taking their places.
+            then show fewer copies than it has, the next eigenvalues taking their places (the
+            exploration also catches a wanted eigenvalue that a small ``ncv`` let converge late).
 
     Returns:
         Eigenvalues ``[k]`` in ascending order and eigenvectors ``[dim, k]`` (orthonormal
@@ -223,6 +225,11 @@ def lanczos_eigsh(
     ncv = min(n, max(2 * k + 1, 20)) if ncv is None else positive_int(ncv, "ncv")
     if ncv > n or (ncv <= k and ncv != n):
         raise ValueError(f"ncv must satisfy k < ncv ≤ dim (or ncv = dim), got ncv={ncv}, k={k}, dim={n}.")
+    if which == "LM" and ncv < min(n, 2 * k + 1):
+        raise ValueError(
+            f"which='LM' needs ncv ≥ 2k + 1 = {2 * k + 1} (got {ncv}): the wanted eigenvalues may sit at "
+            "both ends of the spectrum, and a smaller basis can accept one end before the other appears."
+        )
     max_matvecs = 10 * n if max_matvecs is None else positive_int(max_matvecs, "max_matvecs")
     tol = max(tol, torch.finfo(working_dtype(A)).eps)
 

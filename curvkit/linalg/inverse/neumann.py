@@ -157,5 +157,5 @@ class NeumannInverseLinearOperator(LinearOperator):
             f"eigenvalue lies outside (0, 2 / scale) = (0, {2 / self._scale:g})). Decrease scale or use "
             "CGInverseLinearOperator; declare A symmetric to turn this into an error.",
             UserWarning,
-            stacklevel=6,  # the caller of A_inv @ x
+            stacklevel=7,  # the caller of A_inv @ x (__matmul__, _apply, _product, _matmat, _series)
         )
