@@ -16,9 +16,9 @@ import numpy
 import torch
 from scipy.sparse.linalg import LinearOperator as ScipyLinearOperator
 from torch import Tensor
-from torch.autograd import forward_ad
 
 from curvkit._boundary import as_dimension, as_tensor, real_scalar, scipy_view, to_numpy, torch_dtype_of
+from curvkit._differentiable import AdjointBackward, may_carry_tangent
 from curvkit._layout import TensorListLayout
 
 
@@ -163,8 +163,8 @@ class LinearOperator:
                 f"{type(self).__name__} returned a result of shape {list(result.shape)}, "
                 f"expected {list(expected)}."
             )
-        if (X.requires_grad and torch.is_grad_enabled()) or _may_carry_tangent(X):
-            result = _AdjointBackward.apply(self, transpose, X, result)
+        if (X.requires_grad and torch.is_grad_enabled()) or may_carry_tangent(X):
+            result = AdjointBackward.apply(self, transpose, X, result)
         return result
 
     def _apply(self, x: Any, transpose: bool) -> Any:
@@ -308,43 +308,6 @@ class LinearOperator:
             (dtype('float32'), dtype('float64'))
         """
         return scipy_view(self.shape, self.dtype, self.device, self._apply)
-
-
-def _may_carry_tangent(X: Tensor) -> bool:
-    """Whether ``X`` may carry a forward-mode tangent (``forward_ad``, ``torch.func.jvp``)."""
-    try:
-        return forward_ad.unpack_dual(X).tangent is not None
-    except RuntimeError:  # batched by torch.func.vmap (jacfwd over jacrev): attaching is exact anyway
-        return True
-
-
-class _AdjointBackward(torch.autograd.Function):
-    """Attach ``A X`` (or ``Aᵀ X``), computed outside, to the graph of ``X``.
-
-    Exact because the product is linear in ``X``: its backward is ``ḡ ↦ Aᵀ ḡ`` (or ``A ḡ``),
-    itself a product, so differentiable again; its forward-mode derivative is ``Ẋ ↦ A Ẋ``.
-    Computing inside ``forward`` instead would run with forward-mode AD off, and silently zero
-    the Jacobian products of curvature operators.
-    """
-
-    generate_vmap_rule = True  # torch.func.vmap over it (jacfwd, jacrev): products are batched
-
-    @staticmethod
-    def forward(operator: LinearOperator, transpose: bool, X: Tensor, product: Tensor) -> Tensor:
-        return product
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
-        ctx.operator, ctx.transpose = inputs[:2]
-
-    @staticmethod
-    def backward(ctx: Any, grad_output: Tensor) -> tuple[None, None, Tensor, None]:
-        return None, None, ctx.operator._product(grad_output, not ctx.transpose), None
-
-    @staticmethod
-    def jvp(ctx: Any, _operator: None, _transpose: None, X_tangent: Tensor, _product: None) -> Tensor:
-        """Forward mode: the tangent of ``A X`` is ``A Ẋ``."""
-        return ctx.operator._product(X_tangent, ctx.transpose)
 
 
 # =============================================================================== wrappers
