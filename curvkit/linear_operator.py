@@ -285,7 +285,7 @@ class LinearOperator:
         for start in range(0, num_columns, chunk_size):
             stop = min(start + chunk_size, num_columns)
             identity_block = torch.zeros(num_columns, stop - start, dtype=dtype, device=self.device)
-            identity_block[torch.arange(start, stop), torch.arange(stop - start)] = 1.0
+            identity_block[start:stop].fill_diagonal_(1.0)
             blocks.append(self._product(identity_block, transpose=False))
         return (
             torch.cat(blocks, dim=1) if blocks else torch.zeros(self.shape, dtype=dtype, device=self.device)

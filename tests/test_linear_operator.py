@@ -370,3 +370,14 @@ def test_curvature_operators_refuse_forward_mode_loudly():
     x, tangent = torch.ones(ggn.shape[0], dtype=torch.float64), torch.ones(ggn.shape[0], dtype=torch.float64)
     with pytest.raises(RuntimeError, match="Nested forward mode AD is not supported"):
         torch.func.jvp(lambda x: ggn @ x, (x,), (tangent,))
+
+
+def test_to_dense_creates_nothing_on_the_default_device():
+    """With another default device (``meta`` here, ``cuda`` on GPUs), the matrix is still the operator's."""
+    operator = DiagonalLinearOperator(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+    torch.set_default_device("meta")
+    try:
+        dense = operator.to_dense(chunk_size=2)
+    finally:
+        torch.set_default_device(None)
+    torch.testing.assert_close(dense, torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)))

@@ -174,7 +174,7 @@ class LanczosProcess:
     def random_complement(self, basis: Tensor, num_vectors: int) -> Tensor:
         """``[n, num_vectors]`` random orthonormal columns orthogonal to ``basis`` rows and ``locked``."""
         shape = (basis.shape[1], num_vectors)
-        X = torch.randn(shape, generator=self.generator, device=self.generator.device)
+        X = torch.randn(shape, generator=self.generator, device=self.generator.device, dtype=basis.dtype)
         X = X.to(dtype=basis.dtype, device=basis.device)
         for _ in range(2):
             X = X - basis.T @ (basis @ X)

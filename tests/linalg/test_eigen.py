@@ -132,6 +132,20 @@ def test_largest_magnitude_needs_room_for_both_ends():
     torch.testing.assert_close(values, torch.linalg.eigvalsh(A)[-3:], atol=1e-8, rtol=0)
 
 
+def test_seeded_results_do_not_depend_on_the_default_dtype():
+    """Restart vectors (after breakdowns) are drawn in the operator's dtype."""
+    A = torch.diag(torch.tensor([1.0, 1.0, 1.0, 1.0, 2.0, 3.0], dtype=torch.float64))
+    default = torch.get_default_dtype()
+    results = []
+    for dtype in (torch.float32, torch.float64):
+        torch.set_default_dtype(dtype)
+        try:
+            results.append(lanczos_eigsh(A, 4, which="SA", seed=0))
+        finally:
+            torch.set_default_dtype(default)
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
 def test_every_run_counts_towards_max_matvecs():
     A = with_spectrum(_spectrum([10.0] * 5, torch.linspace(0, 9, 195)))
     counting = CountingOperator(A, symmetric=True)

@@ -254,3 +254,19 @@ def test_lsmr_hyperparameters():
         A_pinv @ rhs(30)
     with pytest.raises(RuntimeError, match="NaN"):
         LSMRInverseLinearOperator(torch.full((3, 3), float("nan"))) @ torch.ones(3)
+
+
+def test_cg_preconditioner_follows_the_operator():
+    """A float64 NumPy preconditioner of a float32 system is converted once, not mixed into every step."""
+    A = with_spectrum(torch.linspace(1.0, 10.0, 20, dtype=torch.float64))
+    b = rhs(20).float()
+    inverse = CGInverseLinearOperator(DenseLinearOperator(A.float()))
+    with pytest.warns(UserWarning, match="M is float64, while the linear operator is float32"):
+        inverse.set_cg_hyperparameters(M=numpy.diag(1.0 / numpy.diag(A.numpy())), tol=1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # converted once above, not at every step
+        x = inverse @ b
+    assert x.dtype == torch.float32
+    torch.testing.assert_close(x, torch.linalg.solve(A, b.double()).float(), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="M must have A's dtype"):
+        inverse.set_cg_hyperparameters(M=DenseLinearOperator(A))

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from curvkit._boundary import as_tensor
 from curvkit.linalg._operator import nonnegative_float, positive_int, square_operator
-from curvkit.linear_operator import LinearOperator, as_linear_operator
+from curvkit.linear_operator import DenseLinearOperator, LinearOperator, as_linear_operator
 
 
 def conjugate_gradient(
@@ -166,7 +166,7 @@ class CGInverseLinearOperator(LinearOperator):
             x0 = x0.unsqueeze(1) if x0.ndim == 1 else x0
         self._x0 = x0
         if M is not None:
-            M = as_linear_operator(M)
+            M = _preconditioner(M, self._A)
             if M.shape != (n, n):
                 raise ValueError(f"M must have shape {(n, n)} like A, got {tuple(M.shape)}.")
         self._M = M
@@ -188,3 +188,19 @@ class CGInverseLinearOperator(LinearOperator):
             M=self._M,
             callback=self._callback,
         )
+
+
+def _preconditioner(M: Any, A: LinearOperator) -> LinearOperator:
+    """``M`` as an operator on ``A``'s device and in its dtype (tensors and arrays are moved once).
+
+    Raises:
+        ValueError: If ``M`` is a curvkit operator on another device or of another dtype.
+    """
+    if isinstance(M, (Tensor, numpy.ndarray)):
+        return DenseLinearOperator(as_tensor(M, A.dtype, A.device, name="M"))
+    M = as_linear_operator(M)
+    for attribute in ("device", "dtype"):
+        mine, theirs = getattr(M, attribute), getattr(A, attribute)
+        if mine is not None and theirs is not None and mine != theirs:
+            raise ValueError(f"M must have A's {attribute} ({theirs}), got {mine}.")
+    return M
