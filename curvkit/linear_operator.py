@@ -46,8 +46,9 @@ class LinearOperator:
     adjoint product, ``∂⟨ḡ, A x⟩/∂x = Aᵀ ḡ`` (twice differentiable too), and its forward-mode
     derivative (``torch.autograd.forward_ad``, ``torch.func.jvp``) the product with the tangent.
     Operators that take derivatives themselves (the curvature operators) support
-    ``torch.autograd``'s reverse mode only; forward mode and ``torch.func`` transforms raise
-    (PyTorch nests neither forward mode nor ``torch.func`` inside their products). The operator
+    ``torch.autograd``'s reverse mode only; forward mode and ``torch.func`` transforms are not
+    supported there and mostly raise a PyTorch error (PyTorch nests neither inside their own
+    derivatives). The operator
     itself is a constant: no gradient flows into the tensors (matrix, model parameters) it was
     built from.
 
@@ -372,7 +373,7 @@ def as_linear_operator(operator: Any) -> LinearOperator:
     """Accept a curvkit operator, a torch tensor, a NumPy array or anything with ``@`` and ``.shape``.
 
     Raises:
-        TypeError: If ``operator`` supports neither ``@`` nor ``.shape``.
+        TypeError: If ``operator`` lacks ``@`` or a 2-d ``.shape``.
     """
     if isinstance(operator, LinearOperator):
         return operator

@@ -76,8 +76,8 @@ def num_loss_terms(loss_func: LossFunction, target: Tensor, batch_size: int) -> 
     weight ``Σ w_{y}`` (as ``torch`` does). Any other callable is taken to average over the
     batch axis only (``batch_size`` terms): a callable that averages over all ``C`` entries of a
     sample (``lambda f, y: F.mse_loss(f, y)``) gets the right Hessian and GGN, but an empirical
-    or MC-Fisher ``C`` times too small; pass the ``nn`` loss instead. Summed over batches, these
-    give the full data set's divisor.
+    Fisher ``C`` times too small (the MC-Fisher refuses callables); pass the ``nn`` loss
+    instead. Summed over batches, these give the full data set's divisor.
     """
     kind = known_loss(loss_func)
     if kind in (MSELoss, BCEWithLogitsLoss):

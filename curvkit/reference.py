@@ -9,7 +9,8 @@ Notation (as in the operators): the risk is
 .. math::
     \mathcal{L}(\theta) = c \sum_{n=1}^{N} \ell(f_\theta(x_n), y_n),
 
-with :math:`c = 1/N` for ``reduction='mean'`` and :math:`c = 1` for ``'sum'``. ``D`` is the total
+with :math:`c = 1/K` for ``reduction='mean'`` (``K`` the number of terms the mean averages over,
+as ``loss_func`` computes it on the concatenated data) and :math:`c = 1` for ``'sum'``. ``D`` is the total
 number of entries of ``params``, flattened row-major per tensor and concatenated in the given
 order. ``data`` yields mini-batches ``(X, y)``; ``X`` is a tensor or a dict of tensors (then
 ``batch_size_fn(X)`` must give its batch size).

@@ -45,6 +45,7 @@ class ActivationHessianLinearOperator(LinearOperator):
         ValueError: If ``data`` contains more than one batch, or ``activation`` does not name
             a layer, a direction (``"input"``/``"output"``) or a tensor of it, or the layer
             does not run exactly once per forward pass (a module shared by several places).
+        RuntimeError: If ``check_deterministic`` and the model or data are not deterministic.
 
     Example:
         >>> from numpy import eye, allclose

@@ -16,7 +16,10 @@ from curvkit.operators._setup import ModelDataSetup
 class CurvatureLinearOperator(LinearOperator):
     """A ``D × D`` curvature matrix of the empirical risk ``L(θ) = c Σ_n ℓ(f_θ(x_n), y_n)``.
 
-    ``c = 1/N`` for ``reduction='mean'`` and ``c = 1`` for ``'sum'``. The matrix is a weighted
+    ``c = 1/K`` for ``reduction='mean'``, ``K`` the number of terms the mean averages over
+    (samples; output entries for MSE / BCE; kept positions or their class weights for
+    cross-entropy: :func:`curvkit.losses.num_loss_terms`), and ``c = 1`` for ``'sum'``. The
+    matrix is a weighted
     sum over mini-batches (see :class:`curvkit._engine.MiniBatchEngine`), so it does not depend
     on how the data is split into batches. Subclasses implement the product of one batch's
     matrix with ``k`` parameter-space vectors, :meth:`_batch_matmat`.
@@ -25,8 +28,9 @@ class CurvatureLinearOperator(LinearOperator):
     predictions, and ``ℓ(p, y)`` maps predictions and labels to a loss.
 
     Args:
-        model_func: The network: an ``nn.Module`` (differentiated with ``torch.func``) or a
-            callable ``X ↦ f(X)`` closing over ``params`` (differentiated with autograd).
+        model_func: The network: an ``nn.Module`` (single vectors through ``torch.autograd``,
+            several columns through ``torch.func``, see :mod:`._differentiation`) or a callable
+            ``X ↦ f(X)`` closing over ``params`` (through ``torch.autograd``).
         loss_func: Loss criterion mapping predictions and mini-batch labels to a scalar;
             its ``reduction`` (``'mean'`` or ``'sum'``) defines ``c``. Required: ``None``,
             which the reference's signature admits, is refused (these matrices are those of

@@ -6,7 +6,8 @@ by an output-space matrix ``Λ`` that is block-diagonal over samples, and pulled
 
 - GGN: ``Λ = ∇²_f L_b``, the Hessian of the batch loss w.r.t. the model output;
 - MC-Fisher: ``Λ = (1 / (c_b M)) Σ_m g̃_m g̃_mᵀ`` restricted to sample blocks, with
-  ``g̃_m = ∇_f L_b(f, ỹ_m)`` at targets drawn from the model's predictive distribution;
+  ``g̃_m = c_b ∇_f (−log q(ỹ_m | f))`` at targets ``ỹ_m`` drawn from the model's predictive
+  distribution ``q`` (:func:`curvkit.losses.sampled_output_gradients`);
 - empirical Fisher: the same with the observed targets ``y`` and ``M = 1``.
 
 The factor ``1/c_b`` turns the batch-loss gradients (``c_b ∇ℓ_n`` per sample) into

@@ -39,6 +39,10 @@ class EFLinearOperator(CurvatureLinearOperator):
     no per-sample parameter gradients are stored.
 
     Arguments as for :class:`~curvkit.operators._curvature.CurvatureLinearOperator`.
+
+    Raises:
+        NotImplementedError: If the loss is weighted (``weight`` / ``pos_weight``).
+        ValueError: As :class:`~curvkit.operators._curvature.CurvatureLinearOperator`.
     """
 
     @classmethod
@@ -103,11 +107,15 @@ class FisherMCLinearOperator(CurvatureLinearOperator):
     Args:
         seed: Seed of the generator that draws the targets. Default: ``2147483647``.
         mc_samples: Number of samples ``M`` per data point. Default: ``1``.
-        **kwargs: See :class:`~curvkit.operators._curvature.CurvatureLinearOperator`.
+        model_func, loss_func, params, data, progressbar, check_deterministic, num_data,
+            batch_size_fn, cache_batches: As for
+            :class:`~curvkit.operators._curvature.CurvatureLinearOperator` (the reference's
+            signature has ``seed`` and ``mc_samples`` where the others have ``shape``).
 
     Raises:
         NotImplementedError: If the loss is not ``MSELoss``, ``CrossEntropyLoss`` or
-            ``BCEWithLogitsLoss``.
+            ``BCEWithLogitsLoss`` (a subclass that overrides ``forward`` included), or is
+            weighted (``weight`` / ``pos_weight``).
         ValueError: If ``mc_samples`` is not a positive integer or ``seed`` not an integer.
     """
 

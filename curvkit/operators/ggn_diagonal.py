@@ -66,9 +66,11 @@ def ggn_diagonal(
         The diagonal, shape ``[D]``.
 
     Raises:
-        ValueError: For an unknown ``mode``, a model that is not an ``nn.Module`` or bad
-            ``mc_samples``.
+        ValueError: For an unknown ``mode``, a model that is not an ``nn.Module``, bad
+            ``mc_samples`` or ``seed``.
         NotImplementedError: For unsupported losses.
+        RuntimeError: If ``torch.func.vmap`` cannot push single samples through the model
+            (recurrent layers, say), or the determinism probe fails.
     """
     if mode not in ("exact", "mc"):
         raise ValueError(f"mode must be 'exact' or 'mc', got {mode!r}.")

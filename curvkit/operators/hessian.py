@@ -27,9 +27,9 @@ class HessianLinearOperator(CurvatureLinearOperator):
     Args:
         block_sizes: Numbers of consecutive parameter tensors that form one diagonal block,
             summing to the number of parameter tensors; ``None`` (default) for the full Hessian.
-        **kwargs: See :class:`~curvkit.operators._curvature.CurvatureLinearOperator` for
-            ``model_func, loss_func, params, data, progressbar, check_deterministic, shape,
-            num_data, batch_size_fn, cache_batches``.
+        model_func, loss_func, params, data, progressbar, check_deterministic, shape, num_data,
+            batch_size_fn, cache_batches: As for
+            :class:`~curvkit.operators._curvature.CurvatureLinearOperator`.
 
     Example:
         >>> import torch

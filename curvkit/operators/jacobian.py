@@ -20,7 +20,8 @@ class JacobianLinearOperator(LinearOperator):
 
     with rows ordered batch by batch and, within a batch, by the flattened output (sample
     major). ``J V`` runs in forward mode (dual numbers for one vector, ``vmap``-ed
-    ``torch.func.jvp`` for columns; reverse mode where forward-mode derivatives are missing),
+    ``torch.func.jvp`` for columns; reverse mode where forward-mode derivatives are missing, and
+    for single vectors through a cached linearization of a model without convolutions),
     ``Jᵀ W`` is a backward pass, batched over columns. The data must come in a deterministic
     order.
 

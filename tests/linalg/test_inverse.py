@@ -14,6 +14,7 @@ from curvkit.linalg import (
     CGInverseLinearOperator,
     LSMRInverseLinearOperator,
     NeumannInverseLinearOperator,
+    conjugate_gradient,
     damped,
 )
 from curvkit.linear_operator import DenseLinearOperator
@@ -270,3 +271,11 @@ def test_cg_preconditioner_follows_the_operator():
     torch.testing.assert_close(x, torch.linalg.solve(A, b.double()).float(), rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="M must have A's dtype"):
         inverse.set_cg_hyperparameters(M=DenseLinearOperator(A))
+
+
+def test_conjugate_gradient_takes_one_initial_guess_for_every_column():
+    A = with_spectrum(torch.linspace(1.0, 10.0, 12, dtype=torch.float64))
+    B = torch.randn(12, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    guess = torch.linalg.solve(A, B[:, 0])
+    X = conjugate_gradient(DenseLinearOperator(A), B, x0=guess, tol=1e-12)
+    torch.testing.assert_close(A @ X, B)

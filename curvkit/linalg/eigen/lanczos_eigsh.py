@@ -170,7 +170,7 @@ def lanczos_eigsh(
     of :math:`c` with eigenvectors drawn from that rest complete the spectrum without further
     products (the null space of a low-rank matrix costs one product). Every product counts
     towards ``max_matvecs``. With distinct eigenvalues and ``k > 1`` the check costs one more
-    run with one wanted pair (1.5 to 1.8 times the products of the first run, in our tests), a
+    run with one wanted pair (a total of 1.5 to 1.8 times the first run's products, in our tests), a
     :math:`p`-fold eigenvalue about :math:`p` such runs. Locked residuals add up, so a returned
     pair has residual at most about ``(k + 1) · tol · max|θ|``.
 

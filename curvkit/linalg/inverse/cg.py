@@ -40,7 +40,8 @@ def conjugate_gradient(
     Args:
         A: Symmetric positive definite operator ``[n, n]``.
         B: Right-hand sides ``[n, k]`` (dtype and device of ``A``).
-        x0: Initial guess ``[n]`` (for every column) or ``[n, k]``. Default: zeros.
+        x0: Initial guess ``[n]`` (the same for every column), ``[n, 1]`` or ``[n, k]``.
+            Default: zeros.
         tol: Relative tolerance.
         atol: Absolute tolerance.
         maxiter: Maximum number of iterations. Default: ``10 · n``.
@@ -56,6 +57,8 @@ def conjugate_gradient(
             :math:`\mathbf{p}^\top\mathbf{A}\mathbf{p} \le 0` shows that ``A`` is not positive definite.
     """
     maxiter = 10 * A.shape[0] if maxiter is None else maxiter
+    if x0 is not None and x0.ndim == 1:
+        x0 = x0.unsqueeze(1)  # [n]: the same guess for every column
     X = torch.zeros_like(B) if x0 is None else x0.expand_as(B).clone()
     R = B - A.matmat(X) if x0 is not None else B.clone()
     threshold = torch.clamp(tol * torch.linalg.vector_norm(B, dim=0), min=atol)
@@ -153,7 +156,9 @@ class CGInverseLinearOperator(LinearOperator):
             atol: Absolute tolerance, ``≥ 0``. Default: ``0``.
 
         Raises:
-            ValueError: If a tolerance is negative, ``maxiter < 1``, or ``x0`` / ``M`` has a wrong shape.
+            ValueError: If a tolerance is negative, ``maxiter < 1``, ``x0`` / ``M`` has a wrong
+                shape, ``M`` is an operator on another device or of another dtype, or
+                ``callback`` is not callable.
         """
         n = self.shape[0]
         self._tol = nonnegative_float(tol, "tol")

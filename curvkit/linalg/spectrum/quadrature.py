@@ -12,7 +12,7 @@ The same run estimates the spectrum's boundaries for free: extreme Ritz values c
 and :math:`[\theta_1 - r_1, \theta_m + r_m]` (with Ritz residual norms :math:`r`) contains an
 eigenvalue at each end. If the residuals exceed the tolerance after :math:`m` steps, the Krylov
 space of the same :math:`\mathbf{v}` is extended (up to :math:`4m` vectors, checking every
-:math:`\lceil m/8 \rceil` steps); the quadrature
+:math:`\max(1, \lfloor m/8 \rfloor)` steps); the quadrature
 still uses the first :math:`m` steps only.
 """
 
