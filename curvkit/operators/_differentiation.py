@@ -65,7 +65,7 @@ class Linearization:
     vjp: Callable[[Tensor], list[Tensor]]
 
 
-def _normalize_params(
+def normalize_params(
     params: Sequence[Tensor] | Mapping[str, Tensor],
 ) -> tuple[list[str] | None, list[Tensor]]:
     if isinstance(params, Mapping):
@@ -109,7 +109,7 @@ class ModelFunction:
     ):
         if not callable(model_func):
             raise ValueError(f"model_func must be callable, got {type(model_func).__name__}.")
-        names, tensors = _normalize_params(params)
+        names, tensors = normalize_params(params)
         if not tensors:
             raise ValueError("params must contain at least one tensor.")
         first_label: dict[int, str] = {}

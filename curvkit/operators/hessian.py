@@ -10,6 +10,7 @@ from torch import Tensor
 
 from curvkit._engine import Batch
 from curvkit.operators._curvature import CurvatureLinearOperator
+from curvkit.operators._differentiation import normalize_params
 from curvkit.operators._setup import is_integer
 
 
@@ -58,7 +59,8 @@ class HessianLinearOperator(CurvatureLinearOperator):
         block_sizes: Sequence[int] | None = None,
         cache_batches: bool = False,
     ):
-        self._blocks = None if block_sizes is None else _blocks_of(block_sizes, len(params))
+        num_tensors = len(normalize_params(params)[1])  # checks params before it is counted
+        self._blocks = None if block_sizes is None else _blocks_of(block_sizes, num_tensors)
         super().__init__(
             model_func,
             loss_func,
@@ -86,6 +88,8 @@ def _blocks_of(block_sizes: Sequence[int], num_tensors: int) -> list[list[int]]:
     Raises:
         ValueError: If the sizes are not positive integers summing to ``num_tensors``.
     """
+    if isinstance(block_sizes, (str, bytes)) or not isinstance(block_sizes, Sequence):
+        raise ValueError(f"block_sizes must be a list of integers, got {type(block_sizes).__name__}.")
     if any(not is_integer(size) or size < 1 for size in block_sizes) or sum(block_sizes) != num_tensors:
         raise ValueError(
             f"block_sizes must be positive integers summing to the number of parameter tensors "

@@ -191,6 +191,12 @@ def test_invalid_common_arguments(problem):
         HessianLinearOperator(
             problem.model, problem.loss_func, problem.params, problem.data, block_sizes=[True] * num_tensors
         )
+    with pytest.raises(ValueError, match="block_sizes must be a list of integers, got int"):
+        HessianLinearOperator(problem.model, problem.loss_func, problem.params, problem.data, block_sizes=4)
+    with pytest.raises(ValueError, match="params must be a list of tensors or a dict"):
+        HessianLinearOperator(
+            problem.model, problem.loss_func, problem.model.parameters(), problem.data, block_sizes=[2]
+        )
     numpy_sizes = [numpy.int64(1)] * num_tensors  # NumPy integers are integers
     blocks = HessianLinearOperator(
         problem.model, problem.loss_func, problem.params, problem.data, block_sizes=numpy_sizes
