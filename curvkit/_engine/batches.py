@@ -62,7 +62,7 @@ class MiniBatchEngine:
             product, so it must be re-iterable and deterministic.
         device: Device to move the batches to.
         num_data: Total number of samples ``N``. Computed with one pass over ``data`` on
-            first use when not given; checked against every later pass.
+            first use when not given; a given one is checked against every pass.
         batch_size_fn: Maps ``X`` to its batch size. Required when ``X`` is a dict; by
             default the size of ``X``'s first axis.
         progressbar: Show a tqdm progress bar over the batches of each pass.
@@ -102,6 +102,7 @@ class MiniBatchEngine:
         self.progressbar = progressbar
         self._batch_size_fn = batch_size_fn
         self._num_data = None if num_data is None else int(num_data)
+        self._num_data_given = num_data is not None  # only a given one is checked against passes
         self._loss_terms = loss_terms or (lambda batch: float(batch.size))
         self.num_passes = 0  # passes started, so that per-pass checks (the cache's) know a new one
 
@@ -150,7 +151,7 @@ class MiniBatchEngine:
             yield Batch(index, _to_device(X, self.device), _to_device(y, self.device), size)
         if index < 0:
             raise ValueError("data is empty: it yielded no mini-batch.")
-        if self._num_data is not None and num_samples != self._num_data:
+        if self._num_data_given and num_samples != self._num_data:
             raise ValueError(
                 f"num_data is {self._num_data}, but data yielded {num_samples} samples in this pass. "
                 "Pass the number of samples data holds (or None to count them)."

@@ -19,7 +19,7 @@ from torch.nn.modules.dropout import _DropoutNd
 from curvkit._engine.batches import Batch, MiniBatchEngine
 
 
-def _random_modules_in_train_mode(model: nn.Module) -> list[str]:
+def random_modules_in_train_mode(model: nn.Module) -> list[str]:
     """Names of sub-modules whose train-mode forward pass is random or batch-coupled."""
     offenders = []
     for name, module in model.named_modules():
@@ -69,7 +69,7 @@ def check_deterministic(
         RuntimeError: Naming what is not deterministic and how to fix it.
     """
     if isinstance(model_func, nn.Module):
-        offenders = _random_modules_in_train_mode(model_func)
+        offenders = random_modules_in_train_mode(model_func)
         if offenders:
             raise RuntimeError(
                 "check_deterministic: model_func is not deterministic: "

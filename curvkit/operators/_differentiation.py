@@ -173,6 +173,33 @@ class ModelFunction:
                     f"{label} is not used by model_func: its curvature would be zero. Remove it."
                 )
 
+    def check_unchanged(self) -> None:
+        """Raise if ``params`` no longer describe the model the operator was built for.
+
+        Raises:
+            RuntimeError: If a parameter was replaced in the module (``model.w = nn.Parameter(...)``),
+                changed dtype, device or shape (``model.double()``), or stopped requiring grad.
+        """
+        for index, (label, tensor) in enumerate(zip(self.labels, self.tensors)):
+            if self._names is not None and self.model_func.get_parameter(self._names[index]) is not tensor:
+                problem = f"was replaced in model_func (attribute '{self._names[index]}')"
+            elif (tensor.dtype, tensor.device, tensor.shape) != (
+                self.dtype,
+                self.device,
+                self.layout.shapes[index],
+            ):
+                problem = (
+                    f"is now {tensor.dtype} on {tensor.device} with shape {list(tensor.shape)}, not "
+                    f"{self.dtype} on {self.device} with shape {list(self.layout.shapes[index])}"
+                )
+            elif not tensor.requires_grad:
+                problem = "no longer requires grad"
+            else:
+                continue
+            raise RuntimeError(
+                f"{label} {problem} since the operator was built; build a new operator for the changed model."
+            )
+
     # ------------------------------------------------------------------ derivatives
     def linearize(self, X) -> Linearization:
         """Output and Jacobian products on batch ``X`` (see the module docstring)."""

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from curvkit._engine import Batch, MiniBatchEngine
 from curvkit._engine import check_deterministic as probe_determinism
+from curvkit._engine.determinism import random_modules_in_train_mode
 from curvkit.losses import num_loss_terms
 from curvkit.operators._autograd import require_autograd
 from curvkit.operators._differentiation import Linearization, ModelFunction
@@ -89,6 +90,7 @@ class ModelDataSetup:
         self._cache: dict[tuple[int, Hashable], Any] = {}
         self._cached_state: tuple[tuple, Tensor] | None = None
         self._checked_pass = -1
+        self._probed_determinism = False
         self.first_output = self._probe_first_batch()
 
     def _probe_first_batch(self) -> Tensor:
@@ -108,34 +110,61 @@ class ModelDataSetup:
         """
         if not self.cache_batches:
             return compute()
-        if self._checked_pass != self.engine.num_passes:  # once per pass (batch 0 may be skipped)
-            self._checked_pass = self.engine.num_passes
+        if (batch.index, key) not in self._cache:
+            self._cache[batch.index, key] = compute()
+        return self._cache[batch.index, key]
+
+    def _per_batch(self) -> None:
+        """Checks before a batch's product; those about the model once per pass over the data.
+
+        Once per pass (batch 0 may be skipped when it has no loss term): the parameters must be
+        those the operator was built for (:meth:`ModelFunction.check_unchanged`); a model that
+        passed the determinism probe must not have been switched to train mode since; and the
+        cache is emptied if the model changed (:meth:`_model_state`).
+
+        Raises:
+            RuntimeError: Under ``torch.inference_mode()``, or if the model changed as above.
+        """
+        require_autograd()
+        if self._checked_pass == self.engine.num_passes:
+            return
+        self._checked_pass = self.engine.num_passes
+        self.model.check_unchanged()
+        if self._probed_determinism and isinstance(self.model.model_func, torch.nn.Module):
+            offenders = random_modules_in_train_mode(self.model.model_func)
+            if offenders:
+                raise RuntimeError(
+                    "model_func changed to train mode since the operator was built: "
+                    + "; ".join(offenders)
+                    + ". Call model_func.eval() before multiplying."
+                )
+        if self.cache_batches:
             state = self._model_state()
             if self._cached_state is None or not _same_state(state, self._cached_state):
                 self._cache.clear()
                 self._cached_state = state
-        if (batch.index, key) not in self._cache:
-            self._cache[batch.index, key] = compute()
-        return self._cache[batch.index, key]
 
     def _model_state(self) -> tuple[tuple, Tensor]:
         """Storage, version counter and sum of every parameter and buffer the products read.
 
         Version counters see in-place updates, storage addresses see reassignment
         (``p.data = ...``), and the sums see in-place updates through ``.data``, which bypass the
-        version counter. Reading every parameter once per product costs little beside the product.
+        version counter; the modules' ``training`` flags see ``train()`` / ``eval()``. Reading
+        every parameter once per product costs little beside the product.
         """
         model = self.model.model_func
         tensors = list(self.model.tensors)
         if isinstance(model, torch.nn.Module):
             tensors += [*model.parameters(), *model.buffers()]
         identity = tuple((t.data_ptr(), t._version, t.shape, t.dtype) for t in tensors)
+        if isinstance(model, torch.nn.Module):  # train / eval mode changes the function
+            identity += tuple(module.training for module in model.modules())
         sums = torch.stack([t.detach().sum(dtype=torch.float64) for t in tensors if t.is_floating_point()])
         return identity, sums
 
     def linearization(self, batch: Batch) -> Linearization:
         """The batch's output and Jacobian products (cached if requested)."""
-        require_autograd()
+        self._per_batch()
         return self.cached(batch, "linearization", lambda: self.model.linearize(batch.X))
 
     def linearization_along(self, batch: Batch, tangents: list[Tensor]) -> tuple[Linearization, Tensor]:
@@ -143,7 +172,7 @@ class ModelDataSetup:
 
         Without the cache, both come from one forward pass where possible.
         """
-        require_autograd()
+        self._per_batch()
         if self.cache_batches:
             linearization = self.linearization(batch)
             return linearization, linearization.jvp(tangents)
@@ -151,7 +180,7 @@ class ModelDataSetup:
 
     def jvp(self, batch: Batch, tangents: list[Tensor]) -> Tensor:
         """``J V`` on the batch for ``tangents`` (``[k, *θ_p.shape]``), when no ``Jᵀ W`` follows."""
-        require_autograd()
+        self._per_batch()
         if self.cache_batches:
             return self.linearization(batch).jvp(tangents)
         return self.model.jvp(batch.X, tangents)
@@ -160,7 +189,7 @@ class ModelDataSetup:
         self, batch: Batch, block_index: int, block: list[int], several_columns: bool
     ) -> Callable[[list[Tensor]], list[Tensor]]:
         """``V ↦ ∇²L_b V`` for the Hessian block ``block`` (parameter indices; cached if requested)."""
-        require_autograd()
+        self._per_batch()
         return self.cached(
             batch,
             ("hessian", block_index, several_columns),
@@ -177,6 +206,7 @@ class ModelDataSetup:
 
     def check_deterministic(self, product: Callable[[Tensor], Tensor], dim: int) -> None:
         """Run the determinism probe of the engine (see :mod:`curvkit._engine.determinism`)."""
+        self._probed_determinism = True
         probe_determinism(
             self.engine,
             self.model.model_func,

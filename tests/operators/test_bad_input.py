@@ -239,3 +239,58 @@ def test_inference_mode_is_refused_instead_of_giving_zeros(problem, make, num_co
         operator @ vectors
     with torch.no_grad():
         torch.testing.assert_close(operator @ vectors, expected)
+
+
+def _replace_first_weight(model):
+    model[0].weight = nn.Parameter(model[0].weight.detach().clone())
+
+
+def _to_float32(model):
+    model.float()
+
+
+def _freeze_first_weight(model):
+    model[0].weight.requires_grad_(False)
+
+
+MODEL_CHANGES = {
+    "parameter replaced": (_replace_first_weight, "was replaced in model_func"),
+    "dtype changed": (_to_float32, r"is now torch.float32 on cpu"),
+    "frozen": (_freeze_first_weight, "no longer requires grad"),
+}
+
+
+@pytest.mark.parametrize("change", sorted(MODEL_CHANGES))
+@pytest.mark.parametrize("cache_batches", [False, True])
+@pytest.mark.parametrize("num_columns", [1, 3])
+def test_products_refuse_a_model_changed_under_the_operator(change, cache_batches, num_columns):
+    """Stale parameters would give the old model's numbers on some derivative paths, errors on others."""
+    problem = make_problem_from_id("mlp-ce-mean-three-list")
+    G = GGNLinearOperator(
+        problem.model, problem.loss_func, problem.params, problem.data, cache_batches=cache_batches
+    )
+    vectors = torch.ones(problem.dim, num_columns, dtype=torch.float64)
+    G @ vectors
+    modify, message = MODEL_CHANGES[change]
+    modify(problem.model)
+    with pytest.raises(RuntimeError, match=r"params\[0\] " + message):
+        G @ vectors
+
+
+def test_products_refuse_a_model_switched_to_train_mode_after_the_probe():
+    problem = make_problem_from_id("mlp-ce-mean-three-list")
+    model = nn.Sequential(problem.model, nn.Dropout(0.5)).eval()
+    H = HessianLinearOperator(model, problem.loss_func, list(model.parameters()), problem.data)
+    model.train()
+    with pytest.raises(RuntimeError, match="model_func changed to train mode since the operator was built"):
+        H @ torch.ones(H.shape[0], dtype=torch.float64)
+
+
+def test_counted_num_data_follows_the_data():
+    """Only a num_data the user gave is held against the data; a counted one is not frozen."""
+    problem = make_problem_from_id("mlp-ce-mean-three-list")
+    data = list(problem.data)
+    G = GGNLinearOperator(problem.model, problem.loss_func, problem.params, data)
+    assert G.num_data == problem.num_data
+    data.append(problem.data[0])
+    G @ torch.ones(problem.dim, dtype=torch.float64)

@@ -133,6 +133,26 @@ def test_cache_follows_parameter_updates(kind, num_columns, update):
     assert_matches(cached @ vectors, fresh @ vectors, torch.float64)
 
 
+def test_cache_follows_train_and_eval_mode():
+    """BatchNorm computes another function in train mode; the cache must not keep the eval one."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2)
+    ).double()
+    model.eval()
+    data = [(torch.randn(6, 3, dtype=torch.float64), torch.tensor([0, 1, 1, 0, 1, 0]))]
+    options = {"check_deterministic": False}
+    params, loss_func = list(model.parameters()), torch.nn.CrossEntropyLoss()
+    cached = GGNLinearOperator(model, loss_func, params, data, cache_batches=True, **options)
+    vector = torch.ones(cached.shape[0], dtype=torch.float64)
+    cached @ vector
+    model.train()
+    model[1].momentum = 0.0  # running statistics stay put, so both operators see the same model
+    assert_matches(
+        cached @ vector, GGNLinearOperator(model, loss_func, params, data, **options) @ vector, torch.float64
+    )
+
+
 def test_cache_is_kept_while_the_model_does_not_change():
     """Non-finite buffers (clamp bounds, say) must not make every product look like a new model."""
     problem = make_problem_from_id("mlp-ce-mean-three-list")
