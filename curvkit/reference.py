@@ -13,7 +13,9 @@ with :math:`c = 1/K` for ``reduction='mean'`` (``K`` the number of terms the mea
 as ``loss_func`` computes it on the concatenated data) and :math:`c = 1` for ``'sum'``. ``D`` is the total
 number of entries of ``params``, flattened row-major per tensor and concatenated in the given
 order. ``data`` yields mini-batches ``(X, y)``; ``X`` is a tensor or a dict of tensors (then
-``batch_size_fn(X)`` must give its batch size).
+``batch_size_fn(X)`` must give its batch size, and every entry must be batched along its first
+axis: the references concatenate the batches and differentiate sample by sample, so an entry
+shared by a batch's samples is not supported here, while the operators accept it).
 
 Empirical Fisher and MC-Fisher follow the scaling convention of ``DESIGN.md``: per-sample
 gradients :math:`g_n` are those of the per-sample loss *summed* over its terms, and a
@@ -65,8 +67,12 @@ def _dense_hessian(func: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     return jacrev(grad(func))(x)
 
 
-def _param_names(model_func: nn.Module, params: Params) -> tuple[list[str], list[Tensor]]:
-    """Find the names under which ``params`` live in ``model_func`` (matched by identity).
+def _param_names(model_func: nn.Module, params: Params) -> tuple[list[list[str]], list[Tensor]]:
+    """Find every name under which each of ``params`` lives in ``model_func`` (by identity).
+
+    One name per (module object, attribute): a tensor tied to two modules under both, a module
+    registered twice (``nn.Sequential(lin, act, lin)``) once; with both of its paths (or with
+    ``tie_weights=True``) torch 2.13's ``functional_call`` leaves a substitute in the model.
 
     Raises:
         TypeError: If ``model_func`` is not an ``nn.Module``.
@@ -77,14 +83,18 @@ def _param_names(model_func: nn.Module, params: Params) -> tuple[list[str], list
     tensors = list(params.values()) if isinstance(params, Mapping) else list(params)
     if not tensors:
         raise ValueError("params must contain at least one tensor, got none.")
-    name_of = {id(p): name for name, p in model_func.named_parameters()}
+    names_of: dict[int, list[str]] = {}
+    for module_name, module in model_func.named_modules():  # each module object once
+        for name, p in module._parameters.items():
+            if p is not None:
+                names_of.setdefault(id(p), []).append(f"{module_name}.{name}" if module_name else name)
     names = []
     for index, tensor in enumerate(tensors):
-        if id(tensor) not in name_of:
+        if id(tensor) not in names_of:
             raise ValueError(
                 f"params[{index}] (shape {tuple(tensor.shape)}) is not a parameter of model_func."
             )
-        names.append(name_of[id(tensor)])
+        names.append(names_of[id(tensor)])
     return names, tensors
 
 
@@ -136,9 +146,8 @@ def _flat_model(model_func: nn.Module, params: Params) -> tuple[Callable[[Tensor
 
     def output(theta: Tensor, X: Any) -> Tensor:
         blocks = theta.split(numels)
-        return functional_call(
-            model_func, {name: b.reshape(s) for name, b, s in zip(names, blocks, shapes)}, (X,)
-        )
+        values = {alias: b.reshape(s) for aliases, b, s in zip(names, blocks, shapes) for alias in aliases}
+        return functional_call(model_func, values, (X,), tie_weights=False)
 
     return output, torch.cat([tensor.detach().flatten() for tensor in tensors])
 
@@ -173,7 +182,7 @@ def _num_loss_terms(loss_func: nn.Module, output: Tensor, y: Tensor) -> int:
     """
     if isinstance(loss_func, nn.MSELoss | nn.BCEWithLogitsLoss):
         return output.numel()
-    if isinstance(loss_func, nn.CrossEntropyLoss) and loss_func.weight is None:
+    if isinstance(loss_func, nn.CrossEntropyLoss | nn.NLLLoss) and loss_func.weight is None:
         return y.numel() // y.shape[1] if y.is_floating_point() else int((y != loss_func.ignore_index).sum())
     raise NotImplementedError(
         f"Number of averaged terms unknown for loss_func {loss_func!r}; supported: MSELoss, "
@@ -334,7 +343,7 @@ def fisher_mc_matrix(
     log-likelihood of the model's predictive distribution (cross-entropy's label smoothing left
     out). A generator seeded with ``seed`` draws the targets batch by batch, in the order
     ``data`` yields them, via :func:`curvkit.losses.sample_targets`. In expectation over the
-    targets this is the GGN.
+    targets this is the GGN (for cross-entropy, with class indices or normalized probabilities).
 
     Args:
         model_func: The network, an ``nn.Module``.

@@ -1,7 +1,7 @@
 """Dense curvature matrices via ``torch.func``, with the signatures the tutorials use.
 
 Thin wrappers over :mod:`curvkit.reference`; ``input_key`` names the entry of a dict input ``X``
-whose leading dimension is the batch size.
+whose leading dimension is the batch size (every entry must be batched, see the reference).
 """
 
 from __future__ import annotations

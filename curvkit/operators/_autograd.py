@@ -82,9 +82,21 @@ def reverse_products(
     return jvp, vjp
 
 
+def call_with(module: torch.nn.Module, aliases: list[list[str]], values: Sequence[Tensor], X) -> Tensor:
+    """``module(X)`` with the parameters under ``aliases`` (all names of each) replaced by ``values``.
+
+    One name per (module object, attribute) is given, and ``tie_weights=False``: with torch 2.13's
+    default, or with both paths of a module registered twice (``nn.Sequential(lin, act, lin)``),
+    the module is not restored after the call, and the user's model keeps a substitute tensor in
+    place of its parameter.
+    """
+    mapping = {alias: value for names, value in zip(aliases, values) for alias in names}
+    return functional_call(module, mapping, (X,), tie_weights=False)
+
+
 def output_with_tangent(
     module: torch.nn.Module,
-    names: list[str],
+    aliases: list[list[str]],
     tensors: list[Tensor],
     X,
     tangents: list[Tensor],
@@ -94,7 +106,7 @@ def output_with_tangent(
 
     Args:
         module: The model.
-        names: Attribute names of ``tensors`` in ``module``.
+        aliases: Every attribute name of each of ``tensors`` in ``module``.
         tensors: The parameters ``θ``.
         X: Batch input.
         tangents: ``v`` as ``[1, *θ_p.shape]`` per parameter.
@@ -108,8 +120,8 @@ def output_with_tangent(
             the message).
     """
     with torch.set_grad_enabled(record_graph), differentiable_attention(), forward_ad.dual_level():
-        duals = {name: forward_ad.make_dual(t, v[0]) for name, t, v in zip(names, tensors, tangents)}
-        output, output_tangent = forward_ad.unpack_dual(functional_call(module, duals, (X,)))
+        duals = [forward_ad.make_dual(t, v[0]) for t, v in zip(tensors, tangents)]
+        output, output_tangent = forward_ad.unpack_dual(call_with(module, aliases, duals, X))
     if output_tangent is None:  # no parameter reaches the output on this batch
         output_tangent = torch.zeros_like(output)
     return output, output_tangent.unsqueeze(0)

@@ -36,11 +36,12 @@ from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, vjp, vmap
+from torch.func import grad, vjp, vmap
 from torch.func import jvp as forward_jvp
 
 from curvkit._layout import TensorListLayout
 from curvkit.operators._autograd import (
+    call_with,
     differentiable_attention,
     hessian_products,
     output_with_tangent,
@@ -77,11 +78,21 @@ def normalize_params(
     return None, list(params)
 
 
-def _module_parameter_names(model: nn.Module, names: list[str] | None, tensors: list[Tensor]) -> list[str]:
-    """Find the attribute name of each tensor in ``model`` (by identity)."""
-    by_identity = {}
-    for name, tensor in model.named_parameters(remove_duplicate=False):
-        by_identity.setdefault(id(tensor), name)
+def _module_parameter_names(
+    model: nn.Module, names: list[str] | None, tensors: list[Tensor]
+) -> list[list[str]]:
+    """Every attribute name of each tensor in ``model``, matched by identity.
+
+    A tensor tied to several modules is listed under each (all are substituted); a module
+    registered twice is listed once, under its first path (substituting both of its paths makes
+    torch 2.13 leave a substitute behind in the model).
+    """
+    by_identity: dict[int, list[str]] = {}
+    for module_name, module in model.named_modules():  # each module object once
+        for name, tensor in module._parameters.items():
+            if tensor is not None:
+                path = f"{module_name}.{name}" if module_name else name
+                by_identity.setdefault(id(tensor), []).append(path)
     found = []
     for index, tensor in enumerate(tensors):
         label = f"params[{names[index]!r}]" if names else f"params[{index}]"
@@ -136,7 +147,7 @@ class ModelFunction:
         self.is_module = isinstance(model_func, nn.Module)
         self.prefers_forward_mode = _has_convolutions(model_func)
         self.forward_mode_available = True  # until an operation without forward-mode derivative shows up
-        self._names = _module_parameter_names(model_func, names, tensors) if self.is_module else None
+        self._aliases = _module_parameter_names(model_func, names, tensors) if self.is_module else None
 
     # ------------------------------------------------------------------ evaluation
     def __call__(self, X: Tensor | Mapping[str, Tensor]) -> Tensor:
@@ -145,12 +156,13 @@ class ModelFunction:
 
     def functional(self, X, indices: Sequence[int]) -> Callable[..., Tensor]:
         """``(θ_i for i in indices) ↦ f(X; θ)`` with the other parameters held fixed."""
-        fixed = {name: tensor.detach() for name, tensor in zip(self._names, self.tensors)}
+        fixed = [tensor.detach() for tensor in self.tensors]
 
         def forward(*values: Tensor) -> Tensor:
-            replaced = dict(fixed)
-            replaced.update({self._names[i]: value for i, value in zip(indices, values)})
-            return functional_call(self.model_func, replaced, (X,))
+            replaced = list(fixed)
+            for index, value in zip(indices, values):
+                replaced[index] = value
+            return call_with(self.model_func, self._aliases, replaced, X)
 
         return forward
 
@@ -181,8 +193,10 @@ class ModelFunction:
                 changed dtype, device or shape (``model.double()``), or stopped requiring grad.
         """
         for index, (label, tensor) in enumerate(zip(self.labels, self.tensors)):
-            if self._names is not None and self.model_func.get_parameter(self._names[index]) is not tensor:
-                problem = f"was replaced in model_func (attribute '{self._names[index]}')"
+            if self._aliases is not None and any(
+                self.model_func.get_parameter(name) is not tensor for name in self._aliases[index]
+            ):
+                problem = f"was replaced in model_func (attribute '{self._aliases[index][0]}')"
             elif (tensor.dtype, tensor.device, tensor.shape) != (
                 self.dtype,
                 self.device,
@@ -214,7 +228,7 @@ class ModelFunction:
         """
         if tangents[0].shape[0] == 1:
             dual = self._in_forward_mode(
-                lambda: output_with_tangent(self.model_func, self._names, self.tensors, X, tangents)
+                lambda: output_with_tangent(self.model_func, self._aliases, self.tensors, X, tangents)
             )
             if dual is not None:
                 output, output_tangents = dual
@@ -243,7 +257,7 @@ class ModelFunction:
         """``J V`` in forward mode: dual numbers for one column, ``vmap``-ed ``torch.func.jvp`` else."""
         if tangents[0].shape[0] == 1:
             return output_with_tangent(
-                self.model_func, self._names, self.tensors, X, tangents, record_graph=False
+                self.model_func, self._aliases, self.tensors, X, tangents, record_graph=False
             )[1]
         forward = self.functional(X, range(len(self.tensors)))
         primals = tuple(tensor.detach() for tensor in self.tensors)

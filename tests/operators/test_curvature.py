@@ -133,6 +133,31 @@ def test_cache_follows_parameter_updates(kind, num_columns, update):
     assert_matches(cached @ vectors, fresh @ vectors, torch.float64)
 
 
+@pytest.mark.parametrize("kind", sorted(OPERATORS))
+def test_a_module_registered_twice_is_left_as_it_was(kind):
+    """``nn.Sequential(lin, act, lin)``: torch's functional_call can leave a substitute behind."""
+    torch.manual_seed(0)
+    shared = torch.nn.Linear(3, 3).double()
+    model = torch.nn.Sequential(shared, torch.nn.Tanh(), shared)
+    weight = shared.weight
+    data = [(torch.randn(4, 3, dtype=torch.float64), torch.randint(0, 3, (4,)))]
+    params, loss_func = list(model.parameters()), torch.nn.CrossEntropyLoss()
+    operator = OPERATORS[kind](model, loss_func, params, data)
+    dense = operator.to_dense()
+    operator @ torch.ones(operator.shape[0], dtype=torch.float64)
+    assert shared.weight is weight and model[2].weight is weight
+    assert_matches(dense, _REFERENCE_FUNCTIONS[kind](model, loss_func, params, data), torch.float64)
+    assert shared.weight is weight
+
+
+_REFERENCE_FUNCTIONS = {
+    "hessian": reference.hessian_matrix,
+    "ggn": reference.ggn_matrix,
+    "ef": reference.empirical_fisher_matrix,
+    "fisher_mc": reference.fisher_mc_matrix,
+}
+
+
 def test_cache_follows_train_and_eval_mode():
     """BatchNorm computes another function in train mode; the cache must not keep the eval one."""
     torch.manual_seed(0)

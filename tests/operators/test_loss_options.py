@@ -171,3 +171,12 @@ def test_cache_notices_parameter_updates_when_the_first_batch_has_no_loss_term()
         for param in params:
             param.mul_(1.1)
     assert_close(cached @ vector, reference.hessian_matrix(model, loss_func, params, data) @ vector)
+
+
+def test_reference_empirical_fisher_of_nll_loss():
+    """The reference counts NLLLoss's averaged terms like cross-entropy's."""
+    loss_func = nn.NLLLoss(ignore_index=-100)
+    model, params, data = mlp_problem(class_targets(IGNORED))
+    model.append(nn.LogSoftmax(dim=1))
+    expected = reference.empirical_fisher_matrix(model, loss_func, params, data)
+    assert_close(EFLinearOperator(model, loss_func, params, data).to_dense(), expected)
