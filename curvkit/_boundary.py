@@ -67,14 +67,20 @@ def numpy_dtype_of(dtype: torch.dtype) -> numpy.dtype:
     return _TORCH_TO_NUMPY.get(dtype, numpy.dtype("float32"))
 
 
-def as_dimension(value: Any, name: str) -> int:
-    """Return ``value`` as an ``int`` if it is a non-negative integer (NumPy integers too).
+def as_integer(value: Any, name: str, minimum: int | None = None) -> int:
+    """Return ``value`` as an ``int`` if it is an integer ``≥ minimum`` (NumPy integers too).
+
+    The one check of integer arguments (dimensions, counts, seeds) everywhere in curvkit.
 
     Raises:
-        ValueError: For anything else, booleans included.
+        ValueError: For anything else, booleans included, naming ``name``.
     """
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {value!r}.")
+    too_small = minimum is not None and isinstance(value, Integral) and value < minimum
+    if isinstance(value, bool) or not isinstance(value, Integral) or too_small:
+        kind = {None: "an integer", 0: "a non-negative integer", 1: "a positive integer"}.get(
+            minimum, f"an integer ≥ {minimum}"
+        )
+        raise ValueError(f"{name} must be {kind}, got {value!r}.")
     return int(value)
 
 

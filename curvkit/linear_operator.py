@@ -17,7 +17,7 @@ import torch
 from scipy.sparse.linalg import LinearOperator as ScipyLinearOperator
 from torch import Tensor
 
-from curvkit._boundary import as_dimension, as_tensor, real_scalar, scipy_view, to_numpy, torch_dtype_of
+from curvkit._boundary import as_integer, as_tensor, real_scalar, scipy_view, to_numpy, torch_dtype_of
 from curvkit._differentiable import AdjointBackward, may_carry_tangent
 from curvkit._layout import TensorListLayout
 
@@ -81,7 +81,7 @@ class LinearOperator:
     ):
         if len(shape) != 2:
             raise ValueError(f"shape must be a pair of non-negative integers, got {shape!r}.")
-        shape = (as_dimension(shape[0], "shape[0]"), as_dimension(shape[1], "shape[1]"))
+        shape = (as_integer(shape[0], "shape[0]", minimum=0), as_integer(shape[1], "shape[1]", minimum=0))
         if (symmetric or psd) and shape[0] != shape[1]:
             raise ValueError(f"A symmetric operator must be square, got shape {shape}.")
         if dtype is not None and (not isinstance(dtype, torch.dtype) or torch_dtype_of(dtype) != dtype):

@@ -10,7 +10,7 @@ import numpy
 import torch
 from torch import Tensor
 
-from curvkit._boundary import as_dimension, as_tensor
+from curvkit._boundary import as_integer, as_tensor
 from curvkit.linear_operator import LinearOperator
 
 
@@ -31,7 +31,7 @@ class IdentityLinearOperator(LinearOperator):
     """
 
     def __init__(self, dim: int, dtype: torch.dtype | None = None, device: torch.device | str | None = None):
-        dim = as_dimension(dim, "dim")
+        dim = as_integer(dim, "dim", minimum=0)
         super().__init__((dim, dim), dtype=dtype, device=device, psd=True)
 
     def _matmat(self, X: Tensor) -> Tensor:

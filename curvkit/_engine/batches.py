@@ -19,12 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from numbers import Integral
 from typing import Any
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
+
+from curvkit._boundary import as_integer
 
 BatchInput = Tensor | Mapping[str, Tensor]
 
@@ -91,17 +92,14 @@ class MiniBatchEngine:
                 f"data must be re-iterable (every product passes over it), got a one-shot "
                 f"{type(data).__name__}. Pass a list of (X, y) batches or a DataLoader."
             )
-        if num_data is not None and (
-            not isinstance(num_data, Integral) or isinstance(num_data, bool) or num_data <= 0
-        ):
-            raise ValueError(f"num_data must be a positive integer, got {num_data!r}.")
+        num_data = None if num_data is None else as_integer(num_data, "num_data", minimum=1)
         if batch_size_fn is not None and not callable(batch_size_fn):
             raise ValueError("batch_size_fn must be callable, mapping X to its batch size.")
         self.data = data
         self.device = device
         self.progressbar = progressbar
         self._batch_size_fn = batch_size_fn
-        self._num_data = None if num_data is None else int(num_data)
+        self._num_data = num_data
         self._num_data_given = num_data is not None  # only a given one is checked against passes
         self._loss_terms = loss_terms or (lambda batch: float(batch.size))
         self.num_passes = 0  # passes started, so that per-pass checks (the cache's) know a new one

@@ -26,7 +26,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from curvkit.linalg._operator import positive_int, square_operator, working_dtype
+from curvkit._boundary import as_integer
+from curvkit.linalg._operator import square_operator, working_dtype
 from curvkit.linalg._random import check_distribution, random_block
 from curvkit.linear_operator import LinearOperator
 
@@ -49,7 +50,7 @@ def checked_half_budget(A, num_matvecs: int, distribution: str, method: str) -> 
             ``distribution`` is unknown.
     """
     A = square_operator(A, typed=True)
-    positive_int(num_matvecs, "num_matvecs", minimum=2)
+    as_integer(num_matvecs, "num_matvecs", minimum=2)
     check_distribution(distribution)
     if num_matvecs // 2 > A.shape[0]:
         raise ValueError(

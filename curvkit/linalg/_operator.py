@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from numbers import Integral, Real
+from numbers import Real
 from typing import Any
 
 import numpy
@@ -95,17 +95,6 @@ def needs_transpose(routine: str, product: Callable[[Tensor], Tensor], X: Tensor
             f"({type(error).__name__}: {error}). Give it a .T that supports @, or subclass "
             "curvkit.LinearOperator implementing _rmatmat (or declaring symmetric=True if A = Aᵀ)."
         ) from error
-
-
-def positive_int(value: Any, name: str, minimum: int = 1) -> int:
-    """Return ``value`` if it is an integer ``≥ minimum``.
-
-    Raises:
-        ValueError: Otherwise.
-    """
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value!r}.")
-    return int(value)
 
 
 def nonnegative_float(value: Any, name: str) -> float:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from functools import partial
-from numbers import Integral
 from typing import Any
 
 import torch
@@ -25,11 +24,6 @@ from curvkit.operators._differentiation import Linearization, ModelFunction
 def _same_state(first: tuple[tuple, Tensor], second: tuple[tuple, Tensor]) -> bool:
     """Equal identities and bit-for-bit equal sums (a NaN sum equals itself)."""
     return first[0] == second[0] and torch.equal(first[1].view(torch.int64), second[1].view(torch.int64))
-
-
-def is_integer(value: Any) -> bool:
-    """Whether ``value`` is an integer (NumPy's too), not a ``bool``."""
-    return isinstance(value, Integral) and not isinstance(value, bool)
 
 
 def _loss_terms(loss_func: Callable, batch: Batch) -> float:

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import torch
 from torch import Generator, Tensor
 
+from curvkit._boundary import as_integer
 from curvkit._engine import Batch
 from curvkit.losses import (
     batch_loss_scale,
@@ -18,7 +19,6 @@ from curvkit.losses import (
 )
 from curvkit.operators._curvature import CurvatureLinearOperator
 from curvkit.operators._jtlj import gradient_outer_product, jtlj_matmat
-from curvkit.operators._setup import is_integer
 
 
 class EFLinearOperator(CurvatureLinearOperator):
@@ -139,11 +139,7 @@ class FisherMCLinearOperator(CurvatureLinearOperator):
         cache_batches: bool = False,
     ):
         check_supported(loss_func, "FisherMCLinearOperator")
-        if not is_integer(mc_samples) or mc_samples < 1:
-            raise ValueError(f"mc_samples must be a positive integer, got {mc_samples!r}.")
-        if not is_integer(seed):
-            raise ValueError(f"seed must be an integer, got {seed!r}.")
-        self._seed, self._mc_samples = int(seed), int(mc_samples)
+        self._seed, self._mc_samples = as_integer(seed, "seed"), as_integer(mc_samples, "mc_samples", 1)
         super().__init__(
             model_func,
             loss_func,

@@ -9,6 +9,7 @@ from torch import Tensor
 from torch.func import vjp, vmap
 from torch.utils._pytree import tree_map
 
+from curvkit._boundary import as_integer
 from curvkit._engine import Batch
 from curvkit.losses import (
     batch_loss_scale,
@@ -19,7 +20,7 @@ from curvkit.losses import (
     sampled_output_gradients,
 )
 from curvkit.operators._differentiation import differentiable_attention
-from curvkit.operators._setup import ModelDataSetup, is_integer
+from curvkit.operators._setup import ModelDataSetup
 from curvkit.structured import DiagonalLinearOperator
 
 
@@ -76,11 +77,7 @@ def ggn_diagonal(
         raise ValueError(f"mode must be 'exact' or 'mc', got {mode!r}.")
     if not isinstance(model_func, torch.nn.Module):
         raise ValueError("model_func must be an nn.Module for the GGN diagonal (per-sample vmap).")
-    if not is_integer(mc_samples) or mc_samples < 1:
-        raise ValueError(f"mc_samples must be a positive integer, got {mc_samples!r}.")
-    if not is_integer(seed):
-        raise ValueError(f"seed must be an integer, got {seed!r}.")
-    mc_samples, seed = int(mc_samples), int(seed)
+    mc_samples, seed = as_integer(mc_samples, "mc_samples", 1), as_integer(seed, "seed")
     check_supported(loss_func, "the GGN diagonal")
     setup = ModelDataSetup(
         model_func,

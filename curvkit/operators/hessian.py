@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import accumulate, pairwise
+from numbers import Integral
 from typing import Any
 
 from torch import Tensor
@@ -11,7 +12,6 @@ from torch import Tensor
 from curvkit._engine import Batch
 from curvkit.operators._curvature import CurvatureLinearOperator
 from curvkit.operators._differentiation import normalize_params
-from curvkit.operators._setup import is_integer
 
 
 class HessianLinearOperator(CurvatureLinearOperator):
@@ -90,7 +90,9 @@ def _blocks_of(block_sizes: Sequence[int], num_tensors: int) -> list[list[int]]:
     """
     if isinstance(block_sizes, (str, bytes)) or not isinstance(block_sizes, Sequence):
         raise ValueError(f"block_sizes must be a list of integers, got {type(block_sizes).__name__}.")
-    if any(not is_integer(size) or size < 1 for size in block_sizes) or sum(block_sizes) != num_tensors:
+    if any(isinstance(size, bool) or not isinstance(size, Integral) or size < 1 for size in block_sizes) or (
+        sum(block_sizes) != num_tensors
+    ):
         raise ValueError(
             f"block_sizes must be positive integers summing to the number of parameter tensors "
             f"({num_tensors}), got {list(block_sizes)}."

@@ -7,8 +7,8 @@ from typing import Any
 import numpy
 from torch import Tensor
 
-from curvkit._boundary import to_numpy
-from curvkit.linalg._operator import positive_int, square_operator, working_dtype
+from curvkit._boundary import as_integer, to_numpy
+from curvkit.linalg._operator import square_operator, working_dtype
 from curvkit.linalg._random import Seed, as_generator, check_distribution, random_block
 from curvkit.linear_operator import LinearOperator
 
@@ -51,7 +51,7 @@ def hutchinson_diag(
         tensor([1., 2., 3.])
     """
     A = square_operator(A, typed=True)
-    positive_int(num_matvecs, "num_matvecs")
+    as_integer(num_matvecs, "num_matvecs", minimum=1)
     check_distribution(distribution)
     generator = as_generator(seed, A.device)
     V = random_block(A.shape[0], num_matvecs, distribution, generator, working_dtype(A), A.device)

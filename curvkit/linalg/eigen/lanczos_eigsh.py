@@ -7,7 +7,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from curvkit.linalg._operator import nonnegative_float, positive_int, square_operator, working_dtype
+from curvkit._boundary import as_integer
+from curvkit.linalg._operator import nonnegative_float, square_operator, working_dtype
 from curvkit.linalg._random import Seed, as_generator
 from curvkit.linalg.lanczos import LanczosProcess
 from curvkit.linear_operator import LinearOperator
@@ -216,13 +217,13 @@ def lanczos_eigsh(
     """
     A = square_operator(A, typed=True)
     n = A.shape[0]
-    positive_int(k, "k")
+    as_integer(k, "k", minimum=1)
     if k > n:
         raise ValueError(f"k must be at most the operator's dimension {n}, got {k}.")
     if which not in WHICH:
         raise ValueError(f"which must be one of {WHICH}, got {which!r}.")
     tol = nonnegative_float(tol, "tol")
-    ncv = min(n, max(2 * k + 1, 20)) if ncv is None else positive_int(ncv, "ncv")
+    ncv = min(n, max(2 * k + 1, 20)) if ncv is None else as_integer(ncv, "ncv", minimum=1)
     if ncv > n or (ncv <= k and ncv != n):
         raise ValueError(f"ncv must satisfy k < ncv ≤ dim (or ncv = dim), got ncv={ncv}, k={k}, dim={n}.")
     if which == "LM" and ncv < min(n, 2 * k + 1):
@@ -230,7 +231,7 @@ def lanczos_eigsh(
             f"which='LM' needs ncv ≥ 2k + 1 = {2 * k + 1} (got {ncv}): the wanted eigenvalues may sit at "
             "both ends of the spectrum, and a smaller basis can accept one end before the other appears."
         )
-    max_matvecs = 10 * n if max_matvecs is None else positive_int(max_matvecs, "max_matvecs")
+    max_matvecs = 10 * n if max_matvecs is None else as_integer(max_matvecs, "max_matvecs", minimum=1)
     tol = max(tol, torch.finfo(working_dtype(A)).eps)
 
     search = _Search(A, k, which, tol, ncv, max_matvecs, as_generator(seed, A.device))

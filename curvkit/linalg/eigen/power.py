@@ -7,7 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from curvkit.linalg._operator import nonnegative_float, positive_int, square_operator, working_dtype
+from curvkit._boundary import as_integer
+from curvkit.linalg._operator import nonnegative_float, square_operator, working_dtype
 from curvkit.linalg._random import Seed, as_generator, random_block
 
 
@@ -50,7 +51,7 @@ def power_iteration(
     """
     A = square_operator(A, typed=True)
     tol = nonnegative_float(tol, "tol")
-    positive_int(max_iterations, "max_iterations")
+    as_integer(max_iterations, "max_iterations", minimum=1)
     generator = as_generator(seed, A.device)
     v = random_block(A.shape[0], 1, "normal", generator, working_dtype(A), A.device)
     v = v / torch.linalg.vector_norm(v)

@@ -10,8 +10,8 @@ import numpy
 import torch
 from torch import Tensor
 
-from curvkit._boundary import as_tensor
-from curvkit.linalg._operator import nonnegative_float, positive_int, square_operator
+from curvkit._boundary import as_integer, as_tensor
+from curvkit.linalg._operator import nonnegative_float, square_operator
 from curvkit.linear_operator import DenseLinearOperator, LinearOperator, as_linear_operator
 
 
@@ -163,7 +163,7 @@ class CGInverseLinearOperator(LinearOperator):
         n = self.shape[0]
         self._tol = nonnegative_float(tol, "tol")
         self._atol = 0.0 if atol is None else nonnegative_float(atol, "atol")
-        self._maxiter = None if maxiter is None else positive_int(maxiter, "maxiter")
+        self._maxiter = None if maxiter is None else as_integer(maxiter, "maxiter", minimum=1)
         if x0 is not None:
             x0 = as_tensor(x0, self._A.dtype, self._A.device, name="x0")
             if x0.ndim not in (1, 2) or x0.shape[0] != n:

@@ -8,7 +8,8 @@ from warnings import warn
 import torch
 from torch import Tensor
 
-from curvkit.linalg._operator import needs_transpose, nonnegative_float, positive_int
+from curvkit._boundary import as_integer
+from curvkit.linalg._operator import needs_transpose, nonnegative_float
 from curvkit.linear_operator import LinearOperator, as_linear_operator
 
 
@@ -168,7 +169,7 @@ class LSMRInverseLinearOperator(LinearOperator):
         if not nonnegative_float(conlim, "conlim") > 0:
             raise ValueError(f"conlim must be positive, got {conlim!r}.")
         self._conlim = float(conlim)
-        self._maxiter = None if maxiter is None else positive_int(maxiter, "maxiter")
+        self._maxiter = None if maxiter is None else as_integer(maxiter, "maxiter", minimum=1)
 
     def _solve(self, A: LinearOperator, B: Tensor) -> Tensor:
         return lsmr(A, B, atol=self._atol, btol=self._btol, conlim=self._conlim, maxiter=self._maxiter)

@@ -10,7 +10,8 @@ from warnings import warn
 import torch
 from torch import Tensor
 
-from curvkit.linalg._operator import positive_int, square_operator
+from curvkit._boundary import as_integer
+from curvkit.linalg._operator import square_operator
 from curvkit.linear_operator import LinearOperator
 
 GROWTH_LIMIT = 1e6
@@ -105,7 +106,7 @@ class NeumannInverseLinearOperator(LinearOperator):
         Raises:
             ValueError: If ``num_terms < 0`` or ``scale`` is not positive and finite.
         """
-        self._num_terms = positive_int(num_terms, "num_terms", minimum=0)
+        self._num_terms = as_integer(num_terms, "num_terms", minimum=0)
         if isinstance(scale, bool) or not isinstance(scale, Real) or not 0 < scale < float("inf"):
             raise ValueError(f"scale must be a positive finite number, got {scale!r}.")
         self._scale = float(scale)

@@ -10,8 +10,8 @@ import numpy
 import torch
 from torch import Tensor
 
-from curvkit._boundary import to_numpy
-from curvkit.linalg._operator import finite_float, nonnegative_float, positive_int, square_operator
+from curvkit._boundary import as_integer, to_numpy
+from curvkit.linalg._operator import finite_float, nonnegative_float, square_operator
 from curvkit.linalg._random import Seed, as_generator
 from curvkit.linalg.spectrum.quadrature import Quadrature, lanczos_quadrature
 
@@ -51,7 +51,7 @@ def check_smoothing(num_points: Any, kappa: Any, margin: Any) -> tuple[int, floa
     Raises:
         ValueError: Otherwise, naming the argument.
     """
-    num_points = positive_int(num_points, "num_points", minimum=2)
+    num_points = as_integer(num_points, "num_points", minimum=2)
     kappa = finite_float(kappa, "kappa")
     if not kappa > 1:
         raise ValueError(f"kappa must be greater than 1, got {kappa!r}.")
@@ -124,7 +124,7 @@ class _CachedLanczosQuadratures:
 
     def _quadratures_for(self, num_repeats: int) -> list[Quadrature]:
         """The first ``num_repeats`` quadratures, running Lanczos for the missing ones."""
-        positive_int(num_repeats, "num_repeats")
+        as_integer(num_repeats, "num_repeats", minimum=1)
         while len(self._quadratures) < num_repeats:
             need_boundaries = self._ritz_boundaries is None and None in (self._given_low, self._given_high)
             quadrature, ritz = lanczos_quadrature(

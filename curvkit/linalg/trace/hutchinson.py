@@ -6,7 +6,8 @@ from typing import Any
 
 from torch import Tensor
 
-from curvkit.linalg._operator import positive_int, square_operator, working_dtype
+from curvkit._boundary import as_integer
+from curvkit.linalg._operator import square_operator, working_dtype
 from curvkit.linalg._random import Seed, as_generator, check_distribution, random_block
 
 
@@ -49,7 +50,7 @@ def hutchinson_trace(
         5050.0
     """
     A = square_operator(A, typed=True)
-    positive_int(num_matvecs, "num_matvecs")
+    as_integer(num_matvecs, "num_matvecs", minimum=1)
     check_distribution(distribution)
     generator = as_generator(seed, A.device)
     V = random_block(A.shape[0], num_matvecs, distribution, generator, working_dtype(A), A.device)

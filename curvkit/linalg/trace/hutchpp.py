@@ -7,7 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from curvkit.linalg._operator import positive_int, square_operator, working_dtype
+from curvkit._boundary import as_integer
+from curvkit.linalg._operator import square_operator, working_dtype
 from curvkit.linalg._random import Seed, as_generator, check_distribution, random_block
 from curvkit.linear_operator import LinearOperator
 
@@ -66,7 +67,7 @@ def hutchpp_trace(A: Any, num_matvecs: int, *, distribution: str = "rademacher",
         6.0
     """
     A = square_operator(A, typed=True)
-    positive_int(num_matvecs, "num_matvecs", minimum=3)
+    as_integer(num_matvecs, "num_matvecs", minimum=3)
     check_distribution(distribution)
     basis_dim = num_matvecs // 3
     if basis_dim > A.shape[0]:
@@ -145,7 +146,7 @@ class HutchPPTraceEstimator:
         self._A = square_operator(A, typed=True)
         dim = self._A.shape[0]
         basis_dim = min(10, max(dim // 100, 1)) if basis_dim is None else basis_dim
-        positive_int(basis_dim, "basis_dim")
+        as_integer(basis_dim, "basis_dim", minimum=1)
         if basis_dim > dim:
             raise ValueError(f"basis_dim must be at most the operator's dimension {dim}, got {basis_dim}.")
         self._basis_dim = basis_dim
