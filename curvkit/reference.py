@@ -36,10 +36,11 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, jacrev, vmap
+from torch.func import grad, jacrev, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from curvkit.losses import sample_targets
+from curvkit.operators._autograd import call_with, parameter_paths
 
 Params = Sequence[Tensor] | Mapping[str, Tensor]
 Batch = tuple[Tensor | Mapping[str, Tensor], Tensor]
@@ -68,11 +69,9 @@ def _dense_hessian(func: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
 
 
 def _param_names(model_func: nn.Module, params: Params) -> tuple[list[list[str]], list[Tensor]]:
-    """Find every name under which each of ``params`` lives in ``model_func`` (by identity).
+    """Find the names under which each of ``params`` is substituted in ``model_func``.
 
-    One name per (module object, attribute): a tensor tied to two modules under both, a module
-    registered twice (``nn.Sequential(lin, act, lin)``) once; with both of its paths (or with
-    ``tie_weights=True``) torch 2.13's ``functional_call`` leaves a substitute in the model.
+    Matched by identity (:func:`curvkit.operators._autograd.parameter_paths`).
 
     Raises:
         TypeError: If ``model_func`` is not an ``nn.Module``.
@@ -83,11 +82,7 @@ def _param_names(model_func: nn.Module, params: Params) -> tuple[list[list[str]]
     tensors = list(params.values()) if isinstance(params, Mapping) else list(params)
     if not tensors:
         raise ValueError("params must contain at least one tensor, got none.")
-    names_of: dict[int, list[str]] = {}
-    for module_name, module in model_func.named_modules():  # each module object once
-        for name, p in module._parameters.items():
-            if p is not None:
-                names_of.setdefault(id(p), []).append(f"{module_name}.{name}" if module_name else name)
+    names_of = parameter_paths(model_func)
     names = []
     for index, tensor in enumerate(tensors):
         if id(tensor) not in names_of:
@@ -146,8 +141,7 @@ def _flat_model(model_func: nn.Module, params: Params) -> tuple[Callable[[Tensor
 
     def output(theta: Tensor, X: Any) -> Tensor:
         blocks = theta.split(numels)
-        values = {alias: b.reshape(s) for aliases, b, s in zip(names, blocks, shapes) for alias in aliases}
-        return functional_call(model_func, values, (X,), tie_weights=False)
+        return call_with(model_func, names, [b.reshape(s) for b, s in zip(blocks, shapes)], X)
 
     return output, torch.cat([tensor.detach().flatten() for tensor in tensors])
 

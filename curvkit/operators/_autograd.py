@@ -82,6 +82,21 @@ def reverse_products(
     return jvp, vjp
 
 
+def parameter_paths(module: torch.nn.Module) -> dict[int, list[str]]:
+    """The names :func:`call_with` substitutes each parameter under, keyed by ``id``.
+
+    One per (module object, attribute): a tensor tied to several modules under each of them, a
+    module registered twice (``nn.Sequential(lin, act, lin)``) under its first path only
+    (substituting both of its paths makes torch 2.13 leave a substitute behind in the model).
+    """
+    paths: dict[int, list[str]] = {}
+    for module_name, submodule in module.named_modules():  # each module object once
+        for name, tensor in submodule._parameters.items():
+            if tensor is not None:
+                paths.setdefault(id(tensor), []).append(f"{module_name}.{name}" if module_name else name)
+    return paths
+
+
 def call_with(module: torch.nn.Module, aliases: list[list[str]], values: Sequence[Tensor], X) -> Tensor:
     """``module(X)`` with the parameters under ``aliases`` (all names of each) replaced by ``values``.
 

@@ -45,6 +45,7 @@ from curvkit.operators._autograd import (
     differentiable_attention,
     hessian_products,
     output_with_tangent,
+    parameter_paths,
     reverse_products,
 )
 
@@ -81,18 +82,8 @@ def normalize_params(
 def _module_parameter_names(
     model: nn.Module, names: list[str] | None, tensors: list[Tensor]
 ) -> list[list[str]]:
-    """Every attribute name of each tensor in ``model``, matched by identity.
-
-    A tensor tied to several modules is listed under each (all are substituted); a module
-    registered twice is listed once, under its first path (substituting both of its paths makes
-    torch 2.13 leave a substitute behind in the model).
-    """
-    by_identity: dict[int, list[str]] = {}
-    for module_name, module in model.named_modules():  # each module object once
-        for name, tensor in module._parameters.items():
-            if tensor is not None:
-                path = f"{module_name}.{name}" if module_name else name
-                by_identity.setdefault(id(tensor), []).append(path)
+    """The names of each tensor in ``model`` (matched by identity, see :func:`parameter_paths`)."""
+    by_identity = parameter_paths(model)
     found = []
     for index, tensor in enumerate(tensors):
         label = f"params[{names[index]!r}]" if names else f"params[{index}]"
