@@ -97,10 +97,10 @@ class ModelDataSetup:
     def cached(self, batch: Batch, key: Hashable, compute: Callable[[], Any]) -> Any:
         """``compute()``, remembered per batch when ``cache_batches`` is on.
 
-        Once in every pass over the data, the cache is emptied if the model changed since it was
-        filled (:meth:`_model_state`): an optimizer step, ``vector_to_parameters``, an update
-        through ``.data``, of ``params`` or of any other parameter or buffer of the module. The
-        operator then follows the current model, as without the cache.
+        :meth:`_per_batch` empties it once per pass if the model changed since it was filled
+        (:meth:`_model_state`): an optimizer step, ``vector_to_parameters``, an update through
+        ``.data``, of ``params`` or of any other parameter or buffer of the module, a train/eval
+        switch. The operator then follows the current model, as without the cache.
         """
         if not self.cache_batches:
             return compute()
