@@ -53,6 +53,20 @@ def make_problem(name: str, device: torch.device, quick: bool):
         num_batches, batch_size = 2, 64 // shrink
         inputs = [torch.randn(batch_size, 3, 16, 16) for _ in range(num_batches)]
         targets = [torch.randint(0, 10, (batch_size,)) for _ in range(num_batches)]
+    elif name == "cnn-wide":  # larger activations per sample: where wide products run out of memory
+        model = nn.Sequential(
+            nn.Conv2d(3, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(64 * 8 * 8, 10),
+        )
+        num_batches, batch_size = 1, 64 // shrink
+        inputs = [torch.randn(batch_size, 3, 32, 32) for _ in range(num_batches)]
+        targets = [torch.randint(0, 10, (batch_size,)) for _ in range(num_batches)]
     elif name == "transformer":
         model = SequenceClassifier()
         num_batches, batch_size, length = 4, 32 // shrink, 16
@@ -69,6 +83,7 @@ def make_problem(name: str, device: torch.device, quick: bool):
 PROBLEM_LABELS = {
     "mlp": "MLP 784-256-256-10, 4 batches of 128, CE",
     "cnn": "CNN conv16-conv32/s2-linear on 3x16x16, 2 batches of 64, CE",
+    "cnn-wide": "CNN conv32-conv64/s2-conv64/s2-linear on 3x32x32, 1 batch of 64, CE",
     "transformer": (
         "TransformerEncoderLayer(d_model=32, nhead=4, dim_feedforward=64, dropout=0) + linear head, "
         "4 batches of 32 sequences of length 16, sequence CE ([N, C, T] output)"

@@ -37,7 +37,6 @@ import gc
 import importlib
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -47,6 +46,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from measure import STEADY_MALLOC, MemoryProbe, synchronize
 from problems import PROBLEM_LABELS, PROBLEMS, gradient_function, make_problem
 
 NUM_COLUMNS = 16
@@ -66,21 +66,12 @@ OPERATORS = (
 MATVEC_TARGETS = {"Hessian": 4.0, "GGN": 3.0, "EF": 3.0, "MC-Fisher": 3.0}
 MATVEC_TARGETS_CACHED = {"Hessian": 4.0, "GGN": 2.0, "EF": 2.0, "MC-Fisher": 2.0}
 MATMAT_TARGETS = {"Hessian": 20.0, "GGN": 16.0}
-# glibc settings of the timing workers (both libraries, and the gradient baseline): freed memory
-# stays in the heap instead of going back to the OS, so that a call does not pay page faults for
-# memory that the previous call released. See benchmarks/README.md, "Allocator".
-STEADY_MALLOC = {"MALLOC_TRIM_THRESHOLD_": str(2**40), "MALLOC_MMAP_THRESHOLD_": str(2**25)}
 
 
 # ---------------------------------------------------------------------------------- measuring
 #: The clock of the measurements: wall time by default; with ``--cpu-time`` the worker runs on one
 #: thread and measures its process's CPU time, which other processes on the machine barely affect.
 clock = time.perf_counter
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def median_time(function: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float:
@@ -94,53 +85,6 @@ def median_time(function: Callable[[], object], device: torch.device, warmup: in
         synchronize(device)
         times.append(clock() - start)
     return statistics.median(times)
-
-
-class MemoryProbe:
-    """Extra peak memory of a call, and memory that stays after it (bytes)."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.available = device.type == "cuda" or self._can_reset_rss_peak()
-
-    @staticmethod
-    def _can_reset_rss_peak() -> bool:
-        try:
-            with open("/proc/self/clear_refs", "w") as handle:
-                handle.write("5")
-            return "VmHWM" in Path("/proc/self/status").read_text()
-        except OSError:
-            return False
-
-    @staticmethod
-    def _status(key: str) -> int:
-        match = re.search(rf"{key}:\s+(\d+) kB", Path("/proc/self/status").read_text())
-        return int(match.group(1)) * 1024
-
-    def current(self) -> int:
-        gc.collect()
-        if self.device.type == "cuda":
-            synchronize(self.device)
-            return torch.cuda.memory_allocated(self.device)
-        return self._status("VmRSS")
-
-    def peak_during(self, function: Callable[[], object]) -> int:
-        """Peak memory during ``function()`` above the memory in use before it."""
-        before = self.current()
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            with open("/proc/self/clear_refs", "w") as handle:
-                handle.write("5")
-        result = function()
-        synchronize(self.device)
-        peak = (
-            torch.cuda.max_memory_allocated(self.device)
-            if self.device.type == "cuda"
-            else self._status("VmHWM")
-        )
-        del result
-        return peak - before
 
 
 def time_operator(operator, gradient, vector, matrix, device, warmup: int, repeats: int) -> dict:

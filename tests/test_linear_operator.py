@@ -139,6 +139,9 @@ def test_identity_adapts_to_partner_dtype_and_device():
         (lambda: as_linear_operator(3), TypeError, "Expected a linear operator"),
         (lambda: DenseLinearOperator(_matrix(2, 2)) @ "x", TypeError, None),
         (lambda: _Square(_matrix(2, 2)).to_dense(chunk_size=0), ValueError, "chunk_size"),
+        (lambda: setattr(_Square(_matrix(2, 2)), "max_columns", 0), ValueError, "max_columns must be a"),
+        (lambda: setattr(_Square(_matrix(2, 2)), "max_columns", True), ValueError, "max_columns"),
+        (lambda: setattr(_Square(_matrix(2, 2)), "max_columns", 2.0), ValueError, "max_columns"),
     ],
 )
 def test_bad_input_raises_clear_errors(build, error, match):
@@ -381,3 +384,49 @@ def test_to_dense_creates_nothing_on_the_default_device():
     finally:
         torch.set_default_device(None)
     torch.testing.assert_close(dense, torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)))
+
+
+class _ColumnCounting(_Square):
+    """Records the number of columns of every product it is asked for."""
+
+    def __init__(self, matrix):
+        super().__init__(matrix)
+        self.widths = []
+
+    def _matmat(self, X):
+        self.widths.append(X.shape[1])
+        return super()._matmat(X)
+
+    def _rmatmat(self, X):
+        self.widths.append(-X.shape[1])
+        return super()._rmatmat(X)
+
+
+def test_max_columns_splits_wide_products_into_blocks():
+    matrix = _matrix(5, 4)
+    operator = _ColumnCounting(matrix)
+    assert operator.max_columns is None
+    X = _matrix(4, 8, seed=1).requires_grad_()
+    torch.testing.assert_close(operator @ X, matrix @ X)
+    assert operator.widths == [8]
+    operator.max_columns, operator.widths = 3, []
+    result = operator @ X
+    torch.testing.assert_close(result, matrix @ X)
+    assert operator.widths == [3, 3, 2]
+    operator.widths = []
+    result.backward(torch.ones_like(result))  # the adjoint product is split too
+    torch.testing.assert_close(X.grad, matrix.T @ torch.ones(5, 8, dtype=torch.float64))
+    assert operator.widths == [-3, -3, -2]
+    operator.widths = []
+    W = _matrix(7, 5, seed=2)
+    torch.testing.assert_close(W @ operator, W @ matrix)  # left products: 7 columns of Aᵀ Wᵀ
+    assert operator.widths == [-3, -3, -1]
+    operator.widths = []
+    torch.testing.assert_close(operator.to_dense(), matrix)
+    assert operator.widths == [3, 1]
+    operator.max_columns = numpy.int64(8)  # NumPy integers are integers
+    assert operator.max_columns == 8 and type(operator.max_columns) is int
+    operator.max_columns = None
+    operator.widths = []
+    operator @ X
+    assert operator.widths == [8]

@@ -193,6 +193,15 @@ def test_cache_is_kept_while_the_model_does_not_change():
     assert not forward_passes
 
 
+@pytest.mark.parametrize("kind", sorted(OPERATORS))
+def test_column_blocks_give_the_same_matrix(kind, small_problem, reference_of):
+    """``max_columns`` splits ``to_dense``'s columns into blocks: each block one pass over the data,
+    the Monte-Carlo Fisher's draw re-seeded for each, so that every block sees the same matrix."""
+    operator = build(kind, small_problem)
+    operator.max_columns = 3
+    assert_matches(operator.to_dense(), reference_of(small_problem.name, kind), small_problem.dtype)
+
+
 def test_batch_splitting_does_not_change_the_matrix():
     """Three batches of 3, 5, 2 and one batch of all 10 samples give the same matrices."""
     split = make_problem_from_id("mlp-ce-mean-three-list")

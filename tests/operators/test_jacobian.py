@@ -26,6 +26,15 @@ def test_matches_reference(problem, reference_of):
     torch.testing.assert_close(JT.to_dense(), expected.T.to(J.dtype), rtol=tolerance, atol=tolerance * scale)
 
 
+@pytest.mark.parametrize("cls", [JacobianLinearOperator, TransposedJacobianLinearOperator])
+def test_column_blocks_give_the_same_matrix(cls, small_problem, reference_of):
+    operator = build(small_problem, cls)
+    operator.max_columns = 2
+    expected = reference_of(small_problem.name, "jacobian")
+    expected = expected if cls is JacobianLinearOperator else expected.T
+    torch.testing.assert_close(operator.to_dense(), expected.to(operator.dtype), rtol=1e-10, atol=1e-10)
+
+
 def test_targets_may_be_none():
     """Jacobians ignore the targets; ``(X, None)`` batches pass the determinism probe too."""
     problem = make_problem_from_id("mlp-ce-mean-three-list")

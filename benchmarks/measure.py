@@ -1,0 +1,67 @@
+"""Measuring helpers shared by the benchmark scripts: allocator settings, synchronization, peak memory."""
+
+from __future__ import annotations
+
+import gc
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+# glibc settings of timing processes (products.py's workers of both libraries, column_blocks.py):
+# freed memory stays in the heap instead of going back to the OS, so that a call does not pay page
+# faults for memory that the previous call released. See benchmarks/README.md, "Allocator".
+STEADY_MALLOC = {"MALLOC_TRIM_THRESHOLD_": str(2**40), "MALLOC_MMAP_THRESHOLD_": str(2**25)}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class MemoryProbe:
+    """Extra peak memory of a call, and memory that stays after it (bytes)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.available = device.type == "cuda" or self._can_reset_rss_peak()
+
+    @staticmethod
+    def _can_reset_rss_peak() -> bool:
+        try:
+            with open("/proc/self/clear_refs", "w") as handle:
+                handle.write("5")
+            return "VmHWM" in Path("/proc/self/status").read_text()
+        except OSError:
+            return False
+
+    @staticmethod
+    def _status(key: str) -> int:
+        match = re.search(rf"{key}:\s+(\d+) kB", Path("/proc/self/status").read_text())
+        return int(match.group(1)) * 1024
+
+    def current(self) -> int:
+        gc.collect()
+        if self.device.type == "cuda":
+            synchronize(self.device)
+            return torch.cuda.memory_allocated(self.device)
+        return self._status("VmRSS")
+
+    def peak_during(self, function: Callable[[], object]) -> int:
+        """Peak memory during ``function()`` above the memory in use before it."""
+        before = self.current()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            with open("/proc/self/clear_refs", "w") as handle:
+                handle.write("5")
+        result = function()
+        synchronize(self.device)
+        peak = (
+            torch.cuda.max_memory_allocated(self.device)
+            if self.device.type == "cuda"
+            else self._status("VmHWM")
+        )
+        del result
+        return peak - before
