@@ -140,5 +140,14 @@ class TransposedLinearOperator(LinearOperator):
         return self.operator.matmat(X)
 
     @property
+    def max_columns(self) -> int | None:
+        """``A``'s: ``A.T`` is a new view each time, so the setting lives on ``A``."""
+        return self.operator.max_columns
+
+    @max_columns.setter
+    def max_columns(self, value: int | None) -> None:
+        self.operator.max_columns = value
+
+    @property
     def T(self) -> LinearOperator:
         return self.operator

@@ -137,7 +137,10 @@ class LinearOperator:
 
     @property
     def max_columns(self) -> int | None:
-        """Most columns multiplied at once; wider inputs are split into blocks (``None``: no limit).
+        """Most columns multiplied at once (``None``: no limit); wider inputs go in balanced blocks.
+
+        ``k`` columns go in ``⌈k / max_columns⌉`` blocks of nearly equal width (7 columns with
+        ``max_columns=3``: 3, 2, 2), so no lone column takes a single-vector path of its own.
 
         A curvature product with ``k`` columns holds ``k`` copies of the model's activations
         (``vmap`` over the columns), so its memory grows with ``k``: a CNN of 97,290 parameters on
@@ -149,7 +152,7 @@ class LinearOperator:
         tensor over 32 MiB faults its pages in afresh, and blocks save time as well.
         Every block is the same matrix: the Monte-Carlo Fisher re-seeds its draw per product.
         It acts where it is set: on a curvature operator inside ``H + damping * I``, set it on
-        ``H``.
+        ``H``; ``A.T.max_columns`` is ``A``'s.
 
         Raises:
             ValueError: If set to anything but a positive integer or ``None``.
@@ -184,18 +187,30 @@ class LinearOperator:
         if X.shape[1] == 0:  # nothing to multiply: no pass over data, no empty vmap
             return X.new_zeros(expected)
         multiply = self._rmatmat if transpose else self._matmat
+        num_blocks = 1 if self._max_columns is None else -(-X.shape[1] // self._max_columns)
         with torch.no_grad():
-            if self._max_columns is None or X.shape[1] <= self._max_columns:
-                result = multiply(X.detach())
-            else:
-                result = torch.cat([multiply(block) for block in X.detach().split(self._max_columns, 1)], 1)
+            if num_blocks == 1:
+                result = self._checked(multiply(X.detach()), expected)
+            else:  # balanced blocks: no one-column remainder on a path of its own
+                parts = []
+                for block in X.detach().tensor_split(num_blocks, dim=1):
+                    parts.append(self._checked(multiply(block.contiguous()), (expected[0], block.shape[1])))
+                result = torch.cat(parts, 1)
+        if (X.requires_grad and torch.is_grad_enabled()) or may_carry_tangent(X):
+            result = AdjointBackward.apply(self, transpose, X, result)
+        return result
+
+    def _checked(self, result: Tensor, expected: tuple[int, int]) -> Tensor:
+        """``result`` if it has the ``expected`` shape.
+
+        Raises:
+            RuntimeError: Naming the subclass, if it returned another shape.
+        """
         if result.shape != expected:
             raise RuntimeError(
                 f"{type(self).__name__} returned a result of shape {list(result.shape)}, "
                 f"expected {list(expected)}."
             )
-        if (X.requires_grad and torch.is_grad_enabled()) or may_carry_tangent(X):
-            result = AdjointBackward.apply(self, transpose, X, result)
         return result
 
     def _apply(self, x: Any, transpose: bool) -> Any:

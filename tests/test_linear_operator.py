@@ -420,13 +420,33 @@ def test_max_columns_splits_wide_products_into_blocks():
     operator.widths = []
     W = _matrix(7, 5, seed=2)
     torch.testing.assert_close(W @ operator, W @ matrix)  # left products: 7 columns of Aᵀ Wᵀ
-    assert operator.widths == [-3, -3, -1]
+    assert operator.widths == [-3, -2, -2]  # balanced blocks: no lone column on another path
     operator.widths = []
     torch.testing.assert_close(operator.to_dense(), matrix)
-    assert operator.widths == [3, 1]
+    assert operator.widths == [2, 2]
+    operator.widths = []
+    operator.T.max_columns = 1  # A.T is a new view each time: the setting lives on A
+    assert operator.max_columns == 1 and operator.T.max_columns == 1
+    torch.testing.assert_close(operator.T @ W.T, matrix.T @ W.T)
+    assert operator.widths == [-1] * 7
     operator.max_columns = numpy.int64(8)  # NumPy integers are integers
     assert operator.max_columns == 8 and type(operator.max_columns) is int
     operator.max_columns = None
     operator.widths = []
     operator @ X
     assert operator.widths == [8]
+
+
+class _Squeezing(_Square):
+    """A subclass with a common bug: it drops the column axis of single columns."""
+
+    def _matmat(self, X):
+        return (self.matrix @ X).squeeze()
+
+
+@pytest.mark.parametrize("max_columns, num_columns", [(None, 1), (1, 3)])
+def test_a_block_of_the_wrong_shape_is_named(max_columns, num_columns):
+    operator = _Squeezing(_matrix(5, 5))
+    operator.max_columns = max_columns
+    with pytest.raises(RuntimeError, match=r"_Squeezing returned a result of shape \[5\], expected \[5, 1\]"):
+        operator @ _matrix(5, num_columns)
