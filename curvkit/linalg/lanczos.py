@@ -126,11 +126,35 @@ class LanczosProcess:
         Raises:
             RuntimeError: If the product contains NaN or infinity, or the basis is full.
         """
-        j = self.size
-        if j >= self.max_dim:
+        return self.absorb(self.A.matmat(self.next_vector().unsqueeze(1)).squeeze(1))
+
+    def next_vector(self) -> Tensor:
+        """The basis vector ``v_j`` that the next step multiplies ``A`` onto (``[n]``).
+
+        Raises:
+            RuntimeError: If the basis is full.
+        """
+        self._check_room()
+        return self.V[self.size]
+
+    def _check_room(self) -> None:
+        if self.size >= self.max_dim:
             raise RuntimeError(f"The Lanczos basis is full ({self.max_dim} vectors).")
+
+    def absorb(self, w: Tensor) -> bool:
+        """Complete a step with ``w = A v_j``, ``v_j`` = :meth:`next_vector`, multiplied by the caller.
+
+        Processes that run in lockstep multiply their vectors as one block.
+
+        Returns:
+            ``False`` if the Krylov space became invariant and no restart vector was added.
+
+        Raises:
+            RuntimeError: If ``w`` contains NaN or infinity, or the basis is full.
+        """
+        self._check_room()
+        j = self.size
         self.probed_complement, self._next_is_random = self._next_is_random, False
-        w = self.A.matmat(self.V[j].unsqueeze(1)).squeeze(1)
         self.num_matvecs += 1
         norm_w = float(torch.linalg.vector_norm(w))
         if norm_w != norm_w or norm_w == float("inf"):

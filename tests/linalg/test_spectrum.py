@@ -16,6 +16,7 @@ from curvkit.linalg import (
     lanczos_approximate_log_spectrum,
     lanczos_approximate_spectrum,
 )
+from curvkit.linalg.spectrum.quadrature import lanczos_quadratures
 
 
 def mass(grid: numpy.ndarray, density: numpy.ndarray, low: float, high: float) -> float:
@@ -79,6 +80,55 @@ def test_cached_class_reuses_lanczos_runs_and_matches_function():
     expected = lanczos_approximate_spectrum(A.matrix, ncv=20, num_repeats=3, boundaries=(-2.0, 3.0), seed=3)
     numpy.testing.assert_allclose(density, expected[1])
     numpy.testing.assert_allclose(grid, expected[0])
+
+
+class WidthRecorder(CountingOperator):
+    """Records the number of columns of each product."""
+
+    def __init__(self, matrix: torch.Tensor):
+        super().__init__(matrix, symmetric=True)
+        self.widths = []
+
+    def _matmat(self, X: torch.Tensor) -> torch.Tensor:
+        self.widths.append(X.shape[1])
+        return super()._matmat(X)
+
+
+@pytest.mark.parametrize("boundaries_tol", [None, 1e-8])
+def test_repeats_run_in_lockstep_and_match_runs_one_after_the_other(boundaries_tol):
+    """Each step multiplies the block of the runs' vectors; every quadrature (and the first run's
+    boundary estimate) is that of the same run on its own."""
+    matrix = two_clusters(100)
+    basis_bytes = 13 * 100 * 8  # ncv + 1 float64 vectors
+    results = {}
+    for name, lockstep_bytes in {"alone": basis_bytes, "pairs": 2 * basis_bytes, "all": 2**30}.items():
+        A = WidthRecorder(matrix)
+        quadratures, boundaries = lanczos_quadratures(A, 12, generator(5), 4, boundaries_tol, lockstep_bytes)
+        results[name] = (A.widths, quadratures, boundaries)
+    extension = results["alone"][0][48:]  # the first run's steps beyond ncv, for its boundaries (all 1)
+    assert bool(extension) == (boundaries_tol is not None)
+    assert set(extension) <= {1}
+    assert results["alone"][0][:48] == [1] * 48
+    assert results["pairs"][0] == [2] * 12 + extension + [2] * 12
+    assert results["all"][0] == [4] * 12 + extension
+    for name in ("pairs", "all"):
+        if boundaries_tol is None:
+            assert results[name][2] is None
+        else:
+            assert results[name][2] == pytest.approx(results["alone"][2], rel=1e-12)
+        for (nodes, weights), (alone_nodes, alone_weights) in zip(results[name][1], results["alone"][1]):
+            torch.testing.assert_close(nodes, alone_nodes, rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(weights, alone_weights, rtol=1e-10, atol=1e-12)
+
+
+def test_runs_that_find_an_invariant_subspace_leave_the_lockstep():
+    """With three distinct eigenvalues, each run stops after three steps with an exact quadrature."""
+    A = WidthRecorder(with_spectrum(torch.tensor([1.0, 2.0, 5.0]).repeat_interleave(20)))
+    quadratures, _ = lanczos_quadratures(A, 10, generator(0), 3)
+    assert A.widths == [3, 3, 3]
+    for nodes, weights in quadratures:
+        torch.testing.assert_close(nodes, torch.tensor([1.0, 2.0, 5.0], dtype=torch.float64))
+        assert float(weights.sum()) == pytest.approx(1.0)
 
 
 def test_log_spectrum_reproduces_papyan_fig_15b_shape():

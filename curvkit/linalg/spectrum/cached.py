@@ -13,7 +13,7 @@ from torch import Tensor
 from curvkit._boundary import as_integer, to_numpy
 from curvkit.linalg._operator import finite_float, nonnegative_float, square_operator
 from curvkit.linalg._random import Seed, as_generator
-from curvkit.linalg.spectrum.quadrature import Quadrature, lanczos_quadrature
+from curvkit.linalg.spectrum.quadrature import Quadrature, lanczos_quadratures
 
 Boundaries = tuple[float | None, float | None] | None
 
@@ -125,12 +125,14 @@ class _CachedLanczosQuadratures:
     def _quadratures_for(self, num_repeats: int) -> list[Quadrature]:
         """The first ``num_repeats`` quadratures, running Lanczos for the missing ones."""
         as_integer(num_repeats, "num_repeats", minimum=1)
-        while len(self._quadratures) < num_repeats:
+        missing = num_repeats - len(self._quadratures)
+        if missing > 0:
             need_boundaries = self._ritz_boundaries is None and None in (self._given_low, self._given_high)
-            quadrature, ritz = lanczos_quadrature(
-                self._A, self._ncv, self._generator, self._boundaries_tol if need_boundaries else None
+            boundaries_tol = self._boundaries_tol if need_boundaries else None
+            quadratures, ritz = lanczos_quadratures(
+                self._A, self._ncv, self._generator, missing, boundaries_tol
             )
-            self._quadratures.append(quadrature)
+            self._quadratures.extend(quadratures)
             self._ritz_boundaries = self._ritz_boundaries or ritz
         return self._quadratures[:num_repeats]
 
@@ -150,7 +152,8 @@ class LanczosApproximateSpectrumCached(_CachedLanczosQuadratures):
     The density is :math:`p(\lambda) = \frac{1}{d}\sum_i \delta(\lambda - \lambda_i)`.
 
     Caches the Lanczos iterations to produce density approximations with different
-    hyperparameters cheaply; more repeats run more Lanczos iterations. Papyan, V. (2020).
+    hyperparameters cheaply; more repeats run more Lanczos iterations (those missing, in lockstep:
+    see :func:`curvkit.linalg.lanczos_approximate_spectrum`). Papyan, V. (2020).
     Traces of class/cross-class structure pervade deep learning spectra. JMLR, Algorithm 2.
 
     Args:

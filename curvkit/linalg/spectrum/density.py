@@ -35,7 +35,10 @@ def lanczos_approximate_spectrum(
     ``ncv`` steps from a Gaussian vector gives a quadrature :math:`\sum_k w_k
     \delta(\lambda - \theta_k)` of the density (:mod:`curvkit.linalg.spectrum.quadrature`);
     each delta peak becomes a Gaussian whose width is fixed on the spectrum rescaled to
-    :math:`[-1, 1]`, so ``kappa`` needs no tuning across operators.
+    :math:`[-1, 1]`, so ``kappa`` needs no tuning across operators. The runs advance in
+    lockstep, one product with a block of their vectors per step (as many runs at a time as
+    keep their ``ncv + 1`` basis vectors each within 1 GiB), which a curvature operator
+    computes for much less than that many separate products.
 
     Args:
         A: Symmetric linear operator.

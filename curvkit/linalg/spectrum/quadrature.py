@@ -14,6 +14,9 @@ eigenvalue at each end. If the residuals exceed the tolerance after :math:`m` st
 space of the same :math:`\mathbf{v}` is extended (up to :math:`4m` vectors, checking every
 :math:`\max(1, \lfloor m/8 \rfloor)` steps); the quadrature
 still uses the first :math:`m` steps only.
+
+Independent runs (repeats) advance in lockstep, so that each step multiplies the operator once
+onto a block of vectors (:func:`lanczos_quadratures`).
 """
 
 from __future__ import annotations
@@ -35,40 +38,80 @@ class Quadrature(NamedTuple):
     weights: Tensor
 
 
-def lanczos_quadrature(
-    A: LinearOperator, ncv: int, generator: torch.Generator, boundaries_tol: float | None = None
-) -> tuple[Quadrature, tuple[float, float] | None]:
-    """Run ``ncv`` Lanczos steps from a Gaussian start vector.
+LOCKSTEP_BYTES = 2**30
+"""Memory of the Lanczos bases of the runs that advance in lockstep (at least one run)."""
+
+
+def lanczos_quadratures(
+    A: LinearOperator,
+    ncv: int,
+    generator: torch.Generator,
+    num_runs: int,
+    boundaries_tol: float | None = None,
+    lockstep_bytes: int = LOCKSTEP_BYTES,
+) -> tuple[list[Quadrature], tuple[float, float] | None]:
+    """Run ``num_runs`` Lanczos processes of ``ncv`` steps from independent Gaussian start vectors.
+
+    The runs advance in lockstep, as many at a time as keep their bases (``ncv + 1`` vectors
+    each) within ``lockstep_bytes``: each step multiplies ``A`` once onto the block of their
+    current vectors, which a curvature operator computes at a fraction of the cost per column of
+    separate products (``vmap`` over the columns). Each run's arithmetic is otherwise its own, so
+    the quadratures are those of runs one after the other, up to rounding. Start vectors are
+    drawn from ``generator`` in the order of the runs.
 
     Args:
         A: Symmetric operator.
-        ncv: Number of Lanczos steps (quadrature nodes).
-        generator: Source of the start vector.
-        boundaries_tol: If given, also estimate the smallest and largest eigenvalue, with Ritz
-            residuals at most ``boundaries_tol`` times the spectral radius (``0``: machine
-            precision), extending the Krylov space when needed.
+        ncv: Number of Lanczos steps (quadrature nodes) per run.
+        generator: Source of the start vectors.
+        num_runs: Number of runs.
+        boundaries_tol: If given, the first run also estimates the smallest and largest
+            eigenvalue, with Ritz residuals at most ``boundaries_tol`` times the spectral radius
+            (``0``: machine precision), extending its Krylov space when needed.
+        lockstep_bytes: Memory allowed for the bases of the runs in lockstep.
 
     Returns:
-        The quadrature, and ``(λ_min, λ_max)`` estimates (or ``None``).
+        The quadratures, and ``(λ_min, λ_max)`` estimates (or ``None``).
     """
     n, dtype = A.shape[0], working_dtype(A)
-    start = torch.randn(n, generator=generator, device=generator.device, dtype=dtype)
-    if A.device is not None:
-        start = start.to(A.device)
-    process = LanczosProcess(A, start, ncv)
-    while process.size < ncv and process.step():
-        pass
-    values, S, residuals = process.ritz_pairs()
-    quadrature = Quadrature(values, S[0] ** 2)
-    if boundaries_tol is None:
-        return quadrature, None
-    tol = max(boundaries_tol, torch.finfo(dtype).eps)
+    basis_bytes = (ncv + 1) * n * torch.finfo(dtype).bits // 8
+    group_size = max(1, min(num_runs, lockstep_bytes // basis_bytes))
+    quadratures, boundaries = [], None
+    for first in range(0, num_runs, group_size):
+        processes = [_start(A, ncv, generator) for _ in range(min(group_size, num_runs - first))]
+        running = list(processes)
+        while running:
+            products = A.matmat(torch.stack([process.next_vector() for process in running], 1))
+            running = [
+                process
+                for process, product in zip(running, products.T)
+                if process.absorb(product.contiguous()) and process.size < ncv
+            ]
+        for index, process in enumerate(processes):
+            values, S, residuals = process.ritz_pairs()
+            quadratures.append(Quadrature(values, S[0] ** 2))
+            if first == 0 and index == 0 and boundaries_tol is not None:
+                boundaries = _eigenvalue_boundaries(process, values, residuals, ncv, boundaries_tol)
+    return quadratures, boundaries
+
+
+def _start(A: LinearOperator, ncv: int, generator: torch.Generator) -> LanczosProcess:
+    """A Lanczos process on ``A`` from a Gaussian start vector."""
+    start = torch.randn(A.shape[0], generator=generator, device=generator.device, dtype=working_dtype(A))
+    return LanczosProcess(A, start if A.device is None else start.to(A.device), ncv)
+
+
+def _eigenvalue_boundaries(
+    process: LanczosProcess, values: Tensor, residuals: Tensor, ncv: int, boundaries_tol: float
+) -> tuple[float, float]:
+    """Extreme-eigenvalue estimates from a finished run, extending its Krylov space if needed."""
+    n = process.A.shape[0]
+    tol = max(boundaries_tol, torch.finfo(values.dtype).eps)
     check_every, max_dim = max(1, ncv // 8), min(n, 4 * ncv)
     while True:
         radius = float(values.abs().max())
         converged = float(residuals[0]) <= tol * radius and float(residuals[-1]) <= tol * radius
         if converged or process.broke_down or process.size == max_dim:
-            return quadrature, (float(values[0] - residuals[0]), float(values[-1] + residuals[-1]))
+            return float(values[0] - residuals[0]), float(values[-1] + residuals[-1])
         process.grow(min(max_dim, process.size + 4 * check_every))
         for _ in range(min(check_every, max_dim - process.size)):
             if not process.step():
