@@ -9,7 +9,7 @@ from torch import Tensor
 
 from curvkit._boundary import as_integer
 from curvkit.linalg._operator import nonnegative_float, square_operator, working_dtype
-from curvkit.linalg._random import Seed, as_generator
+from curvkit.linalg._random import Seed, as_generator, random_block
 from curvkit.linalg.lanczos import LanczosProcess
 from curvkit.linear_operator import LinearOperator
 
@@ -79,10 +79,9 @@ class _Search:
         Raises:
             RuntimeError: If the product budget runs out first.
         """
-        n, dtype = self.A.shape[0], working_dtype(self.A)
-        start = torch.randn(n, generator=self.generator, device=self.generator.device, dtype=dtype)
-        start = start.to(self.A.device) if self.A.device is not None else start
-        process = LanczosProcess(self.A, start, self.ncv, self.generator, locked)
+        A = self.A
+        start = random_block(A.shape[0], 1, "normal", self.generator, working_dtype(A), A.device)
+        process = LanczosProcess(self.A, start[:, 0], self.ncv, self.generator, locked)
         ncv = min(self.ncv, process.dim)
         num_kept = min(want + (ncv - want) // 2, ncv - 1)
         check_every = max(1, (ncv - want) // 4)

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from curvkit.linalg._operator import working_dtype
+from curvkit.linalg._random import random_block
 from curvkit.linalg.lanczos import LanczosProcess
 from curvkit.linear_operator import LinearOperator
 
@@ -96,8 +97,8 @@ def lanczos_quadratures(
 
 def _start(A: LinearOperator, ncv: int, generator: torch.Generator) -> LanczosProcess:
     """A Lanczos process on ``A`` from a Gaussian start vector."""
-    start = torch.randn(A.shape[0], generator=generator, device=generator.device, dtype=working_dtype(A))
-    return LanczosProcess(A, start if A.device is None else start.to(A.device), ncv)
+    start = random_block(A.shape[0], 1, "normal", generator, working_dtype(A), A.device)
+    return LanczosProcess(A, start[:, 0], ncv)
 
 
 def _eigenvalue_boundaries(
