@@ -153,7 +153,8 @@ class LanczosApproximateSpectrumCached(_CachedLanczosQuadratures):
 
     Caches the Lanczos iterations to produce density approximations with different
     hyperparameters cheaply; more repeats run more Lanczos iterations (those missing, in lockstep:
-    see :func:`curvkit.linalg.lanczos_approximate_spectrum`). Papyan, V. (2020).
+    see :func:`curvkit.linalg.lanczos_approximate_spectrum`; if a product fails, the runs of its
+    lockstep group are not kept, and their start vectors are spent). Papyan, V. (2020).
     Traces of class/cross-class structure pervade deep learning spectra. JMLR, Algorithm 2.
 
     Args:
