@@ -20,6 +20,13 @@ from curvkit.losses import (
     sampled_output_gradients,
 )
 from curvkit.operators._differentiation import differentiable_attention
+from curvkit.operators._linear_layers import (
+    factored,
+    layer_outputs,
+    linear_layers,
+    recording,
+    squared_gradient_sums,
+)
 from curvkit.operators._setup import ModelDataSetup
 from curvkit.structured import DiagonalLinearOperator
 
@@ -44,11 +51,18 @@ def ggn_diagonal(
     .. math::
         \mathrm{diag}(\mathbf{G}) = \sum_n \sum_k (\mathbf{J}_n^\top \mathbf{s}_{n,k})^{\odot 2},
 
-    i.e. one per-sample vector-Jacobian product per column ``k``: ``K`` = the number of output
-    entries per sample for ``mode='exact'`` (closed-form square roots of the loss Hessian) and
-    ``K = mc_samples`` for ``mode='mc'``, whose columns are sampled gradients and whose
-    diagonal is that of :class:`~curvkit.FisherMCLinearOperator` with the same seed. Used for
-    diagonal Laplace approximations and pruning saliencies.
+    with ``K`` columns ``s_{n,k}``: the number of output entries per sample for ``mode='exact'``
+    (closed-form square roots of the loss Hessian) and ``K = mc_samples`` for ``mode='mc'``,
+    whose columns are sampled gradients and whose diagonal is that of
+    :class:`~curvkit.FisherMCLinearOperator` with the same seed. Used for diagonal Laplace
+    approximations and pruning saliencies.
+
+    ``nn.Linear`` layers applied once to one row per sample need no per-sample gradients: their
+    per-sample gradients are outer products ``g_{n,k} a_nᵀ``, so the sum of squares is one
+    batched backward pass to the layer outputs and one matrix product
+    (:mod:`curvkit.operators._linear_layers`; the MLP of ``benchmarks/ggn_diagonal.py``: 2.8
+    gradients instead of 765). Other parameters take one per-sample vector-Jacobian product per
+    column under ``vmap``.
 
     Args:
         model_func: The network (an ``nn.Module``; samples are pushed through it one at a
@@ -90,27 +104,45 @@ def ggn_diagonal(
     )
     model = setup.model
     generator = torch.Generator(device=model.device).manual_seed(seed)
+    layers = linear_layers(model_func, model.tensors)
 
     def batch_diagonal(batch: Batch) -> Tensor:
-        with torch.no_grad(), differentiable_attention():
-            output = model(batch.X)
+        squares: dict[int, Tensor] = {}
+        with recording(layers):  # the factored linear layers: no per-sample gradients
+            with torch.enable_grad(), differentiable_attention():
+                output = model(batch.X)
+            columns = output_curvature_columns(output.detach(), batch.y)
+            fast = factored(layers, output, batch.size)
+            if fast:
+                gradients = torch.autograd.grad(output, layer_outputs(fast), columns, is_grads_batched=True)
+                for layer, layer_gradients in zip(fast, gradients):
+                    squares.update(squared_gradient_sums(layer, layer_gradients))
+        rest = [index for index in range(len(model.tensors)) if index not in squares]
+        if rest:
+            squares.update(zip(rest, _sum_of_squared_sample_vjps(model, batch.X, columns, rest)))
+        return torch.cat([squares[index].flatten() for index in range(len(model.tensors))])
+
+    def output_curvature_columns(output: Tensor, y: Tensor) -> Tensor:
+        """``[K, *output.shape]``: the columns ``s_{n,k}`` of ``Λ_n = S_n S_nᵀ``."""
         if mode == "exact":
-            columns = output_hessian_sqrt(loss_func, output, batch.y)
-        else:
-            targets = sample_targets(loss_func, output, batch.y, mc_samples, generator)
-            scale = batch_loss_scale(loss_func, output, batch.y) * mc_samples
-            columns = sampled_output_gradients(loss_func, output, targets, batch.y) / scale**0.5
-        return _sum_of_squared_sample_vjps(model, batch.X, columns)
+            return output_hessian_sqrt(loss_func, output, y)
+        targets = sample_targets(loss_func, output, y, mc_samples, generator)
+        scale = batch_loss_scale(loss_func, output, y) * mc_samples
+        return sampled_output_gradients(loss_func, output, targets, y) / scale**0.5
 
     return setup.engine.sum_over_batches(batch_diagonal, reduction_of(loss_func), desc="GGN diagonal")
 
 
-def _sum_of_squared_sample_vjps(model, X, columns: Tensor) -> Tensor:
-    """``Σ_n Σ_k (J_nᵀ s_{n,k})²`` flattened to ``[D]``; ``columns`` is ``[K, N, ...]``."""
-    primals = [tensor.detach() for tensor in model.tensors]
+def _sum_of_squared_sample_vjps(model, X, columns: Tensor, indices: list[int]) -> list[Tensor]:
+    """``Σ_n Σ_k (J_nᵀ s_{n,k})²`` for the parameters ``indices``; ``columns`` is ``[K, N, ...]``.
+
+    Per-sample vector-Jacobian products under ``vmap``, for parameters outside the factored
+    linear layers (:mod:`._linear_layers`).
+    """
+    primals = [model.tensors[index].detach() for index in indices]
 
     def one_sample(x: Tensor, sample_columns: Tensor) -> list[Tensor]:
-        forward = model.functional(tree_map(lambda t: t.unsqueeze(0), x), range(len(primals)))
+        forward = model.functional(tree_map(lambda t: t.unsqueeze(0), x), indices)
         _, pullback = vjp(lambda *values: forward(*values)[0], *primals)
         return [gradient.square().sum(0) for gradient in vmap(pullback)(sample_columns)]
 
@@ -124,7 +156,7 @@ def _sum_of_squared_sample_vjps(model, X, columns: Tensor) -> Tensor:
             "...) are not supported here; estimate the diagonal of GGNLinearOperator with "
             "hutchinson_diag or xdiag instead."
         ) from error
-    return torch.cat([square.sum(0).flatten() for square in squares])
+    return [square.sum(0) for square in squares]
 
 
 class GGNDiagonalLinearOperator(DiagonalLinearOperator):

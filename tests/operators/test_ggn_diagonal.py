@@ -1,11 +1,13 @@
 """The exact GGN diagonal and its Monte-Carlo variant against the dense matrices."""
 
+import importlib
+
 import pytest
 import torch
 from torch import nn
 from zoo import make_problem_from_id
 
-from curvkit import FisherMCLinearOperator
+from curvkit import FisherMCLinearOperator, GGNLinearOperator
 from curvkit.operators.ggn_diagonal import GGNDiagonalLinearOperator, ggn_diagonal
 
 
@@ -50,3 +52,99 @@ def test_models_that_vmap_cannot_batch_get_a_clear_error():
         RuntimeError, match="ggn_diagonal pushes the samples through model_func one at a time"
     ):
         ggn_diagonal(model, nn.CrossEntropyLoss(), list(model.parameters()), data)
+
+
+class _TiedOutsideTheLayer(nn.Module):
+    """The first layer's weight is used again outside its module (``F.linear``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.first, self.second = nn.Linear(4, 4), nn.Linear(4, 3)
+
+    def forward(self, x):
+        hidden = torch.tanh(self.first(x))
+        return self.second(torch.nn.functional.linear(hidden, self.first.weight))
+
+
+class _ScaledLinear(nn.Linear):
+    """A subclass that computes something else than ``W a + b``."""
+
+    def forward(self, x):
+        return 2.0 * super().forward(x)
+
+
+class _RowsAreNotSamples(nn.Module):
+    """Folds ``[N, T, d]`` into ``N·T`` rows before a linear layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner, self.head = nn.Linear(2, 3), nn.Linear(6, 3)
+
+    def forward(self, x):
+        rows = self.inner(x.reshape(-1, 2))  # [N·2, 3]
+        return self.head(torch.tanh(rows).reshape(x.shape[0], 6))
+
+
+def _mlp():
+    return nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3))
+
+
+def _shared():
+    shared = nn.Linear(4, 4)
+    return nn.Sequential(shared, nn.Tanh(), shared, nn.Tanh(), nn.Linear(4, 3))
+
+
+def _subclass():
+    return nn.Sequential(_ScaledLinear(4, 5), nn.Tanh(), nn.Linear(5, 3))
+
+
+def _sequence():
+    return nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Flatten(), nn.Linear(10, 3))
+
+
+# model, input shape, parameter indices that take the factored path (the others: per-sample vjps)
+FACTORED_CASES = {
+    "mlp": (_mlp, (4,), [0, 1, 2, 3]),
+    "mlp, weights only": (_mlp, (4,), [0, 2]),
+    "shared layer": (_shared, (4,), [2, 3]),
+    "tied outside the layer": (_TiedOutsideTheLayer, (4,), [2, 3]),
+    "subclass of nn.Linear": (_subclass, (4,), [2, 3]),
+    "linear on sequences": (_sequence, (2, 4), [2, 3]),
+    "rows are not samples": (_RowsAreNotSamples, (2, 2), [2, 3]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FACTORED_CASES))
+@pytest.mark.parametrize("mode", ["exact", "mc"])
+def test_factored_linear_layers_match_the_dense_diagonal(case, mode, monkeypatch):
+    """Linear layers applied once to one row per sample skip per-sample gradients; every other
+    case (second call, tied weight, subclass, sequences, rows that are not samples) must not."""
+    module = importlib.import_module("curvkit.operators.ggn_diagonal")  # the name is also the function's
+
+    build, input_shape, factored_indices = FACTORED_CASES[case]
+    torch.manual_seed(0)
+    model = build().double()
+    params = list(model.parameters())
+    if case == "mlp, weights only":
+        params = [model[0].weight, model[2].weight]
+        factored_indices = [0, 1]
+    inputs = [torch.randn(size, *input_shape, dtype=torch.float64) for size in (3, 5)]
+    data = [(X, torch.randint(0, 3, (X.shape[0],))) for X in inputs]
+    loss_func = nn.CrossEntropyLoss()
+    per_sample = []
+    original = module._sum_of_squared_sample_vjps
+
+    def recording(model_function, X, columns, indices):
+        per_sample.append(list(indices))
+        return original(model_function, X, columns, indices)
+
+    monkeypatch.setattr(module, "_sum_of_squared_sample_vjps", recording)
+    diagonal = ggn_diagonal(model, loss_func, params, data, mode=mode, mc_samples=2, seed=3)
+    if mode == "exact":
+        expected = GGNLinearOperator(model, loss_func, params, data).to_dense().diagonal()
+    else:
+        expected = FisherMCLinearOperator(model, loss_func, params, data, mc_samples=2, seed=3)
+        expected = expected.to_dense().diagonal()
+    torch.testing.assert_close(diagonal, expected, rtol=1e-10, atol=1e-14)
+    others = [index for index in range(len(params)) if index not in factored_indices]
+    assert per_sample == ([others, others] if others else [])

@@ -1,0 +1,134 @@
+r"""``nn.Linear`` layers whose per-sample gradients factor into an input and an output part.
+
+A linear layer ``z_n = W a_n + b`` applied once to a batch of rows ``a_n``, one per sample, has
+per-sample gradients ``∂ℓ_n/∂W = g_n a_nᵀ`` and ``∂ℓ_n/∂b = g_n`` with ``g_n = ∂ℓ_n/∂z_n``. So
+sums of their squares need no per-sample gradient at all:
+
+.. math::
+    \sum_n \sum_k (g_{n,k} a_n^\top)^{\odot 2} = \Big(\sum_k G_k^{\odot 2}\Big)^\top A^{\odot 2},
+
+one matrix product over the batch (``G_k`` the rows ``g_{n,k}``, ``A`` the rows ``a_n``). This
+module finds such layers among the parameters and records their inputs and outputs during a
+forward pass; it is the seam that Kronecker-factored curvature (KFAC) will also use.
+
+A layer qualifies in a pass only if it is exactly ``nn.Linear`` (a subclass may compute
+something else), its weight is one of ``params``, it ran once, on a ``[N, in]`` input of the
+batch's ``N`` rows, and its parameters enter the autograd graph of the output exactly once (so
+no other code uses them: weight tying, a second call).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from torch import Tensor, nn
+
+
+@dataclass
+class LinearLayer:
+    """An ``nn.Linear`` whose weight (and maybe bias) are among the parameters, by position."""
+
+    module: nn.Linear
+    weight_index: int
+    bias_index: int | None
+    calls: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # (input, output) per call
+
+
+def linear_layers(model: nn.Module, tensors: list[Tensor]) -> list[LinearLayer]:
+    """The ``nn.Linear`` modules of ``model`` whose weight is one of ``tensors`` (by identity)."""
+    index = {id(tensor): position for position, tensor in enumerate(tensors)}
+    layers = []
+    for module in model.modules():
+        if type(module) is nn.Linear and id(module.weight) in index:
+            bias_index = None if module.bias is None else index.get(id(module.bias))
+            layers.append(LinearLayer(module, index[id(module.weight)], bias_index))
+    return layers
+
+
+@contextmanager
+def recording(layers: list[LinearLayer]) -> Iterator[None]:
+    """Record each layer's ``(input, output)`` per call while the context is open.
+
+    The records are dropped when it closes: they hold the pass's autograd graph.
+    """
+
+    def hook_for(layer: LinearLayer):
+        def hook(module, inputs, output):
+            layer.calls.append((inputs[0], output))
+
+        return hook
+
+    handles = []
+    for layer in layers:
+        layer.calls.clear()
+        handles.append(layer.module.register_forward_hook(hook_for(layer)))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        for layer in layers:
+            layer.calls.clear()
+
+
+def factored(layers: list[LinearLayer], output: Tensor, batch_size: int) -> list[LinearLayer]:
+    """The recorded layers whose per-sample gradients factor in this pass (module docstring)."""
+    uses = _uses_in_graph(output)
+    return [
+        layer
+        for layer in layers
+        if len(layer.calls) == 1
+        and layer.calls[0][0].ndim == 2
+        and layer.calls[0][0].shape[0] == batch_size
+        and all(uses.get(id(tensor), 0) == 1 for tensor in _parameters(layer))
+    ]
+
+
+def _parameters(layer: LinearLayer) -> list[Tensor]:
+    module = layer.module
+    return [module.weight] + ([module.bias] if module.bias is not None else [])
+
+
+def _uses_in_graph(output: Tensor) -> dict[int, int]:
+    """For each leaf tensor of ``output``'s autograd graph: how many graph nodes consume it."""
+    uses: dict[int, int] = {}
+    seen, stack = set(), [output.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        for child, _ in node.next_functions:
+            if child is None:
+                continue
+            variable = getattr(child, "variable", None)  # AccumulateGrad: a leaf
+            if variable is not None:
+                uses[id(variable)] = uses.get(id(variable), 0) + 1
+            else:
+                stack.append(child)
+    return uses
+
+
+def squared_gradient_sums(layer: LinearLayer, output_gradients: Tensor) -> dict[int, Tensor]:
+    """``Σ_n Σ_k`` of the squared per-sample gradients of the layer's parameters.
+
+    Args:
+        layer: A layer of :func:`factored`.
+        output_gradients: ``[K, N, out]``: ``g_{n,k}`` for the layer's single call.
+
+    Returns:
+        ``{parameter index: squared sum}`` for the weight (and the bias, if among the parameters).
+    """
+    inputs = layer.calls[0][0].detach()
+    summed = output_gradients.square().sum(0)  # [N, out]
+    sums = {layer.weight_index: summed.T @ inputs.square()}
+    if layer.bias_index is not None:
+        sums[layer.bias_index] = summed.sum(0)
+    return sums
+
+
+def layer_outputs(layers: list[LinearLayer]) -> list[Tensor]:
+    """The output of each layer's single call (for gradients with respect to it)."""
+    return [layer.calls[0][1] for layer in layers]
