@@ -12,9 +12,10 @@ module finds such layers among the parameters and records their inputs and outpu
 forward pass; it is the seam that Kronecker-factored curvature (KFAC) will also use.
 
 A layer qualifies in a pass only if it is exactly ``nn.Linear`` (a subclass may compute
-something else), its weight is one of ``params``, it ran once, on a ``[N, in]`` input of the
-batch's ``N`` rows, and its parameters enter the autograd graph of the output exactly once (so
-no other code uses them: weight tying, a second call).
+something else) without forward hooks of its own or global ones (they may change its output),
+its weight is one of ``params``, it ran once, on a ``[N, in]`` input of the batch's ``N`` rows,
+and its parameters enter the autograd graph of the output exactly once (so no other code uses
+them: weight tying, a second call).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class LinearLayer:
     module: nn.Linear
     weight_index: int
     bias_index: int | None
-    calls: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # (input, output) per call
+    calls: list[tuple[Tensor, Tensor, int]] = field(default_factory=list)  # (input, output, input version)
 
 
 def linear_layers(model: nn.Module, tensors: list[Tensor]) -> list[LinearLayer]:
@@ -51,12 +52,18 @@ def linear_layers(model: nn.Module, tensors: list[Tensor]) -> list[LinearLayer]:
 def recording(layers: list[LinearLayer]) -> Iterator[None]:
     """Record each layer's ``(input, output)`` per call while the context is open.
 
-    The records are dropped when it closes: they hold the pass's autograd graph.
+    The model continues with a copy of each output (an in-place operation after the layer
+    would otherwise change the recorded one); the input's version counter is recorded to detect
+    an in-place change of it later in the pass. The records are dropped when the context closes:
+    they hold the pass's autograd graph.
     """
 
     def hook_for(layer: LinearLayer):
         def hook(module, inputs, output):
-            layer.calls.append((inputs[0], output))
+            layer.calls.append((inputs[0], output, inputs[0]._version))
+            # the model goes on with a copy: an in-place operation after the layer (ReLU(inplace=True))
+            # must not overwrite the output whose gradient is wanted
+            return output.clone()
 
         return hook
 
@@ -76,12 +83,16 @@ def recording(layers: list[LinearLayer]) -> Iterator[None]:
 def factored(layers: list[LinearLayer], output: Tensor, batch_size: int) -> list[LinearLayer]:
     """The recorded layers whose per-sample gradients factor in this pass (module docstring)."""
     uses = _uses_in_graph(output)
+    global_hooks = bool(nn.modules.module._global_forward_hooks)
     return [
         layer
         for layer in layers
         if len(layer.calls) == 1
+        and not global_hooks
+        and len(layer.module._forward_hooks) == 1  # ours: another could change the output
         and layer.calls[0][0].ndim == 2
         and layer.calls[0][0].shape[0] == batch_size
+        and layer.calls[0][0]._version == layer.calls[0][2]  # input not overwritten since
         and all(uses.get(id(tensor), 0) == 1 for tensor in _parameters(layer))
     ]
 

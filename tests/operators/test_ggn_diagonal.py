@@ -98,6 +98,16 @@ def _subclass():
     return nn.Sequential(_ScaledLinear(4, 5), nn.Tanh(), nn.Linear(5, 3))
 
 
+def _hooked():
+    model = _mlp()
+    model[0].register_forward_hook(lambda module, inputs, output: 2.0 * output)
+    return model
+
+
+def _inplace_after():
+    return nn.Sequential(nn.Linear(4, 5), nn.ReLU(inplace=True), nn.Linear(5, 3))
+
+
 def _sequence():
     return nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Flatten(), nn.Linear(10, 3))
 
@@ -110,6 +120,8 @@ FACTORED_CASES = {
     "tied outside the layer": (_TiedOutsideTheLayer, (4,), [2, 3]),
     "subclass of nn.Linear": (_subclass, (4,), [2, 3]),
     "linear on sequences": (_sequence, (2, 4), [2, 3]),
+    "forward hook on the layer": (_hooked, (4,), [2, 3]),
+    "in-place operation on the output": (_inplace_after, (4,), [0, 1, 2, 3]),
     "rows are not samples": (_RowsAreNotSamples, (2, 2), [2, 3]),
 }
 
@@ -148,3 +160,19 @@ def test_factored_linear_layers_match_the_dense_diagonal(case, mode, monkeypatch
     torch.testing.assert_close(diagonal, expected, rtol=1e-10, atol=1e-14)
     others = [index for index in range(len(params)) if index not in factored_indices]
     assert per_sample == ([others, others] if others else [])
+
+
+def test_a_layer_whose_input_was_overwritten_does_not_qualify():
+    """Squaring the recorded input would use the overwritten values (autograd refuses such a
+    model for the weight's gradient; the factored path never asks autograd for it)."""
+    from curvkit.operators._linear_layers import factored, linear_layers, recording
+
+    layer = nn.Linear(4, 3).double()
+    layers = linear_layers(layer, list(layer.parameters()))
+    for overwrite in (False, True):
+        with recording(layers):
+            inputs = 3.0 * torch.randn(5, 4, dtype=torch.float64)
+            output = layer(inputs)
+            if overwrite:
+                inputs.mul_(2.0)
+            assert factored(layers, output, batch_size=5) == ([] if overwrite else layers)
