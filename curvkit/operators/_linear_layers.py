@@ -13,9 +13,12 @@ forward pass; it is the seam that Kronecker-factored curvature (KFAC) will also 
 
 A layer qualifies in a pass only if it is exactly ``nn.Linear`` (a subclass may compute
 something else) without forward hooks of its own or global ones (they may change its output),
-its weight is one of ``params``, it ran once, on a ``[N, in]`` input of the batch's ``N`` rows,
-and its parameters enter the autograd graph of the output exactly once (so no other code uses
-them: weight tying, a second call).
+its weight is one of ``params``, it ran once, on a ``[N, in]`` input of the batch's ``N`` rows
+that is computed from the batch input (not, say, a table of positions that happens to have
+``N`` rows), and its parameters enter the autograd graph of the output exactly once, in that
+call (so no other code uses them: weight tying, a second call). Samples must not be coupled
+(as for every per-sample method): then rows computed from the batch, ``N`` of them, are one per
+sample, in some order, and the sum of squares does not depend on the order.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ class LinearLayer:
     module: nn.Linear
     weight_index: int
     bias_index: int | None
-    calls: list[tuple[Tensor, Tensor, int]] = field(default_factory=list)  # (input, output, input version)
+    # per call: (input, output, input version), or None for a call without a tensor input
+    calls: list[tuple[Tensor, Tensor, int] | None] = field(default_factory=list)
 
 
 def linear_layers(model: nn.Module, tensors: list[Tensor]) -> list[LinearLayer]:
@@ -59,8 +63,9 @@ def recording(layers: list[LinearLayer]) -> Iterator[None]:
     """
 
     def hook_for(layer: LinearLayer):
-        def hook(module, inputs, output):
-            layer.calls.append((inputs[0], output, inputs[0]._version))
+        def hook(module, args, kwargs, output):
+            inputs = args[0] if args else kwargs.get("input")
+            layer.calls.append((inputs, output, inputs._version) if isinstance(inputs, Tensor) else None)
             # the model goes on with a copy: an in-place operation after the layer (ReLU(inplace=True))
             # must not overwrite the output whose gradient is wanted
             return output.clone()
@@ -70,7 +75,7 @@ def recording(layers: list[LinearLayer]) -> Iterator[None]:
     handles = []
     for layer in layers:
         layer.calls.clear()
-        handles.append(layer.module.register_forward_hook(hook_for(layer)))
+        handles.append(layer.module.register_forward_hook(hook_for(layer), with_kwargs=True))
     try:
         yield
     finally:
@@ -80,21 +85,85 @@ def recording(layers: list[LinearLayer]) -> Iterator[None]:
             layer.calls.clear()
 
 
-def factored(layers: list[LinearLayer], output: Tensor, batch_size: int) -> list[LinearLayer]:
-    """The recorded layers whose per-sample gradients factor in this pass (module docstring)."""
-    uses = _uses_in_graph(output)
-    global_hooks = bool(nn.modules.module._global_forward_hooks)
-    return [
+def factored(
+    layers: list[LinearLayer], output: Tensor, batch_size: int, batch_leaves: list[Tensor]
+) -> list[LinearLayer]:
+    """The recorded layers whose per-sample gradients factor in this pass (module docstring).
+
+    Args:
+        layers: Layers recorded during the pass that computed ``output``.
+        output: The model output, with its autograd graph.
+        batch_size: ``N``.
+        batch_leaves: Leaf tensors requiring grad that the batch input was computed from
+            (floating-point inputs only), to tell rows computed from the batch.
+    """
+    if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_hooks_with_kwargs:
+        return []
+    candidates = [
         layer
         for layer in layers
         if len(layer.calls) == 1
-        and not global_hooks
-        and len(layer.module._forward_hooks) == 1  # ours: another could change the output
+        and layer.calls[0] is not None  # called once, with a tensor input
+        and len(layer.module._forward_hooks) == 1  # no hook but ours: another could change the output
         and layer.calls[0][0].ndim == 2
         and layer.calls[0][0].shape[0] == batch_size
-        and layer.calls[0][0]._version == layer.calls[0][2]  # input not overwritten since
-        and all(uses.get(id(tensor), 0) == 1 for tensor in _parameters(layer))
+        and layer.calls[0][0]._version == layer.calls[0][2]  # not overwritten in place since
     ]
+    if not candidates:  # spare the graph walks
+        return []
+    uses = _uses_in_graph(output)
+    from_batch = _Reachability({id(leaf) for leaf in batch_leaves})
+    return [
+        layer
+        for layer in candidates
+        if all(uses.get(id(tensor), 0) == 1 for tensor in _parameters(layer))
+        and _consumes(layer.calls[0][1].grad_fn, layer.module.weight)  # the one use is this call
+        and from_batch(layer.calls[0][0])
+    ]
+
+
+def _consumes(node, tensor: Tensor, depth: int = 2) -> bool:
+    """Whether the autograd ``node`` takes the leaf ``tensor`` within ``depth`` steps.
+
+    ``F.linear`` records a product node that takes the weight through its transpose.
+    """
+    if node is None or depth == 0:
+        return False
+    children = [child for child, _ in node.next_functions if child is not None]
+    return any(getattr(child, "variable", None) is tensor for child in children) or any(
+        _consumes(child, tensor, depth - 1) for child in children
+    )
+
+
+class _Reachability:
+    """Whether a tensor was computed from given leaves, by walking its autograd graph (memoized)."""
+
+    def __init__(self, leaf_ids: set[int]):
+        self.leaf_ids, self.memo = leaf_ids, {}
+
+    def __call__(self, tensor: Tensor) -> bool:
+        if id(tensor) in self.leaf_ids:
+            return True
+        return tensor.grad_fn is not None and self._reaches(tensor.grad_fn)
+
+    def _reaches(self, root) -> bool:
+        stack = [root]
+        while stack:  # iterative post-order: deep graphs do not hit the recursion limit
+            node = stack[-1]
+            if node in self.memo:
+                stack.pop()
+                continue
+            children = [child for child, _ in node.next_functions if child is not None]
+            pending = [child for child in children if not (child in self.memo or hasattr(child, "variable"))]
+            if pending:
+                stack.extend(pending)
+                continue
+            self.memo[node] = any(
+                id(child.variable) in self.leaf_ids if hasattr(child, "variable") else self.memo[child]
+                for child in children
+            )
+            stack.pop()
+        return self.memo[root]
 
 
 def _parameters(layer: LinearLayer) -> list[Tensor]:

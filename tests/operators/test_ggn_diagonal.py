@@ -108,6 +108,29 @@ def _inplace_after():
     return nn.Sequential(nn.Linear(4, 5), nn.ReLU(inplace=True), nn.Linear(5, 3))
 
 
+class _PositionTable(nn.Module):
+    """A linear layer on a table of 3 positions, shared by all samples: 3 rows that are not
+    samples, even in a batch of 3."""
+
+    def __init__(self):
+        super().__init__()
+        self.positions = nn.Parameter(torch.randn(3, 2))
+        self.project, self.head = nn.Linear(2, 4), nn.Linear(12, 3)
+
+    def forward(self, x):
+        mixed = x.reshape(x.shape[0], 3, 4) * self.project(self.positions)
+        return self.head(torch.tanh(mixed).flatten(1))
+
+
+class _KeywordCall(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.first, self.second = nn.Linear(4, 5), nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.second(torch.tanh(self.first(input=x)))
+
+
 def _sequence():
     return nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Flatten(), nn.Linear(10, 3))
 
@@ -122,6 +145,8 @@ FACTORED_CASES = {
     "linear on sequences": (_sequence, (2, 4), [2, 3]),
     "forward hook on the layer": (_hooked, (4,), [2, 3]),
     "in-place operation on the output": (_inplace_after, (4,), [0, 1, 2, 3]),
+    "rows of a position table": (_PositionTable, (12,), [3, 4]),
+    "keyword call": (_KeywordCall, (4,), [0, 1, 2, 3]),
     "rows are not samples": (_RowsAreNotSamples, (2, 2), [2, 3]),
 }
 
@@ -140,7 +165,7 @@ def test_factored_linear_layers_match_the_dense_diagonal(case, mode, monkeypatch
     if case == "mlp, weights only":
         params = [model[0].weight, model[2].weight]
         factored_indices = [0, 1]
-    inputs = [torch.randn(size, *input_shape, dtype=torch.float64) for size in (3, 5)]
+    inputs = [torch.randn(size, *input_shape, dtype=torch.float64) for size in (3, 5)]  # 3 as positions
     data = [(X, torch.randint(0, 3, (X.shape[0],))) for X in inputs]
     loss_func = nn.CrossEntropyLoss()
     per_sample = []
@@ -171,8 +196,9 @@ def test_a_layer_whose_input_was_overwritten_does_not_qualify():
     layers = linear_layers(layer, list(layer.parameters()))
     for overwrite in (False, True):
         with recording(layers):
-            inputs = 3.0 * torch.randn(5, 4, dtype=torch.float64)
+            leaf = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+            inputs = 3.0 * leaf
             output = layer(inputs)
             if overwrite:
                 inputs.mul_(2.0)
-            assert factored(layers, output, batch_size=5) == ([] if overwrite else layers)
+            assert factored(layers, output, 5, [leaf]) == ([] if overwrite else layers)
