@@ -111,12 +111,13 @@ def factored(
     ]
     if not candidates:  # spare the graph walks
         return []
-    uses = _uses_in_graph(output)
+    uses, nodes = _uses_in_graph(output)
     from_batch = _Reachability({id(leaf) for leaf in batch_leaves})
     return [
         layer
         for layer in candidates
         if all(uses.get(id(tensor), 0) == 1 for tensor in _parameters(layer))
+        and layer.calls[0][1].grad_fn in nodes  # this call's output leads to the model's
         and _consumes(layer.calls[0][1].grad_fn, layer.module.weight)  # the one use is this call
         and from_batch(layer.calls[0][0])
     ]
@@ -171,8 +172,12 @@ def _parameters(layer: LinearLayer) -> list[Tensor]:
     return [module.weight] + ([module.bias] if module.bias is not None else [])
 
 
-def _uses_in_graph(output: Tensor) -> dict[int, int]:
-    """For each leaf tensor of ``output``'s autograd graph: how many graph nodes consume it."""
+def _uses_in_graph(output: Tensor) -> tuple[dict[int, int], set]:
+    """The graph's nodes, and for each leaf tensor how many of them consume it.
+
+    Returns:
+        ``{id(leaf): number of consuming nodes}`` and the set of nodes of ``output``'s graph.
+    """
     uses: dict[int, int] = {}
     seen, stack = set(), [output.grad_fn]
     while stack:
@@ -188,7 +193,7 @@ def _uses_in_graph(output: Tensor) -> dict[int, int]:
                 uses[id(variable)] = uses.get(id(variable), 0) + 1
             else:
                 stack.append(child)
-    return uses
+    return uses, seen
 
 
 def squared_gradient_sums(layer: LinearLayer, output_gradients: Tensor) -> dict[int, Tensor]:

@@ -41,6 +41,7 @@ def ggn_diagonal(
     mc_samples: int = 1,
     seed: int = 2147483647,
     progressbar: bool = False,
+    check_deterministic: bool = True,
     num_data: int | None = None,
     batch_size_fn: Callable | None = None,
 ) -> Tensor:
@@ -74,6 +75,9 @@ def ggn_diagonal(
         mc_samples: Samples per data point for ``mode='mc'``.
         seed: Seed of the target sampling for ``mode='mc'``.
         progressbar: Show a progress bar.
+        check_deterministic: Run the determinism probe's checks of model and data (random
+            layers in train mode, two passes over the data that must agree), as the operators
+            do. Default: ``True``.
         num_data: Number of samples (computed if ``None``).
         batch_size_fn: Batch size of a dict input.
 
@@ -103,6 +107,8 @@ def ggn_diagonal(
         batch_size_fn=batch_size_fn,
     )
     model = setup.model
+    if check_deterministic:  # the checks of model and data; no product to compare here
+        setup.check_deterministic(lambda vectors: vectors, model.layout.dim)
     generator = torch.Generator(device=model.device).manual_seed(seed)
     layers = linear_layers(model_func, model.tensors)
 

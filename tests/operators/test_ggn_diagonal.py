@@ -131,6 +131,19 @@ class _KeywordCall(nn.Module):
         return self.second(torch.tanh(self.first(input=x)))
 
 
+class _MonitoredCall(nn.Module):
+    """The layer runs once for a statistic (detached); its weight computes the output elsewhere."""
+
+    def __init__(self):
+        super().__init__()
+        self.first, self.second = nn.Linear(4, 4), nn.Linear(4, 3)
+
+    def forward(self, x):
+        self.statistic = self.first(x).detach().mean()
+        hidden = torch.nn.functional.linear(torch.tanh(x), self.first.weight, self.first.bias)
+        return self.second(torch.tanh(hidden))
+
+
 def _sequence():
     return nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Flatten(), nn.Linear(10, 3))
 
@@ -147,6 +160,7 @@ FACTORED_CASES = {
     "in-place operation on the output": (_inplace_after, (4,), [0, 1, 2, 3]),
     "rows of a position table": (_PositionTable, (12,), [3, 4]),
     "keyword call": (_KeywordCall, (4,), [0, 1, 2, 3]),
+    "call whose output is not used": (_MonitoredCall, (4,), [2, 3]),
     "rows are not samples": (_RowsAreNotSamples, (2, 2), [2, 3]),
 }
 
@@ -202,3 +216,13 @@ def test_a_layer_whose_input_was_overwritten_does_not_qualify():
             if overwrite:
                 inputs.mul_(2.0)
             assert factored(layers, output, 5, [leaf]) == ([] if overwrite else layers)
+
+
+@pytest.mark.parametrize("random_layer", [nn.Dropout(0.5), nn.BatchNorm1d(5)], ids=["dropout", "batchnorm"])
+def test_random_layers_in_train_mode_are_refused(random_layer):
+    """The factored path would go through them silently; the determinism probe refuses them."""
+    model = nn.Sequential(nn.Linear(4, 5), random_layer, nn.Tanh(), nn.Linear(5, 3)).double().train()
+    data = [(torch.randn(4, 4, dtype=torch.float64), torch.tensor([0, 1, 2, 0]))]
+    params = [model[0].weight, model[3].weight]
+    with pytest.raises(RuntimeError, match="check_deterministic"):
+        ggn_diagonal(model, nn.CrossEntropyLoss(), params, data)
