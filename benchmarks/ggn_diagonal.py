@@ -4,7 +4,9 @@
 layers applied once to one row per sample take the factored path (one batched backward pass to
 the layer outputs, one matrix product per layer); the row "per-sample only" forces every
 parameter through per-sample vector-Jacobian products under ``vmap``, as before the factored
-path existed. Median of 3 after a warm-up; gradient: plain autograd over the same data.
+path existed. Median of 3 after a warm-up; gradient: plain autograd over the same data;
+``check_deterministic=False``, as for the operators in ``products.py`` (the probe's two passes
+over the data add about one gradient).
 
 Usage::
 
@@ -47,7 +49,8 @@ def main() -> None:
         ratios = []
         for layers in (factored_layers, lambda model, tensors: []):
             module.linear_layers = layers
-            ratios.append(median_seconds(partial(ggn_diagonal, model, loss_func, params, data)) / gradient)
+            diagonal = partial(ggn_diagonal, model, loss_func, params, data, check_deterministic=False)
+            ratios.append(median_seconds(diagonal) / gradient)
         module.linear_layers = factored_layers
         print(f"| {PROBLEM_LABELS[problem]} | {ratios[0]:.1f} | {ratios[1]:.1f} |")
 
