@@ -15,15 +15,16 @@ A layer qualifies in a pass only if it is exactly ``nn.Linear`` (a subclass may 
 something else) without forward hooks of its own or global ones (they may change its output),
 its weight is one of ``params``, it ran once, on a ``[N, in]`` input of the batch's ``N`` rows
 that is computed from the batch input (not, say, a table of positions that happens to have
-``N`` rows), and its parameters enter the autograd graph of the output exactly once, in that
-call (so no other code uses them: weight tying, a second call). Samples must not be coupled
+``N`` rows; the caller tells, see :func:`factored`), and its parameters enter the autograd
+graph of the output exactly once, in that call (so no other code uses them: weight tying, a
+second call). Samples must not be coupled
 (as for every per-sample method): then rows computed from the batch, ``N`` of them, are one per
 sample, in some order, and the sum of squares does not depend on the order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -86,7 +87,7 @@ def recording(layers: list[LinearLayer]) -> Iterator[None]:
 
 
 def factored(
-    layers: list[LinearLayer], output: Tensor, batch_size: int, batch_leaves: list[Tensor]
+    layers: list[LinearLayer], output: Tensor, batch_size: int, from_batch: Callable[[Tensor], bool]
 ) -> list[LinearLayer]:
     """The recorded layers whose per-sample gradients factor in this pass (module docstring).
 
@@ -94,8 +95,7 @@ def factored(
         layers: Layers recorded during the pass that computed ``output``.
         output: The model output, with its autograd graph.
         batch_size: ``N``.
-        batch_leaves: Leaf tensors requiring grad that the batch input was computed from
-            (floating-point inputs only), to tell rows computed from the batch.
+        from_batch: Whether a tensor was computed from the batch input.
     """
     if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_hooks_with_kwargs:
         return []
@@ -112,7 +112,6 @@ def factored(
     if not candidates:  # spare the graph walks
         return []
     uses, nodes = _uses_in_graph(output)
-    from_batch = _Reachability({id(leaf) for leaf in batch_leaves})
     return [
         layer
         for layer in candidates
@@ -134,37 +133,6 @@ def _consumes(node, tensor: Tensor, depth: int = 2) -> bool:
     return any(getattr(child, "variable", None) is tensor for child in children) or any(
         _consumes(child, tensor, depth - 1) for child in children
     )
-
-
-class _Reachability:
-    """Whether a tensor was computed from given leaves, by walking its autograd graph (memoized)."""
-
-    def __init__(self, leaf_ids: set[int]):
-        self.leaf_ids, self.memo = leaf_ids, {}
-
-    def __call__(self, tensor: Tensor) -> bool:
-        if id(tensor) in self.leaf_ids:
-            return True
-        return tensor.grad_fn is not None and self._reaches(tensor.grad_fn)
-
-    def _reaches(self, root) -> bool:
-        stack = [root]
-        while stack:  # iterative post-order: deep graphs do not hit the recursion limit
-            node = stack[-1]
-            if node in self.memo:
-                stack.pop()
-                continue
-            children = [child for child, _ in node.next_functions if child is not None]
-            pending = [child for child in children if not (child in self.memo or hasattr(child, "variable"))]
-            if pending:
-                stack.extend(pending)
-                continue
-            self.memo[node] = any(
-                id(child.variable) in self.leaf_ids if hasattr(child, "variable") else self.memo[child]
-                for child in children
-            )
-            stack.pop()
-        return self.memo[root]
 
 
 def _parameters(layer: LinearLayer) -> list[Tensor]:

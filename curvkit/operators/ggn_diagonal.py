@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor
+from torch.autograd import forward_ad
 from torch.func import vjp, vmap
 from torch.utils._pytree import tree_map
 
@@ -115,20 +116,8 @@ def ggn_diagonal(
     def batch_diagonal(batch: Batch) -> Tensor:
         squares: dict[int, Tensor] = {}
         with recording(layers):  # the factored linear layers: no per-sample gradients
-            # floating-point inputs as copies of leaves that require grad: the graph then tells
-            # which layer inputs were computed from the batch
-            leaves = []
-
-            def traced(tensor: Tensor) -> Tensor:
-                if not (layers and isinstance(tensor, Tensor) and tensor.is_floating_point()):
-                    return tensor
-                leaves.append(tensor.detach().requires_grad_())
-                return leaves[-1].clone()
-
-            with torch.set_grad_enabled(bool(layers)), differentiable_attention():
-                output = model(tree_map(traced, batch.X))
+            output, fast = factored_forward(batch)
             columns = output_curvature_columns(output.detach(), batch.y)
-            fast = factored(layers, output, batch.size, leaves) if layers else []
             if fast:
                 gradients = torch.autograd.grad(output, layer_outputs(fast), columns, is_grads_batched=True)
                 for layer, layer_gradients in zip(fast, gradients):
@@ -137,6 +126,29 @@ def ggn_diagonal(
         if rest:
             squares.update(zip(rest, _sum_of_squared_sample_vjps(model, batch.X, columns, rest)))
         return torch.cat([squares[index].flatten() for index in range(len(model.tensors))])
+
+    def factored_forward(batch: Batch) -> tuple[Tensor, list]:
+        """The output (with its graph) and the layers that factor on this batch.
+
+        Floating-point inputs carry a forward-mode tangent (dual numbers, which leave
+        ``requires_grad`` and the model's own code alone), so that a layer input with a tangent
+        was computed from the batch. Where forward mode is unavailable, no layer factors.
+        """
+        with torch.set_grad_enabled(bool(layers)), differentiable_attention():
+            if not layers:
+                return model(batch.X), []
+            try:
+                with forward_ad.dual_level():
+                    output = model(tree_map(_with_tangent, batch.X))
+                    from_batch = lambda tensor: forward_ad.unpack_dual(tensor).tangent is not None  # noqa: E731
+                    fast = factored(layers, output, batch.size, from_batch)
+                return output, fast
+            except NotImplementedError as error:
+                if not any(phrase in str(error) for phrase in ("forward AD", "forward mode AD")):
+                    raise
+                for layer in layers:
+                    layer.calls.clear()
+                return model(batch.X), []
 
     def output_curvature_columns(output: Tensor, y: Tensor) -> Tensor:
         """``[K, *output.shape]``: the columns ``s_{n,k}`` of ``Λ_n = S_n S_nᵀ``."""
@@ -147,6 +159,13 @@ def ggn_diagonal(
         return sampled_output_gradients(loss_func, output, targets, y) / scale**0.5
 
     return setup.engine.sum_over_batches(batch_diagonal, reduction_of(loss_func), desc="GGN diagonal")
+
+
+def _with_tangent(tensor):
+    """A floating-point tensor as a dual number (zero tangent: only its presence matters)."""
+    if isinstance(tensor, Tensor) and tensor.is_floating_point():
+        return forward_ad.make_dual(tensor, torch.zeros_like(tensor))
+    return tensor
 
 
 def _sum_of_squared_sample_vjps(model, X, columns: Tensor, indices: list[int]) -> list[Tensor]:

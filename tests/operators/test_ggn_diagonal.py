@@ -144,6 +144,36 @@ class _MonitoredCall(nn.Module):
         return self.second(torch.tanh(hidden))
 
 
+class _BufferTable(nn.Module):
+    """Like ``_PositionTable`` with a fixed buffer of 3 rows instead of a parameter."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("positions", torch.randn(3, 2))
+        self.project, self.head = nn.Linear(2, 4), nn.Linear(12, 3)
+
+    def forward(self, x):
+        mixed = x.reshape(x.shape[0], 3, 4) * self.project(self.positions)
+        return self.head(torch.tanh(mixed).flatten(1))
+
+
+class _InputHandling(nn.Module):
+    """Changes views of its input in place, branches on ``requires_grad``, keeps its input."""
+
+    def __init__(self):
+        super().__init__()
+        self.first, self.second = nn.Linear(4, 5), nn.Linear(5, 3)
+
+    def forward(self, x):
+        self.last_input = x
+        x = x.clone()
+        for part in x.split(2, 1):
+            part.mul_(0.5)
+        if x.requires_grad:
+            x = 2.0 * x
+        return self.second(torch.tanh(self.first(x)))
+
+
 def _sequence():
     return nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Flatten(), nn.Linear(10, 3))
 
@@ -159,6 +189,8 @@ FACTORED_CASES = {
     "forward hook on the layer": (_hooked, (4,), [2, 3]),
     "in-place operation on the output": (_inplace_after, (4,), [0, 1, 2, 3]),
     "rows of a position table": (_PositionTable, (12,), [3, 4]),
+    "rows of a buffer table": (_BufferTable, (12,), [2, 3]),
+    "input handled in place": (_InputHandling, (4,), [0, 1, 2, 3]),
     "keyword call": (_KeywordCall, (4,), [0, 1, 2, 3]),
     "call whose output is not used": (_MonitoredCall, (4,), [2, 3]),
     "rows are not samples": (_RowsAreNotSamples, (2, 2), [2, 3]),
@@ -210,12 +242,11 @@ def test_a_layer_whose_input_was_overwritten_does_not_qualify():
     layers = linear_layers(layer, list(layer.parameters()))
     for overwrite in (False, True):
         with recording(layers):
-            leaf = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
-            inputs = 3.0 * leaf
+            inputs = 3.0 * torch.randn(5, 4, dtype=torch.float64)
             output = layer(inputs)
             if overwrite:
                 inputs.mul_(2.0)
-            assert factored(layers, output, 5, [leaf]) == ([] if overwrite else layers)
+            assert factored(layers, output, 5, lambda tensor: True) == ([] if overwrite else layers)
 
 
 @pytest.mark.parametrize("random_layer", [nn.Dropout(0.5), nn.BatchNorm1d(5)], ids=["dropout", "batchnorm"])
@@ -226,3 +257,13 @@ def test_random_layers_in_train_mode_are_refused(random_layer):
     params = [model[0].weight, model[3].weight]
     with pytest.raises(RuntimeError, match="check_deterministic"):
         ggn_diagonal(model, nn.CrossEntropyLoss(), params, data)
+
+
+def test_the_model_keeps_no_trace_of_the_factored_pass():
+    """The batch input reaches the model as a dual number only inside the pass."""
+    model = _InputHandling().double()
+    data = [(torch.randn(3, 4, dtype=torch.float64), torch.tensor([0, 1, 2]))]
+    ggn_diagonal(model, nn.CrossEntropyLoss(), list(model.parameters()), data)
+    assert not model.last_input.requires_grad
+    assert torch.autograd.forward_ad.unpack_dual(model.last_input).tangent is None
+    assert all(not module._forward_hooks for module in model.modules())
