@@ -27,8 +27,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
+import torch
 from torch import Tensor, nn
+from torch.autograd import forward_ad
+from torch.utils._pytree import tree_map
 
 
 @dataclass
@@ -133,6 +137,79 @@ def _consumes(node, tensor: Tensor, depth: int = 2) -> bool:
     return any(getattr(child, "variable", None) is tensor for child in children) or any(
         _consumes(child, tensor, depth - 1) for child in children
     )
+
+
+@contextmanager
+def dual_numbers(X: Any) -> Iterator[tuple[Any, Callable[[Tensor], bool]]]:
+    """The batch input with forward-mode tangents (zero: only their presence matters).
+
+    Yields:
+        The input to call the model with, and whether a tensor was computed from it (it has
+        a tangent). Dual numbers leave ``requires_grad`` and the model's own code alone.
+    """
+
+    def with_tangent(tensor: Any) -> Any:
+        if isinstance(tensor, Tensor) and tensor.is_floating_point():
+            return forward_ad.make_dual(tensor, torch.zeros_like(tensor))
+        return tensor
+
+    with forward_ad.dual_level():
+        yield tree_map(with_tangent, X), lambda tensor: forward_ad.unpack_dual(tensor).tangent is not None
+
+
+@contextmanager
+def autograd_leaves(X: Any) -> Iterator[tuple[Any, Callable[[Tensor], bool]]]:
+    """The batch input as copies of leaves that require grad, for models without forward mode.
+
+    Yields:
+        The input to call the model with, and whether a tensor was computed from it (its
+        autograd graph reaches one of the leaves).
+    """
+    leaves = []
+
+    def traced(tensor: Any) -> Any:
+        if not (isinstance(tensor, Tensor) and tensor.is_floating_point()):
+            return tensor
+        leaves.append(tensor.detach().requires_grad_())
+        return leaves[-1].clone()
+
+    traced_X = tree_map(traced, X)
+    yield traced_X, _Reachability({id(leaf) for leaf in leaves})
+
+
+TRACINGS = (dual_numbers, autograd_leaves)
+"""Ways to tell layer inputs computed from the batch, in order of preference."""
+
+
+class _Reachability:
+    """Whether a tensor was computed from given leaves, by walking its autograd graph (memoized)."""
+
+    def __init__(self, leaf_ids: set[int]):
+        self.leaf_ids, self.memo = leaf_ids, {}
+
+    def __call__(self, tensor: Tensor) -> bool:
+        if id(tensor) in self.leaf_ids:
+            return True
+        return tensor.grad_fn is not None and self._reaches(tensor.grad_fn)
+
+    def _reaches(self, root) -> bool:
+        stack = [root]
+        while stack:  # iterative post-order: deep graphs do not hit the recursion limit
+            node = stack[-1]
+            if node in self.memo:
+                stack.pop()
+                continue
+            children = [child for child, _ in node.next_functions if child is not None]
+            pending = [child for child in children if not (child in self.memo or hasattr(child, "variable"))]
+            if pending:
+                stack.extend(pending)
+                continue
+            self.memo[node] = any(
+                id(child.variable) in self.leaf_ids if hasattr(child, "variable") else self.memo[child]
+                for child in children
+            )
+            stack.pop()
+        return self.memo[root]
 
 
 def _parameters(layer: LinearLayer) -> list[Tensor]:

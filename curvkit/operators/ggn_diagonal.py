@@ -6,7 +6,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor
-from torch.autograd import forward_ad
 from torch.func import vjp, vmap
 from torch.utils._pytree import tree_map
 
@@ -22,6 +21,7 @@ from curvkit.losses import (
 )
 from curvkit.operators._differentiation import differentiable_attention
 from curvkit.operators._linear_layers import (
+    TRACINGS,
     factored,
     layer_outputs,
     linear_layers,
@@ -125,30 +125,26 @@ def ggn_diagonal(
         rest = [index for index in range(len(model.tensors)) if index not in squares]
         if rest:
             squares.update(zip(rest, _sum_of_squared_sample_vjps(model, batch.X, columns, rest)))
-        return torch.cat([squares[index].flatten() for index in range(len(model.tensors))])
+        # detached: the per-sample path may leave a graph on its result
+        return torch.cat([squares[index].flatten() for index in range(len(model.tensors))]).detach()
 
     def factored_forward(batch: Batch) -> tuple[Tensor, list]:
         """The output (with its graph) and the layers that factor on this batch.
 
-        Floating-point inputs carry a forward-mode tangent (dual numbers, which leave
-        ``requires_grad`` and the model's own code alone), so that a layer input with a tangent
-        was computed from the batch. Where forward mode is unavailable, no layer factors.
+        The batch input is traced (:data:`~curvkit.operators._linear_layers.TRACINGS`: dual
+        numbers, else autograd leaves) to tell which layer inputs were computed from it. A model
+        that runs with neither gets no factored layer.
         """
         with torch.set_grad_enabled(bool(layers)), differentiable_attention():
-            if not layers:
-                return model(batch.X), []
-            try:
-                with forward_ad.dual_level():
-                    output = model(tree_map(_with_tangent, batch.X))
-                    from_batch = lambda tensor: forward_ad.unpack_dual(tensor).tangent is not None  # noqa: E731
-                    fast = factored(layers, output, batch.size, from_batch)
-                return output, fast
-            except NotImplementedError as error:
-                if not any(phrase in str(error) for phrase in ("forward AD", "forward mode AD")):
-                    raise
-                for layer in layers:
-                    layer.calls.clear()
-                return model(batch.X), []
+            for tracing in TRACINGS if layers else ():
+                try:
+                    with tracing(batch.X) as (traced, from_batch):
+                        output = model(traced)
+                        return output, factored(layers, output, batch.size, from_batch)
+                except (NotImplementedError, RuntimeError):  # not on traced inputs: next way
+                    for layer in layers:
+                        layer.calls.clear()
+            return model(batch.X), []
 
     def output_curvature_columns(output: Tensor, y: Tensor) -> Tensor:
         """``[K, *output.shape]``: the columns ``s_{n,k}`` of ``Λ_n = S_n S_nᵀ``."""
@@ -159,13 +155,6 @@ def ggn_diagonal(
         return sampled_output_gradients(loss_func, output, targets, y) / scale**0.5
 
     return setup.engine.sum_over_batches(batch_diagonal, reduction_of(loss_func), desc="GGN diagonal")
-
-
-def _with_tangent(tensor):
-    """A floating-point tensor as a dual number (zero tangent: only its presence matters)."""
-    if isinstance(tensor, Tensor) and tensor.is_floating_point():
-        return forward_ad.make_dual(tensor, torch.zeros_like(tensor))
-    return tensor
 
 
 def _sum_of_squared_sample_vjps(model, X, columns: Tensor, indices: list[int]) -> list[Tensor]:

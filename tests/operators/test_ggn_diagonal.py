@@ -174,6 +174,33 @@ class _InputHandling(nn.Module):
         return self.second(torch.tanh(self.first(x)))
 
 
+class _SquareWithoutForwardMode(torch.autograd.Function):
+    """An old-style function: no forward-mode derivative, no vmap rule."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (x,) = ctx.saved_tensors
+        return 2 * x * grad_output
+
+
+class _WithoutForwardMode(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.first, self.second = nn.Linear(4, 5), nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.second(_SquareWithoutForwardMode.apply(self.first(x)))
+
+
+def _conv():
+    return nn.Sequential(nn.Conv2d(1, 2, 3), nn.Tanh(), nn.Flatten(), nn.Linear(8, 3))
+
+
 def _sequence():
     return nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Flatten(), nn.Linear(10, 3))
 
@@ -191,6 +218,8 @@ FACTORED_CASES = {
     "rows of a position table": (_PositionTable, (12,), [3, 4]),
     "rows of a buffer table": (_BufferTable, (12,), [2, 3]),
     "input handled in place": (_InputHandling, (4,), [0, 1, 2, 3]),
+    "no forward-mode derivative": (_WithoutForwardMode, (4,), [0, 1, 2, 3]),
+    "a convolution besides, its bias left out": (_conv, (1, 4, 4), [1, 2]),
     "keyword call": (_KeywordCall, (4,), [0, 1, 2, 3]),
     "call whose output is not used": (_MonitoredCall, (4,), [2, 3]),
     "rows are not samples": (_RowsAreNotSamples, (2, 2), [2, 3]),
@@ -211,6 +240,8 @@ def test_factored_linear_layers_match_the_dense_diagonal(case, mode, monkeypatch
     if case == "mlp, weights only":
         params = [model[0].weight, model[2].weight]
         factored_indices = [0, 1]
+    if case.startswith("a convolution besides"):  # the left-out bias still requires grad
+        params = [model[0].weight, model[3].weight, model[3].bias]
     inputs = [torch.randn(size, *input_shape, dtype=torch.float64) for size in (3, 5)]  # 3 as positions
     data = [(X, torch.randint(0, 3, (X.shape[0],))) for X in inputs]
     loss_func = nn.CrossEntropyLoss()
@@ -229,6 +260,7 @@ def test_factored_linear_layers_match_the_dense_diagonal(case, mode, monkeypatch
         expected = FisherMCLinearOperator(model, loss_func, params, data, mc_samples=2, seed=3)
         expected = expected.to_dense().diagonal()
     torch.testing.assert_close(diagonal, expected, rtol=1e-10, atol=1e-14)
+    assert not diagonal.requires_grad  # no graph kept alive in the result
     others = [index for index in range(len(params)) if index not in factored_indices]
     assert per_sample == ([others, others] if others else [])
 
