@@ -13,13 +13,13 @@ forward pass; it is the seam that Kronecker-factored curvature (KFAC) will also 
 
 A layer qualifies in a pass only if it is exactly ``nn.Linear`` (a subclass may compute
 something else) without forward hooks of its own or global ones (they may change its output),
-its weight is one of ``params``, it ran once, on a ``[N, in]`` input of the batch's ``N`` rows
-that is computed from the batch input (not, say, a table of positions that happens to have
-``N`` rows; the caller tells, see :func:`factored`), and its parameters enter the autograd
-graph of the output exactly once, in that call (so no other code uses them: weight tying, a
-second call). Samples must not be coupled
-(as for every per-sample method): then rows computed from the batch, ``N`` of them, are one per
-sample, in some order, and the sum of squares does not depend on the order.
+its weight or bias is one of ``params``, it ran once, on a ``[N, in]`` input of the batch's
+``N`` rows that is computed from the batch input (not, say, a table of positions that happens
+to have ``N`` rows; the caller tells, see :func:`factored`), that call's output leads to the
+model's, and its parameters that require grad enter the autograd graph of the output exactly
+once, in that call (so no other code uses them: weight tying, a second call). Samples must not
+be coupled (as for every per-sample method): then rows computed from the batch, ``N`` of them,
+are one per sample, in some order, and the sum of squares does not depend on the order.
 """
 
 from __future__ import annotations
@@ -37,23 +37,25 @@ from torch.utils._pytree import tree_map
 
 @dataclass
 class LinearLayer:
-    """An ``nn.Linear`` whose weight (and maybe bias) are among the parameters, by position."""
+    """An ``nn.Linear`` whose weight or bias (or both) are among the parameters, by position."""
 
     module: nn.Linear
-    weight_index: int
+    weight_index: int | None
     bias_index: int | None
     # per call: (input, output, input version), or None for a call without a tensor input
     calls: list[tuple[Tensor, Tensor, int] | None] = field(default_factory=list)
 
 
 def linear_layers(model: nn.Module, tensors: list[Tensor]) -> list[LinearLayer]:
-    """The ``nn.Linear`` modules of ``model`` whose weight is one of ``tensors`` (by identity)."""
+    """The ``nn.Linear`` modules of ``model`` with a weight or bias among ``tensors`` (by identity)."""
     index = {id(tensor): position for position, tensor in enumerate(tensors)}
     layers = []
     for module in model.modules():
-        if type(module) is nn.Linear and id(module.weight) in index:
+        if type(module) is nn.Linear:
+            weight_index = index.get(id(module.weight))
             bias_index = None if module.bias is None else index.get(id(module.bias))
-            layers.append(LinearLayer(module, index[id(module.weight)], bias_index))
+            if weight_index is not None or bias_index is not None:
+                layers.append(LinearLayer(module, weight_index, bias_index))
     return layers
 
 
@@ -121,7 +123,7 @@ def factored(
         for layer in candidates
         if all(uses.get(id(tensor), 0) == 1 for tensor in _parameters(layer))
         and layer.calls[0][1].grad_fn in nodes  # this call's output leads to the model's
-        and _consumes(layer.calls[0][1].grad_fn, layer.module.weight)  # the one use is this call
+        and all(_consumes(layer.calls[0][1].grad_fn, tensor) for tensor in _parameters(layer))
         and from_batch(layer.calls[0][0])
     ]
 
@@ -213,8 +215,9 @@ class _Reachability:
 
 
 def _parameters(layer: LinearLayer) -> list[Tensor]:
+    """The layer's weight and bias that require grad (frozen ones are constants: no use to count)."""
     module = layer.module
-    return [module.weight] + ([module.bias] if module.bias is not None else [])
+    return [tensor for tensor in (module.weight, module.bias) if tensor is not None and tensor.requires_grad]
 
 
 def _uses_in_graph(output: Tensor) -> tuple[dict[int, int], set]:
@@ -249,11 +252,12 @@ def squared_gradient_sums(layer: LinearLayer, output_gradients: Tensor) -> dict[
         output_gradients: ``[K, N, out]``: ``g_{n,k}`` for the layer's single call.
 
     Returns:
-        ``{parameter index: squared sum}`` for the weight (and the bias, if among the parameters).
+        ``{parameter index: squared sum}`` for the weight and the bias, those among the parameters.
     """
-    inputs = layer.calls[0][0].detach()
     summed = output_gradients.square().sum(0)  # [N, out]
-    sums = {layer.weight_index: summed.T @ inputs.square()}
+    sums = {}
+    if layer.weight_index is not None:
+        sums[layer.weight_index] = summed.T @ layer.calls[0][0].detach().square()
     if layer.bias_index is not None:
         sums[layer.bias_index] = summed.sum(0)
     return sums

@@ -122,6 +122,7 @@ def ggn_diagonal(
                 gradients = torch.autograd.grad(output, layer_outputs(fast), columns, is_grads_batched=True)
                 for layer, layer_gradients in zip(fast, gradients):
                     squares.update(squared_gradient_sums(layer, layer_gradients))
+        del output  # its graph: not needed by the per-sample path below
         rest = [index for index in range(len(model.tensors)) if index not in squares]
         if rest:
             squares.update(zip(rest, _sum_of_squared_sample_vjps(model, batch.X, columns, rest)))
@@ -135,7 +136,7 @@ def ggn_diagonal(
         numbers, else autograd leaves) to tell which layer inputs were computed from it. A model
         that runs with neither gets no factored layer.
         """
-        with torch.set_grad_enabled(bool(layers)), differentiable_attention():
+        with torch.enable_grad(), differentiable_attention():
             for tracing in TRACINGS if layers else ():
                 try:
                     with tracing(batch.X) as (traced, from_batch):
@@ -144,6 +145,7 @@ def ggn_diagonal(
                 except (NotImplementedError, RuntimeError):  # not on traced inputs: next way
                     for layer in layers:
                         layer.calls.clear()
+        with torch.no_grad(), differentiable_attention():
             return model(batch.X), []
 
     def output_curvature_columns(output: Tensor, y: Tensor) -> Tensor:

@@ -209,6 +209,7 @@ def _sequence():
 FACTORED_CASES = {
     "mlp": (_mlp, (4,), [0, 1, 2, 3]),
     "mlp, weights only": (_mlp, (4,), [0, 2]),
+    "mlp, biases only, first weight frozen": (_mlp, (4,), [0, 1]),
     "shared layer": (_shared, (4,), [2, 3]),
     "tied outside the layer": (_TiedOutsideTheLayer, (4,), [2, 3]),
     "subclass of nn.Linear": (_subclass, (4,), [2, 3]),
@@ -239,6 +240,10 @@ def test_factored_linear_layers_match_the_dense_diagonal(case, mode, monkeypatch
     params = list(model.parameters())
     if case == "mlp, weights only":
         params = [model[0].weight, model[2].weight]
+        factored_indices = [0, 1]
+    if case == "mlp, biases only, first weight frozen":
+        model[0].weight.requires_grad_(False)
+        params = [model[0].bias, model[2].bias]
         factored_indices = [0, 1]
     if case.startswith("a convolution besides"):  # the left-out bias still requires grad
         params = [model[0].weight, model[3].weight, model[3].bias]
