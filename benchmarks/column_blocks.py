@@ -26,13 +26,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 
 import torch
-from measure import STEADY_MALLOC, MemoryProbe, synchronize
+from measure import STEADY_MALLOC, MemoryProbe, median_time
 from problems import PROBLEM_LABELS, gradient_function, make_problem
 
 import curvkit
@@ -40,18 +38,6 @@ import curvkit
 NUM_COLUMNS = 64
 BLOCKS = (None, 32, 16, 8, 1)
 OPERATORS = ("HessianLinearOperator", "GGNLinearOperator")
-
-
-def median_seconds(function, device: torch.device, repeats: int = 3) -> float:
-    function()  # warm-up
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        function()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def worker(args: argparse.Namespace) -> dict:
@@ -63,8 +49,8 @@ def worker(args: argparse.Namespace) -> dict:
     if args.mode == "memory":
         probe = MemoryProbe(device)
         return {"peak": probe.peak_during(lambda: operator @ matrix) if probe.available else None}
-    gradient = median_seconds(gradient_function(model, loss_func, params, data), device, repeats=7)
-    product = median_seconds(lambda: operator @ matrix, device)
+    gradient = median_time(gradient_function(model, loss_func, params, data), device, repeats=7)
+    product = median_time(lambda: operator @ matrix, device)
     return {"dim": operator.shape[0], "ratio": product / gradient}
 
 

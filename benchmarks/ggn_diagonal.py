@@ -16,26 +16,16 @@ Usage::
 from __future__ import annotations
 
 import importlib
-import statistics
-import time
 from functools import partial
 
 import torch
+from measure import median_time
 from problems import PROBLEM_LABELS, PROBLEMS, gradient_function, make_problem
 
 from curvkit.operators.ggn_diagonal import ggn_diagonal
 
+CPU = torch.device("cpu")
 module = importlib.import_module("curvkit.operators.ggn_diagonal")  # the name is also the function's
-
-
-def median_seconds(function, repeats: int = 3) -> float:
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -44,13 +34,13 @@ def main() -> None:
     print("|---|---:|---:|")
     factored_layers = module.linear_layers
     for problem in PROBLEMS:
-        model, loss_func, params, data = make_problem(problem, torch.device("cpu"), quick=False)
-        gradient = median_seconds(gradient_function(model, loss_func, params, data), repeats=7)
+        model, loss_func, params, data = make_problem(problem, CPU, quick=False)
+        gradient = median_time(gradient_function(model, loss_func, params, data), CPU, repeats=7)
         ratios = []
         for layers in (factored_layers, lambda model, tensors: []):
             module.linear_layers = layers
             diagonal = partial(ggn_diagonal, model, loss_func, params, data, check_deterministic=False)
-            ratios.append(median_seconds(diagonal) / gradient)
+            ratios.append(median_time(diagonal, CPU) / gradient)
         module.linear_layers = factored_layers
         print(f"| {PROBLEM_LABELS[problem]} | {ratios[0]:.1f} | {ratios[1]:.1f} |")
 

@@ -1,9 +1,11 @@
-"""Measuring helpers shared by the benchmark scripts: allocator settings, synchronization, peak memory."""
+"""Measuring helpers shared by the benchmark scripts: allocator settings, timing, peak memory."""
 
 from __future__ import annotations
 
 import gc
 import re
+import statistics
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +20,26 @@ STEADY_MALLOC = {"MALLOC_TRIM_THRESHOLD_": str(2**40), "MALLOC_MMAP_THRESHOLD_":
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def median_time(
+    function: Callable[[], object],
+    device: torch.device,
+    warmup: int = 1,
+    repeats: int = 3,
+    clock: Callable[[], float] = time.perf_counter,
+) -> float:
+    """Median time of ``repeats`` calls after ``warmup`` calls, synchronizing a GPU around each."""
+    for _ in range(warmup):
+        function()
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = clock()
+        function()
+        synchronize(device)
+        times.append(clock() - start)
+    return statistics.median(times)
 
 
 class MemoryProbe:

@@ -30,50 +30,38 @@ class SequenceClassifier(nn.Module):
         return self.head(self.encoder(x)).transpose(1, 2)
 
 
+def _cnn(widths: tuple[int, ...], strides: tuple[int, ...], flat_features: int) -> nn.Sequential:
+    """3×3 convolutions (padding 1) with ReLUs, then a linear layer to 10 classes."""
+    layers, channels = [], 3
+    for width, stride in zip(widths, strides):
+        layers += [nn.Conv2d(channels, width, 3, stride=stride, padding=1), nn.ReLU()]
+        channels = width
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(flat_features, 10))
+
+
 def make_problem(name: str, device: torch.device, quick: bool):
     """Model, loss, params and data (list of ``(X, y)``) of a benchmark problem, seeded."""
     torch.manual_seed(0)
-    shrink = 8 if quick else 1
+    target_shape = ()
     if name == "mlp":
         model = nn.Sequential(
             nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)
         )
-        num_batches, batch_size = 4, 128 // shrink
-        inputs = [torch.randn(batch_size, 784) for _ in range(num_batches)]
-        targets = [torch.randint(0, 10, (batch_size,)) for _ in range(num_batches)]
+        num_batches, batch_size, input_shape = 4, 128, (784,)
     elif name == "cnn":
-        model = nn.Sequential(
-            nn.Conv2d(3, 16, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(16, 32, 3, stride=2, padding=1),
-            nn.ReLU(),
-            nn.Flatten(),
-            nn.Linear(32 * 8 * 8, 10),
-        )
-        num_batches, batch_size = 2, 64 // shrink
-        inputs = [torch.randn(batch_size, 3, 16, 16) for _ in range(num_batches)]
-        targets = [torch.randint(0, 10, (batch_size,)) for _ in range(num_batches)]
+        model = _cnn((16, 32), (1, 2), 32 * 8 * 8)
+        num_batches, batch_size, input_shape = 2, 64, (3, 16, 16)
     elif name == "cnn-wide":  # larger activations per sample: where wide products run out of memory
-        model = nn.Sequential(
-            nn.Conv2d(3, 32, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(32, 64, 3, stride=2, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(64, 64, 3, stride=2, padding=1),
-            nn.ReLU(),
-            nn.Flatten(),
-            nn.Linear(64 * 8 * 8, 10),
-        )
-        num_batches, batch_size = 1, 64 // shrink
-        inputs = [torch.randn(batch_size, 3, 32, 32) for _ in range(num_batches)]
-        targets = [torch.randint(0, 10, (batch_size,)) for _ in range(num_batches)]
+        model = _cnn((32, 64, 64), (1, 2, 2), 64 * 8 * 8)
+        num_batches, batch_size, input_shape = 1, 64, (3, 32, 32)
     elif name == "transformer":
         model = SequenceClassifier()
-        num_batches, batch_size, length = 4, 32 // shrink, 16
-        inputs = [torch.randn(batch_size, length, 32) for _ in range(num_batches)]
-        targets = [torch.randint(0, 10, (batch_size, length)) for _ in range(num_batches)]
+        num_batches, batch_size, input_shape, target_shape = 4, 32, (16, 32), (16,)
     else:
         raise ValueError(f"unknown problem {name!r}")
+    batch_size //= 8 if quick else 1
+    inputs = [torch.randn(batch_size, *input_shape) for _ in range(num_batches)]
+    targets = [torch.randint(0, 10, (batch_size, *target_shape)) for _ in range(num_batches)]
     model = model.to(device)
     data = [(X.to(device), y.to(device)) for X, y in zip(inputs, targets)]
     params = [p for p in model.parameters() if p.requires_grad]

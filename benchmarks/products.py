@@ -41,12 +41,11 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 import torch
-from measure import STEADY_MALLOC, MemoryProbe, synchronize
+from measure import STEADY_MALLOC, MemoryProbe, median_time, synchronize
 from problems import PROBLEM_LABELS, PROBLEMS, gradient_function, make_problem
 
 NUM_COLUMNS = 16
@@ -72,19 +71,6 @@ MATMAT_TARGETS = {"Hessian": 20.0, "GGN": 16.0}
 #: The clock of the measurements: wall time by default; with ``--cpu-time`` the worker runs on one
 #: thread and measures its process's CPU time, which other processes on the machine barely affect.
 clock = time.perf_counter
-
-
-def median_time(function: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        function()
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = clock()
-        function()
-        synchronize(device)
-        times.append(clock() - start)
-    return statistics.median(times)
 
 
 def time_operator(operator, gradient, vector, matrix, device, warmup: int, repeats: int) -> dict:
@@ -137,7 +123,7 @@ def run_worker(args: argparse.Namespace) -> dict:
     gradient = gradient_function(model, loss_func, params, data)
     result: dict = {"dim": dim, "library": args.library, "torch": torch.__version__}
     if probe is None:
-        result["gradient_s"] = median_time(gradient, device, warmup, repeats)
+        result["gradient_s"] = median_time(gradient, device, warmup, repeats, clock)
     else:
         gradient()
         result["gradient_peak"] = probe.peak_during(gradient)

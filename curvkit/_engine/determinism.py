@@ -48,7 +48,7 @@ def check_deterministic(
     engine: MiniBatchEngine,
     model_func: Callable,
     batch_tensors: Callable[[Batch], list[Tensor]],
-    product: Callable[[Tensor], Tensor],
+    product: Callable[[Tensor], Tensor] | None,
     dim: int,
     dtype: torch.dtype,
     device: torch.device,
@@ -60,7 +60,8 @@ def check_deterministic(
         model_func: The model; modules are also scanned for random train-mode layers.
         batch_tensors: Maps a batch to the tensors that must repeat (inputs, targets, model
             output, loss).
-        product: Multiplies the operator onto a ``[dim, 1]`` tensor.
+        product: Multiplies the operator onto a ``[dim, 1]`` tensor; ``None`` for a computation
+            that is not a product (the GGN diagonal): model and data are checked alone.
         dim: Input dimension of the operator.
         dtype: Its dtype.
         device: Its device.
@@ -92,6 +93,8 @@ def check_deterministic(
                 "targets, model output or loss). Use a data loader without shuffling or augmentation "
                 "and a model without randomness, or pass check_deterministic=False if you know better."
             )
+    if product is None:
+        return
     generator = torch.Generator(device=device).manual_seed(0)
     vector = torch.rand(dim, 1, generator=generator, dtype=dtype, device=device)
     first, second = product(vector), product(vector)

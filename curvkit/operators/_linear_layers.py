@@ -34,6 +34,8 @@ from torch import Tensor, nn
 from torch.autograd import forward_ad
 from torch.utils._pytree import tree_map
 
+from curvkit.operators._autograd import differentiable_attention
+
 
 @dataclass
 class LinearLayer:
@@ -181,6 +183,28 @@ def autograd_leaves(X: Any) -> Iterator[tuple[Any, Callable[[Tensor], bool]]]:
 
 TRACINGS = (dual_numbers, autograd_leaves)
 """Ways to tell layer inputs computed from the batch, in order of preference."""
+
+
+def factored_forward(
+    model: Callable[[Any], Tensor], X: Any, batch_size: int, layers: list[LinearLayer]
+) -> tuple[Tensor, list[LinearLayer]]:
+    """The output with its graph, and the ``layers`` that factor on this batch.
+
+    Call it inside :func:`recording` of ``layers``. The batch input is traced (:data:`TRACINGS`:
+    dual numbers, else autograd leaves) to tell which layer inputs were computed from it. A model
+    that runs with neither, or without any such layer, gets none, and no graph.
+    """
+    with torch.enable_grad(), differentiable_attention():
+        for tracing in TRACINGS if layers else ():
+            try:
+                with tracing(X) as (traced, from_batch):
+                    output = model(traced)
+                    return output, factored(layers, output, batch_size, from_batch)
+            except (NotImplementedError, RuntimeError):  # not on traced inputs: next way
+                for layer in layers:
+                    layer.calls.clear()
+    with torch.no_grad(), differentiable_attention():
+        return model(X), []
 
 
 class _Reachability:

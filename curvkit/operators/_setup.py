@@ -198,15 +198,15 @@ class ModelDataSetup:
         loss = [] if self.loss_func is None else [self.loss_func(output, batch.y)]
         return [*X, *y, output, *loss]
 
-    def check_deterministic(self, product: Callable[[Tensor], Tensor], dim: int) -> None:
-        """Run the determinism probe of the engine (see :mod:`curvkit._engine.determinism`)."""
+    def check_deterministic(self, product: Callable[[Tensor], Tensor] | None = None) -> None:
+        """Run the determinism probe (:mod:`curvkit._engine.determinism`); no product: model, data."""
         self._probed_determinism = True
         probe_determinism(
             self.engine,
             self.model.model_func,
             self.batch_tensors,
             product,
-            dim,
+            self.model.layout.dim,
             self.model.dtype,
             self.model.device,
         )

@@ -21,8 +21,7 @@ from curvkit.losses import (
 )
 from curvkit.operators._differentiation import differentiable_attention
 from curvkit.operators._linear_layers import (
-    TRACINGS,
-    factored,
+    factored_forward,
     layer_outputs,
     linear_layers,
     recording,
@@ -108,15 +107,15 @@ def ggn_diagonal(
         batch_size_fn=batch_size_fn,
     )
     model = setup.model
-    if check_deterministic:  # the checks of model and data; no product to compare here
-        setup.check_deterministic(lambda vectors: vectors, model.layout.dim)
+    if check_deterministic:
+        setup.check_deterministic()  # model and data: there is no product to compare
     generator = torch.Generator(device=model.device).manual_seed(seed)
     layers = linear_layers(model_func, model.tensors)
 
     def batch_diagonal(batch: Batch) -> Tensor:
         squares: dict[int, Tensor] = {}
         with recording(layers):  # the factored linear layers: no per-sample gradients
-            output, fast = factored_forward(batch)
+            output, fast = factored_forward(model, batch.X, batch.size, layers)
             columns = output_curvature_columns(output.detach(), batch.y)
             if fast:
                 gradients = torch.autograd.grad(output, layer_outputs(fast), columns, is_grads_batched=True)
@@ -128,25 +127,6 @@ def ggn_diagonal(
             squares.update(zip(rest, _sum_of_squared_sample_vjps(model, batch.X, columns, rest)))
         # detached: the per-sample path may leave a graph on its result
         return torch.cat([squares[index].flatten() for index in range(len(model.tensors))]).detach()
-
-    def factored_forward(batch: Batch) -> tuple[Tensor, list]:
-        """The output (with its graph) and the layers that factor on this batch.
-
-        The batch input is traced (:data:`~curvkit.operators._linear_layers.TRACINGS`: dual
-        numbers, else autograd leaves) to tell which layer inputs were computed from it. A model
-        that runs with neither gets no factored layer.
-        """
-        with torch.enable_grad(), differentiable_attention():
-            for tracing in TRACINGS if layers else ():
-                try:
-                    with tracing(batch.X) as (traced, from_batch):
-                        output = model(traced)
-                        return output, factored(layers, output, batch.size, from_batch)
-                except (NotImplementedError, RuntimeError):  # not on traced inputs: next way
-                    for layer in layers:
-                        layer.calls.clear()
-        with torch.no_grad(), differentiable_attention():
-            return model(batch.X), []
 
     def output_curvature_columns(output: Tensor, y: Tensor) -> Tensor:
         """``[K, *output.shape]``: the columns ``s_{n,k}`` of ``Λ_n = S_n S_nᵀ``."""

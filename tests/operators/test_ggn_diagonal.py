@@ -1,6 +1,7 @@
 """The exact GGN diagonal and its Monte-Carlo variant against the dense matrices."""
 
 import importlib
+from functools import partial
 
 import pytest
 import torch
@@ -109,12 +110,16 @@ def _inplace_after():
 
 
 class _PositionTable(nn.Module):
-    """A linear layer on a table of 3 positions, shared by all samples: 3 rows that are not
-    samples, even in a batch of 3."""
+    """A linear layer on a table of 3 positions (a parameter or a buffer), shared by all samples:
+    3 rows that are not samples, even in a batch of 3."""
 
-    def __init__(self):
+    def __init__(self, as_buffer: bool = False):
         super().__init__()
-        self.positions = nn.Parameter(torch.randn(3, 2))
+        positions = torch.randn(3, 2)
+        if as_buffer:
+            self.register_buffer("positions", positions)
+        else:
+            self.positions = nn.Parameter(positions)
         self.project, self.head = nn.Linear(2, 4), nn.Linear(12, 3)
 
     def forward(self, x):
@@ -142,19 +147,6 @@ class _MonitoredCall(nn.Module):
         self.statistic = self.first(x).detach().mean()
         hidden = torch.nn.functional.linear(torch.tanh(x), self.first.weight, self.first.bias)
         return self.second(torch.tanh(hidden))
-
-
-class _BufferTable(nn.Module):
-    """Like ``_PositionTable`` with a fixed buffer of 3 rows instead of a parameter."""
-
-    def __init__(self):
-        super().__init__()
-        self.register_buffer("positions", torch.randn(3, 2))
-        self.project, self.head = nn.Linear(2, 4), nn.Linear(12, 3)
-
-    def forward(self, x):
-        mixed = x.reshape(x.shape[0], 3, 4) * self.project(self.positions)
-        return self.head(torch.tanh(mixed).flatten(1))
 
 
 class _InputHandling(nn.Module):
@@ -217,7 +209,7 @@ FACTORED_CASES = {
     "forward hook on the layer": (_hooked, (4,), [2, 3]),
     "in-place operation on the output": (_inplace_after, (4,), [0, 1, 2, 3]),
     "rows of a position table": (_PositionTable, (12,), [3, 4]),
-    "rows of a buffer table": (_BufferTable, (12,), [2, 3]),
+    "rows of a buffer table": (partial(_PositionTable, as_buffer=True), (12,), [2, 3]),
     "input handled in place": (_InputHandling, (4,), [0, 1, 2, 3]),
     "no forward-mode derivative": (_WithoutForwardMode, (4,), [0, 1, 2, 3]),
     "a convolution besides, its bias left out": (_conv, (1, 4, 4), [1, 2]),
