@@ -44,6 +44,18 @@ from torch import Tensor
 from curvkit.linear_operator import LinearOperator
 
 
+def checked_norm(w: Tensor) -> float:
+    """``‖w‖`` of an operator's product.
+
+    Raises:
+        RuntimeError: If ``w`` contains NaN or infinity.
+    """
+    norm = float(torch.linalg.vector_norm(w))
+    if norm != norm or norm == float("inf"):
+        raise RuntimeError("Lanczos: the operator returned NaN or infinity.")
+    return norm
+
+
 class RitzPairs(NamedTuple):
     """Ritz values (ascending), the eigenvectors ``S`` of ``H`` and the residual norms."""
 
@@ -156,10 +168,7 @@ class LanczosProcess:
         j = self.size
         self.probed_complement, self._next_is_random = self._next_is_random, False
         self.num_matvecs += 1
-        norm_w = float(torch.linalg.vector_norm(w))
-        if norm_w != norm_w or norm_w == float("inf"):
-            raise RuntimeError("Lanczos: the operator returned NaN or infinity.")
-        self._norm_estimate = max(self._norm_estimate, norm_w)
+        self._norm_estimate = max(self._norm_estimate, checked_norm(w))
         h = torch.zeros(j + 1, dtype=w.dtype, device=w.device)
         coupled = self.V[self._coupled_from : j + 1]
         h[self._coupled_from :] = coupled @ w

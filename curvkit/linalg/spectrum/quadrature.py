@@ -28,7 +28,7 @@ from torch import Tensor
 
 from curvkit.linalg._operator import working_dtype
 from curvkit.linalg._random import random_block
-from curvkit.linalg.lanczos import LanczosProcess
+from curvkit.linalg.deferred_lanczos import DeferredLanczosProcess
 from curvkit.linear_operator import LinearOperator
 
 
@@ -81,7 +81,10 @@ def lanczos_quadratures(
         processes = [_start(A, ncv, generator) for _ in range(min(group_size, num_runs - first))]
         running = list(processes)
         while running:
-            products = A.matmat(torch.stack([process.next_vector() for process in running], 1))
+            vectors = [process.next_vector() for process in running]
+            # one run multiplies its basis row in place; several, a block of copies
+            block = vectors[0].unsqueeze(1) if len(vectors) == 1 else torch.stack(vectors, 1)
+            products = A.matmat(block)
             running = [
                 process
                 for process, product in zip(running, products.T)
@@ -95,14 +98,14 @@ def lanczos_quadratures(
     return quadratures, boundaries
 
 
-def _start(A: LinearOperator, ncv: int, generator: torch.Generator) -> LanczosProcess:
+def _start(A: LinearOperator, ncv: int, generator: torch.Generator) -> DeferredLanczosProcess:
     """A Lanczos process on ``A`` from a Gaussian start vector."""
     start = random_block(A.shape[0], 1, "normal", generator, working_dtype(A), A.device)
-    return LanczosProcess(A, start[:, 0], ncv)
+    return DeferredLanczosProcess(A, start[:, 0], ncv)
 
 
 def _eigenvalue_boundaries(
-    process: LanczosProcess, values: Tensor, residuals: Tensor, ncv: int, boundaries_tol: float
+    process: DeferredLanczosProcess, values: Tensor, residuals: Tensor, ncv: int, boundaries_tol: float
 ) -> tuple[float, float]:
     """Extreme-eigenvalue estimates from a finished run, extending its Krylov space if needed."""
     n = process.A.shape[0]
