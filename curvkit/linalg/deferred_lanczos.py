@@ -171,10 +171,9 @@ class DeferredLanczosProcess:
             Q, C, L, num_pending = self._cut(basis, pending, C, gram, cut)
         # Cholesky QR normalizes through a Gram matrix; norms summed directly are more accurate
         norms = torch.linalg.vector_norm(Q, dim=1).clamp_min(torch.finfo(Q.dtype).tiny)
-        Q /= norms[:, None]
+        torch.div(Q, norms[:, None], out=self.V[settled : settled + num_pending])
         L *= norms[None, :]
         self._transform(C, L, num_pending)
-        self.V[settled : settled + num_pending] = Q
         self._settled = settled + num_pending
         m = self.size
         if (

@@ -15,8 +15,9 @@ space of the same :math:`\mathbf{v}` is extended (up to :math:`4m` vectors, chec
 :math:`\max(1, \lfloor m/8 \rfloor)` steps); the quadrature
 still uses the first :math:`m` steps only.
 
-Independent runs (repeats) advance in lockstep, so that each step multiplies the operator once
-onto a block of vectors (:func:`lanczos_quadratures`).
+Each run re-orthogonalizes fully, in block sweeps every few steps
+(:mod:`curvkit.linalg.deferred_lanczos`). Independent runs (repeats) advance in lockstep, so that
+each step multiplies the operator once onto a block of vectors (:func:`lanczos_quadratures`).
 """
 
 from __future__ import annotations
