@@ -175,14 +175,23 @@ class DeferredLanczosProcess:
         L *= norms[None, :]
         self._transform(C, L, num_pending)
         self._settled = settled + num_pending
-        m = self.size
-        if (
-            not self.broke_down
-            and abs(float(self.M[m, m - 1])) <= BREAKDOWN * self._eps * self._norm_estimate
-        ):
-            self.broke_down = True
+        self._stop_at_invariant_subspace(settled, settled + num_pending)
+
+    def _stop_at_invariant_subspace(self, first: int, stop: int) -> None:
+        """Break down at the first swept row ``i`` whose coupling ``M[i, i-1]`` is negligible.
+
+        The local residual of a step overestimates that coupling by the drift of its vector from
+        the basis, so a breakdown inside a block shows only after the sweep; the products after
+        it are discarded.
+        """
+        couplings = self.M[first:stop, first - 1 : stop - 1].diagonal().abs()
+        negligible = (couplings <= BREAKDOWN * self._eps * self._norm_estimate).nonzero()
+        if negligible.numel():
+            row = first + int(negligible[0])
+            self.size, self._settled, self.broke_down = row, row, True
         if self.broke_down:
-            self.M[m] = 0.0
+            self.M[self.size :] = 0.0
+            self.M[:, self.size :] = 0.0
 
     def _cut(
         self, basis: Tensor, pending: Tensor, C: Tensor, gram: Tensor, cut: int

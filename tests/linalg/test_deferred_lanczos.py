@@ -129,6 +129,23 @@ def test_breakdown_gives_the_exact_quadrature():
     assert float(residuals.max()) == 0.0
 
 
+@pytest.mark.parametrize("block_size", [8, 11, 16, 64])
+def test_breakdown_inside_a_block_stops_the_process(block_size):
+    """Ten distinct eigenvalues (each three times): the Krylov space is invariant after ten steps.
+    The local residual of step ten is just above the breakdown threshold (the pending vector's
+    drift from the basis), so only the sweep's coupling shows it, wherever the block ends."""
+    A = with_spectrum(torch.arange(10).double().repeat(3), seed=1)
+    start = torch.randn(30, dtype=torch.float64, generator=generator(1))
+    reference = run(LanczosProcess(DenseLinearOperator(A), start, 30), 30)
+    assert reference.broke_down and reference.size == 10
+    process = run(deferred(A, start, 30, block_size), 30)
+    assert process.broke_down and process.size == 10
+    assert process.num_matvecs <= 10 + block_size
+    values, _, residuals = process.ritz_pairs()
+    torch.testing.assert_close(values, torch.arange(10).double(), atol=1e-12, rtol=0)
+    assert float(residuals.abs().max()) == 0.0
+
+
 def test_grow_keeps_the_basis():
     A = random_symmetric(40)
     process = run(deferred(A, torch.ones(40, dtype=torch.float64), 5, 3), 5)
