@@ -83,7 +83,7 @@ def lanczos_quadratures(
         running = list(processes)
         while running:
             vectors = [process.next_vector() for process in running]
-            # one run multiplies its basis row in place; several, a block of copies
+            # one run passes a view of its basis row (no copy); several, a stacked block
             block = vectors[0].unsqueeze(1) if len(vectors) == 1 else torch.stack(vectors, 1)
             products = A.matmat(block)
             running = [
