@@ -45,11 +45,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from curvkit.linalg.lanczos import RitzPairs, checked_norm
+from curvkit.linalg.lanczos import BREAKDOWN, RitzPairs, checked_norm, enlarged
 from curvkit.linear_operator import LinearOperator
-
-BREAKDOWN = 100
-"""A residual below ``BREAKDOWN · ε · ‖A‖`` (estimated) marks an invariant subspace."""
 
 
 class DeferredLanczosProcess:
@@ -86,11 +83,8 @@ class DeferredLanczosProcess:
         """Enlarge the storage to ``max_dim`` basis vectors, keeping the current basis."""
         if max_dim <= self.max_dim:
             return
-        V = self.V.new_empty(max_dim + 1, self.V.shape[1])
-        V[: self.max_dim + 1] = self.V
-        M = self.M.new_zeros(max_dim + 1, max_dim)
-        M[: self.max_dim + 1, : self.max_dim] = self.M
-        self.V, self.M, self.max_dim = V, M, max_dim
+        self.V = enlarged(self.V, (max_dim + 1, self.V.shape[1]))
+        self.M, self.max_dim = enlarged(self.M, (max_dim + 1, max_dim)), max_dim
 
     def next_vector(self) -> Tensor:
         """The vector the next step multiplies ``A`` onto (``[n]``, a view into the basis).
@@ -130,7 +124,7 @@ class DeferredLanczosProcess:
         else:
             residual.div_(gamma)
             self.M[j + 1, j] = gamma
-        if self.broke_down or self._last_row() + 1 - self._settled >= self.block or self.size == self.max_dim:
+        if self.broke_down or self._num_pending() >= self.block or self.size == self.max_dim:
             self._sweep()
         return not self.broke_down
 
@@ -142,13 +136,14 @@ class DeferredLanczosProcess:
         values, S = torch.linalg.eigh((H + H.T) / 2)
         return RitzPairs(values, S, (self.M[m, :m] @ S).abs())
 
-    def _last_row(self) -> int:
-        return self.size - 1 if self.broke_down else self.size
+    def _num_pending(self) -> int:
+        """Rows not yet swept: up to the next vector, or the last multiplied one at a breakdown."""
+        last_row = self.size - 1 if self.broke_down else self.size
+        return last_row + 1 - self._settled
 
     def _sweep(self) -> None:
         """Orthonormalize the pending rows against the settled ones and each other; update ``M``."""
-        settled = self._settled
-        num_pending = self._last_row() + 1 - settled
+        settled, num_pending = self._settled, self._num_pending()
         if num_pending <= 0:
             return
         self.num_sweeps += 1

@@ -43,6 +43,16 @@ from torch import Tensor
 
 from curvkit.linear_operator import LinearOperator
 
+BREAKDOWN = 100
+"""A residual below ``BREAKDOWN · ε · ‖A‖`` (estimated) marks an invariant subspace."""
+
+
+def enlarged(tensor: Tensor, shape: tuple[int, int]) -> Tensor:
+    """Zeros of ``shape`` with ``tensor`` in the top left corner (storage that grows)."""
+    result = tensor.new_zeros(shape)
+    result[: tensor.shape[0], : tensor.shape[1]] = tensor
+    return result
+
 
 def checked_norm(w: Tensor) -> float:
     """``‖w‖`` of an operator's product.
@@ -123,11 +133,8 @@ class LanczosProcess:
         """Enlarge the storage to ``max_dim`` basis vectors, keeping the current basis."""
         if max_dim <= self.max_dim:
             return
-        V = self.V.new_zeros(max_dim + 1, self.V.shape[1])
-        V[: self.max_dim + 1] = self.V
-        H = self.H.new_zeros(max_dim, max_dim)
-        H[: self.max_dim, : self.max_dim] = self.H
-        self.V, self.H, self.max_dim = V, H, max_dim
+        self.V = enlarged(self.V, (max_dim + 1, self.V.shape[1]))
+        self.H, self.max_dim = enlarged(self.H, (max_dim, max_dim)), max_dim
 
     def step(self) -> bool:
         """Add one vector to the basis (one product with ``A``).
@@ -138,33 +145,9 @@ class LanczosProcess:
         Raises:
             RuntimeError: If the product contains NaN or infinity, or the basis is full.
         """
-        return self.absorb(self.A.matmat(self.next_vector().unsqueeze(1)).squeeze(1))
-
-    def next_vector(self) -> Tensor:
-        """The basis vector ``v_j`` that the next step multiplies ``A`` onto (``[n]``).
-
-        Raises:
-            RuntimeError: If the basis is full.
-        """
-        self._check_room()
-        return self.V[self.size]
-
-    def _check_room(self) -> None:
         if self.size >= self.max_dim:
             raise RuntimeError(f"The Lanczos basis is full ({self.max_dim} vectors).")
-
-    def absorb(self, w: Tensor) -> bool:
-        """Complete a step with ``w = A v_j``, ``v_j`` = :meth:`next_vector`, multiplied by the caller.
-
-        Processes that run in lockstep multiply their vectors as one block.
-
-        Returns:
-            ``False`` if the Krylov space became invariant and no restart vector was added.
-
-        Raises:
-            RuntimeError: If ``w`` contains NaN or infinity, or the basis is full.
-        """
-        self._check_room()
+        w = self.A.matmat(self.V[self.size].unsqueeze(1)).squeeze(1)
         j = self.size
         self.probed_complement, self._next_is_random = self._next_is_random, False
         self.num_matvecs += 1
@@ -189,7 +172,7 @@ class LanczosProcess:
         self.size = j + 1
         self._coupled_from = j
         beta = norm_after
-        self.broke_down = beta <= 100 * torch.finfo(w.dtype).eps * max(self._norm_estimate, 1e-300)
+        self.broke_down = beta <= BREAKDOWN * torch.finfo(w.dtype).eps * max(self._norm_estimate, 1e-300)
         if not self.broke_down:
             self.beta = beta
             self.V[j + 1] = w / beta
