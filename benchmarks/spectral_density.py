@@ -23,6 +23,7 @@ Usage::
     python benchmarks/spectral_density.py
     python benchmarks/spectral_density.py --repeats 1 --cache-batches
     python benchmarks/spectral_density.py --threads 1   # steadier on a shared machine
+    python benchmarks/spectral_density.py --quick       # smoke run (CI): data / 8, one round
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class CountingOperator(LinearOperator):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="smoke run: data / 8, one round")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument(
         "--cache-batches", action="store_true", help="HessianLinearOperator(cache_batches=True)"
@@ -66,7 +68,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    model, loss_func, params, data = make_problem("mlp", torch.device("cpu"), quick=False)
+    if args.quick:
+        args.repeats = 1
+    model, loss_func, params, data = make_problem("mlp", torch.device("cpu"), quick=args.quick)
     H = HessianLinearOperator(
         model, loss_func, params, data, check_deterministic=False, cache_batches=args.cache_batches
     )

@@ -142,6 +142,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer budgets and seeds")
     parser.add_argument("--seeds", type=int, default=None)
+    parser.add_argument("--plot", type=Path, default=RESULTS / "trace_estimation.png", help="PNG path")
     args = parser.parse_args()
     budgets = [12, 24, 48, 96, 192] if args.quick else [12, 24, 48, 96, 192, 384, 768]
     large_budgets = [12, 48] if args.quick else [12, 48, 96]
@@ -149,10 +150,9 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     errors = exact_study(budgets, seeds)
     spreads = large_study(large_budgets, max(3, seeds // 4))
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / "trace_estimation.png"
-    plot(budgets, errors, large_budgets, spreads, path)
-    print(f"\nPlot: {path}")
+    args.plot.parent.mkdir(parents=True, exist_ok=True)
+    plot(budgets, errors, large_budgets, spreads, args.plot)
+    print(f"\nPlot: {args.plot}")
 
 
 if __name__ == "__main__":
