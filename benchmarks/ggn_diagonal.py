@@ -11,10 +11,12 @@ over the data add about one gradient).
 Usage::
 
     python benchmarks/ggn_diagonal.py
+    python benchmarks/ggn_diagonal.py --device cuda
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
 from functools import partial
 
@@ -24,23 +26,30 @@ from problems import PROBLEM_LABELS, PROBLEMS, gradient_function, make_problem
 
 from curvkit.operators.ggn_diagonal import ggn_diagonal
 
-CPU = torch.device("cpu")
 module = importlib.import_module("curvkit.operators.ggn_diagonal")  # the name is also the function's
 
 
 def main() -> None:
-    print(f"torch {torch.__version__}, CPU, {torch.get_num_threads()} threads, float32\n")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    device = torch.device(parser.parse_args().device)
+    where = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU, {torch.get_num_threads()} threads"
+    )
+    print(f"torch {torch.__version__}, {where}, float32\n")
     print("| problem | factored (× gradient) | per-sample only (× gradient) |")
     print("|---|---:|---:|")
     factored_layers = module.linear_layers
     for problem in PROBLEMS:
-        model, loss_func, params, data = make_problem(problem, CPU, quick=False)
-        gradient = median_time(gradient_function(model, loss_func, params, data), CPU, repeats=7)
+        model, loss_func, params, data = make_problem(problem, device, quick=False)
+        gradient = median_time(gradient_function(model, loss_func, params, data), device, repeats=7)
         ratios = []
         for layers in (factored_layers, lambda model, tensors: []):
             module.linear_layers = layers
             diagonal = partial(ggn_diagonal, model, loss_func, params, data, check_deterministic=False)
-            ratios.append(median_time(diagonal, CPU) / gradient)
+            ratios.append(median_time(diagonal, device) / gradient)
         module.linear_layers = factored_layers
         print(f"| {PROBLEM_LABELS[problem]} | {ratios[0]:.1f} | {ratios[1]:.1f} |")
 

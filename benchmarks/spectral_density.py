@@ -24,6 +24,7 @@ Usage::
     python benchmarks/spectral_density.py --repeats 1 --cache-batches
     python benchmarks/spectral_density.py --threads 1   # steadier on a shared machine
     python benchmarks/spectral_density.py --quick       # smoke run (CI): data / 8, one round
+    python benchmarks/spectral_density.py --device cuda
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import statistics
 import time
 
 import torch
+from measure import synchronize
 from problems import gradient_function, make_problem
 
 from curvkit import HessianLinearOperator
@@ -61,6 +63,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="smoke run: data / 8, one round")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument(
         "--cache-batches", action="store_true", help="HessianLinearOperator(cache_batches=True)"
@@ -70,14 +73,15 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.quick:
         args.repeats = 1
-    model, loss_func, params, data = make_problem("mlp", torch.device("cpu"), quick=args.quick)
+    device = torch.device(args.device)
+    model, loss_func, params, data = make_problem("mlp", device, quick=args.quick)
     H = HessianLinearOperator(
         model, loss_func, params, data, check_deterministic=False, cache_batches=args.cache_batches
     )
     counting = CountingOperator(H)
     generator = torch.Generator().manual_seed(0)
     # contiguous columns, like the vectors Lanczos multiplies
-    vectors = [torch.randn(H.shape[0], 1, generator=generator) for _ in range(NCV)]
+    vectors = [torch.randn(H.shape[0], 1, generator=generator).to(device) for _ in range(NCV)]
 
     gradient = gradient_function(model, loss_func, params, data)
 
@@ -85,7 +89,8 @@ def main() -> None:
         for vector in vectors:
             H.matmat(vector)
 
-    basis, residual = torch.randn(NCV + 1, H.shape[0]), torch.randn(H.shape[0])
+    basis = torch.randn(NCV + 1, H.shape[0], device=device)
+    residual = torch.randn(H.shape[0], device=device)
 
     def reorthogonalization() -> None:
         """The memory traffic full re-orthogonalization needs at least: one Gram-Schmidt pass
@@ -123,13 +128,18 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in tasks}
     for round_ in range(args.repeats + 1):
         for name, task in tasks.items():
+            synchronize(device)
             start = time.perf_counter()
             task()
+            synchronize(device)
             if round_ > 0:  # round 0 warms up
                 times[name].append(time.perf_counter() - start)
     median = {name: statistics.median(values) for name, values in times.items()}
     cached = ", cache_batches=True" if args.cache_batches else ""
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, D = {H.shape[0]:,}{cached}")
+    where = (
+        torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    )
+    print(f"torch {torch.__version__}, {where}, D = {H.shape[0]:,}{cached}")
     allocator = ", ".join(f"{key}={value}" for key, value in os.environ.items() if key.startswith("MALLOC_"))
     print(f"median of {args.repeats} rounds; allocator settings: {allocator or 'glibc defaults'}\n")
     print("| task | products | seconds | × gradient | × 64 matvecs | target |")

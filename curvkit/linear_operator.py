@@ -22,6 +22,17 @@ from curvkit._differentiable import AdjointBackward, may_carry_tangent
 from curvkit._layout import TensorListLayout
 
 
+def _with_index(device: torch.device) -> torch.device:
+    """``device`` with its index filled in (``cuda`` → ``cuda:0`` if that is the current device).
+
+    PyTorch places tensors on indexed devices and ``torch.device("cuda") != torch.device("cuda:0")``,
+    so operators built with either must hold the same one to be combined.
+    """
+    if device.index is not None or device.type in ("cpu", "meta"):
+        return device
+    return torch.empty(0, device=device).device
+
+
 class LinearOperator:
     """Base class of curvkit's linear operators.
 
@@ -89,7 +100,7 @@ class LinearOperator:
             raise TypeError(f"dtype must be a real floating-point torch dtype or None, got {dtype!r}.")
         self._shape = shape
         self._dtype = dtype
-        self._device = None if device is None else torch.device(device)
+        self._device = None if device is None else _with_index(torch.device(device))
         self._is_psd = bool(psd)
         self._is_symmetric = bool(symmetric or psd)
         self._in_layout = in_layout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from functools import cache
@@ -74,3 +75,20 @@ def small_problem(small_problem_id: str) -> Problem:
 def reference_of() -> Callable[..., Tensor]:
     """``reference_of(problem.name, "hessian")``: the cached dense reference of a zoo problem."""
     return dense_reference
+
+
+@pytest.fixture(scope="session")
+def device() -> torch.device:
+    """The accelerator under test: CUDA, skipped without one.
+
+    ``CURVKIT_TEST_DEVICE=cpu`` runs the device tests on the CPU instead, to check the tests
+    themselves on a machine without a GPU. TF32 convolutions (PyTorch's default on Ampere and
+    newer GPUs) are switched off: they agree with float64 only to about 1e-3, and these tests
+    check curvkit's arithmetic at float32 precision.
+    """
+    name = os.environ.get("CURVKIT_TEST_DEVICE", "cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    return torch.empty(0, device=name).device  # indexed, as the devices of tensors are (cuda:0)

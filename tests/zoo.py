@@ -18,7 +18,7 @@ Problem ids read ``model-loss-reduction-layout-params[-f32]``, e.g. ``mlp-ce-mea
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -78,6 +78,23 @@ class Problem:
     @property
     def dtype(self) -> torch.dtype:
         return self.param_list[0].dtype
+
+    def to(self, device: torch.device | str) -> Problem:
+        """This problem with model and data on ``device`` (the model moves in place).
+
+        ``params`` are the model's parameter objects, so they move with it.
+        """
+        self.model.to(device)
+        assert all(param.device == torch.device(device) for param in self.param_list)
+        data = [(_to(X, device), _to(y, device)) for X, y in self.data]
+        return replace(self, data=data)
+
+
+def _to(data: Any, device: torch.device | str) -> Any:
+    """A tensor or a dict of tensors on ``device``."""
+    if isinstance(data, Mapping):
+        return {key: value.to(device) for key, value in data.items()}
+    return data.to(device)
 
 
 class SharedLinear(nn.Module):

@@ -301,21 +301,6 @@ def test_float32_problem_accepts_float64_numpy_with_one_warning():
     assert_close(result, operator @ torch.ones(problem.dim), operator)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("kind", sorted(OPERATORS))
-def test_cuda_matches_cpu(kind, reference_of):
-    problem = make_problem_from_id("transformer-ceseq-mean-three-list")
-    problem.model.cuda()
-    data = [(X.cuda(), y.cuda()) for X, y in problem.data]
-    operator = OPERATORS[kind](problem.model, problem.loss_func, problem.params, data)
-    assert operator.device.type == "cuda"
-    vector = torch.randn(problem.dim, dtype=torch.float64, device="cuda")
-    result = operator @ vector
-    assert result.device.type == "cuda"
-    expected = reference_of(problem.name, kind) @ vector.cpu()
-    assert_matches(result.cpu(), expected, torch.float64)
-
-
 @pytest.mark.parametrize("kind", sorted(OPERATORS))
 def test_transformer_in_default_train_mode(kind, reference_of):
     """Fused attention kernels, train or eval mode: products work without user changes."""
