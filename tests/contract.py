@@ -67,7 +67,7 @@ class LinearOperatorContract:
         x = random_input(operator, operator.shape[1], 2).cpu().numpy()
         result = operator @ x
         assert isinstance(result, numpy.ndarray) and result.shape == (operator.shape[0], 2)
-        assert_close(result, dense.cpu() @ torch.from_numpy(x).to(dense), operator)
+        assert_close(result, dense.cpu() @ torch.from_numpy(x).to(dense.dtype), operator)
 
     def test_precision_conversion_warns_once(self, operator, dense):
         if operator.dtype == torch.float32:
