@@ -14,8 +14,8 @@ as ``loss_func`` computes it on the concatenated data) and :math:`c = 1` for ``'
 number of entries of ``params``, flattened row-major per tensor and concatenated in the given
 order. ``data`` yields mini-batches ``(X, y)``; ``X`` is a tensor or a dict of tensors (then
 ``batch_size_fn(X)`` must give its batch size, and every entry must be batched along its first
-axis: the references concatenate the batches and differentiate sample by sample, so an entry
-shared by a batch's samples is not supported here, while the operators accept it).
+axis: the references concatenate the batches, so an entry shared by a batch's samples is not
+supported here, while the operators accept it).
 
 Empirical Fisher and MC-Fisher follow the scaling convention of ``DESIGN.md``: per-sample
 gradients :math:`g_n` are those of the per-sample loss *summed* over its terms, and a
@@ -28,7 +28,6 @@ probability distributions, for cross-entropy).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
@@ -37,23 +36,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.func import grad, jacrev, vmap
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from curvkit.losses import sample_targets
-from curvkit.operators._autograd import call_with, parameter_paths
+from curvkit.operators._autograd import call_with, differentiable_kernels, parameter_paths
 
 Params = Sequence[Tensor] | Mapping[str, Tensor]
 Batch = tuple[Tensor | Mapping[str, Tensor], Tensor]
 BatchSizeFn = Callable[[Any], int]
-
-
-def _math_attention() -> contextlib.AbstractContextManager:
-    """Select the plain (composite) attention kernel, which supports every ``torch.func`` transform.
-
-    PyTorch's fused CPU attention kernels have neither a forward-mode derivative nor a second
-    derivative; the math kernel computes the same function from differentiable primitives.
-    """
-    return sdpa_kernel(SDPBackend.MATH)
 
 
 def _dense_hessian(func: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
@@ -208,16 +197,20 @@ def _scale(loss_func: nn.Module, output: Tensor, y: Tensor) -> float:
 def _per_sample_gradients(
     output: Callable[[Tensor, Any], Tensor], loss_func: nn.Module, theta: Tensor, X: Any, y: Tensor
 ) -> Tensor:
-    """Rows ``g_n = ∇_θ ℓ_sum(f_θ(x_n), y_n)``, the summed per-sample loss gradients, ``[N, D]``."""
-    summed = _sum_loss(loss_func)
+    """Rows ``g_n = ∇_θ ℓ_sum(f_θ(x_n), y_n)``, the summed per-sample loss gradients, ``[N, D]``.
 
-    def sample_loss(theta: Tensor, x_n: Any, y_n: Tensor) -> Tensor:
-        x_batch = (
-            {k: v.unsqueeze(0) for k, v in x_n.items()} if isinstance(x_n, Mapping) else x_n.unsqueeze(0)
-        )
-        return summed(output(theta, x_batch), y_n.unsqueeze(0))
+    The Jacobian of the vector of per-sample losses: the model runs once on all samples (which
+    must not interact, as everywhere), so models that ``vmap`` cannot push single samples
+    through (recurrent layers) work too.
+    """
+    unreduced = copy.copy(loss_func)
+    unreduced.reduction = "none"
 
-    return vmap(grad(sample_loss), in_dims=(None, 0, 0))(theta, X, y)
+    def sample_losses(theta: Tensor) -> Tensor:
+        losses = unreduced(output(theta, X), y)
+        return losses.reshape(losses.shape[0], -1).sum(1)
+
+    return jacrev(sample_losses)(theta)
 
 
 def hessian_matrix(
@@ -244,7 +237,7 @@ def hessian_matrix(
     """
     output, theta = _flat_model(model_func, params)
     X, y = _concatenated(_load(data, batch_size_fn))
-    with _math_attention():
+    with differentiable_kernels(model_func):
         return _dense_hessian(lambda flat: loss_func(output(flat, X), y), theta).detach()
 
 
@@ -274,7 +267,7 @@ def ggn_matrix(
     """
     output, theta = _flat_model(model_func, params)
     X, y = _concatenated(_load(data, batch_size_fn))
-    with _math_attention():
+    with differentiable_kernels(model_func):
         f = output(theta, X).detach()
         jac = jacrev(output)(theta, X).reshape(f.numel(), theta.numel())
         loss_hessian = _dense_hessian(lambda out: loss_func(out, y), f).reshape(f.numel(), f.numel())
@@ -310,7 +303,7 @@ def empirical_fisher_matrix(
     """
     output, theta = _flat_model(model_func, params)
     X, y = _concatenated(_load(data, batch_size_fn))
-    with _math_attention():
+    with differentiable_kernels(model_func):
         scale = _scale(loss_func, output(theta, X).detach(), y)
         grads = _per_sample_gradients(output, loss_func, theta, X, y)
     return (scale * grads.T @ grads).detach()
@@ -356,7 +349,7 @@ def fisher_mc_matrix(
     X_all, y_all = _concatenated(batches)
     generator = torch.Generator(theta.device).manual_seed(seed)
     fisher = torch.zeros(theta.numel(), theta.numel(), dtype=theta.dtype, device=theta.device)
-    with _math_attention():
+    with differentiable_kernels(model_func):
         scale = _scale(loss_func, output(theta, X_all).detach(), y_all)
         likelihood = _without_smoothing(loss_func)
         for X, y in batches:
@@ -393,6 +386,6 @@ def jacobian_matrix(
         The Jacobian, ``[N·C, D]``.
     """
     output, theta = _flat_model(model_func, params)
-    with _math_attention():
+    with differentiable_kernels(model_func):
         rows = [jacrev(output)(theta, X).reshape(-1, theta.numel()) for X, _ in _load(data, batch_size_fn)]
     return torch.cat(rows).detach()

@@ -8,7 +8,10 @@ Problem ids read ``model-loss-reduction-layout-params[-f32]``, e.g. ``mlp-ce-mea
 
 - models: ``mlp`` (ReLU, Sigmoid, Tanh), ``cnn`` (Conv2d with stride and padding, Flatten, Linear),
   ``shared`` (one Linear applied twice), ``transformer`` (default ``nn.TransformerEncoderLayer``,
-  fused attention kernels and all) and ``dict_input`` (forward takes ``{"x": ..., "z": ...}``);
+  fused attention kernels and all), ``dict_input`` (forward takes ``{"x": ..., "z": ...}``),
+  ``rnn`` (``nn.LSTM``, which ``vmap`` cannot push single samples through), ``resnet`` (a residual
+  block with eval-mode ``BatchNorm2d``, max and average pooling) and ``embedding`` (integer token
+  inputs, ``nn.Embedding``, ``LayerNorm``, GELU);
 - losses: ``mse``, ``ce`` (targets ``[N]``), ``ceseq`` (output ``[N, C, T]``, targets ``[N, T]``;
   transformer only), ``bce`` (soft targets in ``[0, 1]``, several outputs);
 - layouts: ``one`` batch of 10 samples or ``three`` batches of 3, 5 and 2 samples;
@@ -34,7 +37,8 @@ LOSSES = {
     "ceseq": nn.CrossEntropyLoss,
     "bce": nn.BCEWithLogitsLoss,
 }
-MODELS = ("mlp", "cnn", "shared", "transformer", "dict_input")
+MODELS = ("mlp", "cnn", "shared", "transformer", "dict_input", "rnn", "resnet", "embedding")
+VOCABULARY = 7
 PARAMS_KINDS = ("list", "dict", "subset")
 _DTYPES = {"f32": torch.float32, "f64": torch.float64}
 _DTYPE_NAMES = {dtype: name for name, dtype in _DTYPES.items()}
@@ -143,6 +147,51 @@ class DictInput(nn.Module):
         return self.net(torch.cat([X["x"], X["z"]], dim=1))
 
 
+class Recurrent(nn.Module):
+    """An ``nn.LSTM`` over ``[N, T, 3]`` sequences; a linear head on the last step's state."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(3, 4, batch_first=True)
+        self.head = nn.Linear(4, NUM_CLASSES)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.lstm(x)[0][:, -1])
+
+
+class Residual(nn.Module):
+    """A residual block of convolutions with ``BatchNorm2d`` (eval mode: running statistics),
+    then max pooling, global average pooling and a linear head, on ``[N, 2, 4, 4]`` inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.norm1 = nn.Conv2d(2, 3, 3, padding=1, bias=False), nn.BatchNorm2d(3)
+        self.conv2, self.norm2 = nn.Conv2d(3, 2, 3, padding=1, bias=False), nn.BatchNorm2d(2)
+        self.head = nn.Linear(2, NUM_CLASSES)
+        for norm in (self.norm1, self.norm2):  # statistics other than the identity's
+            norm.running_mean.uniform_(-0.5, 0.5)
+            norm.running_var.uniform_(0.5, 1.5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        hidden = torch.relu(self.norm1(self.conv1(x)))
+        hidden = torch.relu(x + self.norm2(self.conv2(hidden)))
+        pooled = nn.functional.adaptive_avg_pool2d(nn.functional.max_pool2d(hidden, 2), 1)
+        return self.head(pooled.flatten(1))
+
+
+class Embedded(nn.Module):
+    """Token ids ``[N, 5]`` → ``nn.Embedding``, mean over tokens, ``LayerNorm``, GELU, head."""
+
+    def __init__(self):
+        super().__init__()
+        self.embedding = nn.Embedding(VOCABULARY, 4)
+        self.norm = nn.LayerNorm(4)
+        self.head = nn.Linear(4, NUM_CLASSES)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.head(nn.functional.gelu(self.norm(self.embedding(ids).mean(1))))
+
+
 def dict_batch_size(X: Mapping[str, Tensor]) -> int:
     """Batch size of a ``DictInput`` input."""
     return X["x"].shape[0]
@@ -173,6 +222,12 @@ def _build_model(model: str, loss: str) -> nn.Module:
         return TinyTransformer({"ce": "pool", "ceseq": "seq"}.get(loss, "tokens"))
     if model == "dict_input":
         return DictInput()
+    if model == "rnn":
+        return Recurrent()
+    if model == "resnet":
+        return Residual()
+    if model == "embedding":
+        return Embedded()
     raise ValueError(f"Unknown model {model!r}; choose from {MODELS}.")
 
 
@@ -185,6 +240,12 @@ def _sample_input(model: str, n: int, dtype: torch.dtype) -> Any:
         return torch.randn(n, 4, dtype=dtype)
     if model == "transformer":
         return torch.randn(n, SEQ_LEN, D_MODEL, dtype=dtype)
+    if model == "rnn":
+        return torch.randn(n, SEQ_LEN, 3, dtype=dtype)
+    if model == "resnet":
+        return torch.randn(n, 2, 4, 4, dtype=dtype)
+    if model == "embedding":
+        return torch.randint(0, VOCABULARY, (n, 5))
     return {"x": torch.randn(n, 3, dtype=dtype), "z": torch.randn(n, 2, dtype=dtype)}
 
 
@@ -289,9 +350,15 @@ PROBLEM_IDS = [
     "dict_input-mse-mean-three-list",
     "dict_input-ce-sum-one-dict",
     "dict_input-bce-mean-three-subset",
+    "rnn-ce-mean-three-list",
+    "rnn-bce-sum-one-dict",
+    "resnet-ce-mean-three-list",
+    "resnet-mse-sum-one-subset",
+    "embedding-ce-mean-three-dict",
     "mlp-ce-mean-three-list-f32",
     "cnn-mse-mean-three-dict-f32",
     "transformer-ceseq-mean-three-list-f32",
+    "rnn-ce-mean-three-list-f32",  # oneDNN's LSTM kernel: no batched double backward
 ]
 """Curated problems: every compatible model × loss, both reductions, layouts and three params kinds."""
 
@@ -302,5 +369,8 @@ SMALL_PROBLEM_IDS = [
     "shared-bce-mean-three-list",
     "transformer-ceseq-mean-three-list",
     "dict_input-mse-mean-three-subset",
+    "rnn-ce-mean-three-list",
+    "resnet-ce-mean-three-list",
+    "embedding-ce-mean-three-dict",
 ]
 """A few cheap problems for expensive checks (every model, every loss, both reductions)."""

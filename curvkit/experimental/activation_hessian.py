@@ -11,7 +11,7 @@ from torch.func import grad, vjp, vmap
 from curvkit._engine import Batch, MiniBatchEngine
 from curvkit._engine import check_deterministic as probe_determinism
 from curvkit.linear_operator import LinearOperator
-from curvkit.operators._differentiation import differentiable_attention
+from curvkit.operators._differentiation import differentiable_kernels
 
 _DIRECTIONS = ("input", "output")
 
@@ -198,7 +198,7 @@ class ActivationHessianLinearOperator(LinearOperator):
         """
         (batch,) = list(self._engine.batches(desc=type(self).__name__))
         tangents = X.T.reshape(X.shape[1], *self._feature_shape)
-        with torch.no_grad(), differentiable_attention():
+        with torch.no_grad(), differentiable_kernels(self._model):
             _, hvp = vjp(grad(self._loss_of_feature(batch)), self._capture(batch))
             products = vmap(lambda tangent: hvp(tangent)[0])(tangents)
         return products.reshape(X.shape[1], -1).T

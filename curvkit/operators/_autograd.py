@@ -8,7 +8,8 @@ decided in :mod:`._differentiation`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.autograd.forward_ad as forward_ad
@@ -17,9 +18,32 @@ from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
-def differentiable_attention():
-    """Context that selects the twice-differentiable math kernel for ``scaled_dot_product_attention``."""
-    return sdpa_kernel(SDPBackend.MATH)
+@contextmanager
+def differentiable_kernels(model_func: Callable | None) -> Iterator[None]:
+    """Select kernels with every derivative that curvature products take, for ``model_func``.
+
+    - ``scaled_dot_product_attention``: the math kernel. The fused ones have no forward-mode and
+      no second derivative (``NotImplementedError: Trying to use forward AD with
+      _scaled_dot_product_flash_attention_for_cpu``).
+    - Modules with recurrent layers (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``): PyTorch's own RNN
+      kernels instead of oneDNN's on the CPU (whose LSTM has no batched double backward, so
+      Hessian columns fail) and cuDNN's on GPUs (no double backward, and no backward at all in
+      eval mode). This switches the backends off for the whole call, convolutions included, so
+      it applies only to models with recurrent layers.
+    """
+    recurrent = isinstance(model_func, torch.nn.Module) and any(
+        isinstance(module, torch.nn.RNNBase) for module in model_func.modules()
+    )
+    backends = [torch.backends.mkldnn, torch.backends.cudnn] if recurrent else []
+    enabled = [backend.enabled for backend in backends]
+    try:
+        for backend in backends:
+            backend.enabled = False
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        for backend, was_enabled in zip(backends, enabled):
+            backend.enabled = was_enabled
 
 
 def require_autograd() -> None:
@@ -67,7 +91,7 @@ def reverse_products(
     transposed: list[tuple[Tensor, list[Tensor]]] = []
 
     def jvp(tangents: list[Tensor]) -> Tensor:
-        with torch.enable_grad(), differentiable_attention():
+        with torch.enable_grad():
             if not transposed:
                 dummy = torch.zeros_like(output, requires_grad=True)
                 gradients = torch.autograd.grad(output, tensors, dummy, create_graph=True)
@@ -76,8 +100,7 @@ def reverse_products(
             return grad_columns(gradients, [dummy], tangents)[0]
 
     def vjp(cotangents: Tensor) -> list[Tensor]:
-        with differentiable_attention():
-            return grad_columns([output], tensors, [cotangents])
+        return grad_columns([output], tensors, [cotangents])
 
     return jvp, vjp
 
@@ -134,7 +157,7 @@ def output_with_tangent(
         NotImplementedError: If an operation has no forward-mode derivative (``"forward AD"`` in
             the message).
     """
-    with torch.set_grad_enabled(record_graph), differentiable_attention(), forward_ad.dual_level():
+    with torch.set_grad_enabled(record_graph), differentiable_kernels(module), forward_ad.dual_level():
         duals = [forward_ad.make_dual(t, v[0]) for t, v in zip(tensors, tangents)]
         output, output_tangent = forward_ad.unpack_dual(call_with(module, aliases, duals, X))
     if output_tangent is None:  # no parameter reaches the output on this batch
@@ -146,12 +169,11 @@ def hessian_products(
     model_func: Callable, X, y: Tensor, loss_func: Callable, block: list[Tensor]
 ) -> Callable[[list[Tensor]], list[Tensor]]:
     """``V ↦ ∇²_θ L_b V`` over the parameters ``block``: reverse over reverse through autograd."""
-    with torch.enable_grad(), differentiable_attention():
+    with torch.enable_grad(), differentiable_kernels(model_func):
         loss = loss_func(model_func(X), y)
         gradient = list(torch.autograd.grad(loss, block, create_graph=True))
 
     def hvp(tangents: list[Tensor]) -> list[Tensor]:
-        with differentiable_attention():
-            return grad_columns(gradient, block, tangents)
+        return grad_columns(gradient, block, tangents)
 
     return hvp

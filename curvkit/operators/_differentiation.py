@@ -23,8 +23,9 @@ see ``docs/design-notes.md``):
   ``nn.TransformerEncoderLayer`` in eval mode, custom ``autograd.Function``\ s without ``jvp``),
   the first failure switches the model to reverse mode for good.
 
-Fused scaled-dot-product attention kernels have no second derivative, so all products run with
-the math attention kernel selected (:func:`differentiable_attention`). Models need not be
+Fused scaled-dot-product attention kernels have no second derivative, and oneDNN's and cuDNN's
+recurrent kernels lack some derivatives, so all forward passes select kernels that have them
+(:func:`differentiable_kernels`). Models need not be
 ``nn.Module``\ s: any callable ``X ↦ f(X)`` that closes over its parameters works, in reverse mode.
 """
 
@@ -42,7 +43,7 @@ from torch.func import jvp as forward_jvp
 from curvkit._layout import TensorListLayout
 from curvkit.operators._autograd import (
     call_with,
-    differentiable_attention,
+    differentiable_kernels,
     hessian_products,
     output_with_tangent,
     parameter_paths,
@@ -208,7 +209,7 @@ class ModelFunction:
     # ------------------------------------------------------------------ derivatives
     def linearize(self, X) -> Linearization:
         """Output and Jacobian products on batch ``X`` (see the module docstring)."""
-        with torch.enable_grad(), differentiable_attention():
+        with torch.enable_grad(), differentiable_kernels(self.model_func):
             output = self.model_func(X)
         return self._linearization(X, output)
 
@@ -252,7 +253,7 @@ class ModelFunction:
             )[1]
         forward = self.functional(X, range(len(self.tensors)))
         primals = tuple(tensor.detach() for tensor in self.tensors)
-        with differentiable_attention():
+        with differentiable_kernels(self.model_func):
             return vmap(lambda *columns: forward_jvp(forward, primals, columns)[1])(*tangents)
 
     def _in_forward_mode(self, compute: Callable[[], T]) -> T | None:
@@ -294,12 +295,12 @@ class ModelFunction:
         if not (self.is_module and several_columns):
             return hessian_products(self.model_func, X, y, loss_func, block)
         forward = self.functional(X, indices)
-        with differentiable_attention():
+        with differentiable_kernels(self.model_func):
             gradient = grad(lambda *values: loss_func(forward(*values), y), argnums=tuple(range(len(block))))
             _, hvp = vjp(gradient, *[tensor.detach() for tensor in block])
 
         def hvp_columns(tangents: list[Tensor]) -> list[Tensor]:
-            with differentiable_attention():
+            with differentiable_kernels(self.model_func):
                 return list(vmap(hvp)(tuple(tangents)))
 
         return hvp_columns

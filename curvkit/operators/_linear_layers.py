@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from torch.autograd import forward_ad
 from torch.utils._pytree import tree_map
 
-from curvkit.operators._autograd import differentiable_attention
+from curvkit.operators._autograd import differentiable_kernels
 
 
 @dataclass
@@ -186,15 +186,16 @@ TRACINGS = (dual_numbers, autograd_leaves)
 
 
 def factored_forward(
-    model: Callable[[Any], Tensor], X: Any, batch_size: int, layers: list[LinearLayer]
+    model: Callable[[Any], Tensor], module: nn.Module, X: Any, batch_size: int, layers: list[LinearLayer]
 ) -> tuple[Tensor, list[LinearLayer]]:
     """The output with its graph, and the ``layers`` that factor on this batch.
 
     Call it inside :func:`recording` of ``layers``. The batch input is traced (:data:`TRACINGS`:
     dual numbers, else autograd leaves) to tell which layer inputs were computed from it. A model
-    that runs with neither, or without any such layer, gets none, and no graph.
+    that runs with neither, or without any such layer, gets none, and no graph. ``module`` is the
+    network ``model`` calls (it selects the kernels, :func:`differentiable_kernels`).
     """
-    with torch.enable_grad(), differentiable_attention():
+    with torch.enable_grad(), differentiable_kernels(module):
         for tracing in TRACINGS if layers else ():
             try:
                 with tracing(X) as (traced, from_batch):
@@ -203,7 +204,7 @@ def factored_forward(
             except (NotImplementedError, RuntimeError):  # not on traced inputs: next way
                 for layer in layers:
                     layer.calls.clear()
-    with torch.no_grad(), differentiable_attention():
+    with torch.no_grad(), differentiable_kernels(module):
         return model(X), []
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -19,7 +20,7 @@ from curvkit.losses import (
     sample_targets,
     sampled_output_gradients,
 )
-from curvkit.operators._differentiation import differentiable_attention
+from curvkit.operators._differentiation import differentiable_kernels
 from curvkit.operators._linear_layers import (
     factored_forward,
     layer_outputs,
@@ -63,7 +64,8 @@ def ggn_diagonal(
     batched backward pass to the layer outputs and one matrix product
     (:mod:`curvkit.operators._linear_layers`; the MLP of ``benchmarks/ggn_diagonal.py``: about
     3 gradients instead of 900). Other parameters take one per-sample vector-Jacobian product per
-    column under ``vmap``.
+    column under ``vmap``; models that ``vmap`` cannot push single samples through (recurrent
+    layers) run one sample at a time, with its ``K`` products batched.
 
     Args:
         model_func: The network (an ``nn.Module``; samples are pushed through it one at a
@@ -88,8 +90,8 @@ def ggn_diagonal(
         ValueError: For an unknown ``mode``, a model that is not an ``nn.Module``, bad
             ``mc_samples`` or ``seed``.
         NotImplementedError: For unsupported losses.
-        RuntimeError: If ``torch.func.vmap`` cannot push single samples through the model
-            (recurrent layers, say), or the determinism probe fails.
+        RuntimeError: If the model fails on single samples (``torch.func`` refuses a train-mode
+            BatchNorm's in-place update, say), or the determinism probe fails.
     """
     if mode not in ("exact", "mc"):
         raise ValueError(f"mode must be 'exact' or 'mc', got {mode!r}.")
@@ -115,7 +117,7 @@ def ggn_diagonal(
     def batch_diagonal(batch: Batch) -> Tensor:
         squares: dict[int, Tensor] = {}
         with recording(layers):  # the factored linear layers: no per-sample gradients
-            output, fast = factored_forward(model, batch.X, batch.size, layers)
+            output, fast = factored_forward(model, model_func, batch.X, batch.size, layers)
             columns = output_curvature_columns(output.detach(), batch.y)
             if fast:
                 gradients = torch.autograd.grad(output, layer_outputs(fast), columns, is_grads_batched=True)
@@ -143,26 +145,40 @@ def _sum_of_squared_sample_vjps(model, X, columns: Tensor, indices: list[int]) -
     """``Σ_n Σ_k (J_nᵀ s_{n,k})²`` for the parameters ``indices``; ``columns`` is ``[K, N, ...]``.
 
     Per-sample vector-Jacobian products under ``vmap``, for parameters outside the factored
-    linear layers (:mod:`._linear_layers`).
+    linear layers (:mod:`._linear_layers`). Models that ``vmap`` cannot push single samples
+    through (recurrent layers, whose kernels write into preallocated states) take the samples
+    one at a time instead, each with its ``K`` products batched.
     """
     primals = [model.tensors[index].detach() for index in indices]
 
-    def one_sample(x: Tensor, sample_columns: Tensor) -> list[Tensor]:
-        forward = model.functional(tree_map(lambda t: t.unsqueeze(0), x), indices)
+    def squared_vjps(x_alone: Any, sample_columns: Tensor) -> list[Tensor]:
+        """``Σ_k (J_nᵀ s_{n,k})²`` for one sample (with its batch axis of size one)."""
+        forward = model.functional(x_alone, indices)
         _, pullback = vjp(lambda *values: forward(*values)[0], *primals)
         return [gradient.square().sum(0) for gradient in vmap(pullback)(sample_columns)]
 
-    try:
-        with differentiable_attention():
-            squares = vmap(one_sample)(X, columns.movedim(1, 0))
-    except RuntimeError as error:
-        raise RuntimeError(
-            "ggn_diagonal pushes the samples through model_func one at a time under torch.func.vmap, "
-            f"which failed for this model ({error}). Layers that vmap cannot batch (nn.LSTM, nn.GRU, "
-            "...) are not supported here; estimate the diagonal of GGNLinearOperator with "
-            "hutchinson_diag or xdiag instead."
-        ) from error
-    return [square.sum(0) for square in squares]
+    with differentiable_kernels(model.model_func):
+        try:
+            squares = vmap(lambda x, c: squared_vjps(tree_map(lambda t: t.unsqueeze(0), x), c))(
+                X, columns.movedim(1, 0)
+            )
+            return [square.sum(0) for square in squares]
+        except RuntimeError:
+            pass
+        try:
+            per_sample = (squared_vjps(_sample(X, n), columns[:, n]) for n in range(columns.shape[1]))
+            return [sum(squares) for squares in zip(*per_sample)]
+        except RuntimeError as error:
+            raise RuntimeError(
+                "ggn_diagonal needs per-sample gradients of the parameters outside nn.Linear layers, "
+                f"but model_func fails on single samples ({error}). Estimate the diagonal of "
+                "GGNLinearOperator with hutchinson_diag or xdiag instead."
+            ) from error
+
+
+def _sample(X: Any, index: int) -> Any:
+    """Sample ``index`` of a batch input (tensor or dict of tensors), keeping a batch axis of one."""
+    return tree_map(lambda tensor: tensor[index : index + 1], X)
 
 
 class GGNDiagonalLinearOperator(DiagonalLinearOperator):

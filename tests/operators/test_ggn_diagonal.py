@@ -38,7 +38,10 @@ def test_operator_form_and_errors():
         ggn_diagonal(lambda X: p.model(X), p.loss_func, p.params, p.data)
 
 
-def test_models_that_vmap_cannot_batch_get_a_clear_error():
+@pytest.mark.parametrize("mode", ["exact", "mc"])
+def test_models_that_vmap_cannot_batch_take_one_sample_at_a_time(mode):
+    """``vmap`` cannot push single samples through ``nn.GRU``: the samples go one at a time."""
+
     class Recurrent(nn.Module):
         def __init__(self):
             super().__init__()
@@ -49,10 +52,21 @@ def test_models_that_vmap_cannot_batch_get_a_clear_error():
 
     model = Recurrent().double()
     data = [(torch.randn(5, 6, 3, dtype=torch.float64), torch.tensor([0, 1, 1, 0, 1]))]
-    with pytest.raises(
-        RuntimeError, match="ggn_diagonal pushes the samples through model_func one at a time"
-    ):
-        ggn_diagonal(model, nn.CrossEntropyLoss(), list(model.parameters()), data)
+    params, loss_func = list(model.parameters()), nn.CrossEntropyLoss()
+    diagonal = ggn_diagonal(model, loss_func, params, data, mode=mode, mc_samples=2, seed=1)
+    if mode == "exact":
+        expected = GGNLinearOperator(model, loss_func, params, data)
+    else:
+        expected = FisherMCLinearOperator(model, loss_func, params, data, mc_samples=2, seed=1)
+    torch.testing.assert_close(diagonal, expected.to_dense().diagonal(), rtol=1e-10, atol=1e-14)
+
+
+def test_models_that_fail_on_single_samples_get_a_clear_error():
+    model = nn.Sequential(nn.Conv1d(2, 3, 1), nn.BatchNorm1d(3), nn.Flatten(), nn.Linear(12, 2)).double()
+    data = [(torch.randn(5, 2, 4, dtype=torch.float64), torch.tensor([0, 1, 1, 0, 1]))]
+    # train-mode BatchNorm updates its running statistics in place, which torch.func refuses
+    with pytest.raises(RuntimeError, match="model_func fails on single samples"):
+        ggn_diagonal(model, nn.CrossEntropyLoss(), list(model.parameters()), data, check_deterministic=False)
 
 
 class _TiedOutsideTheLayer(nn.Module):
