@@ -13,9 +13,10 @@
 
 Randomized routines take ``seed`` (``int``, ``torch.Generator`` or ``None``, see
 :mod:`curvkit.linalg._random`); functions return torch tensors on the operator's device, in its
-dtype (spectral densities return NumPy arrays, as in the reference). An object with only ``@``
-and ``.shape`` (no ``dtype``) costs them one extra product, with a zero block, that reveals its
-precision (:func:`curvkit.linalg._operator.linalg_operator`).
+dtype (spectral densities return NumPy arrays, as in the reference). Half-precision operators
+(float16, bfloat16) multiply in their precision, while the routines compute and return in
+float32. An object with only ``@`` and ``.shape`` (no ``dtype``) costs them one extra product,
+with a zero block, that reveals its precision (:func:`curvkit.linalg._operator.linalg_operator`).
 """
 
 from curvkit.linalg.diagonal import HutchinsonDiagonalEstimator, hutchinson_diag, xdiag

@@ -32,6 +32,35 @@ def _product_dtype(A: Any) -> torch.dtype | None:
     return torch.promote_types(dtype, default) if dtype.is_floating_point else None
 
 
+HALF_PRECISIONS = (torch.float16, torch.bfloat16)
+
+
+class _Float32View(LinearOperator):
+    """A half-precision operator (float16, bfloat16) as the randomized routines see it: float32.
+
+    Products run in the operator's precision, with inputs and results converted, so that the
+    orthogonalizations, QR, Cholesky and eigendecompositions around them run in float32: PyTorch
+    has no half-precision kernels for most of them, and half precision would lose the
+    orthogonality they rely on.
+    """
+
+    def __init__(self, operator: LinearOperator):
+        super().__init__(
+            operator.shape,
+            dtype=torch.float32,
+            device=operator.device,
+            symmetric=operator.is_symmetric,
+            psd=operator.is_psd,
+        )
+        self.operator = operator
+
+    def _matmat(self, X: Tensor) -> Tensor:
+        return self.operator.matmat(X.to(self.operator.dtype)).to(torch.float32)
+
+    def _rmatmat(self, X: Tensor) -> Tensor:
+        return self.operator.rmatmat(X.to(self.operator.dtype)).to(torch.float32)
+
+
 def linalg_operator(A: Any, name: str = "A", *, square: bool = True, typed: bool = False) -> LinearOperator:
     """Accept anything with ``@`` and ``.shape`` as a curvkit operator.
 
@@ -42,7 +71,8 @@ def linalg_operator(A: Any, name: str = "A", *, square: bool = True, typed: bool
         typed: Whether the routine needs the operator's dtype (to draw random vectors in it).
             A foreign object without ``.dtype`` then costs one product, with a zero block, that
             reveals its precision (:func:`_product_dtype`); otherwise it would be computed in
-            torch's default dtype (float32), losing the digits of a float64 operator.
+            torch's default dtype (float32), losing the digits of a float64 operator. A
+            half-precision operator is seen in float32 (:class:`_Float32View`).
 
     Raises:
         ValueError: If ``square`` and the operator is not square.
@@ -55,6 +85,8 @@ def linalg_operator(A: Any, name: str = "A", *, square: bool = True, typed: bool
     if typed and foreign and operator.dtype is None:
         dtype = _product_dtype(A)
         operator = operator if dtype is None else _ForeignLinearOperator(A, dtype)
+    if typed and operator.dtype in HALF_PRECISIONS:
+        operator = _Float32View(operator)
     return operator
 
 
