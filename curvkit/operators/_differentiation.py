@@ -272,6 +272,39 @@ class ModelFunction:
             self.forward_mode_available = False
             return None
 
+    def check_forward_mode(self, X) -> None:
+        """Switch forward mode off for good if it disagrees with reverse mode on batch ``X``.
+
+        The adjoint test ``⟨J v, w⟩ = ⟨v, Jᵀ w⟩`` for random ``v``, ``w``: ``J v`` from dual numbers,
+        ``Jᵀ w`` from a backward pass. They disagree where forward mode ignores what reverse mode
+        obeys: a parameter that also reaches the output inside ``torch.no_grad()`` (a
+        stop-gradient) is a constant for gradients only, and a custom ``autograd.Function`` may
+        define its ``jvp`` and ``backward`` inconsistently. The model's gradients use reverse mode,
+        so products follow it. Costs one forward pass with dual numbers and one backward pass.
+        """
+        generator = torch.Generator(device=self.device).manual_seed(0)
+
+        def draw(shape) -> Tensor:
+            return torch.randn(shape, generator=generator, dtype=self.dtype, device=self.device)
+
+        tangents = [draw((1, *tensor.shape)) for tensor in self.tensors]
+        dual = self._in_forward_mode(
+            lambda: output_with_tangent(self.model_func, self._aliases, self.tensors, X, tangents)
+        )
+        if dual is None:  # forward mode unavailable already
+            return
+        output, output_tangent = dual[0], dual[1].detach()
+        cotangent = draw((1, *output.shape))
+        _, vjp = reverse_products(output, self.tensors)
+        gradients = vjp(cotangent)
+        forward = torch.sum(output_tangent * cotangent)
+        backward = sum(torch.sum(t * g) for t, g in zip(tangents, gradients))
+        scale = torch.linalg.vector_norm(output_tangent) * torch.linalg.vector_norm(cotangent) + sum(
+            torch.linalg.vector_norm(t) * torch.linalg.vector_norm(g) for t, g in zip(tangents, gradients)
+        )
+        if abs(float(forward - backward)) > torch.finfo(self.dtype).eps ** 0.5 * float(scale):
+            self.forward_mode_available = False
+
     def hessian_product(
         self, X, y: Tensor, loss_func: Callable, indices: Sequence[int], several_columns: bool
     ) -> Callable[[list[Tensor]], list[Tensor]]:

@@ -199,8 +199,16 @@ class ModelDataSetup:
         return [*X, *y, output, *loss]
 
     def check_deterministic(self, product: Callable[[Tensor], Tensor] | None = None) -> None:
-        """Run the determinism probe (:mod:`curvkit._engine.determinism`); no product: model, data."""
+        """Run the determinism probe (:mod:`curvkit._engine.determinism`); no product: model, data.
+
+        Products are also checked to take the same derivatives in forward and reverse mode, on
+        the first batch (:meth:`ModelFunction.check_forward_mode`), before the probe multiplies.
+        """
         self._probed_determinism = True
+        if product is not None and self.model.is_module and self.model.forward_mode_available:
+            first = next(iter(self.engine.batches()), None)
+            if first is not None:
+                self.model.check_forward_mode(first.X)
         probe_determinism(
             self.engine,
             self.model.model_func,

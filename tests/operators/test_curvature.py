@@ -417,3 +417,43 @@ def test_parameters_tied_under_two_names(kind):
     vectors = torch.randn(operator.shape[1], 3, dtype=torch.float64)
     assert_matches(operator @ vectors[:, 0], expected @ vectors[:, 0], torch.float64)
     assert_matches(operator @ vectors, expected @ vectors, torch.float64)
+
+
+class _StopGradient(torch.nn.Module):
+    """A parameter reaches the output twice: directly and through ``torch.no_grad()``, which
+    forward-mode derivatives ignore; the model's gradients treat that path as a constant."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner, self.head = torch.nn.Linear(3, 3), torch.nn.Linear(3, 2)
+
+    def forward(self, x):
+        with torch.no_grad():
+            target = self.inner(x)
+        return self.head(torch.tanh(self.inner(x)) + target)
+
+
+@pytest.mark.parametrize("kind", [*sorted(OPERATORS), "jacobian"])
+def test_products_follow_reverse_mode_where_forward_mode_disagrees(kind):
+    """The construction probe compares ``⟨J v, w⟩`` with ``⟨v, Jᵀ w⟩`` and, as here, switches the
+    model to reverse mode: without it, ``J v`` counts the stop-gradient path (errors of order 1)."""
+    from curvkit import JacobianLinearOperator
+
+    torch.manual_seed(0)
+    model = _StopGradient().double()
+    data = [(torch.randn(5, 3, dtype=torch.float64), torch.randint(0, 2, (5,)))]
+    params, loss_func = list(model.parameters()), torch.nn.CrossEntropyLoss()
+    if kind == "jacobian":
+        operator = JacobianLinearOperator(model, params, data)
+        expected = reference.jacobian_matrix(model, params, data)
+    else:
+        operator = OPERATORS[kind](model, loss_func, params, data)
+        expected = {
+            "hessian": reference.hessian_matrix,
+            "ggn": reference.ggn_matrix,
+            "ef": reference.empirical_fisher_matrix,
+            "fisher_mc": reference.fisher_mc_matrix,
+        }[kind](model, loss_func, params, data)
+    vector = torch.randn(operator.shape[1], dtype=torch.float64)
+    assert_matches(operator @ vector, expected @ vector, torch.float64)
+    assert_matches(operator.to_dense(), expected, torch.float64)
