@@ -92,13 +92,21 @@ def num_loss_terms(loss_func: LossFunction, target: Tensor, batch_size: int) -> 
     return float(batch_size)
 
 
-def batch_loss_scale(loss_func: LossFunction, output: Tensor, target: Tensor) -> float:
-    """The factor ``c_b`` in ``L_b = c_b Σ_n ℓ_n``."""
+def batch_loss_scale(
+    loss_func: LossFunction, output: Tensor, target: Tensor, loss_terms: float | None = None
+) -> float:
+    """The factor ``c_b`` in ``L_b = c_b Σ_n ℓ_n``.
+
+    ``loss_terms``: the batch's :func:`num_loss_terms` if already counted (the engine counts on
+    the host, where counting ignored targets costs no device synchronization).
+    """
     if reduction_of(loss_func) == "sum":
         return 1.0
     if known_loss(loss_func) in (MSELoss, BCEWithLogitsLoss):  # torch broadcasts (and warns)
         return 1.0 / max(math.prod(torch.broadcast_shapes(output.shape, target.shape)), 1)
-    return 1.0 / max(num_loss_terms(loss_func, target, output.shape[0]), 1.0)
+    if loss_terms is None:
+        loss_terms = num_loss_terms(loss_func, target, output.shape[0])
+    return 1.0 / max(loss_terms, 1.0)
 
 
 def _target_mass(loss_func: LossFunction, target: Tensor) -> Tensor | float:
@@ -152,7 +160,7 @@ def check_supported(loss_func: LossFunction, what: str) -> None:
 
 
 def output_hessian_matmat(
-    loss_func: LossFunction, output: Tensor, target: Tensor, tangents: Tensor
+    loss_func: LossFunction, output: Tensor, target: Tensor, tangents: Tensor, loss_terms: float | None = None
 ) -> Tensor:
     """Multiply ``∇²_f L_b(f, y)`` onto ``k`` output-shaped tangents ``[k, *output.shape]``.
 
@@ -164,13 +172,13 @@ def output_hessian_matmat(
     - BCE-with-logits: ``c_b σ(f)(1 − σ(f)) ⊙ v``.
 
     Any other loss (or one with class weights) uses reverse-over-reverse differentiation of
-    ``loss_func`` with respect to its first argument.
+    ``loss_func`` with respect to its first argument. ``loss_terms``: see :func:`batch_loss_scale`.
     """
     output = output.detach()
     if not _has_closed_form(loss_func):
         _, hvp = vjp(grad(lambda f: loss_func(f, target)), output)
         return vmap(lambda tangent: hvp(tangent)[0])(tangents)
-    scale = batch_loss_scale(loss_func, output, target)
+    scale = batch_loss_scale(loss_func, output, target, loss_terms)
     if isinstance(loss_func, MSELoss):
         return 2.0 * scale * tangents
     if isinstance(loss_func, BCEWithLogitsLoss):
@@ -184,13 +192,15 @@ def output_hessian_matmat(
     return scale * _target_mass(loss_func, target) * result
 
 
-def output_hessian_sqrt(loss_func: LossFunction, output: Tensor, target: Tensor) -> Tensor:
+def output_hessian_sqrt(
+    loss_func: LossFunction, output: Tensor, target: Tensor, loss_terms: float | None = None
+) -> Tensor:
     """A factor ``S`` with ``S Sᵀ = ∇²_f L_b`` that is block-diagonal over samples.
 
     Closed forms: MSE ``√(2 c_b) I``; BCE ``√(c_b σ(1 − σ))``; cross-entropy
     ``√(c_b m) (diag(√p) − p √pᵀ)`` at every position (``m`` the target's mass, see
     :func:`output_hessian_matmat`), since ``(diag √p − p √pᵀ)(diag √p − √p pᵀ) = diag p − p pᵀ``
-    when ``Σ p = 1``.
+    when ``Σ p = 1``. ``loss_terms``: see :func:`batch_loss_scale`.
 
     Returns:
         ``K`` columns stacked as ``[K, *output.shape]``: column ``k`` holds, for every sample
@@ -202,7 +212,7 @@ def output_hessian_sqrt(loss_func: LossFunction, output: Tensor, target: Tensor)
     if not _has_closed_form(loss_func):
         raise NotImplementedError(f"No closed-form Hessian square root for {type(loss_func).__name__}.")
     output = output.detach()
-    scale = batch_loss_scale(loss_func, output, target)
+    scale = batch_loss_scale(loss_func, output, target, loss_terms)
     per_sample = output[0].numel()
     identity = torch.eye(per_sample, dtype=output.dtype, device=output.device).reshape(
         per_sample, *output.shape[1:]
@@ -236,7 +246,11 @@ def output_gradients(loss_func: LossFunction, output: Tensor, target: Tensor) ->
 
 
 def sampled_output_gradients(
-    loss_func: LossFunction, output: Tensor, targets: Tensor, observed: Tensor
+    loss_func: LossFunction,
+    output: Tensor,
+    targets: Tensor,
+    observed: Tensor,
+    loss_terms: float | None = None,
 ) -> Tensor:
     """Gradients ``c_b ∇_f (−log q(ỹ_m | f))`` for targets ``ỹ_m`` drawn by :func:`sample_targets`.
 
@@ -252,20 +266,23 @@ def sampled_output_gradients(
         output: Model output ``f``.
         targets: Draws ``[M, *target_shape]``.
         observed: The batch's observed targets.
+        loss_terms: See :func:`batch_loss_scale`.
 
     Returns:
         ``[M, *output.shape]``.
     """
     output = output.detach()
-    scale = batch_loss_scale(loss_func, output, observed)
+    scale = batch_loss_scale(loss_func, output, observed, loss_terms)
     if isinstance(loss_func, MSELoss):
         return 2.0 * scale * (output - targets)
     if isinstance(loss_func, BCEWithLogitsLoss):
         return scale * (output.sigmoid() - targets)
     probability = output.softmax(dim=1)
     ignored = targets == loss_func.ignore_index
-    one_hot = torch.nn.functional.one_hot(targets.masked_fill(ignored, 0), probability.shape[1])
-    gradients = probability - one_hot.movedim(-1, 2).to(probability.dtype)
+    # scatter, not F.one_hot: that checks the class range, a device synchronization per batch
+    one_hot = probability.new_zeros((targets.shape[0], *probability.shape))
+    one_hot.scatter_(2, targets.masked_fill(ignored, 0).unsqueeze(2), 1.0)
+    gradients = probability - one_hot
     return scale * gradients.masked_fill(ignored.unsqueeze(2), 0.0)
 
 

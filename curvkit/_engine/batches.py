@@ -39,17 +39,27 @@ class Batch:
         X: Model input (a tensor or a dict of tensors).
         y: Targets.
         size: Number of samples ``N_b``.
+        loss_terms: Number ``K_b`` of terms ``reduction='mean'`` averages over (see the module
+            docstring); counted on the batch as ``data`` yields it, before it moves to the
+            device, so that the count costs no device synchronization for data on the host.
     """
 
     index: int
     X: BatchInput
     y: Tensor
     size: int
+    loss_terms: float = 0.0
 
 
 def _to_device(X: Any, device: torch.device) -> Any:
+    """``X`` (a tensor or a dict of them) on ``device``.
+
+    Copies to an accelerator do not block the host (``non_blocking``): from pinned memory
+    (``DataLoader(pin_memory=True)``) they overlap with the products, from pageable memory they
+    are staged as before. Copies to the CPU block, so that the host never reads unfinished data.
+    """
     if isinstance(X, Tensor):
-        return X.to(device)
+        return X.to(device, non_blocking=device.type != "cpu")
     if isinstance(X, Mapping):
         return {key: _to_device(value, device) for key, value in X.items()}
     return X
@@ -67,8 +77,9 @@ class MiniBatchEngine:
         batch_size_fn: Maps ``X`` to its batch size. Required when ``X`` is a dict; by
             default the size of ``X``'s first axis.
         progressbar: Show a tqdm progress bar over the batches of each pass.
-        loss_terms: Maps a batch to its number ``K_b`` of averaged loss terms (the weights of
-            ``reduction='mean'``); by default its number of samples.
+        loss_terms: Maps a batch (as ``data`` yields it, before it moves to ``device``) to its
+            number ``K_b`` of averaged loss terms (the weights of ``reduction='mean'``); by
+            default its number of samples.
 
     Raises:
         ValueError: If ``data`` is not re-iterable (e.g. a generator) or ``num_data`` is not
@@ -146,7 +157,8 @@ class MiniBatchEngine:
                     "not single samples."
                 )
             num_samples += size
-            yield Batch(index, _to_device(X, self.device), _to_device(y, self.device), size)
+            loss_terms = self._loss_terms(Batch(index, X, y, size))
+            yield Batch(index, _to_device(X, self.device), _to_device(y, self.device), size, loss_terms)
         if index < 0:
             raise ValueError("data is empty: it yielded no mini-batch.")
         if self._num_data_given and num_samples != self._num_data:
@@ -182,7 +194,7 @@ class MiniBatchEngine:
         """
         total, num_terms, structure = None, 0.0, None
         for batch in self.batches(desc):
-            weight = self._loss_terms(batch) if reduction == "mean" else 1.0
+            weight = batch.loss_terms if reduction == "mean" else 1.0
             if weight == 0.0:
                 continue
             num_terms += weight

@@ -87,7 +87,9 @@ class EFLinearOperator(CurvatureLinearOperator):
     def _observed_curvature(self, batch: Batch, output: Tensor) -> Callable[[Tensor], Tensor]:
         loss_func = self._setup.loss_func
         gradients = output_gradients(loss_func, output, batch.y).unsqueeze(0)
-        return gradient_outer_product(gradients, batch_loss_scale(loss_func, output, batch.y))
+        return gradient_outer_product(
+            gradients, batch_loss_scale(loss_func, output, batch.y, batch.loss_terms)
+        )
 
 
 class FisherMCLinearOperator(CurvatureLinearOperator):
@@ -167,5 +169,7 @@ class FisherMCLinearOperator(CurvatureLinearOperator):
     ) -> Callable[[Tensor], Tensor]:
         loss_func = self._setup.loss_func
         targets = sample_targets(loss_func, output, batch.y, self._mc_samples, generator)
-        gradients = sampled_output_gradients(loss_func, output, targets, batch.y)
-        return gradient_outer_product(gradients, batch_loss_scale(loss_func, output, batch.y))
+        gradients = sampled_output_gradients(loss_func, output, targets, batch.y, batch.loss_terms)
+        return gradient_outer_product(
+            gradients, batch_loss_scale(loss_func, output, batch.y, batch.loss_terms)
+        )

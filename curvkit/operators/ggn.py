@@ -35,5 +35,11 @@ class GGNLinearOperator(CurvatureLinearOperator):
 
     def _batch_matmat(self, batch: Batch, tangents: list[Tensor], state: Any) -> list[Tensor]:
         linearization, output_tangents = self._setup.linearization_along(batch, tangents)
-        curvature = partial(output_hessian_matmat, self._setup.loss_func, linearization.output, batch.y)
+        curvature = partial(
+            output_hessian_matmat,
+            self._setup.loss_func,
+            linearization.output,
+            batch.y,
+            loss_terms=batch.loss_terms,
+        )
         return jtlj_matmat(linearization, curvature, output_tangents)

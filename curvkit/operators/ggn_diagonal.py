@@ -118,7 +118,7 @@ def ggn_diagonal(
         squares: dict[int, Tensor] = {}
         with recording(layers):  # the factored linear layers: no per-sample gradients
             output, fast = factored_forward(model, model_func, batch.X, batch.size, layers)
-            columns = output_curvature_columns(output.detach(), batch.y)
+            columns = output_curvature_columns(output.detach(), batch)
             if fast:
                 gradients = torch.autograd.grad(output, layer_outputs(fast), columns, is_grads_batched=True)
                 for layer, layer_gradients in zip(fast, gradients):
@@ -130,13 +130,13 @@ def ggn_diagonal(
         # detached: the per-sample path may leave a graph on its result
         return torch.cat([squares[index].flatten() for index in range(len(model.tensors))]).detach()
 
-    def output_curvature_columns(output: Tensor, y: Tensor) -> Tensor:
+    def output_curvature_columns(output: Tensor, batch: Batch) -> Tensor:
         """``[K, *output.shape]``: the columns ``s_{n,k}`` of ``Λ_n = S_n S_nᵀ``."""
         if mode == "exact":
-            return output_hessian_sqrt(loss_func, output, y)
-        targets = sample_targets(loss_func, output, y, mc_samples, generator)
-        scale = batch_loss_scale(loss_func, output, y) * mc_samples
-        return sampled_output_gradients(loss_func, output, targets, y) / scale**0.5
+            return output_hessian_sqrt(loss_func, output, batch.y, batch.loss_terms)
+        targets = sample_targets(loss_func, output, batch.y, mc_samples, generator)
+        scale = batch_loss_scale(loss_func, output, batch.y, batch.loss_terms) * mc_samples
+        return sampled_output_gradients(loss_func, output, targets, batch.y, batch.loss_terms) / scale**0.5
 
     return setup.engine.sum_over_batches(batch_diagonal, reduction_of(loss_func), desc="GGN diagonal")
 

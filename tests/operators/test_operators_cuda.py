@@ -156,3 +156,25 @@ class TestDeviceOperatorContract(LinearOperatorContract):
     @pytest.fixture
     def dense(self, device_case):
         return device_case[1]
+
+
+@pytest.mark.parametrize("kind", sorted(OPERATORS))
+def test_products_do_not_synchronize(kind, device):
+    """With data on the host, a product never waits for the device (``set_sync_debug_mode``
+    raises on every synchronizing call); ``tests/operators/test_synchronization.py`` checks the
+    same on the CPU."""
+    if device.type != "cuda":
+        pytest.skip("synchronization is a CUDA notion")
+    problem = make_problem_from_id("mlp-ce-mean-three-list")
+    host_data = problem.data
+    problem = problem.to(device)
+    p = problem
+    operator = OPERATORS[kind](p.model, p.loss_func, p.params, host_data)
+    vector = torch.randn(problem.dim, dtype=problem.dtype, device=device)
+    operator @ vector  # warm up
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        operator @ vector
+        operator @ torch.randn(problem.dim, 3, dtype=problem.dtype, device=device)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
