@@ -48,7 +48,7 @@ class Batch:
     X: BatchInput
     y: Tensor
     size: int
-    loss_terms: float = 0.0
+    loss_terms: float | None = None  # None only in the batch handed to the counting function
 
 
 def _to_device(X: Any, device: torch.device) -> Any:
