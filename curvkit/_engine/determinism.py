@@ -34,6 +34,20 @@ def random_modules_in_train_mode(model: nn.Module) -> list[str]:
     return offenders
 
 
+def batch_coupled_modules(model: nn.Module) -> list[str]:
+    """Names of sub-modules that normalize with the batch's statistics even in eval mode.
+
+    A ``BatchNorm`` without running statistics (``track_running_stats=False``) couples the
+    samples of a batch in either mode, so a batch's matrix depends on which samples share it.
+    """
+    return [
+        f"'{name}' ({type(module).__name__} with track_running_stats=False: "
+        "uses batch statistics in eval mode too)"
+        for name, module in model.named_modules()
+        if isinstance(module, _BatchNorm) and not module.training and module.running_mean is None
+    ]
+
+
 def _fingerprint(tensors: list[Tensor]) -> Tensor:
     """A few float64 statistics per tensor; equal data gives equal fingerprints."""
     values = []
@@ -76,6 +90,15 @@ def check_deterministic(
                 "check_deterministic: model_func is not deterministic: "
                 + "; ".join(offenders)
                 + ". Call model_func.eval() (or set dropout to 0) before building the operator."
+            )
+        coupled = batch_coupled_modules(model_func)
+        if coupled:
+            raise RuntimeError(
+                "check_deterministic: model_func couples the samples of a batch: "
+                + "; ".join(coupled)
+                + ". The products would depend on how data is split into batches, not give the "
+                "full-data matrix. Use running statistics, or pass check_deterministic=False to "
+                "accept the per-batch matrices."
             )
     with torch.no_grad():
         passes = [[_fingerprint(batch_tensors(batch)) for batch in engine.batches()] for _ in range(2)]

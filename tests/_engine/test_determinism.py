@@ -35,6 +35,20 @@ def test_random_or_batch_coupled_layers_in_train_mode(layer, match):
     GGNLinearOperator(model, nn.CrossEntropyLoss(), list(model.parameters()), _data())
 
 
+def test_batch_statistics_in_eval_mode_are_refused():
+    """BatchNorm without running statistics couples a batch's samples in eval mode too: the
+    products would be those of the batch split, not of the full data."""
+    model = nn.Sequential(
+        nn.Linear(3, 4), nn.BatchNorm1d(4, track_running_stats=False), nn.Linear(4, 2)
+    ).eval()
+    params, loss_func = list(model.parameters()), nn.CrossEntropyLoss()
+    with pytest.raises(RuntimeError, match=r"couples the samples of a batch: '1' \(BatchNorm1d with track"):
+        GGNLinearOperator(model, loss_func, params, _data())
+    GGNLinearOperator(model, loss_func, params, _data(), check_deterministic=False)  # the way out
+    model[1] = nn.BatchNorm1d(4).eval()  # running statistics: per-sample, accepted
+    GGNLinearOperator(model, loss_func, list(model.parameters()), _data())
+
+
 def test_random_callable_is_caught_by_two_passes():
     layer = nn.Linear(3, 2)
 
