@@ -106,19 +106,45 @@ def batch_loss_scale(
         return 1.0 / max(math.prod(torch.broadcast_shapes(output.shape, target.shape)), 1)
     if loss_terms is None:
         loss_terms = num_loss_terms(loss_func, target, output.shape[0])
-    return 1.0 / max(loss_terms, 1.0)
+    # no terms (every target ignored): no loss, no curvature; class weights may sum to less than 1
+    return 1.0 / loss_terms if loss_terms > 0 else 0.0
 
 
-def _target_mass(loss_func: LossFunction, target: Tensor) -> Tensor | float:
-    """``Σ_c q_c`` per position of cross-entropy's target distribution ``q`` (after smoothing).
+def _target_mass(loss_func: LossFunction, output: Tensor, target: Tensor) -> Tensor | float:
+    """``Σ_c w_c q_c`` per position, ``q`` cross-entropy's target distribution (after smoothing).
 
-    The Hessian of ``-Σ_c q_c log softmax(f)_c`` is ``(Σ_c q_c)(diag p − p pᵀ)``: ``1`` for class
-    indices and normalized probabilities, anything for unnormalized (e.g. multi-hot) targets.
+    The Hessian of ``-Σ_c w_c q_c log softmax(f)_c`` is ``(Σ_c w_c q_c)(diag p − p pᵀ)``: ``1`` for
+    class indices and normalized probabilities without class weights ``w``, anything for
+    unnormalized (e.g. multi-hot) targets. With class indices ``y`` and smoothing ``ε``,
+    ``q = (1 − ε) e_y + ε / C``, so the mass is ``(1 − ε) w_y + (ε / C) Σ_c w_c`` (as ``torch``
+    weighs the smoothing term).
     """
+    weight, smoothing = loss_func.weight, loss_func.label_smoothing
     if _is_class_index_target(loss_func, target):
-        return 1.0
-    smoothing = loss_func.label_smoothing
-    return (1.0 - smoothing) * target.sum(dim=1, keepdim=True) + smoothing
+        if weight is None:
+            return 1.0
+        weight = weight.to(output)
+        kept = target.masked_fill(target == loss_func.ignore_index, 0)  # ignored: masked elsewhere
+        mass = (1.0 - smoothing) * weight[kept] + smoothing / output.shape[1] * weight.sum()
+        return mass.unsqueeze(1)
+    smoothed = (1.0 - smoothing) * target + smoothing / output.shape[1]
+    if weight is not None:
+        smoothed = smoothed * weight.to(output).reshape(-1, *([1] * (output.ndim - 2)))
+    return smoothed.sum(dim=1, keepdim=True)
+
+
+def _bce_curvature(loss_func: BCEWithLogitsLoss, output: Tensor, target: Tensor) -> Tensor:
+    """``∂²ℓ/∂f²`` entrywise for BCE-with-logits: ``w (p_w y + 1 − y) σ(f)(1 − σ(f))``.
+
+    ``w`` (``weight``) and ``p_w`` (``pos_weight``) broadcast as ``torch`` broadcasts them.
+    """
+    probability = output.sigmoid()
+    curvature = probability * (1.0 - probability)
+    if loss_func.pos_weight is not None:
+        curvature = curvature * (loss_func.pos_weight.to(output) * target + 1.0 - target)
+    if loss_func.weight is not None:
+        curvature = curvature * loss_func.weight.to(output)
+    return curvature
 
 
 def _is_weighted(loss_func: LossFunction) -> bool:
@@ -128,7 +154,7 @@ def _is_weighted(loss_func: LossFunction) -> bool:
 
 
 def _has_closed_form(loss_func: LossFunction) -> bool:
-    return is_supported(loss_func) and not _is_weighted(loss_func)
+    return is_supported(loss_func)
 
 
 def check_unweighted(loss_func: LossFunction, what: str) -> None:
@@ -144,8 +170,8 @@ def check_unweighted(loss_func: LossFunction, what: str) -> None:
         )
 
 
-def check_supported(loss_func: LossFunction, what: str) -> None:
-    """Raise unless ``loss_func`` is an unweighted one of :data:`SUPPORTED_LOSSES`.
+def check_supported(loss_func: LossFunction, what: str, weighted: bool = False) -> None:
+    """Raise unless ``loss_func`` is one of :data:`SUPPORTED_LOSSES`, unweighted unless ``weighted``.
 
     Raises:
         NotImplementedError: Naming ``loss_func`` and the supported losses, or if it is weighted.
@@ -156,7 +182,8 @@ def check_supported(loss_func: LossFunction, what: str) -> None:
             f"loss_func must be one of {names} (not a subclass that overrides forward) for {what}, "
             f"got {type(loss_func).__name__}."
         )
-    check_unweighted(loss_func, what)
+    if not weighted:
+        check_unweighted(loss_func, what)
 
 
 def output_hessian_matmat(
@@ -167,11 +194,12 @@ def output_hessian_matmat(
     Closed forms (``p = softmax(f)`` over the class axis, ``σ`` the sigmoid):
 
     - MSE: ``2 c_b v``;
-    - cross-entropy: ``c_b (p ⊙ v − p (pᵀ v))`` at every (non-ignored) position, times the mass
-      ``Σ_c q_c`` of a probability target;
-    - BCE-with-logits: ``c_b σ(f)(1 − σ(f)) ⊙ v``.
+    - cross-entropy: ``c_b (p ⊙ v − p (pᵀ v))`` at every (non-ignored) position, times the
+      (class-weighted) mass ``Σ_c w_c q_c`` of the target (:func:`_target_mass`);
+    - BCE-with-logits: ``c_b w (p_w y + 1 − y) σ(f)(1 − σ(f)) ⊙ v`` (``weight`` ``w`` and
+      ``pos_weight`` ``p_w``, if set).
 
-    Any other loss (or one with class weights) uses reverse-over-reverse differentiation of
+    Any other loss uses reverse-over-reverse differentiation of
     ``loss_func`` with respect to its first argument. ``loss_terms``: see :func:`batch_loss_scale`.
     """
     output = output.detach()
@@ -182,14 +210,13 @@ def output_hessian_matmat(
     if isinstance(loss_func, MSELoss):
         return 2.0 * scale * tangents
     if isinstance(loss_func, BCEWithLogitsLoss):
-        probability = output.sigmoid()
-        return scale * probability * (1.0 - probability) * tangents
+        return scale * _bce_curvature(loss_func, output, target) * tangents
     probability = output.softmax(dim=1)
     result = probability * tangents - probability * (probability * tangents).sum(dim=2, keepdim=True)
     if _is_class_index_target(loss_func, target):
         kept = (target != loss_func.ignore_index).unsqueeze(1).to(result.dtype)
         result = result * kept
-    return scale * _target_mass(loss_func, target) * result
+    return scale * _target_mass(loss_func, output, target) * result
 
 
 def output_hessian_sqrt(
@@ -197,7 +224,7 @@ def output_hessian_sqrt(
 ) -> Tensor:
     """A factor ``S`` with ``S Sᵀ = ∇²_f L_b`` that is block-diagonal over samples.
 
-    Closed forms: MSE ``√(2 c_b) I``; BCE ``√(c_b σ(1 − σ))``; cross-entropy
+    Closed forms: MSE ``√(2 c_b) I``; BCE the root of :func:`output_hessian_matmat`'s factor; cross-entropy
     ``√(c_b m) (diag(√p) − p √pᵀ)`` at every position (``m`` the target's mass, see
     :func:`output_hessian_matmat`), since ``(diag √p − p √pᵀ)(diag √p − √p pᵀ) = diag p − p pᵀ``
     when ``Σ p = 1``. ``loss_terms``: see :func:`batch_loss_scale`.
@@ -221,8 +248,7 @@ def output_hessian_sqrt(
     if isinstance(loss_func, MSELoss):
         return (2.0 * scale) ** 0.5 * columns
     if isinstance(loss_func, BCEWithLogitsLoss):
-        probability = output.sigmoid()
-        return (scale * probability * (1.0 - probability)).sqrt() * columns
+        return (scale * _bce_curvature(loss_func, output, target)).sqrt() * columns
     # column (c, t) is √p_ct (e_c − p_:t) at position t, zero elsewhere
     probability = output.softmax(dim=1)
     at_position = columns.sum(dim=2, keepdim=True)  # [K, N, 1, ...]: which position column k lives at
@@ -230,7 +256,7 @@ def output_hessian_sqrt(
     result = root * (columns - probability * at_position)
     if _is_class_index_target(loss_func, target):
         result = result * (target != loss_func.ignore_index).unsqueeze(1).to(result.dtype)
-    mass = _target_mass(loss_func, target)
+    mass = _target_mass(loss_func, output, target)
     return (scale * mass) ** 0.5 * result
 
 

@@ -70,7 +70,8 @@ def ggn_diagonal(
     Args:
         model_func: The network (an ``nn.Module``; samples are pushed through it one at a
             time under ``vmap``, so it must not couple samples).
-        loss_func: ``MSELoss``, ``CrossEntropyLoss`` or ``BCEWithLogitsLoss``.
+        loss_func: ``MSELoss``, ``CrossEntropyLoss`` or ``BCEWithLogitsLoss`` (with class weights
+            or ``pos_weight`` for ``mode='exact'`` only).
         params: Parameters (list or dict of named tensors).
         data: Iterable of ``(X, y)`` mini-batches.
         mode: ``'exact'`` or ``'mc'``.
@@ -98,7 +99,10 @@ def ggn_diagonal(
     if not isinstance(model_func, torch.nn.Module):
         raise ValueError("model_func must be an nn.Module for the GGN diagonal (per-sample vmap).")
     mc_samples, seed = as_integer(mc_samples, "mc_samples", 1), as_integer(seed, "seed")
-    check_supported(loss_func, "the GGN diagonal")
+    # the GGN of a class-weighted loss is defined (weights scale Λ); its Fisher is not
+    check_supported(
+        loss_func, "the GGN diagonal" if mode == "exact" else "the MC-Fisher diagonal", mode == "exact"
+    )
     setup = ModelDataSetup(
         model_func,
         loss_func,

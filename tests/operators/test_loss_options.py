@@ -75,6 +75,63 @@ def test_class_weights_give_the_full_data_matrix(operator):
     assert_close(operator(model, loss_func, params, data).to_dense(), expected)
 
 
+CLASS_WEIGHTS = torch.tensor([0.5, 2.0, 1.0], dtype=torch.float64)
+
+
+def _weighted_case(name):
+    """Loss, targets and the split for the weighted losses below."""
+    probabilities = torch.softmax(torch.randn(10, NUM_CLASSES, generator=torch.Generator().manual_seed(1)), 1)
+    multi_hot = (torch.rand(10, NUM_CLASSES, generator=torch.Generator().manual_seed(2)) > 0.5).double()
+    return {
+        "ce weight": (nn.CrossEntropyLoss(weight=CLASS_WEIGHTS), class_targets()),
+        "ce weight, smoothing, ignored": (
+            nn.CrossEntropyLoss(weight=CLASS_WEIGHTS, label_smoothing=0.2),
+            class_targets(IGNORED),
+        ),
+        "ce weight, probabilities, smoothing": (
+            nn.CrossEntropyLoss(weight=CLASS_WEIGHTS, label_smoothing=0.1),
+            probabilities,
+        ),
+        "ce weight, sum": (nn.CrossEntropyLoss(weight=CLASS_WEIGHTS, reduction="sum"), class_targets()),
+        "bce pos_weight": (nn.BCEWithLogitsLoss(pos_weight=CLASS_WEIGHTS), multi_hot),
+        "bce weight and pos_weight": (
+            nn.BCEWithLogitsLoss(weight=CLASS_WEIGHTS.flip(0), pos_weight=CLASS_WEIGHTS),
+            probabilities,
+        ),
+    }[name]
+
+
+WEIGHTED = [
+    "ce weight",
+    "ce weight, smoothing, ignored",
+    "ce weight, probabilities, smoothing",
+    "ce weight, sum",
+    "bce pos_weight",
+    "bce weight and pos_weight",
+]
+
+
+@pytest.mark.parametrize("case", WEIGHTED)
+def test_weighted_losses_in_closed_form(case):
+    """Class weights, ``pos_weight`` and BCE's ``weight`` scale the loss Hessian per entry (the
+    closed forms of :func:`curvkit.losses.output_hessian_matmat`); the GGN and its exact diagonal
+    match the dense GGN of the full-data loss as torch computes it."""
+    loss_func, targets = _weighted_case(case)
+    model, params, data = mlp_problem(targets, split=(2, 6, 2))
+    expected = reference.ggn_matrix(model, loss_func, params, data)
+    assert_close(GGNLinearOperator(model, loss_func, params, data).to_dense(), expected)
+    assert_close(ggn_diagonal(model, loss_func, params, data), expected.diagonal())
+
+
+def test_weighted_losses_have_no_fisher():
+    model, params, data = mlp_problem(class_targets())
+    loss_func = nn.CrossEntropyLoss(weight=CLASS_WEIGHTS)
+    with pytest.raises(
+        NotImplementedError, match="weight/pos_weight is not supported by the MC-Fisher diagonal"
+    ):
+        ggn_diagonal(model, loss_func, params, data, mode="mc")
+
+
 @pytest.mark.parametrize("smoothing", [0.0, 0.3])
 def test_unnormalized_soft_targets(smoothing):
     """Multi-hot targets: the loss Hessian is (Σ_c q_c)(diag p − p pᵀ), not diag p − p pᵀ."""
