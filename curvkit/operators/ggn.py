@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 from typing import Any
+from warnings import warn
 
 from torch import Tensor
+from torch.nn import NLLLoss
 
 from curvkit._engine import Batch
-from curvkit.losses import is_supported, output_hessian_matmat
+from curvkit.losses import is_supported, known_loss, output_hessian_matmat
 from curvkit.operators._curvature import CurvatureLinearOperator
 from curvkit.operators._jtlj import jtlj_matmat
 
@@ -27,7 +29,21 @@ class GGNLinearOperator(CurvatureLinearOperator):
     losses it is PSD only where the loss is convex in the output.
 
     Arguments as for :class:`~curvkit.operators._curvature.CurvatureLinearOperator`.
+
+    Warns:
+        UserWarning: For ``NLLLoss``, which is linear in the model's output (log-probabilities):
+            its GGN is zero.
     """
+
+    def __init__(self, model_func: Callable, loss_func: Callable, *args: Any, **kwargs: Any):
+        if known_loss(loss_func) is NLLLoss:
+            warn(
+                "loss_func is NLLLoss, which is linear in the model's output, so the GGN is zero. "
+                "For the GGN of a classifier, drop the final LogSoftmax and use CrossEntropyLoss.",
+                UserWarning,
+                stacklevel=2,
+            )
+        super().__init__(model_func, loss_func, *args, **kwargs)
 
     @classmethod
     def _is_psd(cls, loss_func: Callable) -> bool:

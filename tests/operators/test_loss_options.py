@@ -199,6 +199,17 @@ def test_nll_loss_options_give_the_full_data_matrix(options):
     assert_close(HessianLinearOperator(model, loss_func, params, data).to_dense(), expected)
 
 
+def test_ggn_of_nll_loss_warns_that_it_is_zero():
+    """NLLLoss is linear in its input (log-probabilities): a zero GGN, which the user is told."""
+    model, params, data = mlp_problem(class_targets())
+    model.append(nn.LogSoftmax(dim=1))
+    with pytest.warns(
+        UserWarning, match="NLLLoss, which is linear in the model's output, so the GGN is zero"
+    ):
+        ggn = GGNLinearOperator(model, nn.NLLLoss(), params, data)
+    assert ggn.to_dense().abs().max() == 0.0
+
+
 def test_partial_functional_loss_with_sum_reduction():
     summed = partial(nn.functional.cross_entropy, reduction="sum")
     model, params, data = mlp_problem(class_targets())
