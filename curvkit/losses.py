@@ -346,10 +346,11 @@ def sample_targets(
         probability = output.sigmoid().expand(mc_samples, *output.shape)
         return torch.bernoulli(probability, generator=generator)
     probability = output.softmax(dim=1).movedim(1, -1)  # [N, (T,) C]
-    num_classes = probability.shape[-1]
-    flat_probability = probability.reshape(-1, num_classes)
-    draws = torch.multinomial(flat_probability, mc_samples, replacement=True, generator=generator)
-    draws = draws.T.reshape(mc_samples, *probability.shape[:-1])
+    # the exponential race (Gumbel-max): argmax_c p_c / E_c with E_c ~ Exp(1) is c with
+    # probability p_c. Unlike torch.multinomial, which checks its input with .item() when
+    # drawing one sample, it never waits for the device.
+    races = torch.empty((mc_samples, *probability.shape), dtype=probability.dtype, device=probability.device)
+    draws = (probability / races.exponential_(generator=generator)).argmax(dim=-1)
     if _is_class_index_target(loss_func, observed):
         draws = draws.masked_fill(observed == loss_func.ignore_index, loss_func.ignore_index)
     return draws
