@@ -30,20 +30,26 @@ def differentiable_kernels(model_func: Callable | None) -> Iterator[None]:
       Hessian columns fail) and cuDNN's on GPUs (no double backward, and no backward at all in
       eval mode). This switches the backends off for the whole call, convolutions included, so
       it applies only to models with recurrent layers.
+    - Embeddings with ``sparse=True``: dense gradients during the call (sparse ones have no
+      batched or forward-mode form); the gradient is the same.
     """
-    recurrent = isinstance(model_func, torch.nn.Module) and any(
-        isinstance(module, torch.nn.RNNBase) for module in model_func.modules()
-    )
+    modules = list(model_func.modules()) if isinstance(model_func, torch.nn.Module) else []
+    recurrent = any(isinstance(module, torch.nn.RNNBase) for module in modules)
     backends = [torch.backends.mkldnn, torch.backends.cudnn] if recurrent else []
     enabled = [backend.enabled for backend in backends]
+    sparse = [m for m in modules if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag)) and m.sparse]
     try:
         for backend in backends:
             backend.enabled = False
+        for embedding in sparse:
+            embedding.sparse = False
         with sdpa_kernel(SDPBackend.MATH):
             yield
     finally:
         for backend, was_enabled in zip(backends, enabled):
             backend.enabled = was_enabled
+        for embedding in sparse:
+            embedding.sparse = True
 
 
 def require_autograd() -> None:

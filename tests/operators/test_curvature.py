@@ -21,6 +21,12 @@ OPERATORS = {
     "ef": EFLinearOperator,
     "fisher_mc": FisherMCLinearOperator,
 }
+REFERENCES = {
+    "hessian": reference.hessian_matrix,
+    "ggn": reference.ggn_matrix,
+    "ef": reference.empirical_fisher_matrix,
+    "fisher_mc": reference.fisher_mc_matrix,
+}
 
 
 def build(kind, problem, **kwargs):
@@ -448,12 +454,7 @@ def test_products_follow_reverse_mode_where_forward_mode_disagrees(kind):
         expected = reference.jacobian_matrix(model, params, data)
     else:
         operator = OPERATORS[kind](model, loss_func, params, data)
-        expected = {
-            "hessian": reference.hessian_matrix,
-            "ggn": reference.ggn_matrix,
-            "ef": reference.empirical_fisher_matrix,
-            "fisher_mc": reference.fisher_mc_matrix,
-        }[kind](model, loss_func, params, data)
+        expected = REFERENCES[kind](model, loss_func, params, data)
     vector = torch.randn(operator.shape[1], dtype=torch.float64)
     assert_matches(operator @ vector, expected @ vector, torch.float64)
     assert_matches(operator.to_dense(), expected, torch.float64)

@@ -30,3 +30,44 @@ def test_backends_are_restored_after_an_error():
     with pytest.raises(ValueError, match="inside"), differentiable_kernels(nn.LSTM(2, 2)):
         raise ValueError("inside")
     assert (torch.backends.mkldnn.enabled, torch.backends.cudnn.enabled) == before
+
+
+def test_sparse_embeddings_take_dense_gradients_during_the_call():
+    embedding = nn.Embedding(5, 2, sparse=True)
+    with differentiable_kernels(nn.Sequential(embedding)):
+        assert not embedding.sparse
+    assert embedding.sparse
+
+
+class _SparseBag(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embedding, self.head = nn.Embedding(7, 3, sparse=True), nn.Linear(3, 2)
+
+    def forward(self, ids):
+        return self.head(self.embedding(ids).mean(1))
+
+
+@pytest.mark.parametrize("kind", ["hessian", "ggn", "ef", "fisher_mc", "jacobian", "ggn_diagonal"])
+def test_models_with_sparse_embeddings(kind):
+    """Sparse gradients have no batched or forward-mode form: products failed with
+    ``reshape is not implemented for sparse tensors`` before the kernel switch."""
+    from test_curvature import OPERATORS, REFERENCES, assert_matches
+
+    from curvkit import JacobianLinearOperator, ggn_diagonal, reference
+
+    torch.manual_seed(0)
+    model = _SparseBag().double()
+    data = [(torch.randint(0, 7, (n, 5)), torch.randint(0, 2, (n,))) for n in (3, 4)]
+    params, loss_func = list(model.parameters()), nn.CrossEntropyLoss()
+    if kind == "jacobian":
+        actual = JacobianLinearOperator(model, params, data).to_dense()
+        expected = reference.jacobian_matrix(model, params, data)
+    elif kind == "ggn_diagonal":
+        actual = ggn_diagonal(model, loss_func, params, data)
+        expected = reference.ggn_matrix(model, loss_func, params, data).diagonal()
+    else:
+        actual = OPERATORS[kind](model, loss_func, params, data).to_dense()
+        expected = REFERENCES[kind](model, loss_func, params, data)
+    assert_matches(actual, expected, torch.float64)
+    assert model.embedding.sparse
