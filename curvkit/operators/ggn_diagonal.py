@@ -149,28 +149,43 @@ def _sum_of_squared_sample_vjps(model, X, columns: Tensor, indices: list[int]) -
     """``Σ_n Σ_k (J_nᵀ s_{n,k})²`` for the parameters ``indices``; ``columns`` is ``[K, N, ...]``.
 
     Per-sample vector-Jacobian products under ``vmap``, for parameters outside the factored
-    linear layers (:mod:`._linear_layers`). Models that ``vmap`` cannot push single samples
-    through (recurrent layers, whose kernels write into preallocated states) take the samples
-    one at a time instead, each with its ``K`` products batched.
+    linear layers (:mod:`._linear_layers`): over the samples, and within each over its ``K``
+    columns. Such nested vmaps have met wrong batching rules (PReLU's backward on
+    convolution features gave errors of several per cent in torch 2.13, without failing), so their
+    result is checked: a random mix ``Σ_k r_k`` of the per-sample products, summed over the
+    samples, must equal one backward pass of the batch with the mixed columns. Where the check
+    fails, or ``vmap`` cannot push single samples through the model (recurrent layers, whose
+    kernels write into preallocated states), the samples go one at a time, each with its ``K``
+    products batched.
     """
     primals = [model.tensors[index].detach() for index in indices]
+    generator = torch.Generator(device=columns.device).manual_seed(0)
+    mix = torch.randn(columns.shape[0], generator=generator, dtype=columns.dtype, device=columns.device)
 
-    def squared_vjps(x_alone: Any, sample_columns: Tensor) -> list[Tensor]:
-        """``Σ_k (J_nᵀ s_{n,k})²`` for one sample (with its batch axis of size one)."""
+    def sample_vjps(x_alone: Any, sample_columns: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """``Σ_k (J_nᵀ s_{n,k})²`` and ``Σ_k r_k J_nᵀ s_{n,k}`` for one sample (batch axis of one)."""
         forward = model.functional(x_alone, indices)
         _, pullback = vjp(lambda *values: forward(*values)[0], *primals)
-        return [gradient.square().sum(0) for gradient in vmap(pullback)(sample_columns)]
+        gradients = vmap(pullback)(sample_columns)
+        return [g.square().sum(0) for g in gradients], [torch.tensordot(mix, g, dims=1) for g in gradients]
 
     with differentiable_kernels(model.model_func):
         try:
-            squares = vmap(lambda x, c: squared_vjps(tree_map(lambda t: t.unsqueeze(0), x), c))(
+            squares, mixed = vmap(lambda x, c: sample_vjps(tree_map(lambda t: t.unsqueeze(0), x), c))(
                 X, columns.movedim(1, 0)
             )
-            return [square.sum(0) for square in squares]
+            _, pullback = vjp(model.functional(X, indices), *primals)
+            expected = pullback(torch.tensordot(mix, columns, dims=1))
+            tolerance = torch.finfo(columns.dtype).eps ** 0.5
+            if all(
+                torch.allclose(m.detach().sum(0), e, rtol=tolerance, atol=tolerance * float(e.abs().max()))
+                for m, e in zip(mixed, (e.detach() for e in expected))
+            ):
+                return [square.sum(0) for square in squares]
         except RuntimeError:
             pass
         try:
-            per_sample = (squared_vjps(_sample(X, n), columns[:, n]) for n in range(columns.shape[1]))
+            per_sample = (sample_vjps(_sample(X, n), columns[:, n])[0] for n in range(columns.shape[1]))
             return [sum(squares) for squares in zip(*per_sample)]
         except RuntimeError as error:
             raise RuntimeError(

@@ -310,3 +310,20 @@ def test_the_model_keeps_no_trace_of_the_factored_pass():
     assert not model.last_input.requires_grad
     assert torch.autograd.forward_ad.unpack_dual(model.last_input).tangent is None
     assert all(not module._forward_hooks for module in model.modules())
+
+
+@pytest.mark.parametrize("mode", ["exact", "mc"])
+def test_wrong_nested_vmaps_are_caught(mode):
+    """torch 2.13's batching rule for PReLU's backward on convolution features, nested in two
+    vmaps (samples, columns), gives per-sample gradients several per cent off without failing;
+    the mixed-sum check sends such models through the samples one at a time."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.PReLU(), nn.Flatten(), nn.Linear(48, 3)).double()
+    data = [(torch.randn(n, 2, 4, 4, dtype=torch.float64), torch.randint(0, 3, (n,))) for n in (3, 4)]
+    params, loss_func = list(model.parameters()), nn.CrossEntropyLoss()
+    diagonal = ggn_diagonal(model, loss_func, params, data, mode=mode, mc_samples=2, seed=1)
+    if mode == "exact":
+        expected = GGNLinearOperator(model, loss_func, params, data)
+    else:
+        expected = FisherMCLinearOperator(model, loss_func, params, data, mc_samples=2, seed=1)
+    torch.testing.assert_close(diagonal, expected.to_dense().diagonal(), rtol=1e-10, atol=1e-14)
