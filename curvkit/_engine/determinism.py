@@ -66,19 +66,29 @@ def check_deterministic(
     dim: int,
     dtype: torch.dtype,
     device: torch.device,
-) -> None:
+) -> bool:
     """Raise unless two passes over the data and two products agree.
+
+    The products are one vector alone and the same vector in a block of two columns, which
+    curvature operators compute different ways (single vectors through ``torch.autograd``,
+    columns under ``torch.func.vmap``). If they disagree, a third product, the vector alone
+    again, tells randomness (an error) from a wrong batching rule of some operation of the model
+    under ``vmap`` (the return value).
 
     Args:
         engine: The mini-batch engine of the operator.
         model_func: The model; modules are also scanned for random train-mode layers.
         batch_tensors: Maps a batch to the tensors that must repeat (inputs, targets, model
             output, loss).
-        product: Multiplies the operator onto a ``[dim, 1]`` tensor; ``None`` for a computation
+        product: Multiplies the operator onto a ``[dim, k]`` tensor; ``None`` for a computation
             that is not a product (the GGN diagonal): model and data are checked alone.
         dim: Input dimension of the operator.
         dtype: Its dtype.
         device: Its device.
+
+    Returns:
+        Whether a block of columns gives the same product as its vectors alone (``True``
+        without ``product``).
 
     Raises:
         RuntimeError: Naming what is not deterministic and how to fix it.
@@ -117,18 +127,25 @@ def check_deterministic(
                 "and a model without randomness, or pass check_deterministic=False if you know better."
             )
     if product is None:
-        return
+        return True
     generator = torch.Generator(device=device).manual_seed(0)
-    vector = torch.rand(dim, 1, generator=generator, dtype=dtype, device=device)
-    first, second = product(vector), product(vector)
-    if not bool(torch.isfinite(first).all()):
+    vectors = torch.rand(dim, 2, generator=generator, dtype=dtype, device=device)
+    single, both = product(vectors[:, :1]), product(vectors)
+    if not bool(torch.isfinite(single).all()):
         raise RuntimeError(
             "check_deterministic: a product contains NaN or infinity: the data, the parameters or "
             "the model's output are not finite."
         )
     tolerance = 1e-5 if dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-10
-    if not torch.allclose(first, second, rtol=tolerance, atol=tolerance * first.abs().max().item()):
+
+    def agree(first: Tensor, second: Tensor) -> bool:
+        return torch.allclose(first, second, rtol=tolerance, atol=tolerance * first.abs().max().item())
+
+    if agree(single, both[:, :1]):
+        return True
+    if not agree(single, product(vectors[:, :1])):
         raise RuntimeError(
             "check_deterministic: two products with the same vector differ. The model's forward "
             "pass or the data is random."
         )
+    return False  # deterministic, but the columns' path (torch.func.vmap) computes something else

@@ -104,7 +104,7 @@ class CurvatureLinearOperator(LinearOperator):
             out_layout=layout,
         )
         if check_deterministic:
-            self._setup.check_deterministic(self._matmat)
+            self._setup.check_deterministic(self)
 
     @property
     def num_data(self) -> int:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from warnings import warn
 
 import torch
 from torch import Tensor
@@ -19,6 +20,9 @@ from curvkit._engine.determinism import random_modules_in_train_mode
 from curvkit.losses import num_loss_terms
 from curvkit.operators._autograd import require_autograd
 from curvkit.operators._differentiation import Linearization, ModelFunction
+
+if TYPE_CHECKING:
+    from curvkit.linear_operator import LinearOperator
 
 
 def _same_state(first: tuple[tuple, Tensor], second: tuple[tuple, Tensor]) -> bool:
@@ -198,23 +202,36 @@ class ModelDataSetup:
         loss = [] if self.loss_func is None else [self.loss_func(output, batch.y)]
         return [*X, *y, output, *loss]
 
-    def check_deterministic(self, product: Callable[[Tensor], Tensor] | None = None) -> None:
-        """Run the determinism probe (:mod:`curvkit._engine.determinism`); no product: model, data.
+    def check_deterministic(self, operator: LinearOperator | None = None) -> None:
+        """Run the determinism probe (:mod:`curvkit._engine.determinism`); no operator: model, data.
 
-        Products are also checked to take the same derivatives in forward and reverse mode, on
-        the first batch (:meth:`ModelFunction.check_forward_mode`), before the probe multiplies.
+        With an ``operator`` (whose products the probe compares), products are also checked to
+        take the same derivatives in forward and reverse mode, on the first batch
+        (:meth:`ModelFunction.check_forward_mode`). If its blocks of columns disagree with its
+        single vectors (a wrong batching rule under ``torch.func.vmap``), it multiplies one column
+        at a time from then on (``max_columns = 1``), with a warning.
         """
         self._probed_determinism = True
-        if product is not None and self.model.is_module and self.model.forward_mode_available:
+        if operator is not None and self.model.is_module and self.model.forward_mode_available:
             first = next(iter(self.engine.batches()), None)
             if first is not None:
                 self.model.check_forward_mode(first.X)
-        probe_determinism(
+        columns_agree = probe_determinism(
             self.engine,
             self.model.model_func,
             self.batch_tensors,
-            product,
+            None if operator is None else operator._matmat,
             self.model.layout.dim,
             self.model.dtype,
             self.model.device,
         )
+        if not columns_agree:
+            operator.max_columns = 1
+            warn(
+                f"{type(operator).__name__}: on this model, products with several columns (under "
+                "torch.func.vmap) differ from products with single vectors, so a batching rule of one "
+                "of its operations is wrong. The operator multiplies one column at a time from now on "
+                "(max_columns=1), which is slower.",
+                UserWarning,
+                stacklevel=3,
+            )

@@ -72,7 +72,7 @@ class JacobianLinearOperator(LinearOperator):
             in_layout=model.layout,
         )
         if check_deterministic:
-            self._setup.check_deterministic(self._matmat)
+            self._setup.check_deterministic(self)
 
     def _matmat(self, X: Tensor) -> Tensor:
         tangents = self._setup.model.layout.columns_to_list(X)

@@ -6,6 +6,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from curvkit import GGNLinearOperator, HessianLinearOperator, JacobianLinearOperator
+from curvkit._engine import MiniBatchEngine
+from curvkit._engine import check_deterministic as probe_determinism
 
 
 def _data(num_batches=2, batch_size=4):
@@ -74,3 +76,41 @@ def test_deterministic_setups_pass():
     model = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.0), nn.ReLU(), nn.Linear(4, 2))
     loader = DataLoader(TensorDataset(torch.randn(10, 3), torch.randint(0, 2, (10,))), batch_size=4)
     GGNLinearOperator(model, nn.CrossEntropyLoss(), list(model.parameters()), loader)
+
+
+def _probe(product, dim=4):
+    engine = MiniBatchEngine(_data(), torch.device("cpu"))
+    return probe_determinism(
+        engine, nn.Identity(), lambda batch: [batch.X], product, dim, torch.float64, torch.device("cpu")
+    )
+
+
+def test_probe_tells_a_wrong_column_path_from_randomness():
+    """One vector alone, then in a block of two: they must agree; a third product decides why not."""
+    matrix = torch.randn(4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert _probe(lambda X: matrix @ X)
+    assert not _probe(lambda X: matrix @ X * (1.0 if X.shape[1] == 1 else 1.01))  # columns' path off
+    with pytest.raises(RuntimeError, match="two products with the same vector differ"):
+        _probe(lambda X: matrix @ X + torch.randn_like(X))
+
+
+def test_operators_fall_back_to_single_vectors_where_columns_disagree(monkeypatch):
+    """A wrong batching rule under vmap (simulated: the columns' J V off by 1 %) makes the operator
+    multiply one column at a time, with a warning, so its products are right."""
+    from curvkit.operators._differentiation import ModelFunction
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    data = [(X.double(), y) for X, y in _data()]
+    params, loss_func = list(model.parameters()), nn.CrossEntropyLoss()
+    expected = GGNLinearOperator(model, loss_func, params, data).to_dense()
+    columns_jvp = ModelFunction._forward_jvp
+
+    def off_for_columns(self, X, tangents):
+        result = columns_jvp(self, X, tangents)
+        return result if tangents[0].shape[0] == 1 else 1.01 * result
+
+    monkeypatch.setattr(ModelFunction, "_forward_jvp", off_for_columns)
+    with pytest.warns(UserWarning, match="a batching rule of one of its operations is wrong"):
+        ggn = GGNLinearOperator(model, loss_func, params, data)
+    assert ggn.max_columns == 1
+    torch.testing.assert_close(ggn.to_dense(), expected)
