@@ -10,10 +10,12 @@ Problem ids read ``model-loss-reduction-layout-params[-f32]``, e.g. ``mlp-ce-mea
   ``shared`` (one Linear applied twice), ``transformer`` (default ``nn.TransformerEncoderLayer``,
   fused attention kernels and all), ``dict_input`` (forward takes ``{"x": ..., "z": ...}``),
   ``rnn`` (``nn.LSTM``, which ``vmap`` cannot push single samples through), ``resnet`` (a residual
-  block with eval-mode ``BatchNorm2d``, max and average pooling) and ``embedding`` (integer token
-  inputs, ``nn.Embedding``, ``LayerNorm``, GELU);
+  block with eval-mode ``BatchNorm2d``, max and average pooling), ``embedding`` (integer token
+  inputs, ``nn.Embedding``, ``LayerNorm``, GELU) and ``seq2seq`` (``nn.Transformer`` with a causal
+  mask and key padding masks, from a dict input: PyTorch's eval-mode fast path would turn the
+  padded sequences into nested tensors);
 - losses: ``mse``, ``ce`` (targets ``[N]``), ``ceseq`` (output ``[N, C, T]``, targets ``[N, T]``;
-  transformer only), ``bce`` (soft targets in ``[0, 1]``, several outputs);
+  transformer and seq2seq only), ``bce`` (soft targets in ``[0, 1]``, several outputs);
 - layouts: ``one`` batch of 10 samples or ``three`` batches of 3, 5 and 2 samples;
 - params: ``list``, ``dict`` (named) or ``subset`` (a list of every other parameter tensor).
 """
@@ -37,7 +39,8 @@ LOSSES = {
     "ceseq": nn.CrossEntropyLoss,
     "bce": nn.BCEWithLogitsLoss,
 }
-MODELS = ("mlp", "cnn", "shared", "transformer", "dict_input", "rnn", "resnet", "embedding")
+MODELS = ("mlp", "cnn", "shared", "transformer", "dict_input", "rnn", "resnet", "embedding", "seq2seq")
+SOURCE_LEN = 5
 VOCABULARY = 7
 PARAMS_KINDS = ("list", "dict", "subset")
 _DTYPES = {"f32": torch.float32, "f64": torch.float64}
@@ -192,9 +195,42 @@ class Embedded(nn.Module):
         return self.head(nn.functional.gelu(self.norm(self.embedding(ids).mean(1))))
 
 
+class Seq2Seq(nn.Module):
+    """``nn.Transformer`` (one encoder and one decoder layer) on ``{"src", "tgt", "pad"}``.
+
+    The decoder is causal; ``pad`` (``[N, 5]``, ``True`` where padded) masks the source in the
+    encoder and in the cross-attention. ``output`` as for :class:`TinyTransformer`.
+    """
+
+    def __init__(self, output: str):
+        super().__init__()
+        self.output = output
+        self.transformer = nn.Transformer(
+            d_model=D_MODEL,
+            nhead=2,
+            num_encoder_layers=1,
+            num_decoder_layers=1,
+            dim_feedforward=8,
+            dropout=0.0,
+            batch_first=True,
+        )
+        self.head = nn.Linear(D_MODEL, NUM_CLASSES)
+
+    def forward(self, X: Mapping[str, Tensor]) -> Tensor:
+        tgt = X["tgt"]
+        causal = nn.Transformer.generate_square_subsequent_mask(tgt.shape[1], dtype=tgt.dtype)
+        hidden = self.transformer(
+            X["src"], tgt, tgt_mask=causal, src_key_padding_mask=X["pad"], memory_key_padding_mask=X["pad"]
+        )
+        if self.output == "pool":
+            hidden = hidden.mean(dim=1)
+        logits = self.head(hidden)
+        return logits.permute(0, 2, 1) if self.output == "seq" else logits
+
+
 def dict_batch_size(X: Mapping[str, Tensor]) -> int:
-    """Batch size of a ``DictInput`` input."""
-    return X["x"].shape[0]
+    """Batch size of a dict input (``DictInput``, ``Seq2Seq``): that of its first entry."""
+    return next(iter(X.values())).shape[0]
 
 
 def _build_model(model: str, loss: str) -> nn.Module:
@@ -228,6 +264,8 @@ def _build_model(model: str, loss: str) -> nn.Module:
         return Residual()
     if model == "embedding":
         return Embedded()
+    if model == "seq2seq":
+        return Seq2Seq({"ce": "pool", "ceseq": "seq"}.get(loss, "tokens"))
     raise ValueError(f"Unknown model {model!r}; choose from {MODELS}.")
 
 
@@ -246,6 +284,14 @@ def _sample_input(model: str, n: int, dtype: torch.dtype) -> Any:
         return torch.randn(n, 2, 4, 4, dtype=dtype)
     if model == "embedding":
         return torch.randint(0, VOCABULARY, (n, 5))
+    if model == "seq2seq":
+        pad = torch.zeros(n, SOURCE_LEN, dtype=torch.bool)
+        pad[::2, -2:] = True  # every other sample has two padded positions
+        return {
+            "src": torch.randn(n, SOURCE_LEN, D_MODEL, dtype=dtype),
+            "tgt": torch.randn(n, SEQ_LEN, D_MODEL, dtype=dtype),
+            "pad": pad,
+        }
     return {"x": torch.randn(n, 3, dtype=dtype), "z": torch.randn(n, 2, dtype=dtype)}
 
 
@@ -282,7 +328,7 @@ def make_problem(
 
     Args:
         model: One of :data:`MODELS`.
-        loss: ``"mse"``, ``"ce"``, ``"ceseq"`` (transformer only) or ``"bce"``.
+        loss: ``"mse"``, ``"ce"``, ``"ceseq"`` (transformer and seq2seq only) or ``"bce"``.
         reduction: ``"mean"`` or ``"sum"``.
         layout: ``"one"`` or ``"three"`` (batches of 3, 5, 2 samples).
         dtype: Floating-point type of the model and the data.
@@ -297,8 +343,8 @@ def make_problem(
     """
     if loss not in LOSSES:
         raise ValueError(f"Unknown loss {loss!r}; choose from {tuple(LOSSES)}.")
-    if loss == "ceseq" and model != "transformer":
-        raise ValueError("loss 'ceseq' needs a sequence model; only 'transformer' has one.")
+    if loss == "ceseq" and model not in ("transformer", "seq2seq"):
+        raise ValueError("loss 'ceseq' needs a sequence model: 'transformer' or 'seq2seq'.")
     if layout not in LAYOUTS:
         raise ValueError(f"Unknown layout {layout!r}; choose from {tuple(LAYOUTS)}.")
     torch.manual_seed(seed)
@@ -306,8 +352,7 @@ def make_problem(
     data = []
     for size in LAYOUTS[layout]:
         X = _sample_input(model, size, dtype)
-        with torch.no_grad():
-            output = net(X)
+        output = net(X).detach()  # with autograd on: no eval-mode fast path (nested tensors)
         data.append((X, _sample_target(loss, output)))
     suffix = "" if dtype == torch.float64 else f"-{_DTYPE_NAMES[dtype]}"
     return Problem(
@@ -316,7 +361,7 @@ def make_problem(
         loss_func=LOSSES[loss](reduction=reduction),
         params=_select_params(net, params_kind),
         data=data,
-        batch_size_fn=dict_batch_size if model == "dict_input" else None,
+        batch_size_fn=dict_batch_size if model in ("dict_input", "seq2seq") else None,
     )
 
 
@@ -355,6 +400,7 @@ PROBLEM_IDS = [
     "resnet-ce-mean-three-list",
     "resnet-mse-sum-one-subset",
     "embedding-ce-mean-three-dict",
+    "seq2seq-ceseq-mean-three-list",
     "mlp-ce-mean-three-list-f32",
     "cnn-mse-mean-three-dict-f32",
     "transformer-ceseq-mean-three-list-f32",

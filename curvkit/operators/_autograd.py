@@ -32,13 +32,19 @@ def differentiable_kernels(model_func: Callable | None) -> Iterator[None]:
       it applies only to models with recurrent layers.
     - Embeddings with ``sparse=True``: dense gradients during the call (sparse ones have no
       batched or forward-mode form); the gradient is the same.
+    - The fused fast path of ``nn.MultiheadAttention`` and ``nn.TransformerEncoder(Layer)`` in
+      eval mode, off (``torch.backends.mha``): it has no derivatives, and it turns padded inputs
+      into nested tensors, which dual numbers cannot carry, and fills padded positions with
+      zeros where the regular path computes them (a different function).
     """
     modules = list(model_func.modules()) if isinstance(model_func, torch.nn.Module) else []
     recurrent = any(isinstance(module, torch.nn.RNNBase) for module in modules)
     backends = [torch.backends.mkldnn, torch.backends.cudnn] if recurrent else []
     enabled = [backend.enabled for backend in backends]
     sparse = [m for m in modules if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag)) and m.sparse]
+    fastpath = torch.backends.mha.get_fastpath_enabled()
     try:
+        torch.backends.mha.set_fastpath_enabled(False)
         for backend in backends:
             backend.enabled = False
         for embedding in sparse:
@@ -46,6 +52,7 @@ def differentiable_kernels(model_func: Callable | None) -> Iterator[None]:
         with sdpa_kernel(SDPBackend.MATH):
             yield
     finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
         for backend, was_enabled in zip(backends, enabled):
             backend.enabled = was_enabled
         for embedding in sparse:

@@ -19,9 +19,10 @@ see ``docs/design-notes.md``):
   one batched backward pass (``is_grads_batched``). Hessian columns are ``vmap``-ed over
   ``torch.func.vjp`` of ``torch.func.grad`` (26.1 / 22.8 / 33.4 against 27.4 / 23.7 / 35.4
   through autograd); one Hessian-vector product is reverse over reverse through autograd.
-- Where forward-mode derivatives are missing (fused attention kernels, the fast path of
-  ``nn.TransformerEncoderLayer`` in eval mode, custom ``autograd.Function``\ s without ``jvp``),
-  the first failure switches the model to reverse mode for good.
+- Where forward-mode derivatives are missing (custom ``autograd.Function``\ s without ``jvp``,
+  operations PyTorch has none for), the first failure switches the model to reverse mode for
+  good. Fused attention kernels and the eval-mode fast path of ``nn.MultiheadAttention`` have
+  none either; products switch those off instead (:func:`differentiable_kernels`).
 
 Fused scaled-dot-product attention kernels have no second derivative, and oneDNN's and cuDNN's
 recurrent kernels lack some derivatives, so all forward passes select kernels that have them
@@ -143,8 +144,13 @@ class ModelFunction:
 
     # ------------------------------------------------------------------ evaluation
     def __call__(self, X: Tensor | Mapping[str, Tensor]) -> Tensor:
-        """The output at the current parameters (differentiable through autograd)."""
-        return self.model_func(X)
+        """The output at the current parameters (differentiable through autograd).
+
+        With the kernels that the products differentiate (:func:`differentiable_kernels`), so
+        that every evaluation computes the same function.
+        """
+        with differentiable_kernels(self.model_func):
+            return self.model_func(X)
 
     def functional(self, X, indices: Sequence[int]) -> Callable[..., Tensor]:
         """``(θ_i for i in indices) ↦ f(X; θ)`` with the other parameters held fixed."""
@@ -165,7 +171,7 @@ class ModelFunction:
             ValueError: Naming the unused parameter.
         """
         with torch.enable_grad():
-            output = self.model_func(X)
+            output = self(X)
             if not isinstance(output, Tensor):
                 raise ValueError(f"model_func must return a tensor, got {type(output).__name__}.")
             if not output.requires_grad:

@@ -329,7 +329,8 @@ def test_psd_tags_follow_the_loss():
 
 
 class ConvAttention(torch.nn.Module):
-    """Convolutions (forward-mode ``J v``) followed by attention whose eval-mode fast path has none."""
+    """Convolutions (forward-mode ``J v``) followed by attention whose eval-mode fast path has none
+    (products switch the fast path off)."""
 
     def __init__(self):
         super().__init__()
@@ -343,7 +344,9 @@ class ConvAttention(torch.nn.Module):
         return self.head(attended.mean(dim=1))
 
 
-def test_forward_mode_falls_back_to_reverse_mode_where_derivatives_are_missing():
+def test_eval_mode_attention_keeps_forward_mode():
+    """The fused eval-mode fast path has no forward-mode derivative; products switch it off, so
+    they keep forward mode (which this convolutional model prefers) instead of falling back."""
     torch.manual_seed(0)
     model = ConvAttention().double().eval()
     data = [(torch.randn(n, 3, 5, dtype=torch.float64), torch.randint(0, 2, (n,))) for n in (3, 4)]
@@ -352,7 +355,7 @@ def test_forward_mode_falls_back_to_reverse_mode_where_derivatives_are_missing()
     assert operator._setup.model.prefers_forward_mode
     expected = reference.ggn_matrix(model, torch.nn.CrossEntropyLoss(), params, data)
     assert_matches(operator.to_dense(), expected, torch.float64)
-    assert not operator._setup.model.forward_mode_available  # the fast path was met and left
+    assert operator._setup.model.forward_mode_available
 
 
 class SquareWithoutJvp(torch.autograd.Function):

@@ -22,7 +22,9 @@ def test_recurrent_models_leave_onednn_and_cudnn_off_during_the_call(model, recu
     with differentiable_kernels(model):
         assert torch.backends.mkldnn.enabled == (before[0] and not recurrent)
         assert torch.backends.cudnn.enabled == (before[1] and not recurrent)
+        assert not torch.backends.mha.get_fastpath_enabled()  # for every model
     assert (torch.backends.mkldnn.enabled, torch.backends.cudnn.enabled) == before
+    assert torch.backends.mha.get_fastpath_enabled()
 
 
 def test_backends_are_restored_after_an_error():
