@@ -73,3 +73,41 @@ def test_models_with_sparse_embeddings(kind):
         expected = REFERENCES[kind](model, loss_func, params, data)
     assert_matches(actual, expected, torch.float64)
     assert model.embedding.sparse
+
+
+class _WrittenOut(nn.Module):
+    """The weight normalization of ``layer`` written out: ``weight = v g / ‖v‖`` (row norms)."""
+
+    def __init__(self, bias, g, v):
+        super().__init__()
+        self.bias, self.g, self.v = (nn.Parameter(t.detach().clone()) for t in (bias, g, v))
+
+    def forward(self, x):
+        return nn.functional.linear(x, self.v * (self.g / self.v.norm(dim=1, keepdim=True)), self.bias)
+
+
+@pytest.mark.parametrize("style", ["parametrizations", "hook"])
+def test_weight_normalized_hessians_are_exact(style):
+    """torch's fused weight-norm kernel has a wrong second derivative (non-symmetric Hessians);
+    products use the composite ``v g / ‖v‖``, whose Hessian equals the written-out model's."""
+    from test_curvature import assert_matches
+
+    from curvkit import HessianLinearOperator, reference
+
+    torch.manual_seed(0)
+    fused = torch._weight_norm
+    if style == "parametrizations":
+        layer = nn.utils.parametrizations.weight_norm(nn.Linear(3, 3))
+        g, v = layer.parametrizations.weight.original0, layer.parametrizations.weight.original1
+    else:
+        with pytest.warns(FutureWarning, match="deprecated"):
+            layer = nn.utils.weight_norm(nn.Linear(3, 3))
+        g, v = layer.weight_g, layer.weight_v
+    model = nn.Sequential(layer, nn.Tanh(), nn.Linear(3, 2)).double()
+    written_out = nn.Sequential(_WrittenOut(layer.bias, g, v), nn.Tanh(), model[2]).double()
+    data = [(torch.randn(5, 3, dtype=torch.float64), torch.randint(0, 2, (5,)))]
+    loss_func = nn.CrossEntropyLoss()
+    hessian = HessianLinearOperator(model, loss_func, list(model.parameters()), data).to_dense()
+    expected = reference.hessian_matrix(written_out, loss_func, list(written_out.parameters()), data)
+    assert_matches(hessian, expected, torch.float64)
+    assert torch._weight_norm is fused  # restored after the products
