@@ -38,7 +38,8 @@ from torch import Tensor, nn
 from torch.func import grad, jacrev, vmap
 
 from curvkit.losses import sample_targets
-from curvkit.operators._autograd import call_with, differentiable_kernels, parameter_paths
+from curvkit.operators._autograd import call_with, parameter_paths
+from curvkit.operators._kernels import differentiable_kernels
 
 Params = Sequence[Tensor] | Mapping[str, Tensor]
 Batch = tuple[Tensor | Mapping[str, Tensor], Tensor]

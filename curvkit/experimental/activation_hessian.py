@@ -11,7 +11,7 @@ from torch.func import grad, vjp, vmap
 from curvkit._engine import Batch, MiniBatchEngine
 from curvkit._engine import check_deterministic as probe_determinism
 from curvkit.linear_operator import LinearOperator
-from curvkit.operators._differentiation import differentiable_kernels
+from curvkit.operators._kernels import differentiable_kernels
 
 _DIRECTIONS = ("input", "output")
 

@@ -8,82 +8,14 @@ decided in :mod:`._differentiation`.
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.autograd.forward_ad as forward_ad
 from torch import Tensor
 from torch.func import functional_call
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
-# where weight normalization looks up its kernel: torch itself (parametrizations) and the module
-# of the older hook-based version, which imported the name
-_WEIGHT_NORM_HOMES = [torch, importlib.import_module("torch.nn.utils.weight_norm")]
-
-
-def _composite_weight_norm(v: Tensor, g: Tensor, dim: int = 0) -> Tensor:
-    """``torch._weight_norm`` from differentiable primitives: ``v g / ‖v‖`` (norm over all but ``dim``)."""
-    return v * (g / torch.norm_except_dim(v, 2, dim))
-
-
-def _normalizes_weights(module: torch.nn.Module) -> bool:
-    """Whether ``module`` is a weight-norm parametrization or carries the older weight-norm hook."""
-    hook_type = _WEIGHT_NORM_HOMES[1].WeightNorm
-    return isinstance(module, torch.nn.utils.parametrizations._WeightNorm) or any(
-        isinstance(hook, hook_type) for hook in module._forward_pre_hooks.values()
-    )
-
-
-@contextmanager
-def differentiable_kernels(model_func: Callable | None) -> Iterator[None]:
-    """Select kernels with every derivative that curvature products take, for ``model_func``.
-
-    - ``scaled_dot_product_attention``: the math kernel. The fused ones have no forward-mode and
-      no second derivative (``NotImplementedError: Trying to use forward AD with
-      _scaled_dot_product_flash_attention_for_cpu``).
-    - Modules with recurrent layers (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``): PyTorch's own RNN
-      kernels instead of oneDNN's on the CPU (whose LSTM has no batched double backward, so
-      Hessian columns fail) and cuDNN's on GPUs (no double backward, and no backward at all in
-      eval mode). This switches the backends off for the whole call, convolutions included, so
-      it applies only to models with recurrent layers.
-    - Embeddings with ``sparse=True``: dense gradients during the call (sparse ones have no
-      batched or forward-mode form); the gradient is the same.
-    - Weight normalization (``parametrizations.weight_norm`` and the older hook): its fused
-      kernel's second derivative is wrong (Hessians come out non-symmetric); the composite
-      ``v g / ‖v‖`` computes the same weight with exact derivatives.
-    - The fused fast path of ``nn.MultiheadAttention`` and ``nn.TransformerEncoder(Layer)`` in
-      eval mode, off (``torch.backends.mha``): it has no derivatives, and it turns padded inputs
-      into nested tensors, which dual numbers cannot carry, and fills padded positions with
-      zeros where the regular path computes them (a different function).
-    """
-    modules = list(model_func.modules()) if isinstance(model_func, torch.nn.Module) else []
-    recurrent = any(isinstance(module, torch.nn.RNNBase) for module in modules)
-    backends = [torch.backends.mkldnn, torch.backends.cudnn] if recurrent else []
-    enabled = [backend.enabled for backend in backends]
-    sparse = [m for m in modules if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag)) and m.sparse]
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    weight_norms = _WEIGHT_NORM_HOMES if any(_normalizes_weights(module) for module in modules) else []
-    fused_weight_norms = [home._weight_norm for home in weight_norms]
-    try:
-        torch.backends.mha.set_fastpath_enabled(False)
-        for home in weight_norms:
-            home._weight_norm = _composite_weight_norm
-        for backend in backends:
-            backend.enabled = False
-        for embedding in sparse:
-            embedding.sparse = False
-        with sdpa_kernel(SDPBackend.MATH):
-            yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
-        for home, fused in zip(weight_norms, fused_weight_norms):
-            home._weight_norm = fused
-        for backend, was_enabled in zip(backends, enabled):
-            backend.enabled = was_enabled
-        for embedding in sparse:
-            embedding.sparse = True
+from curvkit.operators._kernels import differentiable_kernels
 
 
 def require_autograd() -> None:

@@ -44,12 +44,12 @@ from torch.func import jvp as forward_jvp
 from curvkit._layout import TensorListLayout
 from curvkit.operators._autograd import (
     call_with,
-    differentiable_kernels,
     hessian_products,
     output_with_tangent,
     parameter_paths,
     reverse_products,
 )
+from curvkit.operators._kernels import differentiable_kernels
 
 T = TypeVar("T")
 

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from torch.autograd import forward_ad
 from torch.utils._pytree import tree_map
 
-from curvkit.operators._autograd import differentiable_kernels
+from curvkit.operators._kernels import differentiable_kernels
 
 
 @dataclass

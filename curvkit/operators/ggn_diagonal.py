@@ -20,7 +20,7 @@ from curvkit.losses import (
     sample_targets,
     sampled_output_gradients,
 )
-from curvkit.operators._differentiation import differentiable_kernels
+from curvkit.operators._kernels import differentiable_kernels
 from curvkit.operators._linear_layers import (
     factored_forward,
     layer_outputs,
