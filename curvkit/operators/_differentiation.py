@@ -180,7 +180,9 @@ class ModelFunction:
         for label, gradient in zip(self.labels, gradients):
             if gradient is None:
                 raise ValueError(
-                    f"{label} is not used by model_func: its curvature would be zero. Remove it."
+                    f"{label} is not used by model_func: its curvature would be zero. Remove it (or, "
+                    "if it reaches the output through torch.utils.checkpoint, which curvature "
+                    "products do not support, call model_func without activation checkpointing)."
                 )
 
     def check_unchanged(self) -> None:

@@ -57,6 +57,27 @@ def test_parameter_not_used_by_the_model():
         HessianLinearOperator(model, nn.MSELoss(), dict(model.named_parameters()), data)
 
 
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_activation_checkpointing_is_named(reentrant):
+    """Checkpointed blocks recompute inside the backward pass, which products do not survive;
+    the errors say so instead of failing deep inside autograd without a hint."""
+    from torch.utils.checkpoint import CheckpointError, checkpoint
+
+    class Checkpointed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block, self.head = nn.Linear(3, 4), nn.Linear(4, 2)
+
+        def forward(self, X):
+            return self.head(torch.tanh(checkpoint(self.block, X, use_reentrant=reentrant)))
+
+    model = Checkpointed().double()
+    data = [(torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64))]
+    error, match = (ValueError, "checkpoint") if reentrant else (CheckpointError, "checkpoint")
+    with pytest.raises(error, match=match):
+        GGNLinearOperator(model, nn.MSELoss(), list(model.parameters()), data)
+
+
 def test_empty_params_and_mixed_dtypes(problem):
     with pytest.raises(ValueError, match="params must contain at least one tensor"):
         HessianLinearOperator(problem.model, problem.loss_func, [], problem.data)
