@@ -16,7 +16,18 @@ from functools import partial
 import torch
 from torch import Generator, Tensor
 from torch.func import grad, vjp, vmap
-from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss, NLLLoss
+from torch.nn import (
+    BCELoss,
+    BCEWithLogitsLoss,
+    CrossEntropyLoss,
+    HuberLoss,
+    KLDivLoss,
+    L1Loss,
+    MSELoss,
+    NLLLoss,
+    SmoothL1Loss,
+    SoftMarginLoss,
+)
 
 LossFunction = Callable[[Tensor, Tensor], Tensor]
 
@@ -24,6 +35,17 @@ LossFunction = Callable[[Tensor, Tensor], Tensor]
 #: output-space Hessian has a closed form.
 SUPPORTED_LOSSES = (MSELoss, CrossEntropyLoss, BCEWithLogitsLoss)
 _KNOWN_LOSSES = (*SUPPORTED_LOSSES, NLLLoss)
+#: ``torch.nn`` losses whose ``'mean'`` averages over every entry of the output.
+ENTRYWISE_LOSSES = (
+    MSELoss,
+    BCEWithLogitsLoss,
+    BCELoss,
+    L1Loss,
+    SmoothL1Loss,
+    HuberLoss,
+    SoftMarginLoss,
+    KLDivLoss,
+)
 
 
 def known_loss(loss_func: LossFunction) -> type | None:
@@ -49,18 +71,29 @@ def reduction_of(loss_func: LossFunction) -> str:
 
     Read off its ``reduction`` attribute, or the ``reduction`` keyword of a
     ``functools.partial`` (``partial(F.mse_loss, reduction='sum')``). Other callables are taken
-    to average over the batch axis.
+    to average over the batch axis. ``'batchmean'`` (``KLDivLoss``: the sum over the batch
+    divided by its size) is a ``'mean'`` over the batch axis.
 
     Raises:
-        ValueError: If the reduction is neither ``'mean'`` nor ``'sum'``.
+        ValueError: If the reduction is none of ``'mean'``, ``'sum'`` and ``'batchmean'``.
     """
     if isinstance(loss_func, partial):
         reduction = loss_func.keywords.get("reduction", "mean")
     else:
         reduction = getattr(loss_func, "reduction", "mean")
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"loss_func must reduce with 'mean' or 'sum', got reduction={reduction!r}.")
-    return reduction
+    if reduction not in ("mean", "sum", "batchmean"):
+        raise ValueError(
+            f"loss_func must reduce with 'mean', 'sum' or 'batchmean', got reduction={reduction!r}."
+        )
+    return "mean" if reduction == "batchmean" else reduction
+
+
+def _is_entrywise_mean(loss_func: LossFunction) -> bool:
+    """Whether ``loss_func`` is a ``torch.nn`` loss (unchanged) whose mean runs over all entries."""
+    return (
+        any(type(loss_func) is cls for cls in ENTRYWISE_LOSSES)
+        and getattr(loss_func, "reduction", None) != "batchmean"
+    )
 
 
 def _is_class_index_target(loss_func: LossFunction, target: Tensor) -> bool:
@@ -70,17 +103,18 @@ def _is_class_index_target(loss_func: LossFunction, target: Tensor) -> bool:
 def num_loss_terms(loss_func: LossFunction, target: Tensor, batch_size: int) -> float:
     """The number of terms ``K_b`` that ``reduction='mean'`` divides one batch's sum by.
 
-    MSE and BCE average over all entries (as many as the target has); cross-entropy (and NLL)
-    over all positions (``N`` for ``[N, C]`` outputs, ``N·T`` for ``[N, C, T]``) except those
-    whose class-index target is ``ignore_index``, and with class weights ``w`` over their total
-    weight ``Σ w_{y}`` (as ``torch`` does). Any other callable is taken to average over the
-    batch axis only (``batch_size`` terms): a callable that averages over all ``C`` entries of a
-    sample (``lambda f, y: F.mse_loss(f, y)``) gets the right Hessian and GGN, but an empirical
-    Fisher ``C`` times too small (the MC-Fisher refuses callables); pass the ``nn`` loss
-    instead. Summed over batches, these give the full data set's divisor.
+    MSE, BCE and the other entrywise losses (:data:`ENTRYWISE_LOSSES`) average over all entries
+    (as many as the target has); cross-entropy (and NLL) over all positions (``N`` for
+    ``[N, C]`` outputs, ``N·T`` for ``[N, C, T]``) except those whose class-index target is
+    ``ignore_index``, and with class weights ``w`` over their total weight ``Σ w_{y}`` (as
+    ``torch`` does). Any other callable is taken to average over the batch axis only
+    (``batch_size`` terms): a callable that averages over all ``C`` entries of a sample
+    (``lambda f, y: F.mse_loss(f, y)``) gets the right Hessian and GGN, but an empirical Fisher
+    ``C`` times too small (the MC-Fisher refuses callables); pass the ``nn`` loss instead.
+    Summed over batches, these give the full data set's divisor.
     """
     kind = known_loss(loss_func)
-    if kind in (MSELoss, BCEWithLogitsLoss):
+    if kind in (MSELoss, BCEWithLogitsLoss) or _is_entrywise_mean(loss_func):
         return float(target.numel())
     if kind in (CrossEntropyLoss, NLLLoss):
         if not _is_class_index_target(loss_func, target):

@@ -143,34 +143,38 @@ def _reduction(loss_func: nn.Module) -> str:
         ValueError: If ``loss_func`` has no supported ``reduction``.
     """
     reduction = getattr(loss_func, "reduction", None)
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"loss_func must have reduction 'mean' or 'sum', got {reduction!r}.")
-    return reduction
+    if reduction not in ("mean", "sum", "batchmean"):
+        raise ValueError(f"loss_func must have reduction 'mean', 'sum' or 'batchmean', got {reduction!r}.")
+    return "mean" if reduction == "batchmean" else reduction
 
 
 def _num_loss_terms(loss_func: nn.Module, output: Tensor, y: Tensor) -> int:
     """Number ``T`` of terms a ``'mean'``-reduced loss averages over.
 
     Args:
-        loss_func: ``MSELoss``, ``BCEWithLogitsLoss`` or ``CrossEntropyLoss``.
+        loss_func: A ``torch.nn`` loss: entrywise (MSE, BCE, BCE-with-logits, L1, smooth L1,
+            Huber, soft margin, KL divergence) or cross-entropy / NLL.
         output: Model output of the whole data set.
         y: Targets of the whole data set.
 
     Returns:
-        ``output.numel()`` for MSE and BCE-with-logits; for cross-entropy the number of
-        class-index targets other than ``ignore_index`` (``y.numel()`` if none is ignored), or
-        ``y.numel() / C`` for probability targets.
+        ``output.numel()`` for the entrywise losses (``N`` for ``KLDivLoss(reduction='batchmean')``);
+        for cross-entropy the number of class-index targets other than ``ignore_index``
+        (``y.numel()`` if none is ignored), or ``y.numel() / C`` for probability targets.
 
     Raises:
         NotImplementedError: For other losses, or cross-entropy with class weights.
     """
-    if isinstance(loss_func, nn.MSELoss | nn.BCEWithLogitsLoss):
+    if isinstance(loss_func, nn.KLDivLoss) and loss_func.reduction == "batchmean":
+        return output.shape[0]
+    entrywise = (nn.MSELoss, nn.BCEWithLogitsLoss, nn.BCELoss, nn.L1Loss, nn.SmoothL1Loss, nn.HuberLoss)
+    if isinstance(loss_func, (*entrywise, nn.SoftMarginLoss, nn.KLDivLoss)):
         return output.numel()
     if isinstance(loss_func, nn.CrossEntropyLoss | nn.NLLLoss) and loss_func.weight is None:
         return y.numel() // y.shape[1] if y.is_floating_point() else int((y != loss_func.ignore_index).sum())
     raise NotImplementedError(
-        f"Number of averaged terms unknown for loss_func {loss_func!r}; supported: MSELoss, "
-        "BCEWithLogitsLoss, CrossEntropyLoss without class weights."
+        f"Number of averaged terms unknown for loss_func {loss_func!r}; supported: the entrywise "
+        "torch.nn losses, CrossEntropyLoss and NLLLoss without class weights."
     )
 
 

@@ -210,6 +210,49 @@ def test_ggn_of_nll_loss_warns_that_it_is_zero():
     assert ggn.to_dense().abs().max() == 0.0
 
 
+def _probabilities(n):
+    return torch.softmax(
+        torch.randn(n, NUM_CLASSES, generator=torch.Generator().manual_seed(n), dtype=torch.float64), 1
+    )
+
+
+# loss, final layer, targets: torch.nn losses that curvkit has no closed form for
+ENTRYWISE = {
+    "huber": (
+        nn.HuberLoss(delta=0.5),
+        nn.Identity(),
+        lambda n: torch.randn(n, NUM_CLASSES, dtype=torch.float64),
+    ),
+    "smooth l1": (
+        nn.SmoothL1Loss(beta=0.5),
+        nn.Identity(),
+        lambda n: torch.randn(n, NUM_CLASSES, dtype=torch.float64),
+    ),
+    "bce on probabilities": (nn.BCELoss(), nn.Sigmoid(), _probabilities),
+    "soft margin": (
+        nn.SoftMarginLoss(),
+        nn.Identity(),
+        lambda n: torch.randint(0, 2, (n, NUM_CLASSES)).double() * 2 - 1,
+    ),
+    "kl batchmean": (nn.KLDivLoss(reduction="batchmean"), nn.LogSoftmax(dim=1), _probabilities),
+    "kl mean": (nn.KLDivLoss(reduction="mean"), nn.LogSoftmax(dim=1), _probabilities),
+}
+
+
+@pytest.mark.parametrize("operator", list(REFERENCES), ids=lambda cls: cls.__name__)
+@pytest.mark.parametrize("case", sorted(ENTRYWISE))
+def test_other_torch_losses(case, operator):
+    """Losses without closed forms: autograd's loss Hessian, and a ``'mean'`` that runs over every
+    entry (``'batchmean'``: over the batch), so that the EF is scaled like MSE's; each against
+    the dense reference of the full-data loss."""
+    loss_func, last, targets = ENTRYWISE[case]
+    model, params, data = mlp_problem(class_targets(), split=(2, 6, 2))
+    model.append(last)
+    data = [(X, targets(X.shape[0])) for X, _ in data]
+    expected = REFERENCES[operator](model, loss_func, params, data)
+    assert_close(operator(model, loss_func, params, data).to_dense(), expected)
+
+
 def test_partial_functional_loss_with_sum_reduction():
     summed = partial(nn.functional.cross_entropy, reduction="sum")
     model, params, data = mlp_problem(class_targets())
