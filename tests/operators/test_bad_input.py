@@ -199,7 +199,7 @@ def test_numpy_integers_are_integers(problem):
 def test_invalid_common_arguments(problem):
     with pytest.raises(ValueError, match="loss_func is required for EFLinearOperator"):
         EFLinearOperator(problem.model, None, problem.params, problem.data)
-    with pytest.raises(ValueError, match="loss_func must reduce with 'mean' or 'sum'"):
+    with pytest.raises(ValueError, match="loss_func must reduce with 'mean', 'sum' or 'batchmean'"):
         EFLinearOperator(problem.model, nn.CrossEntropyLoss(reduction="none"), problem.params, problem.data)
     with pytest.raises(ValueError, match=r"shape must be \("):
         HessianLinearOperator(problem.model, problem.loss_func, problem.params, problem.data, shape=(3, 3))
