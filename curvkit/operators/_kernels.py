@@ -19,8 +19,20 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 # where weight normalization looks up its kernel: torch itself (parametrizations) and the module
-# of the older hook-based version, which imported the name
-_WEIGHT_NORM_HOMES = [torch, importlib.import_module("torch.nn.utils.weight_norm")]
+# of the older, deprecated hook-based version, which imported the name (if torch still has it)
+try:
+    _HOOK_MODULE = importlib.import_module("torch.nn.utils.weight_norm")
+except ImportError:  # pragma: no cover - removed in some future torch
+    _HOOK_MODULE = None
+_WEIGHT_NORM_HOMES = [torch] if _HOOK_MODULE is None else [torch, _HOOK_MODULE]
+_WEIGHT_NORM_TYPES = tuple(
+    cls
+    for cls in (
+        getattr(torch.nn.utils.parametrizations, "_WeightNorm", None),
+        getattr(_HOOK_MODULE, "WeightNorm", None),
+    )
+    if cls is not None
+)
 
 
 def _composite_weight_norm(v: Tensor, g: Tensor, dim: int = 0) -> Tensor:
@@ -30,9 +42,8 @@ def _composite_weight_norm(v: Tensor, g: Tensor, dim: int = 0) -> Tensor:
 
 def _normalizes_weights(module: torch.nn.Module) -> bool:
     """Whether ``module`` is a weight-norm parametrization or carries the older weight-norm hook."""
-    hook_type = _WEIGHT_NORM_HOMES[1].WeightNorm
-    return isinstance(module, torch.nn.utils.parametrizations._WeightNorm) or any(
-        isinstance(hook, hook_type) for hook in module._forward_pre_hooks.values()
+    return isinstance(module, _WEIGHT_NORM_TYPES) or any(
+        isinstance(hook, _WEIGHT_NORM_TYPES) for hook in module._forward_pre_hooks.values()
     )
 
 
