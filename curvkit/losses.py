@@ -34,7 +34,6 @@ LossFunction = Callable[[Tensor, Tensor], Tensor]
 #: Losses whose predictive distribution curvkit can sample from (MC-Fisher) and whose
 #: output-space Hessian has a closed form.
 SUPPORTED_LOSSES = (MSELoss, CrossEntropyLoss, BCEWithLogitsLoss)
-_KNOWN_LOSSES = (*SUPPORTED_LOSSES, NLLLoss)
 #: ``torch.nn`` losses whose ``'mean'`` averages over every entry of the output.
 ENTRYWISE_LOSSES = (
     MSELoss,
@@ -46,6 +45,7 @@ ENTRYWISE_LOSSES = (
     SoftMarginLoss,
     KLDivLoss,
 )
+_KNOWN_LOSSES = (*SUPPORTED_LOSSES, NLLLoss, *ENTRYWISE_LOSSES)
 
 
 def known_loss(loss_func: LossFunction) -> type | None:
@@ -88,14 +88,6 @@ def reduction_of(loss_func: LossFunction) -> str:
     return "mean" if reduction == "batchmean" else reduction
 
 
-def _is_entrywise_mean(loss_func: LossFunction) -> bool:
-    """Whether ``loss_func`` is a ``torch.nn`` loss (unchanged) whose mean runs over all entries."""
-    return (
-        any(type(loss_func) is cls for cls in ENTRYWISE_LOSSES)
-        and getattr(loss_func, "reduction", None) != "batchmean"
-    )
-
-
 def _is_class_index_target(loss_func: LossFunction, target: Tensor) -> bool:
     return known_loss(loss_func) in (CrossEntropyLoss, NLLLoss) and not target.is_floating_point()
 
@@ -114,7 +106,7 @@ def num_loss_terms(loss_func: LossFunction, target: Tensor, batch_size: int) -> 
     Summed over batches, these give the full data set's divisor.
     """
     kind = known_loss(loss_func)
-    if kind in (MSELoss, BCEWithLogitsLoss) or _is_entrywise_mean(loss_func):
+    if kind in ENTRYWISE_LOSSES and loss_func.reduction != "batchmean":  # batchmean: the batch axis
         return float(target.numel())
     if kind in (CrossEntropyLoss, NLLLoss):
         if not _is_class_index_target(loss_func, target):
