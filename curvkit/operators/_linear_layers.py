@@ -186,7 +186,12 @@ TRACINGS = (dual_numbers, autograd_leaves)
 
 
 def factored_forward(
-    model: Callable[[Any], Tensor], module: nn.Module, X: Any, batch_size: int, layers: list[LinearLayer]
+    model: Callable[[Any], Tensor],
+    module: nn.Module,
+    X: Any,
+    batch_size: int,
+    layers: list[LinearLayer],
+    traced: bool = True,
 ) -> tuple[Tensor, list[LinearLayer]]:
     """The output with its graph, and the ``layers`` that factor on this batch.
 
@@ -194,7 +199,14 @@ def factored_forward(
     dual numbers, else autograd leaves) to tell which layer inputs were computed from it. A model
     that runs with neither, or without any such layer, gets none, and no graph. ``module`` is the
     network ``model`` calls (it selects the kernels, :func:`differentiable_kernels`).
+    ``traced=False`` skips the tracing (it costs a pass of zero tangents with dual numbers) and
+    takes every layer input of ``N`` rows as computed from the batch: for a model whose layers
+    were seen to be on an earlier batch.
     """
+    if not traced and layers:
+        with torch.enable_grad(), differentiable_kernels(module):
+            output = model(X)
+            return output, factored(layers, output, batch_size, lambda tensor: True)
     with torch.enable_grad(), differentiable_kernels(module):
         for tracing in TRACINGS if layers else ():
             try:

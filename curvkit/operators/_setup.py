@@ -101,7 +101,7 @@ class ModelDataSetup:
     def cached(self, batch: Batch, key: Hashable, compute: Callable[[], Any]) -> Any:
         """``compute()``, remembered per batch when ``cache_batches`` is on.
 
-        :meth:`_per_batch` empties it once per pass if the model changed since it was filled
+        :meth:`before_batch` empties it once per pass if the model changed since it was filled
         (:meth:`_model_state`): an optimizer step, ``vector_to_parameters``, an update through
         ``.data``, of ``params`` or of any other parameter or buffer of the module, a train/eval
         switch. The operator then follows the current model, as without the cache.
@@ -112,7 +112,7 @@ class ModelDataSetup:
             self._cache[batch.index, key] = compute()
         return self._cache[batch.index, key]
 
-    def _per_batch(self) -> None:
+    def before_batch(self) -> None:
         """Checks before a batch's product; those about the model once per pass over the data.
 
         Once per pass (batch 0 may be skipped when it has no loss term): the parameters must be
@@ -162,7 +162,7 @@ class ModelDataSetup:
 
     def linearization(self, batch: Batch) -> Linearization:
         """The batch's output and Jacobian products (cached if requested)."""
-        self._per_batch()
+        self.before_batch()
         return self.cached(batch, "linearization", lambda: self.model.linearize(batch.X))
 
     def linearization_along(self, batch: Batch, tangents: list[Tensor]) -> tuple[Linearization, Tensor]:
@@ -170,7 +170,7 @@ class ModelDataSetup:
 
         Without the cache, both come from one forward pass where possible.
         """
-        self._per_batch()
+        self.before_batch()
         if self.cache_batches:
             linearization = self.linearization(batch)
             return linearization, linearization.jvp(tangents)
@@ -178,7 +178,7 @@ class ModelDataSetup:
 
     def jvp(self, batch: Batch, tangents: list[Tensor]) -> Tensor:
         """``J V`` on the batch for ``tangents`` (``[k, *θ_p.shape]``), when no ``Jᵀ W`` follows."""
-        self._per_batch()
+        self.before_batch()
         if self.cache_batches:
             return self.linearization(batch).jvp(tangents)
         return self.model.jvp(batch.X, tangents)
@@ -187,7 +187,7 @@ class ModelDataSetup:
         self, batch: Batch, block_index: int, block: list[int], several_columns: bool
     ) -> Callable[[list[Tensor]], list[Tensor]]:
         """``V ↦ ∇²L_b V`` for the Hessian block ``block`` (parameter indices; cached if requested)."""
-        self._per_batch()
+        self.before_batch()
         return self.cached(
             batch,
             ("hessian", block_index, several_columns),

@@ -17,11 +17,10 @@ from curvkit.losses import (
     sample_targets,
     sampled_output_gradients,
 )
-from curvkit.operators._curvature import CurvatureLinearOperator
-from curvkit.operators._jtlj import gradient_outer_product, jtlj_matmat
+from curvkit.operators._jtlj import JTLJLinearOperator, OutputCurvature, gradient_outer_product
 
 
-class EFLinearOperator(CurvatureLinearOperator):
+class EFLinearOperator(JTLJLinearOperator):
     r"""Uncentered gradient covariance, often called the empirical Fisher (EF).
 
     .. math::
@@ -77,14 +76,10 @@ class EFLinearOperator(CurvatureLinearOperator):
             cache_batches=cache_batches,
         )
 
-    def _batch_matmat(self, batch: Batch, tangents: list[Tensor], state: None) -> list[Tensor]:
-        linearization, output_tangents = self._setup.linearization_along(batch, tangents)
-        curvature = self._setup.cached(
-            batch, "ef", lambda: self._observed_curvature(batch, linearization.output)
-        )
-        return jtlj_matmat(linearization, curvature, output_tangents)
+    def _factor_rank(self) -> int:
+        return 1
 
-    def _observed_curvature(self, batch: Batch, output: Tensor) -> Callable[[Tensor], Tensor]:
+    def _output_curvature(self, batch: Batch, output: Tensor, state: None) -> OutputCurvature:
         loss_func = self._setup.loss_func
         gradients = output_gradients(loss_func, output, batch.y).unsqueeze(0)
         return gradient_outer_product(
@@ -92,7 +87,7 @@ class EFLinearOperator(CurvatureLinearOperator):
         )
 
 
-class FisherMCLinearOperator(CurvatureLinearOperator):
+class FisherMCLinearOperator(JTLJLinearOperator):
     r"""Monte-Carlo approximation of the Fisher information matrix.
 
     .. math::
@@ -157,16 +152,11 @@ class FisherMCLinearOperator(CurvatureLinearOperator):
     def _start_product(self) -> Generator:
         return torch.Generator(device=self.device).manual_seed(self._seed)
 
-    def _batch_matmat(self, batch: Batch, tangents: list[Tensor], generator: Generator) -> list[Tensor]:
-        linearization, output_tangents = self._setup.linearization_along(batch, tangents)
-        output = linearization.output
-        # with caching, the first product's draw is kept: the same one a re-seeded generator gives
-        curvature = self._setup.cached(batch, "mc", lambda: self._sampled_curvature(batch, output, generator))
-        return jtlj_matmat(linearization, curvature, output_tangents)
+    def _factor_rank(self) -> int:
+        return self._mc_samples
 
-    def _sampled_curvature(
-        self, batch: Batch, output: Tensor, generator: Generator
-    ) -> Callable[[Tensor], Tensor]:
+    def _output_curvature(self, batch: Batch, output: Tensor, generator: Generator) -> OutputCurvature:
+        # with caching, the first product's draw is kept: the same one a re-seeded generator gives
         loss_func = self._setup.loss_func
         targets = sample_targets(loss_func, output, batch.y, self._mc_samples, generator)
         gradients = sampled_output_gradients(loss_func, output, targets, batch.y, batch.loss_terms)

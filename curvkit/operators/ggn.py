@@ -11,12 +11,11 @@ from torch import Tensor
 from torch.nn import NLLLoss
 
 from curvkit._engine import Batch
-from curvkit.losses import is_supported, known_loss, output_hessian_matmat
-from curvkit.operators._curvature import CurvatureLinearOperator
-from curvkit.operators._jtlj import jtlj_matmat
+from curvkit.losses import is_supported, known_loss, output_hessian_matmat, output_hessian_sqrt
+from curvkit.operators._jtlj import JTLJLinearOperator, OutputCurvature
 
 
-class GGNLinearOperator(CurvatureLinearOperator):
+class GGNLinearOperator(JTLJLinearOperator):
     r"""Generalized Gauss-Newton (GGN) matrix as a linear operator.
 
     .. math::
@@ -49,13 +48,15 @@ class GGNLinearOperator(CurvatureLinearOperator):
     def _is_psd(cls, loss_func: Callable) -> bool:
         return is_supported(loss_func)
 
-    def _batch_matmat(self, batch: Batch, tangents: list[Tensor], state: Any) -> list[Tensor]:
-        linearization, output_tangents = self._setup.linearization_along(batch, tangents)
-        curvature = partial(
-            output_hessian_matmat,
-            self._setup.loss_func,
-            linearization.output,
-            batch.y,
-            loss_terms=batch.loss_terms,
+    def _factor_rank(self) -> int | None:
+        """``∇²_f ℓ_n`` has a closed-form factor with one column per output entry of a sample."""
+        first_output = self._setup.first_output
+        has_factor = is_supported(self._setup.loss_func) and first_output.ndim > 0
+        return first_output[0].numel() if has_factor else None
+
+    def _output_curvature(self, batch: Batch, output: Tensor, state: Any) -> OutputCurvature:
+        arguments = (self._setup.loss_func, output, batch.y)
+        return OutputCurvature(
+            partial(output_hessian_matmat, *arguments, loss_terms=batch.loss_terms),
+            partial(output_hessian_sqrt, *arguments, batch.loss_terms),
         )
-        return jtlj_matmat(linearization, curvature, output_tangents)

@@ -1,0 +1,212 @@
+r"""``Jᵀ Λ J`` through the Jacobian factors of linear layers, for blocks of columns.
+
+If every parameter belongs to an ``nn.Linear`` layer ``z_{l,n} = W_l a_{l,n} + b_l`` that
+factors on the batch (:func:`._linear_layers.factored`: called once, on rows ``a_{l,n}`` one per
+sample, its parameters used nowhere else), sample ``n``'s Jacobian is a sum over the layers:
+
+.. math::
+    J_n V = \sum_l \frac{\partial f_n}{\partial z_{l,n}} (V_l a_{l,n} + v_l).
+
+With a factor ``Λ_n = S_n S_nᵀ`` of ``K`` columns (:class:`._jtlj.OutputCurvature`),
+``G_{l,n} = S_nᵀ ∂f_n/∂z_{l,n}`` (``K × out_l``) is one backward pass of the ``K`` columns of ``S``
+from the output to the layer outputs, and then
+
+.. math::
+    u_n = S_n^\top J_n V = \sum_l G_{l,n} (V_l a_{l,n} + v_l), \qquad
+    (J^\top Λ J V)_{W_l} = \sum_n G_{l,n}^\top u_n a_{l,n}^\top, \qquad
+    (J^\top Λ J V)_{b_l} = \sum_n G_{l,n}^\top u_n.
+
+A column costs two matrix products per layer, ``V_l Aᵀ`` and ``(Gᵀ u) A``, done for all columns
+at once; the network between the layers is traversed ``K`` times per batch (the backward pass of
+``S``) instead of twice per column (forward tangents, then the backward pass of ``Λ J V``). In
+multiply-adds per sample (``m_l = in_l · out_l``, ``B = Σ m_l`` over the layers whose input
+depends on the parameters) that saves ``2 k B`` and costs ``K (B + 2 k Σ_l out_l)``
+(:meth:`LayerFactorization.worth_it`): it pays for the EF and MC-Fisher (``K`` = MC samples, usually 1) and
+for the GGN of classifiers (``K`` = classes) in blocks of columns. Benchmark MLP, 16 columns:
+see ``docs/design-notes.md``.
+
+Samples must not be coupled: the backward pass of ``S`` from the outputs of all samples gives
+``Σ_m S_mᵀ ∂f_m/∂z_{l,n}``, which is ``G_{l,n}`` only if ``f_m`` does not depend on ``z_{l,n}`` for
+``m ≠ n``. BatchNorm in train mode, or rows that are not samples, break that;
+:class:`LayerFactorization` therefore checks its first product against the general path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from curvkit._engine import Batch
+from curvkit.operators._autograd import grad_columns
+from curvkit.operators._linear_layers import (
+    factored_forward,
+    layer_outputs,
+    linear_layers,
+    recording,
+)
+from curvkit.operators._setup import ModelDataSetup
+
+
+@dataclass(frozen=True)
+class LayerFactors:
+    """One batch's ``Jᵀ Λ J`` as layer inputs and output-space gradients (module docstring).
+
+    Attributes:
+        inputs: ``A_l`` ``[N, in_l]`` per layer.
+        gradients: ``G_l`` ``[N, K, out_l]`` per layer (sample-major: one matrix product per
+            sample in the contractions with ``u``).
+        weight_indices: Position of each layer's weight among the parameters, or ``None``.
+        bias_indices: Likewise for the biases.
+    """
+
+    inputs: list[Tensor]
+    gradients: list[Tensor]
+    weight_indices: list[int | None]
+    bias_indices: list[int | None]
+
+    def matmat(self, tangents: list[Tensor]) -> list[Tensor]:
+        """``Jᵀ Λ J V`` for tangents ``[k, *θ_p.shape]``, in the same layout.
+
+        The matrix products are laid out as measured fastest on the benchmark MLP (CPU): the
+        layer tangents column-major ``[k, N, out]`` (one product per column, sharing ``A``: 4.0
+        ms for 16 columns of the first layer against 5.7 ms for one ``A [V_1ᵀ … V_kᵀ]``), the
+        contractions with ``G`` sample-major.
+        """
+        num_columns = tangents[0].shape[0]
+        projections = None  # u: [N, K, k]
+        for inputs, gradients, weight, bias in self._layers():
+            expanded = inputs.expand(num_columns, *inputs.shape)
+            if weight is None:
+                layer_tangents = tangents[bias].unsqueeze(1).expand(-1, inputs.shape[0], -1)
+            elif bias is None:
+                layer_tangents = torch.bmm(expanded, tangents[weight].transpose(1, 2))
+            else:
+                layer_tangents = torch.baddbmm(
+                    tangents[bias].unsqueeze(1), expanded, tangents[weight].transpose(1, 2)
+                )
+            contribution = torch.bmm(gradients, layer_tangents.permute(1, 2, 0))  # [N, K, k]
+            projections = contribution if projections is None else projections.add_(contribution)
+        result: list[Tensor | None] = [None] * len(tangents)
+        for inputs, gradients, weight, bias in self._layers():
+            pulled_back = torch.bmm(projections.transpose(1, 2), gradients)  # [N, k, out]: Gᵀ u
+            if weight is not None:
+                flat = pulled_back.view(pulled_back.shape[0], -1)  # [N, k·out]
+                result[weight] = (flat.T @ inputs).view(tangents[weight].shape)
+            if bias is not None:
+                result[bias] = pulled_back.sum(0)
+        return result
+
+    def _layers(self):
+        return zip(self.inputs, self.gradients, self.weight_indices, self.bias_indices)
+
+
+class LayerFactorization:
+    """Products ``Jᵀ Λ J V`` through :class:`LayerFactors` for one operator, where they apply and pay.
+
+    Holds what is learned on the way: whether the parameters all sit in factored layers, the
+    layers' sizes (both from the first batch), and whether the factored product agrees with the
+    general one. That is checked on the first factored product, and again whenever a module of
+    the model switched between train and eval mode since (BatchNorm in train mode couples the
+    samples); where they disagree, the operator stays on the general path.
+
+    Args:
+        setup: The operator's model, data and cache.
+        factor_rank: ``K``, the number of columns of ``Λ``'s factor, or ``None`` if it has none.
+    """
+
+    def __init__(self, setup: ModelDataSetup, factor_rank: int | None):
+        self.setup, self.factor_rank = setup, factor_rank
+        model = setup.model
+        self.layers = linear_layers(model.model_func, model.tensors) if model.is_module else []
+        covered = {index for layer in self.layers for index in (layer.weight_index, layer.bias_index)}
+        self.applicable = (
+            factor_rank is not None and bool(self.layers) and covered >= set(range(len(model.tensors)))
+        )
+        self.sizes: tuple[int, int] | None = None  # B and Σ_l out_l, from the first batch
+        self.verified_modes: tuple[bool, ...] | None = None
+
+    def worth_it(self, num_columns: int) -> bool:
+        """Whether ``k`` columns cost less factored: ``K (B + 2 k Σ out) < 2 k B`` (module docstring)."""
+        through_network, outputs = self.sizes
+        return (
+            self.factor_rank * (through_network + 2 * num_columns * outputs)
+            < 2 * num_columns * through_network
+        )
+
+    def batch_matmat(
+        self,
+        batch: Batch,
+        tangents: list[Tensor],
+        curvature_of: Callable,
+        general: Callable[[], list[Tensor]],
+    ) -> list[Tensor] | None:
+        """``Jᵀ Λ J V`` on the batch through layer factors, or ``None`` where they do not apply or pay.
+
+        Args:
+            batch: The batch.
+            tangents: ``[k, *θ_p.shape]`` per parameter; single vectors (``k = 1``) keep the
+                general path.
+            curvature_of: Maps the batch output to its :class:`._jtlj.OutputCurvature`, the
+                same object on every call for the batch (so that both paths see one ``Λ``, also
+                a drawn one).
+            general: The product on the general path, for the agreement check.
+        """
+        num_columns = tangents[0].shape[0]
+        if (
+            not self.applicable
+            or num_columns < 2
+            or (self.sizes is not None and not self.worth_it(num_columns))
+        ):
+            return None
+        self.setup.before_batch()
+        factors = self.setup.cached(batch, "layer factors", lambda: self._factors(batch, curvature_of))
+        if factors is None:  # a layer did not factor on this batch
+            self.applicable = False
+            return None
+        if not self.worth_it(num_columns):  # known since this first batch
+            return None
+        result = factors.matmat(tangents)
+        modes = tuple(module.training for module in self.setup.model.model_func.modules())
+        if self.verified_modes != modes:
+            expected = general()
+            if not all(_close(r, e) for r, e in zip(result, expected)):
+                self.applicable = False
+                return expected
+            self.verified_modes = modes
+        return result
+
+    def _factors(self, batch: Batch, curvature_of: Callable) -> LayerFactors | None:
+        """The batch's factors, or ``None`` if some parameter's layer does not factor on it."""
+        model = self.setup.model
+        with recording(self.layers):
+            # the first batch tells which layer inputs come from the batch (tracing); later ones alike
+            output, fast = factored_forward(
+                model, model.model_func, batch.X, batch.size, self.layers, traced=self.sizes is None
+            )
+            if len(fast) != len(self.layers):
+                return None
+            if self.sizes is None:
+                self.sizes = (
+                    sum(
+                        layer.module.in_features * layer.module.out_features
+                        for layer in fast
+                        if layer.calls[0][0].requires_grad  # its input depends on parameters
+                    ),
+                    sum(layer.module.out_features for layer in fast),
+                )
+            factor = curvature_of(output.detach()).factor()
+            gradients = grad_columns([output], layer_outputs(fast), [factor])
+            return LayerFactors(
+                inputs=[layer.calls[0][0].detach() for layer in fast],
+                gradients=[gradient.detach().transpose(0, 1).contiguous() for gradient in gradients],
+                weight_indices=[layer.weight_index for layer in fast],
+                bias_indices=[layer.bias_index for layer in fast],
+            )
+
+
+def _close(result: Tensor, expected: Tensor) -> bool:
+    tolerance = torch.finfo(expected.dtype).eps ** 0.5
+    return torch.allclose(result, expected, rtol=tolerance, atol=tolerance * float(expected.abs().max()))

@@ -1,0 +1,123 @@
+"""``Jᵀ Λ J`` through linear-layer factors: used where it applies, equal to the references, and
+left for the general path where samples are coupled."""
+
+import pytest
+import torch
+from torch import nn
+from zoo import make_problem, make_problem_from_id
+
+from curvkit import EFLinearOperator, FisherMCLinearOperator, GGNLinearOperator, reference
+
+OPERATORS = {"ggn": GGNLinearOperator, "ef": EFLinearOperator, "fisher_mc": FisherMCLinearOperator}
+REFERENCES = {
+    "ggn": reference.ggn_matrix,
+    "ef": reference.empirical_fisher_matrix,
+    "fisher_mc": reference.fisher_mc_matrix,
+}
+
+
+def _dense(operator, cached: bool) -> torch.Tensor:
+    dense = operator.to_dense()
+    return operator.to_dense() if cached else dense  # the second pass: from the cached factors
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["uncached", "cached"])
+@pytest.mark.parametrize("kind", sorted(OPERATORS))
+@pytest.mark.parametrize(
+    "problem_id",
+    [
+        "mlp-ce-mean-three-list",
+        "mlp-mse-sum-one-dict",
+        "mlp-bce-sum-three-subset",
+        "mlp-ce-mean-three-list-f32",
+    ],
+)
+def test_factored_products_match_the_reference(problem_id, kind, cached, reference_of):
+    """Every parameter of the zoo's MLP sits in an ``nn.Linear``: ``to_dense`` goes through the
+    factors (and their check against the general path passes), biases and subsets included."""
+    problem = make_problem_from_id(problem_id)
+    operator = OPERATORS[kind](
+        problem.model, problem.loss_func, problem.params, problem.data, cache_batches=cached
+    )
+    dense = _dense(operator, cached)
+    factorization = operator._layer_factorization
+    assert factorization.applicable and factorization.verified_modes is not None
+    if cached:
+        assert any(key == "layer factors" for _, key in operator._setup._cache)
+    expected = reference_of(problem.name, kind)
+    scale = expected.detach().abs().max()
+    rtol, atol = (1e-7, 1e-10) if problem.dtype == torch.float64 else (1e-4, 1e-5)
+    torch.testing.assert_close(dense.to(expected), expected, rtol=rtol, atol=atol * float(scale))
+
+
+def test_single_vectors_and_few_columns_keep_the_general_path():
+    """``K (B + 2 k Σ out) < 2 k B`` decides: the GGN of the MLP (K = 3 classes) factors 113
+    columns, not 2; single vectors never."""
+    problem = make_problem("mlp", "ce", "mean")
+    operator = GGNLinearOperator(problem.model, problem.loss_func, problem.params, problem.data)
+    factorization = operator._layer_factorization
+    assert factorization.factor_rank == 3
+    assert factorization.sizes is not None  # learned while the probe multiplied two columns
+    assert not factorization.worth_it(2) and factorization.worth_it(operator.shape[0])
+    assert factorization.verified_modes is None  # nothing went through the factors yet
+    operator @ torch.randn(operator.shape[0], 1, dtype=torch.float64)
+    assert factorization.verified_modes is None
+
+
+class CenteredFeatures(nn.Module):
+    """Subtracts the batch mean of the hidden features, always or in train mode only."""
+
+    def __init__(self, always: bool):
+        super().__init__()
+        self.always = always
+        self.first, self.second, self.third = nn.Linear(4, 16), nn.Linear(16, 16), nn.Linear(16, 3)
+
+    def forward(self, x):
+        hidden = torch.tanh(self.second(torch.tanh(self.first(x))))
+        if self.always or self.training:  # the samples are coupled
+            hidden = hidden - hidden.mean(0, keepdim=True)
+        return self.third(hidden)
+
+
+def _coupled_problem(always: bool):
+    torch.manual_seed(0)
+    model = CenteredFeatures(always).double().eval()
+    X = torch.randn(7, 4, dtype=torch.float64)
+    return model, nn.CrossEntropyLoss(), list(model.parameters()), [(X, torch.randint(0, 3, (7,)))]
+
+
+def _assert_matches(dense, expected):
+    torch.testing.assert_close(dense, expected.detach(), rtol=1e-7, atol=1e-10 * float(expected.abs().max()))
+
+
+@pytest.mark.parametrize("kind", sorted(OPERATORS))
+def test_coupled_samples_fall_back_to_the_general_path(kind):
+    """Factors assume per-sample Jacobians; the check of the first factored product catches a
+    model that couples samples, and the operator stays on the general path (exact)."""
+    model, loss_func, params, data = _coupled_problem(always=True)
+    operator = OPERATORS[kind](model, loss_func, params, data)
+    dense = operator.to_dense()
+    assert not operator._layer_factorization.applicable
+    _assert_matches(dense, REFERENCES[kind](model, loss_func, params, data))
+
+
+def test_switching_to_train_mode_checks_the_factors_again():
+    """A model that couples the samples in train mode only: the factors agree in eval mode, and
+    the switch to train mode makes the operator check again, and fall back."""
+    model, loss_func, params, data = _coupled_problem(always=False)
+    operator = EFLinearOperator(model, loss_func, params, data, check_deterministic=False)
+    operator.to_dense()
+    assert operator._layer_factorization.verified_modes is not None
+    model.train()
+    dense = operator.to_dense()
+    assert not operator._layer_factorization.applicable
+    _assert_matches(dense, reference.empirical_fisher_matrix(model, loss_func, params, data))
+
+
+def test_models_with_other_parameters_keep_the_general_path():
+    """A convolution's parameters do not factor here: the operator never records layers."""
+    problem = make_problem("cnn", "ce", "mean")
+    operator = GGNLinearOperator(problem.model, problem.loss_func, problem.params, problem.data)
+    operator.to_dense()
+    assert not operator._layer_factorization.applicable
+    assert operator._layer_factorization.sizes is None
