@@ -32,6 +32,16 @@ def require_autograd() -> None:
         )
 
 
+def paths_agree(result: Tensor, expected: Tensor) -> bool:
+    """Whether two ways of taking the same derivatives agree.
+
+    Within ``√eps`` relative to ``expected`` entrywise, or to its largest entry (float32: 3e-4,
+    float64: 1.5e-8).
+    """
+    tolerance = torch.finfo(expected.dtype).eps ** 0.5
+    return torch.allclose(result, expected, rtol=tolerance, atol=tolerance * float(expected.abs().max()))
+
+
 def grad_columns(
     outputs: Sequence[Tensor], inputs: Sequence[Tensor], cotangents: Sequence[Tensor]
 ) -> list[Tensor]:
