@@ -189,9 +189,8 @@ class MiniBatchEngine:
         ``batch_result`` may return a tensor or a list of tensors (e.g. parameter-shaped);
         the sum is accumulated in place, in the same structure: in new tensors, or in ``out``
         (tensors of the results' shapes, say views of one preallocated matrix) if given. The
-        sum records no autograd graph.
-        Batches without loss terms (``K_b = 0``: every target ignored) are skipped; their loss
-        is not defined.
+        sum records no autograd graph. Batches without loss terms (``K_b = 0``: every target
+        ignored) are skipped; their loss is not defined.
 
         Raises:
             ValueError: If no batch has a loss term.
@@ -206,14 +205,15 @@ class MiniBatchEngine:
             structure = type(result)
             parts = result if isinstance(result, list) else [result]
             with torch.no_grad():  # sums of results, not functions of them
-                if total is None:
-                    total = [weight * part for part in parts] if out is None else out
-                    if out is not None:
-                        for accumulated, part in zip(out, parts):
-                            torch.mul(part, weight, out=accumulated)
-                else:
+                if total is not None:
                     for accumulated, part in zip(total, parts):
                         accumulated.add_(part, alpha=weight)
+                elif out is None:
+                    total = [weight * part for part in parts]
+                else:
+                    total = out
+                    for accumulated, part in zip(total, parts):
+                        torch.mul(part, weight, out=accumulated)
         if total is None:
             raise ValueError("No batch of data has a loss term (every target is ignored).")
         if reduction == "mean":
