@@ -66,10 +66,6 @@ class TensorListLayout:
             for block, shape in zip(rows.split(self.numels, dim=1), self.shapes)
         ]
 
-    def list_to_columns(self, tensors: Sequence[Tensor]) -> Tensor:
-        """Concatenate tensors of shape ``[k, *shape]`` into a ``[D, k]`` matrix."""
-        return torch.cat([tensor.flatten(start_dim=1) for tensor in tensors], dim=1).T
-
     def flatten_user_list(self, tensors: Sequence[Tensor], name: str) -> tuple[Tensor, bool]:
         """Turn a user list (``[*shape]`` or ``[*shape, k]`` entries) into ``[D, k]``.
 

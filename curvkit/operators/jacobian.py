@@ -101,8 +101,11 @@ class JacobianLinearOperator(LinearOperator):
             offset += rows
             return linearization.vjp(cotangents)
 
-        result = self._setup.engine.sum_over_batches(batch_product, "sum", desc=f"{type(self).__name__}ᵀ")
-        return layout.list_to_columns(result)
+        rows = X.new_empty(X.shape[1], layout.dim)  # accumulated in place, as for curvature products
+        self._setup.engine.sum_over_batches(
+            batch_product, "sum", desc=f"{type(self).__name__}ᵀ", out=layout.split_rows(rows)
+        )
+        return rows.T
 
 
 class TransposedJacobianLinearOperator(TransposedLinearOperator):
