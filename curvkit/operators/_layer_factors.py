@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from curvkit._engine import Batch
-from curvkit.operators._autograd import grad_columns, paths_agree
+from curvkit.operators._autograd import grad_columns
 from curvkit.operators._linear_layers import (
     factored_forward,
     layer_outputs,
@@ -48,6 +48,7 @@ from curvkit.operators._linear_layers import (
     recording,
 )
 from curvkit.operators._setup import ModelDataSetup
+from curvkit.operators._shortcut import AgreementCheck
 
 
 @dataclass(frozen=True)
@@ -108,9 +109,7 @@ class LayerFactorization:
 
     Holds what is learned on the way: whether the parameters all sit in factored layers, the
     layers' sizes (both from the first batch), and whether the factored product agrees with the
-    general one. That is checked on the first factored product, and again whenever a module of
-    the model switched between train and eval mode since (BatchNorm in train mode couples the
-    samples); where they disagree, the operator stays on the general path.
+    general one (:class:`._shortcut.AgreementCheck`: BatchNorm in train mode couples the samples).
 
     Args:
         setup: The operator's model, data and cache.
@@ -126,7 +125,7 @@ class LayerFactorization:
             factor_rank is not None and bool(self.layers) and covered >= set(range(len(model.tensors)))
         )
         self.sizes: tuple[int, int] | None = None  # B and Σ_l out_l, from the first batch
-        self.verified_modes: tuple[bool, ...] | None = None
+        self.check = AgreementCheck(model.model_func)
 
     def worth_it(self, num_columns: int) -> bool:
         """Whether ``k`` columns cost less factored: ``K (B + 2 k Σ out) < 2 k B`` (module docstring)."""
@@ -157,6 +156,7 @@ class LayerFactorization:
         num_columns = tangents[0].shape[0]
         if (
             not self.applicable
+            or self.check.failed
             or num_columns < 2
             or (self.sizes is not None and not self.worth_it(num_columns))
         ):
@@ -168,15 +168,7 @@ class LayerFactorization:
             return None
         if not self.worth_it(num_columns):  # known since this first batch
             return None
-        result = factors.matmat(tangents)
-        modes = tuple(module.training for module in self.setup.model.model_func.modules())
-        if self.verified_modes != modes:
-            expected = general()
-            if not all(paths_agree(r, e) for r, e in zip(result, expected)):
-                self.applicable = False
-                return expected
-            self.verified_modes = modes
-        return result
+        return self.check.checked(factors.matmat(tangents), general)
 
     def _factors(self, batch: Batch, curvature_of: Callable) -> LayerFactors | None:
         """The batch's factors, or ``None`` if some parameter's layer does not factor on it."""

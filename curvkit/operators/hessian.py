@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import cached_property
 from itertools import accumulate, pairwise
 from numbers import Integral
 from typing import Any
@@ -12,6 +13,8 @@ from torch import Tensor
 from curvkit._engine import Batch
 from curvkit.operators._curvature import CurvatureLinearOperator
 from curvkit.operators._differentiation import normalize_params
+from curvkit.operators._layer_chain import LayerChain
+from curvkit.operators._shortcut import AgreementCheck
 
 
 class HessianLinearOperator(CurvatureLinearOperator):
@@ -74,12 +77,53 @@ class HessianLinearOperator(CurvatureLinearOperator):
             cache_batches=cache_batches,
         )
 
+    @cached_property
+    def _layer_chain(self) -> LayerChain | None:
+        """The model as a chain of linear layers and elementwise functions, if it is one."""
+        return LayerChain.of(self._setup.model.model_func, self._setup.model.tensors)
+
+    @cached_property
+    def _chain_check(self) -> AgreementCheck:
+        return AgreementCheck(self._setup.model.model_func)
+
     def _batch_matmat(self, batch: Batch, tangents: list[Tensor], state: Any) -> list[Tensor]:
         result, several_columns = [], tangents[0].shape[0] > 1
         for block_index, block in enumerate(self._blocks or [list(range(len(tangents)))]):
-            hvp = self._setup.hessian_product(batch, block_index, block, several_columns)
-            result.extend(hvp([tangents[i] for i in block]))
+            block_tangents = [tangents[i] for i in block]
+
+            def general(block_index=block_index, block=block, block_tangents=block_tangents) -> list[Tensor]:
+                hvp = self._setup.hessian_product(batch, block_index, block, several_columns)
+                return hvp(block_tangents)
+
+            result.extend(self._chain_matmat(batch, block, block_tangents, general, state))
         return result
+
+    def _start_product(self) -> dict:
+        return {}  # the layer chain's rearranged tangents, kept over the batches of a product
+
+    def _chain_matmat(
+        self,
+        batch: Batch,
+        block: list[int],
+        tangents: list[Tensor],
+        general: Callable[[], list[Tensor]],
+        memo: dict,
+    ) -> list[Tensor]:
+        """The block's product through the layer chain where it applies (checked), else ``general()``.
+
+        ``memo``: :meth:`_start_product`'s, see :meth:`ChainLinearization.matmat`.
+        """
+        chain = self._layer_chain
+        if chain is None or self._chain_check.failed:
+            return general()
+        self._setup.before_batch()
+        linearization = self._setup.cached(
+            batch, "layer chain", lambda: chain.linearize(batch, self._setup.loss_func)
+        )
+        if linearization is None:
+            return general()
+        products = linearization.matmat(dict(zip(block, tangents)), memo)
+        return self._chain_check.checked([products[index] for index in block], general)
 
 
 def _blocks_of(block_sizes: Sequence[int], num_tensors: int) -> list[list[int]]:

@@ -41,7 +41,7 @@ def test_factored_products_match_the_reference(problem_id, kind, cached, referen
     )
     dense = _dense(operator, cached)
     factorization = operator._layer_factorization
-    assert factorization.applicable and factorization.verified_modes is not None
+    assert factorization.applicable and factorization.check.verified_modes is not None
     if cached:
         assert any(key == "layer factors" for _, key in operator._setup._cache)
     expected = reference_of(problem.name, kind)
@@ -59,9 +59,9 @@ def test_single_vectors_and_few_columns_keep_the_general_path():
     assert factorization.factor_rank == 3
     assert factorization.sizes is not None  # learned while the probe multiplied two columns
     assert not factorization.worth_it(2) and factorization.worth_it(operator.shape[0])
-    assert factorization.verified_modes is None  # nothing went through the factors yet
+    assert factorization.check.verified_modes is None  # nothing went through the factors yet
     operator @ torch.randn(operator.shape[0], 1, dtype=torch.float64)
-    assert factorization.verified_modes is None
+    assert factorization.check.verified_modes is None
 
 
 class CenteredFeatures(nn.Module):
@@ -97,7 +97,7 @@ def test_coupled_samples_fall_back_to_the_general_path(kind):
     model, loss_func, params, data = _coupled_problem(always=True)
     operator = OPERATORS[kind](model, loss_func, params, data)
     dense = operator.to_dense()
-    assert not operator._layer_factorization.applicable
+    assert operator._layer_factorization.check.failed
     _assert_matches(dense, REFERENCES[kind](model, loss_func, params, data))
 
 
@@ -107,10 +107,10 @@ def test_switching_to_train_mode_checks_the_factors_again():
     model, loss_func, params, data = _coupled_problem(always=False)
     operator = EFLinearOperator(model, loss_func, params, data, check_deterministic=False)
     operator.to_dense()
-    assert operator._layer_factorization.verified_modes is not None
+    assert operator._layer_factorization.check.verified_modes is not None
     model.train()
     dense = operator.to_dense()
-    assert not operator._layer_factorization.applicable
+    assert operator._layer_factorization.check.failed
     _assert_matches(dense, reference.empirical_fisher_matrix(model, loss_func, params, data))
 
 

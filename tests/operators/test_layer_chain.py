@@ -1,0 +1,233 @@
+"""Hessian products of layer chains (MLPs) by hand: used where the model is one, equal to the
+reference for every elementwise module, parameter subset and block, and left alone elsewhere.
+
+Most tests switch the agreement check off (``unchecked``), so that a wrong product fails them
+instead of being replaced by the general path's.
+"""
+
+from itertools import pairwise
+
+import pytest
+import torch
+from torch import nn
+from zoo import make_problem_from_id
+
+from curvkit import HessianLinearOperator, reference
+from curvkit.operators._layer_chain import ELEMENTWISE, LayerChain
+from curvkit.operators._shortcut import AgreementCheck
+
+
+@pytest.fixture
+def unchecked(monkeypatch):
+    """The chain's products as they are, not replaced by the general path's where they differ."""
+    monkeypatch.setattr(AgreementCheck, "checked", lambda self, result, general: result)
+
+
+def _assert_matches(dense, expected):
+    expected = expected.detach()
+    torch.testing.assert_close(dense, expected, rtol=1e-7, atol=1e-10 * float(expected.abs().max()))
+
+
+def _problem(model, num_inputs=(6,), loss_func=None, sizes=(5, 3), num_outputs=3):
+    """``model`` in float64 with batches of ``sizes`` and class (or regression) targets."""
+    torch.manual_seed(1)
+    model = model.double().eval()
+    loss_func = loss_func or nn.CrossEntropyLoss()
+    data = []
+    for size in sizes:
+        X = torch.randn(size, *num_inputs, dtype=torch.float64)
+        if isinstance(loss_func, nn.CrossEntropyLoss):
+            y = torch.randint(0, num_outputs, (size,))
+        else:
+            y = torch.rand(size, num_outputs, dtype=torch.float64)
+        data.append((X, y))
+    return model, loss_func, data
+
+
+def _hessian(model, loss_func, params, data, **kwargs):
+    operator = HessianLinearOperator(model, loss_func, params, data, **kwargs)
+    assert operator._layer_chain is not None
+    return operator
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["uncached", "cached"])
+@pytest.mark.parametrize(
+    "problem_id",
+    [
+        "mlp-ce-mean-three-list",
+        "mlp-mse-sum-one-dict",
+        "mlp-bce-mean-three-subset",
+        "mlp-ce-sum-one-list-f32",
+    ],
+)
+def test_zoo_mlp_matches_the_reference(problem_id, cached, unchecked, reference_of):
+    """The zoo's MLP (ReLU, Sigmoid, Tanh) for each loss; single vectors and blocks of columns."""
+    problem = make_problem_from_id(problem_id)
+    operator = _hessian(problem.model, problem.loss_func, problem.params, problem.data, cache_batches=cached)
+    dense = operator.to_dense()
+    expected = reference_of(problem.name, "hessian").detach()
+    vector = torch.randn(operator.shape[0], 1, dtype=problem.dtype)
+    matvec = operator @ vector
+    if cached:
+        assert any(key == "layer chain" for _, key in operator._setup._cache)
+        dense = operator.to_dense()
+    rtol, atol = (1e-7, 1e-10) if problem.dtype == torch.float64 else (1e-4, 1e-5)
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(dense.to(expected), expected, rtol=rtol, atol=atol * scale)
+    torch.testing.assert_close(matvec, expected.to(vector) @ vector, rtol=rtol, atol=10 * atol * scale)
+
+
+def test_the_check_against_the_general_path_passes():
+    """With the check on, the chain's first product agrees with reverse over reverse."""
+    problem = make_problem_from_id("mlp-ce-mean-three-list")
+    operator = _hessian(problem.model, problem.loss_func, problem.params, problem.data)
+    operator.to_dense()
+    assert operator._chain_check.verified_modes is not None and not operator._chain_check.failed
+
+
+@pytest.mark.parametrize(
+    "activation",
+    [
+        *(kind() for kind in ELEMENTWISE if kind not in (nn.Dropout, nn.LeakyReLU, nn.ELU)),
+        nn.LeakyReLU(0.3),
+        nn.ELU(0.7),
+        nn.ReLU(inplace=True),
+        nn.Dropout(0.5),  # in eval mode: the identity
+    ],
+    ids=lambda activation: repr(activation),
+)
+def test_every_elementwise_module(activation, unchecked):
+    """φ' and φ'' in forward mode, for each module the chain admits; inputs reshaped by Flatten."""
+    model = nn.Sequential(
+        nn.Flatten(), nn.Linear(6, 5), activation, nn.Linear(5, 4), activation, nn.Linear(4, 3)
+    )
+    model, loss_func, data = _problem(model, num_inputs=(2, 3))
+    params = list(model.parameters())
+    _assert_matches(
+        _hessian(model, loss_func, params, data).to_dense(),
+        reference.hessian_matrix(model, loss_func, params, data),
+    )
+
+
+@pytest.mark.parametrize(
+    "structure",
+    ["nested-final-activation", "consecutive-activations", "frozen-layer-no-bias", "single-layer"],
+)
+def test_chain_structures(structure, unchecked):
+    """Nested containers, an activation on the output (MSE after a sigmoid), activations in a
+    row, a layer without bias, a frozen layer the tangents pass through, logistic regression."""
+    loss_func = None
+    if structure == "nested-final-activation":
+        model = nn.Sequential(nn.Linear(6, 5), nn.Sequential(nn.Tanh(), nn.Linear(5, 3)), nn.Sigmoid())
+        loss_func = nn.MSELoss()
+    elif structure == "consecutive-activations":
+        model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.LeakyReLU(0.2), nn.SiLU(), nn.Linear(5, 3))
+    elif structure == "frozen-layer-no-bias":
+        model = nn.Sequential(
+            nn.Linear(6, 5, bias=False), nn.GELU(), nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3)
+        )
+        model[2].requires_grad_(False)
+    else:
+        model = nn.Sequential(nn.Linear(6, 3))
+    model, loss_func, data = _problem(model, loss_func=loss_func)
+    params = [p for p in model.parameters() if p.requires_grad]
+    _assert_matches(
+        _hessian(model, loss_func, params, data).to_dense(),
+        reference.hessian_matrix(model, loss_func, params, data),
+    )
+
+
+@pytest.mark.parametrize(
+    "selection",
+    [[3], [0, 5], [2, 3], [1, 4]],
+    ids=["middle-bias", "first-weight-last-bias", "middle-layer", "first-bias-last-weight"],
+)
+def test_parameter_subsets(selection, unchecked):
+    """Tangents start at the first layer with a parameter, gradients go down to it."""
+    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3))
+    model, loss_func, data = _problem(model)
+    every = list(model.parameters())
+    params = [every[index] for index in selection]
+    _assert_matches(
+        _hessian(model, loss_func, params, data).to_dense(),
+        reference.hessian_matrix(model, loss_func, params, data),
+    )
+
+
+def test_hessian_blocks(unchecked):
+    """Each diagonal block is a product with the other blocks' tangents left out."""
+    model = nn.Sequential(nn.Linear(6, 5), nn.Sigmoid(), nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3))
+    model, loss_func, data = _problem(model)
+    params = list(model.parameters())
+    block_sizes = [2, 1, 3]
+    dense = _hessian(model, loss_func, params, data, block_sizes=block_sizes).to_dense()
+    full = reference.hessian_matrix(model, loss_func, params, data).detach()
+    expected = torch.zeros_like(full)
+    bounds = [0]
+    for size, start in zip(block_sizes, [0, 2, 3]):
+        bounds.append(bounds[-1] + sum(p.numel() for p in params[start : start + size]))
+    for start, stop in pairwise(bounds):
+        expected[start:stop, start:stop] = full[start:stop, start:stop]
+    _assert_matches(dense, expected)
+
+
+class Wrapped(nn.Sequential):
+    """A subclass may compute something else: not taken for a chain."""
+
+
+def _hooked():
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    model[1].register_forward_hook(lambda module, args, output: 2 * output)
+    return model
+
+
+def _shared():
+    layer = nn.Linear(5, 5)
+    return nn.Sequential(nn.Linear(6, 5), nn.Tanh(), layer, nn.Tanh(), layer, nn.Linear(5, 3))
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: Wrapped(nn.Linear(6, 3)),
+        _hooked,
+        _shared,
+        lambda: nn.Sequential(nn.Linear(6, 5), nn.PReLU(), nn.Linear(5, 3)),
+        lambda: nn.Sequential(nn.Linear(6, 5), nn.Flatten(), nn.Linear(5, 3)),
+        lambda: nn.Sequential(nn.Flatten(0), nn.Linear(6, 3)),
+        lambda: nn.Sequential(nn.Linear(6, 5), nn.LayerNorm(5), nn.Linear(5, 3)),
+    ],
+    ids=["subclass", "hook", "shared-layer", "prelu", "flatten-between", "flatten-dims", "layernorm"],
+)
+def test_other_models_are_no_chains(build):
+    model = build()
+    assert LayerChain.of(model, list(model.parameters())) is None
+
+
+def test_rows_that_are_not_samples_keep_the_general_path(unchecked):
+    """Linear layers on ``[N, T, d]`` act on ``N·T`` rows: no chain for such a batch."""
+    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3), nn.Flatten())
+    model, _, data = _problem(model, num_inputs=(4, 6), loss_func=nn.MSELoss(), num_outputs=12)
+    loss_func, params = nn.MSELoss(), list(model.parameters())
+    operator = HessianLinearOperator(model, loss_func, params, data)
+    assert operator._layer_chain is None  # Flatten after a layer
+    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
+    model, _, _ = _problem(model)
+    data = [(X, y.view(X.shape[0], 4, 3)) for X, y in data]
+    operator = _hessian(model, loss_func, params := list(model.parameters()), data)
+    dense = operator.to_dense()
+    assert operator._chain_check.verified_modes is None  # nothing went through the chain
+    _assert_matches(dense, reference.hessian_matrix(model, loss_func, params, data))
+
+
+def test_dropout_in_train_mode_is_no_identity():
+    model = nn.Sequential(nn.Linear(6, 5), nn.Dropout(0.5), nn.Linear(5, 3))
+    model, loss_func, data = _problem(model)
+    operator = HessianLinearOperator(
+        model, loss_func, list(model.parameters()), data, check_deterministic=False
+    )
+    model.train()
+    batch = next(iter(operator._setup.engine.batches()))
+    assert operator._layer_chain.linearize(batch, loss_func) is None
+    model.eval()
+    assert operator._layer_chain.linearize(batch, loss_func) is not None
