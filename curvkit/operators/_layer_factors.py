@@ -33,11 +33,12 @@ Samples must not be coupled: the backward pass of ``S`` from the outputs of all 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from curvkit._engine import Batch
 from curvkit.operators._autograd import grad_columns
@@ -56,14 +57,18 @@ class LayerFactors:
     """One batch's ``Jᵀ Λ J`` as layer inputs and output-space gradients (module docstring).
 
     Attributes:
-        inputs: ``A_l`` ``[N, in_l]`` per layer.
-        gradients: ``G_l`` ``[N, K, out_l]`` per layer (sample-major: one matrix product per
-            sample in the contractions with ``u``).
+        modules: The layers (``nn.Linear`` or a convolution).
+        inputs: ``A_l``: ``[N, in_l]`` per linear layer, ``[N, C_l, *spatial]`` per convolution.
+        output_shapes: Each layer's output shape per sample (``[out]``, ``[out, *spatial]``).
+        gradients: ``G_l`` ``[N, K, P_l]`` per layer, ``P_l`` its output entries per sample
+            (sample-major: one matrix product per sample in the contractions with ``u``).
         weight_indices: Position of each layer's weight among the parameters, or ``None``.
         bias_indices: Likewise for the biases.
     """
 
+    modules: list[nn.Module]
     inputs: list[Tensor]
+    output_shapes: list[tuple[int, ...]]
     gradients: list[Tensor]
     weight_indices: list[int | None]
     bias_indices: list[int | None]
@@ -71,37 +76,87 @@ class LayerFactors:
     def matmat(self, tangents: list[Tensor]) -> list[Tensor]:
         """``Jᵀ Λ J V`` for tangents ``[k, *θ_p.shape]``, in the same layout.
 
-        The matrix products are laid out as measured fastest on the benchmark MLP (CPU): the
-        layer tangents column-major ``[k, N, out]`` (one product per column, sharing ``A``: 4.0
-        ms for 16 columns of the first layer against 5.7 ms for one ``A [V_1ᵀ … V_kᵀ]``), the
-        contractions with ``G`` sample-major.
+        Linear layers' tangents are laid out column-major ``[k, N, out]``, one product per
+        column sharing ``A``, as measured fastest on the benchmark MLP (CPU: 4.0 ms for 16
+        columns of the first layer against 5.7 ms for one ``A [V_1ᵀ … V_kᵀ]``). A convolution
+        takes the ``k`` columns' kernels as ``k · out`` output channels of one convolution, and
+        its weight products are one weight gradient of that convolution.
         """
         num_columns = tangents[0].shape[0]
         projections = None  # u: [N, K, k]
-        for inputs, gradients, weight, bias in self._layers():
-            expanded = inputs.expand(num_columns, *inputs.shape)
-            if weight is None:
-                layer_tangents = tangents[bias].unsqueeze(1).expand(-1, inputs.shape[0], -1)
-            elif bias is None:
-                layer_tangents = torch.bmm(expanded, tangents[weight].transpose(1, 2))
-            else:
-                layer_tangents = torch.baddbmm(
-                    tangents[bias].unsqueeze(1), expanded, tangents[weight].transpose(1, 2)
-                )
-            contribution = torch.bmm(gradients, layer_tangents.permute(1, 2, 0))  # [N, K, k]
+        for module, inputs, output_shape, gradients, weight, bias in self._layers():
+            weight_tangent = None if weight is None else tangents[weight]
+            bias_tangent = None if bias is None else tangents[bias]
+            if type(module) is nn.Linear:
+                layer_tangents = _linear_tangents(inputs, weight_tangent, bias_tangent).permute(1, 2, 0)
+            else:  # [N, k·out, *spatial] as [N, P, k]
+                layer_tangents = _convolution_tangents(
+                    module, inputs, output_shape, weight_tangent, bias_tangent
+                ).reshape(inputs.shape[0], num_columns, -1)
+                layer_tangents = layer_tangents.transpose(1, 2)
+            contribution = torch.bmm(gradients, layer_tangents)  # [N, K, k]
             projections = contribution if projections is None else projections.add_(contribution)
         result: list[Tensor | None] = [None] * len(tangents)
-        for inputs, gradients, weight, bias in self._layers():
-            pulled_back = torch.bmm(projections.transpose(1, 2), gradients)  # [N, k, out]: Gᵀ u
-            if weight is not None:
-                flat = pulled_back.view(pulled_back.shape[0], -1)  # [N, k·out]
+        for module, inputs, output_shape, gradients, weight, bias in self._layers():
+            pulled_back = torch.bmm(projections.transpose(1, 2), gradients)  # [N, k, P]: Gᵀ u
+            num_samples = pulled_back.shape[0]
+            if weight is not None and type(module) is nn.Linear:
+                flat = pulled_back.view(num_samples, -1)  # [N, k·out]
                 result[weight] = (flat.T @ inputs).view(tangents[weight].shape)
+            elif weight is not None:
+                result[weight] = _WEIGHT_GRADIENTS[type(module)](
+                    inputs,
+                    (num_columns * module.out_channels, *module.weight.shape[1:]),
+                    pulled_back.view(num_samples, num_columns * module.out_channels, *output_shape[1:]),
+                    module.stride,
+                    module.padding,
+                    module.dilation,
+                ).view(tangents[weight].shape)
             if bias is not None:
-                result[bias] = pulled_back.sum(0)
+                result[bias] = pulled_back.view(num_samples, num_columns, output_shape[0], -1).sum((0, 3))
         return result
 
     def _layers(self):
-        return zip(self.inputs, self.gradients, self.weight_indices, self.bias_indices)
+        return zip(
+            self.modules,
+            self.inputs,
+            self.output_shapes,
+            self.gradients,
+            self.weight_indices,
+            self.bias_indices,
+        )
+
+
+_WEIGHT_GRADIENTS = {
+    nn.Conv1d: torch.nn.grad.conv1d_weight,
+    nn.Conv2d: torch.nn.grad.conv2d_weight,
+    nn.Conv3d: torch.nn.grad.conv3d_weight,
+}
+
+
+def _linear_tangents(inputs: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    """``V_l a_n + v_l`` for every column and sample: ``[k, N, out]``."""
+    if weight is None:
+        return bias.unsqueeze(1).expand(-1, inputs.shape[0], -1)
+    expanded = inputs.expand(weight.shape[0], *inputs.shape)
+    if bias is None:
+        return torch.bmm(expanded, weight.transpose(1, 2))
+    return torch.baddbmm(bias.unsqueeze(1), expanded, weight.transpose(1, 2))
+
+
+def _convolution_tangents(
+    module: nn.Module,
+    inputs: Tensor,
+    output_shape: tuple[int, ...],
+    weight: Tensor | None,
+    bias: Tensor | None,
+) -> Tensor:
+    """``V_l ⋆ a_n + v_l`` for every column and sample: ``[N, k·out, *spatial]``."""
+    if weight is None:  # the bias tangent at every position
+        per_channel = bias.reshape(1, -1, *[1] * (len(output_shape) - 1))
+        return per_channel.expand(inputs.shape[0], -1, *output_shape[1:])
+    kernels = weight.reshape(-1, *weight.shape[2:])  # [k·out, C, *kernel]
+    return module._conv_forward(inputs, kernels, None if bias is None else bias.reshape(-1))
 
 
 class LayerFactorization:
@@ -119,7 +174,9 @@ class LayerFactorization:
     def __init__(self, setup: ModelDataSetup, factor_rank: int | None):
         self.setup, self.factor_rank = setup, factor_rank
         model = setup.model
-        self.layers = linear_layers(model.model_func, model.tensors) if model.is_module else []
+        self.layers = (
+            linear_layers(model.model_func, model.tensors, convolutions=True) if model.is_module else []
+        )
         covered = {index for layer in self.layers for index in (layer.weight_index, layer.bias_index)}
         self.applicable = (
             factor_rank is not None and bool(self.layers) and covered >= set(range(len(model.tensors)))
@@ -180,20 +237,28 @@ class LayerFactorization:
             )
             if len(fast) != len(self.layers):
                 return None
+            output_shapes = [tuple(layer.calls[0][1].shape[1:]) for layer in fast]
             if self.sizes is None:
+                # per sample: multiply-adds of the layers whose input depends on parameters
+                # (output entries times weights per output channel), and output entries
                 self.sizes = (
                     sum(
-                        layer.module.in_features * layer.module.out_features
-                        for layer in fast
-                        if layer.calls[0][0].requires_grad  # its input depends on parameters
+                        math.prod(shape) * layer.module.weight[0].numel()
+                        for layer, shape in zip(fast, output_shapes)
+                        if layer.calls[0][0].requires_grad
                     ),
-                    sum(layer.module.out_features for layer in fast),
+                    sum(math.prod(shape) for shape in output_shapes),
                 )
             factor = curvature_of(output.detach()).factor()
             gradients = grad_columns([output], layer_outputs(fast), [factor])
             return LayerFactors(
+                modules=[layer.module for layer in fast],
                 inputs=[layer.calls[0][0].detach() for layer in fast],
-                gradients=[gradient.detach().transpose(0, 1).contiguous() for gradient in gradients],
+                output_shapes=output_shapes,
+                gradients=[
+                    gradient.detach().transpose(0, 1).reshape(batch.size, factor.shape[0], -1)
+                    for gradient in gradients
+                ],
                 weight_indices=[layer.weight_index for layer in fast],
                 bias_indices=[layer.bias_index for layer in fast],
             )

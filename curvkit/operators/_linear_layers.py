@@ -9,7 +9,9 @@ sums of their squares need no per-sample gradient at all:
 
 one matrix product over the batch (``G_k`` the rows ``g_{n,k}``, ``A`` the rows ``a_n``). This
 module finds such layers among the parameters and records their inputs and outputs during a
-forward pass; it is the seam that Kronecker-factored curvature (KFAC) will also use.
+forward pass; it is the seam that Kronecker-factored curvature (KFAC) will also use. For
+products with ``Jᵀ Λ J`` (:mod:`._layer_factors`) it also finds convolutions, whose per-sample
+Jacobians factor position by position.
 
 A layer qualifies in a pass only if it is exactly ``nn.Linear`` (a subclass may compute
 something else) without forward hooks of its own or global ones (they may change its output),
@@ -36,24 +38,50 @@ from torch.utils._pytree import tree_map
 
 from curvkit.operators._kernels import differentiable_kernels
 
+CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+"""Convolutions whose per-sample weight Jacobians factor too (into inputs and output gradients
+at every position, summed over the positions): for ``Jᵀ Λ J`` (:mod:`._layer_factors`), not for
+sums of squared gradients, where the sum over positions sits inside the square."""
+
 
 @dataclass
 class LinearLayer:
-    """An ``nn.Linear`` whose weight or bias (or both) are among the parameters, by position."""
+    """A layer whose weight or bias (or both) are among the parameters, by position.
 
-    module: nn.Linear
+    ``nn.Linear`` or, where asked for, one of :data:`CONVOLUTIONS` (ungrouped, zero padding given
+    as numbers).
+    """
+
+    module: nn.Module
     weight_index: int | None
     bias_index: int | None
     # per call: (input, output, input version), or None for a call without a tensor input
     calls: list[tuple[Tensor, Tensor, int] | None] = field(default_factory=list)
 
+    @property
+    def input_dims(self) -> int:
+        """Dimensions of the input of a batch: ``[N, in]``, ``[N, C, *spatial]`` for a convolution."""
+        return 2 if type(self.module) is nn.Linear else 2 + len(self.module.kernel_size)
 
-def linear_layers(model: nn.Module, tensors: list[Tensor]) -> list[LinearLayer]:
-    """The ``nn.Linear`` modules of ``model`` with a weight or bias among ``tensors`` (by identity)."""
+
+def _factorable_convolution(module: nn.Module) -> bool:
+    return (
+        type(module) in CONVOLUTIONS
+        and module.groups == 1
+        and module.padding_mode == "zeros"
+        and not isinstance(module.padding, str)
+    )
+
+
+def linear_layers(model: nn.Module, tensors: list[Tensor], convolutions: bool = False) -> list[LinearLayer]:
+    """The ``nn.Linear`` modules of ``model`` with a weight or bias among ``tensors`` (by identity).
+
+    With ``convolutions``, also the convolutions whose per-sample Jacobians factor.
+    """
     index = {id(tensor): position for position, tensor in enumerate(tensors)}
     layers = []
     for module in model.modules():
-        if type(module) is nn.Linear:
+        if type(module) is nn.Linear or (convolutions and _factorable_convolution(module)):
             weight_index = index.get(id(module.weight))
             bias_index = None if module.bias is None else index.get(id(module.bias))
             if weight_index is not None or bias_index is not None:
@@ -113,7 +141,7 @@ def factored(
         if len(layer.calls) == 1
         and layer.calls[0] is not None  # called once, with a tensor input
         and len(layer.module._forward_hooks) == 1  # no hook but ours: another could change the output
-        and layer.calls[0][0].ndim == 2
+        and layer.calls[0][0].ndim == layer.input_dims
         and layer.calls[0][0].shape[0] == batch_size
         and layer.calls[0][0]._version == layer.calls[0][2]  # not overwritten in place since
     ]

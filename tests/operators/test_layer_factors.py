@@ -7,6 +7,8 @@ from torch import nn
 from zoo import make_problem, make_problem_from_id
 
 from curvkit import EFLinearOperator, FisherMCLinearOperator, GGNLinearOperator, reference
+from curvkit.operators._layer_factors import LayerFactorization
+from curvkit.operators._linear_layers import linear_layers
 
 OPERATORS = {"ggn": GGNLinearOperator, "ef": EFLinearOperator, "fisher_mc": FisherMCLinearOperator}
 REFERENCES = {
@@ -30,12 +32,18 @@ def _dense(operator, cached: bool) -> torch.Tensor:
         "mlp-mse-sum-one-dict",
         "mlp-bce-sum-three-subset",
         "mlp-ce-mean-three-list-f32",
+        "cnn-ce-mean-three-list",
+        "cnn-mse-sum-one-dict",
+        "cnn-bce-mean-three-subset",
     ],
 )
-def test_factored_products_match_the_reference(problem_id, kind, cached, reference_of):
-    """Every parameter of the zoo's MLP sits in an ``nn.Linear``: ``to_dense`` goes through the
-    factors (and their check against the general path passes), biases and subsets included."""
+def test_factored_products_match_the_reference(problem_id, kind, cached, reference_of, monkeypatch):
+    """Every parameter of the zoo's MLP sits in an ``nn.Linear``, the CNN's in a convolution or a
+    linear layer: ``to_dense`` goes through the factors (and their check against the general path
+    passes), biases and subsets included."""
     problem = make_problem_from_id(problem_id)
+    if problem_id.startswith("cnn"):  # whose layers are too small for factors to pay
+        monkeypatch.setattr(LayerFactorization, "worth_it", lambda self, num_columns: True)
     operator = OPERATORS[kind](
         problem.model, problem.loss_func, problem.params, problem.data, cache_batches=cached
     )
@@ -115,9 +123,68 @@ def test_switching_to_train_mode_checks_the_factors_again():
 
 
 def test_models_with_other_parameters_keep_the_general_path():
-    """A convolution's parameters do not factor here: the operator never records layers."""
-    problem = make_problem("cnn", "ce", "mean")
+    """BatchNorm's parameters do not factor: the operator never records layers."""
+    problem = make_problem("resnet", "ce", "mean")
     operator = GGNLinearOperator(problem.model, problem.loss_func, problem.params, problem.data)
     operator.to_dense()
     assert not operator._layer_factorization.applicable
     assert operator._layer_factorization.sizes is None
+
+
+def _convolutional(kind: str) -> tuple[nn.Module, tuple[int, ...]]:
+    if kind == "conv1d":
+        convolution = nn.Conv1d(2, 4, 3, stride=2, padding=1)
+        return nn.Sequential(convolution, nn.ReLU(), nn.Flatten(), nn.Linear(12, 3)), (2, 6)
+    if kind == "conv3d":
+        model = nn.Sequential(nn.Conv3d(1, 2, 2, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(54, 3))
+        return model, (1, 2, 2, 2)
+    model = nn.Sequential(  # a kernel without bias, dilation, a 1×1 convolution
+        nn.Conv2d(2, 3, 3, dilation=2, bias=False),
+        nn.Sigmoid(),
+        nn.Conv2d(3, 2, 1),
+        nn.Flatten(),
+        nn.Linear(8, 3),
+    )
+    return model, (2, 6, 6)
+
+
+@pytest.mark.parametrize("selection", ["all", "bias-of-a-convolution"])
+@pytest.mark.parametrize("kind", ["conv1d", "conv2d", "conv3d"])
+def test_convolutions_factor_position_by_position(kind, selection, monkeypatch):
+    """Each convolution's columns are one convolution with stacked kernels, its weight products
+    one weight gradient: equal to the reference for strides, padding, dilation, 1-3 dimensions,
+    and for a convolution's bias alone."""
+    monkeypatch.setattr(LayerFactorization, "worth_it", lambda self, num_columns: True)
+    torch.manual_seed(0)
+    model, input_shape = _convolutional(kind)
+    model = model.double().eval()
+    inputs = [torch.randn(size, *input_shape, dtype=torch.float64) for size in (4, 3)]
+    data = [(X, torch.randint(0, 3, (X.shape[0],))) for X in inputs]
+    params = list(model.parameters())
+    if selection != "all":
+        convolutions = [module for module in model if isinstance(module, nn.modules.conv._ConvNd)]
+        params = [module.bias for module in convolutions if module.bias is not None] + [model[-1].weight]
+    loss_func = nn.CrossEntropyLoss()
+    operator = GGNLinearOperator(model, loss_func, params, data)
+    dense = operator.to_dense()
+    assert operator._layer_factorization.check.verified_modes is not None
+    _assert_matches(dense, reference.ggn_matrix(model, loss_func, params, data))
+
+
+@pytest.mark.parametrize(
+    "convolution",
+    [
+        nn.Conv2d(2, 4, 3, groups=2),
+        nn.Conv2d(2, 4, 3, padding="same"),
+        nn.Conv2d(2, 4, 3, padding=1, padding_mode="reflect"),
+        nn.ConvTranspose2d(2, 4, 3),
+    ],
+    ids=["groups", "padding-same", "padding-mode", "transposed"],
+)
+def test_convolutions_that_do_not_factor(convolution):
+    """Groups would mix the stacked columns' channels; other padding is not that of the weight
+    gradient; transposed convolutions are other layers."""
+    model = nn.Sequential(convolution, nn.Flatten(), nn.LazyLinear(3))
+    model(torch.randn(1, 2, 6, 6))
+    params = list(model.parameters())
+    assert [layer.module for layer in linear_layers(model, params, convolutions=True)] == [model[-1]]
