@@ -1,7 +1,10 @@
-r"""Hessian products of a chain of linear layers and elementwise functions (an MLP), by hand.
+r"""Hessian products of a chain of linear layers and elementwise functions (MLPs, CNNs), by hand.
 
-For ``nn.Sequential(Linear, φ_1, Linear, φ_2, …, Linear[, φ_L])`` with elementwise ``φ_l``
-(activations; the identity where a layer follows a layer) and a batch of rows ``a_0``:
+For ``nn.Sequential(L_1, φ_1, L_2, φ_2, …, L_L[, φ_L])`` with layers ``L_l`` (``nn.Linear`` or
+a convolution, written ``W_l a + b_l`` below: ``W_l ⋆ a + b_l`` for a convolution, whose
+``Σ_n g a^\top`` is the kernel gradient and ``W^\top`` the transposed convolution), elementwise
+``φ_l`` (activations; ``nn.Flatten`` reshapes; the identity where a layer follows a layer) and a
+batch ``a_0``:
 
 .. math::
     z_l = W_l a_{l-1} + b_l, \qquad a_l = φ_l(z_l), \qquad f = a_L, \qquad
@@ -23,16 +26,17 @@ directional derivative along ``V = (V_l, v_l)_l`` is the Hessian-vector product:
 These are the multiply-adds of reverse-over-reverse differentiation, without what an autograd
 graph of the gradient adds: the zeros that ReLU's second derivative materializes and adds, a
 separate addition for each sum, per-operation dispatch. The tangents are laid out sample-major,
-``[N, k·out]``, so that ``V_l a_{l-1}`` and ``Σ_n ġ_{l,n} a_{l-1,n}ᵀ`` are one matrix product for
-all ``k`` columns, and sums are fused into the products (``addmm``). Benchmark MLP: 16 columns
-in 25 % less time than ``vmap``-ed reverse over reverse, one vector in 30 % less (see
-``docs/design-notes.md``).
+``[N, k·P]`` (``P`` entries per sample), so that ``V_l a_{l-1}`` and ``Σ_n ġ_{l,n} a_{l-1,n}ᵀ``
+are one matrix product (one convolution, one kernel gradient: :mod:`._convolutions`) for all
+``k`` columns, and sums are fused into the products (``addmm``). See ``docs/design-notes.md``
+for the benchmark figures.
 
 The chain is read off the module's type: an ``nn.Sequential`` (nested ones are flattened) of
-``nn.Linear`` layers, each used once, and the elementwise modules of :data:`ELEMENTWISE`, all of
-exactly these types and without forward hooks (a subclass or a hook may compute something else);
-``nn.Flatten`` may reshape the input before the first layer. Every parameter of the operator
-must be a weight or bias of a layer. The rows must be samples (the layers' inputs ``[N, in]``).
+``nn.Linear`` layers and convolutions whose columns stack (:func:`._convolutions.factorable`),
+each used once, the elementwise modules of :data:`ELEMENTWISE` and ``nn.Flatten()``, all of
+exactly these types and without forward hooks (a subclass or a hook may compute something else).
+Every parameter of the operator must be a weight or bias of a layer. The batch's first axis must
+be the samples (a linear layer's input ``[N, in]``, a convolution's ``[N, C, *spatial]``).
 """
 
 from __future__ import annotations
@@ -45,6 +49,13 @@ from torch import Tensor, nn
 
 from curvkit._engine import Batch
 from curvkit.losses import output_gradients, output_hessian_matmat
+from curvkit.operators._convolutions import (
+    factorable,
+    input_dims,
+    input_gradient,
+    kernel_tangents,
+    weight_gradient,
+)
 
 ELEMENTWISE = (
     nn.Identity, nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.Hardtanh, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
@@ -53,15 +64,15 @@ ELEMENTWISE = (
 )  # fmt: skip
 """Module types that act elementwise (``nn.Dropout`` in eval mode only: then it is the identity)."""
 
-PIECEWISE_LINEAR = (nn.Identity, nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.Hardtanh, nn.Dropout)
-"""Elementwise module types without a second derivative (``φ'' = 0`` wherever it exists)."""
+PIECEWISE_LINEAR = (nn.Identity, nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.Hardtanh, nn.Dropout, nn.Flatten)
+"""Module types without a second derivative (``φ'' = 0`` wherever it exists)."""
 
 
 @dataclass(frozen=True)
 class ChainLayer:
-    """A linear layer of the chain, the elementwise modules after it, and its parameters' positions."""
+    """A layer of the chain, the elementwise modules after it, and its parameters' positions."""
 
-    module: nn.Linear
+    module: nn.Module
     activation: tuple[nn.Module, ...]
     weight_index: int | None
     bias_index: int | None
@@ -80,34 +91,36 @@ class LayerChain:
         if not isinstance(model_func, nn.Module) or not _plain(model_func, nn.Sequential):
             return None
         modules = list(_flattened(model_func))
-        if any(not _plain(module, (nn.Linear, nn.Flatten, *ELEMENTWISE)) for module in modules):
+        is_layer = [type(module) is nn.Linear or factorable(module) for module in modules]
+        if any(
+            not (is_layer[position] or _plain(module, (nn.Flatten, *ELEMENTWISE)))
+            or module._forward_hooks
+            or module._forward_pre_hooks
+            or (type(module) is nn.Flatten and (module.start_dim, module.end_dim) != (1, -1))
+            for position, module in enumerate(modules)
+        ):
             return None
-        linear = [position for position, module in enumerate(modules) if type(module) is nn.Linear]
-        if not linear or len({id(modules[position]) for position in linear}) < len(linear):
+        starts = [position for position, layer in enumerate(is_layer) if layer]
+        if not starts or len({id(modules[position]) for position in starts}) < len(starts):
             return None  # no layer, or one used twice
-        prefix, rest = modules[: linear[0]], modules[linear[0] :]
-        if any(type(module) is nn.Flatten for module in rest):
-            return None
         index = {id(tensor): position for position, tensor in enumerate(tensors)}
         layers, covered = [], set()
-        for start, stop in zip(linear, [*linear[1:], len(modules)]):
+        for start, stop in zip(starts, [*starts[1:], len(modules)]):
             module = modules[start]
             weight_index = index.get(id(module.weight))
             bias_index = None if module.bias is None else index.get(id(module.bias))
             covered |= {weight_index, bias_index} - {None}
             layers.append(ChainLayer(module, tuple(modules[start + 1 : stop]), weight_index, bias_index))
-        if covered != set(range(len(tensors))) or any(
-            type(module) is nn.Flatten and (module.start_dim, module.end_dim) != (1, -1) for module in prefix
-        ):
+        if covered != set(range(len(tensors))):
             return None
-        return cls(tuple(prefix), tuple(layers))
+        return cls(tuple(modules[: starts[0]]), tuple(layers))
 
     def linearize(self, batch: Batch, loss_func: Callable) -> ChainLinearization | None:
         """What the batch's products need: its forward pass and gradient.
 
         Returns:
-            ``None`` if the chain does not apply to the batch (layer inputs whose rows are not
-            its samples, dropout in train mode).
+            ``None`` if the chain does not apply to the batch (layer inputs whose first axis is
+            not the samples, dropout in train mode).
         """
         modules = [*self.prefix, *(module for layer in self.layers for module in layer.activation)]
         if not isinstance(batch.X, Tensor) or any(
@@ -120,30 +133,38 @@ class LayerChain:
             if layer.weight_index is not None or layer.bias_index is not None
         )
         with torch.no_grad():
-            rows = batch.X
+            values = batch.X
             for module in self.prefix:  # an in-place activation must not overwrite the batch
-                rows = module(rows.clone() if getattr(module, "inplace", False) else rows)
-            inputs, slopes, curvatures = [], [], []
+                values = module(values.clone() if getattr(module, "inplace", False) else values)
+            inputs, output_shapes, slopes, curvatures = [], [], [], []
             for layer in self.layers:
-                if rows.ndim != 2 or rows.shape[0] != batch.size:
+                if values.ndim != input_dims(layer.module) or values.shape[0] != batch.size:
                     return None
-                inputs.append(rows)
-                rows, slope, curvature = _elementwise_derivatives(layer.activation, layer.module(rows))
+                inputs.append(values)
+                pre_activation = layer.module(values)
+                output_shapes.append(tuple(pre_activation.shape[1:]))
+                values, slope, curvature = _elementwise_derivatives(layer.activation, pre_activation)
                 slopes.append(slope)
                 curvatures.append(curvature)
-            output = rows
+            output = values
             # backward: the pre-activation gradients g_l, curvatures turned into φ_l'' ⊙ γ_l
-            output_gradient = output_gradients(loss_func, output, batch.y)
+            activation_gradient = output_gradients(loss_func, output, batch.y).reshape(batch.size, -1)
             gradients: list[Tensor | None] = [None] * len(self.layers)
-            activation_gradient = output_gradient
             for position in reversed(range(first, len(self.layers))):
                 if curvatures[position] is not None:
                     curvatures[position] = curvatures[position] * activation_gradient
                 gradients[position] = _times(slopes[position], activation_gradient)
                 if position > first:
-                    activation_gradient = gradients[position] @ self.layers[position].module.weight
+                    module = self.layers[position].module
+                    activation_gradient = _transposed(
+                        module,
+                        gradients[position],
+                        module.weight,
+                        inputs[position].shape,
+                        output_shapes[position],
+                    )
         return ChainLinearization(
-            self, first, inputs, gradients, slopes, curvatures, output, batch, loss_func
+            self, first, inputs, output_shapes, gradients, slopes, curvatures, output, batch, loss_func
         )
 
 
@@ -151,13 +172,16 @@ class LayerChain:
 class ChainLinearization:
     """One batch's forward and backward pass through a :class:`LayerChain` (per layer ``l``).
 
+    Per-sample quantities are flattened: ``[N, P]`` for ``P`` entries per sample.
+
     Attributes:
         chain: The chain.
         first: The first layer with a parameter of the operator (the pass need not go below).
-        inputs: ``a_{l-1}`` ``[N, in_l]``.
-        gradients: ``g_l`` ``[N, out_l]`` (``None`` below ``first``).
-        slopes: ``φ_l'(z_l)`` ``[N, out_l]``, ``None`` for the identity.
-        curvatures: ``φ_l''(z_l) ⊙ γ_l`` ``[N, out_l]``, ``None`` where ``φ_l'' = 0``.
+        inputs: ``a_{l-1}``, as the layer takes it (``[N, in]``, ``[N, C, *spatial]``).
+        output_shapes: ``z_l``'s shape per sample.
+        gradients: ``g_l`` ``[N, P_l]`` (``None`` below ``first``).
+        slopes: ``φ_l'(z_l)`` ``[N, P_l]``, ``None`` for the identity.
+        curvatures: ``φ_l''(z_l) ⊙ γ_l`` ``[N, P_l]``, ``None`` where ``φ_l'' = 0``.
         output: ``f``, where ``∇²_f L`` is taken.
         batch: The batch (targets and loss terms for ``∇²_f L``).
         loss_func: The loss.
@@ -166,6 +190,7 @@ class ChainLinearization:
     chain: LayerChain
     first: int
     inputs: list[Tensor]
+    output_shapes: list[tuple[int, ...]]
     gradients: list[Tensor | None]
     slopes: list[Tensor | None]
     curvatures: list[Tensor | None]
@@ -185,24 +210,21 @@ class ChainLinearization:
         layers = self.chain.layers
         directions = [(tangents.get(layer.weight_index), tangents.get(layer.bias_index)) for layer in layers]
         start = min(position for position, pair in enumerate(directions) if pair != (None, None))
-        # forward: ż_l and ȧ_l as [N, k·out]
+        # forward: ż_l and ȧ_l as [N, k·P_l]
         pre_tangents: list[Tensor | None] = [None] * len(layers)
         tangents_out: list[Tensor | None] = [None] * len(layers)
         previous = None
         for position in range(start, len(layers)):
             (weight, bias), module = directions[position], layers[position].module
-            pre_tangent = _layer_tangent(self.inputs[position], weight, bias, num_columns)
-            if previous is not None:
-                flat = previous.view(num_samples * num_columns, -1)
-                if pre_tangent is None:
-                    pre_tangent = (flat @ module.weight.detach().T).view(num_samples, -1)
-                else:
-                    pre_tangent.view(num_samples * num_columns, -1).addmm_(flat, module.weight.detach().T)
+            inputs, output_shape = self.inputs[position], self.output_shapes[position]
+            pre_tangent = _parameter_tangents(module, inputs, output_shape, weight, bias)
+            if previous is not None:  # + W_l ȧ_{l-1}
+                pre_tangent = _propagated(module, previous, inputs.shape, num_columns, pre_tangent)
             if self.curvatures[position] is not None:
                 pre_tangents[position] = pre_tangent
             previous = tangents_out[position] = _times(self.slopes[position], pre_tangent, num_columns)
         # ∇²_f L ȧ_L, then backward
-        output_tangent = previous.view(num_samples, num_columns, -1).transpose(0, 1)
+        output_tangent = previous.view(num_samples, num_columns, *self.output.shape[1:]).transpose(0, 1)
         activation_tangent = (
             output_hessian_matmat(
                 self.loss_func, self.output, self.batch.y, output_tangent, self.batch.loss_terms
@@ -212,36 +234,42 @@ class ChainLinearization:
         )
         result = {}
         for position in reversed(range(start, len(layers))):
-            (weight, bias), module = directions[position], layers[position].module
+            (weight, bias), layer = directions[position], layers[position]
+            module, inputs, output_shape = layer.module, self.inputs[position], self.output_shapes[position]
             gradient_tangent = _times(self.slopes[position], activation_tangent, num_columns, in_place=True)
             if self.curvatures[position] is not None:
                 gradient_tangent.view(num_samples, num_columns, -1).addcmul_(
                     self.curvatures[position].unsqueeze(1),
                     pre_tangents[position].view(num_samples, num_columns, -1),
                 )
-            if weight is not None:
-                product = (gradient_tangent.T @ self.inputs[position]).view(weight.shape)
-                if position > start:  # + Σ_n g_n ȧ_{l-1,n}ᵀ
-                    input_tangent = tangents_out[position - 1].view(num_samples, num_columns, -1)
-                    product.baddbmm_(
-                        self.gradients[position].T.expand(num_columns, -1, -1), input_tangent.transpose(0, 1)
-                    )
-                result[layers[position].weight_index] = product
+            if weight is not None:  # Σ_n ġ_n a_nᵀ + g_n ȧ_nᵀ
+                input_tangent = tangents_out[position - 1] if position > start else None
+                result[layer.weight_index] = _weight_products(
+                    module,
+                    inputs,
+                    output_shape,
+                    gradient_tangent,
+                    self.gradients[position],
+                    input_tangent,
+                    weight,
+                )
             if bias is not None:
-                columns = gradient_tangent.view(num_samples, num_columns, -1)
-                result[layers[position].bias_index] = columns.sum(0)
+                columns = gradient_tangent.view(num_samples, num_columns, output_shape[0], -1)
+                result[layer.bias_index] = columns.sum((0, 3))
             if position > start:  # γ̇_{l-1} = W_lᵀ ġ_l + V_lᵀ g_l
-                flat = gradient_tangent.view(num_samples * num_columns, -1)
-                if weight is None:
-                    activation_tangent = (flat @ module.weight.detach()).view(num_samples, -1)
-                else:
-                    # V_l as [out, k·in]: one product with g for all columns
-                    index = layers[position].weight_index
-                    if index not in memo:
-                        memo[index] = weight.permute(1, 0, 2).reshape(weight.shape[1], -1)
-                    by_output = memo[index]
-                    activation_tangent = self.gradients[position] @ by_output
-                    activation_tangent.view(flat.shape[0], -1).addmm_(flat, module.weight.detach())
+                stacked_inputs = (num_samples * num_columns, *inputs.shape[1:])
+                activation_tangent = _transposed(
+                    module, gradient_tangent, module.weight, stacked_inputs, output_shape
+                ).view(num_samples, -1)
+                if weight is not None:
+                    if layer.weight_index not in memo:  # V_l with the columns among its inputs
+                        memo[layer.weight_index] = weight.transpose(0, 1).reshape(
+                            weight.shape[1], -1, *weight.shape[3:]
+                        )
+                    columns_in = (num_samples, num_columns * inputs.shape[1], *inputs.shape[2:])
+                    activation_tangent += _transposed(
+                        module, self.gradients[position], memo[layer.weight_index], columns_in, output_shape
+                    ).view(num_samples, -1)
         return result
 
 
@@ -264,7 +292,7 @@ def _flattened(sequential: nn.Sequential):
 def _elementwise_derivatives(
     activation: tuple[nn.Module, ...], pre_activation: Tensor
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """``φ(z)``, ``φ'(z)`` and ``φ''(z)`` of the composed elementwise modules.
+    """``φ(z)``, and ``φ'(z)`` and ``φ''(z)`` flattened per sample, of the composed modules.
 
     Reverse mode, since ``φ`` acts elementwise: ``φ'(z) = ∇_z Σ_i φ(z)_i`` and
     ``φ''(z) = ∇_z Σ_i φ'(z)_i`` (forward mode lacks second derivatives of SiLU and others).
@@ -280,8 +308,12 @@ def _elementwise_derivatives(
         ones = torch.ones_like(values)
         piecewise_linear = all(type(module) in PIECEWISE_LINEAR for module in activation)
         (slope,) = torch.autograd.grad(values, leaf, ones, create_graph=not piecewise_linear)
-        curvature = None if piecewise_linear else torch.autograd.grad(slope, leaf, ones)[0]
-    return values.detach(), slope.detach(), curvature
+        curvature = (
+            None
+            if piecewise_linear
+            else torch.autograd.grad(slope, leaf, torch.ones_like(slope))[0].flatten(1)
+        )
+    return values.detach(), slope.detach().flatten(1), curvature
 
 
 def _times(factor: Tensor | None, tangent: Tensor, num_columns: int = 1, in_place: bool = False) -> Tensor:
@@ -293,15 +325,96 @@ def _times(factor: Tensor | None, tangent: Tensor, num_columns: int = 1, in_plac
     return scaled.view(tangent.shape[0], -1)
 
 
-def _layer_tangent(
-    inputs: Tensor, weight: Tensor | None, bias: Tensor | None, num_columns: int
+def _parameter_tangents(
+    module: nn.Module,
+    inputs: Tensor,
+    output_shape: tuple[int, ...],
+    weight: Tensor | None,
+    bias: Tensor | None,
 ) -> Tensor | None:
-    """``V_l a_{l-1} + v_l`` as ``[N, k·out]`` (``None`` if the layer's parameters have no tangent)."""
+    """``V_l a_{l-1} + v_l`` as ``[N, k·P]`` (``None`` if the layer's parameters have no tangent)."""
     if weight is None and bias is None:
         return None
+    if type(module) is not nn.Linear:
+        return kernel_tangents(module, inputs, output_shape, weight, bias).reshape(inputs.shape[0], -1)
     if weight is None:
         return bias.reshape(1, -1).expand(inputs.shape[0], -1).clone()
-    by_rows = weight.reshape(num_columns * weight.shape[1], -1).T
+    by_rows = weight.reshape(-1, weight.shape[2]).T
     if bias is None:
         return inputs @ by_rows
     return torch.addmm(bias.reshape(1, -1), inputs, by_rows)
+
+
+def _propagated(
+    module: nn.Module,
+    input_tangent: Tensor,
+    input_shape: tuple[int, ...],
+    num_columns: int,
+    into: Tensor | None,
+) -> Tensor:
+    """``into + W_l ȧ`` for ``ȧ`` ``[N, k·P_in]``, as ``[N, k·P]`` (in place where ``into`` is given)."""
+    num_samples = input_shape[0]
+    weight = module.weight.detach()
+    if type(module) is nn.Linear:
+        flat = input_tangent.view(num_samples * num_columns, -1)
+        if into is None:
+            return (flat @ weight.T).view(num_samples, -1)
+        into.view(flat.shape[0], -1).addmm_(flat, weight.T)
+        return into
+    stacked = input_tangent.view(num_samples * num_columns, *input_shape[1:])
+    propagated = module._conv_forward(stacked, weight, None).view(num_samples, -1)
+    return propagated if into is None else into.add_(propagated)
+
+
+def _transposed(
+    module: nn.Module,
+    gradients: Tensor,
+    weight: Tensor,
+    input_shape: tuple[int, ...],
+    output_shape: tuple[int, ...],
+) -> Tensor:
+    """``Wᵀ g`` for ``g`` of ``M`` rows of ``output_shape`` and ``weight`` mapping ``input_shape[1:]``.
+
+    Returns ``[M, *input_shape[1:]]`` flattened per row: a matrix product for ``nn.Linear``, a
+    transposed convolution else.
+    """
+    weight = weight.detach()
+    if type(module) is nn.Linear:
+        return gradients.reshape(input_shape[0], -1) @ weight
+    rows = gradients.view(input_shape[0], -1, *output_shape[1:])
+    return input_gradient(module, rows, weight, input_shape[2:]).view(input_shape[0], -1)
+
+
+def _weight_products(
+    module: nn.Module,
+    inputs: Tensor,
+    output_shape: tuple[int, ...],
+    gradient_tangent: Tensor,
+    gradients: Tensor,
+    input_tangent: Tensor | None,
+    weight: Tensor,
+) -> Tensor:
+    """``Σ_n ġ_n a_nᵀ (+ g_n ȧ_nᵀ)`` as ``[k, *W.shape]`` (``weight``: the tangent, for its shape)."""
+    num_samples, num_columns = inputs.shape[0], weight.shape[0]
+    if type(module) is nn.Linear:
+        product = (gradient_tangent.T @ inputs).view(weight.shape)
+        if input_tangent is not None:
+            columns = input_tangent.view(num_samples, num_columns, -1).transpose(0, 1)
+            product.baddbmm_(gradients.T.expand(num_columns, -1, -1), columns)
+        return product
+    out_channels, in_channels = weight.shape[1:3]
+    stacked_outputs = gradient_tangent.view(num_samples, num_columns * out_channels, *output_shape[1:])
+    product = weight_gradient(
+        module, inputs, stacked_outputs, (num_columns * out_channels, *weight.shape[2:])
+    )
+    product = product.view(weight.shape)
+    if input_tangent is not None:  # the columns as k·C input channels
+        stacked_inputs = input_tangent.view(num_samples, num_columns * in_channels, *inputs.shape[2:])
+        kernels = weight_gradient(
+            module,
+            stacked_inputs,
+            gradients.view(num_samples, *output_shape),
+            (out_channels, num_columns * in_channels, *weight.shape[3:]),
+        )
+        product += kernels.view(out_channels, num_columns, *weight.shape[2:]).transpose(0, 1)
+    return product

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from curvkit._engine import Batch
 from curvkit.operators._autograd import grad_columns
+from curvkit.operators._convolutions import kernel_tangents, weight_gradient
 from curvkit.operators._linear_layers import (
     factored_forward,
     layer_outputs,
@@ -90,7 +91,7 @@ class LayerFactors:
             if type(module) is nn.Linear:
                 layer_tangents = _linear_tangents(inputs, weight_tangent, bias_tangent).permute(1, 2, 0)
             else:  # [N, k·out, *spatial] as [N, P, k]
-                layer_tangents = _convolution_tangents(
+                layer_tangents = kernel_tangents(
                     module, inputs, output_shape, weight_tangent, bias_tangent
                 ).reshape(inputs.shape[0], num_columns, -1)
                 layer_tangents = layer_tangents.transpose(1, 2)
@@ -104,13 +105,11 @@ class LayerFactors:
                 flat = pulled_back.view(num_samples, -1)  # [N, k·out]
                 result[weight] = (flat.T @ inputs).view(tangents[weight].shape)
             elif weight is not None:
-                result[weight] = _WEIGHT_GRADIENTS[type(module)](
+                result[weight] = weight_gradient(
+                    module,
                     inputs,
-                    (num_columns * module.out_channels, *module.weight.shape[1:]),
                     pulled_back.view(num_samples, num_columns * module.out_channels, *output_shape[1:]),
-                    module.stride,
-                    module.padding,
-                    module.dilation,
+                    (num_columns * module.out_channels, *module.weight.shape[1:]),
                 ).view(tangents[weight].shape)
             if bias is not None:
                 result[bias] = pulled_back.view(num_samples, num_columns, output_shape[0], -1).sum((0, 3))
@@ -127,13 +126,6 @@ class LayerFactors:
         )
 
 
-_WEIGHT_GRADIENTS = {
-    nn.Conv1d: torch.nn.grad.conv1d_weight,
-    nn.Conv2d: torch.nn.grad.conv2d_weight,
-    nn.Conv3d: torch.nn.grad.conv3d_weight,
-}
-
-
 def _linear_tangents(inputs: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
     """``V_l a_n + v_l`` for every column and sample: ``[k, N, out]``."""
     if weight is None:
@@ -142,21 +134,6 @@ def _linear_tangents(inputs: Tensor, weight: Tensor | None, bias: Tensor | None)
     if bias is None:
         return torch.bmm(expanded, weight.transpose(1, 2))
     return torch.baddbmm(bias.unsqueeze(1), expanded, weight.transpose(1, 2))
-
-
-def _convolution_tangents(
-    module: nn.Module,
-    inputs: Tensor,
-    output_shape: tuple[int, ...],
-    weight: Tensor | None,
-    bias: Tensor | None,
-) -> Tensor:
-    """``V_l ⋆ a_n + v_l`` for every column and sample: ``[N, k·out, *spatial]``."""
-    if weight is None:  # the bias tangent at every position
-        per_channel = bias.reshape(1, -1, *[1] * (len(output_shape) - 1))
-        return per_channel.expand(inputs.shape[0], -1, *output_shape[1:])
-    kernels = weight.reshape(-1, *weight.shape[2:])  # [k·out, C, *kernel]
-    return module._conv_forward(inputs, kernels, None if bias is None else bias.reshape(-1))
 
 
 class LayerFactorization:

@@ -36,20 +36,16 @@ from torch import Tensor, nn
 from torch.autograd import forward_ad
 from torch.utils._pytree import tree_map
 
+from curvkit.operators._convolutions import factorable, input_dims
 from curvkit.operators._kernels import differentiable_kernels
-
-CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-"""Convolutions whose per-sample weight Jacobians factor too (into inputs and output gradients
-at every position, summed over the positions): for ``Jᵀ Λ J`` (:mod:`._layer_factors`), not for
-sums of squared gradients, where the sum over positions sits inside the square."""
 
 
 @dataclass
 class LinearLayer:
     """A layer whose weight or bias (or both) are among the parameters, by position.
 
-    ``nn.Linear`` or, where asked for, one of :data:`CONVOLUTIONS` (ungrouped, zero padding given
-    as numbers).
+    ``nn.Linear`` or, where asked for, a convolution whose columns stack
+    (:func:`._convolutions.factorable`).
     """
 
     module: nn.Module
@@ -57,20 +53,6 @@ class LinearLayer:
     bias_index: int | None
     # per call: (input, output, input version), or None for a call without a tensor input
     calls: list[tuple[Tensor, Tensor, int] | None] = field(default_factory=list)
-
-    @property
-    def input_dims(self) -> int:
-        """Dimensions of the input of a batch: ``[N, in]``, ``[N, C, *spatial]`` for a convolution."""
-        return 2 if type(self.module) is nn.Linear else 2 + len(self.module.kernel_size)
-
-
-def _factorable_convolution(module: nn.Module) -> bool:
-    return (
-        type(module) in CONVOLUTIONS
-        and module.groups == 1
-        and module.padding_mode == "zeros"
-        and not isinstance(module.padding, str)
-    )
 
 
 def linear_layers(model: nn.Module, tensors: list[Tensor], convolutions: bool = False) -> list[LinearLayer]:
@@ -81,7 +63,7 @@ def linear_layers(model: nn.Module, tensors: list[Tensor], convolutions: bool = 
     index = {id(tensor): position for position, tensor in enumerate(tensors)}
     layers = []
     for module in model.modules():
-        if type(module) is nn.Linear or (convolutions and _factorable_convolution(module)):
+        if type(module) is nn.Linear or (convolutions and factorable(module)):
             weight_index = index.get(id(module.weight))
             bias_index = None if module.bias is None else index.get(id(module.bias))
             if weight_index is not None or bias_index is not None:
@@ -141,7 +123,7 @@ def factored(
         if len(layer.calls) == 1
         and layer.calls[0] is not None  # called once, with a tensor input
         and len(layer.module._forward_hooks) == 1  # no hook but ours: another could change the output
-        and layer.calls[0][0].ndim == layer.input_dims
+        and layer.calls[0][0].ndim == input_dims(layer.module)
         and layer.calls[0][0].shape[0] == batch_size
         and layer.calls[0][0]._version == layer.calls[0][2]  # not overwritten in place since
     ]

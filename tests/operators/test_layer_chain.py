@@ -58,10 +58,14 @@ def _hessian(model, loss_func, params, data, **kwargs):
         "mlp-mse-sum-one-dict",
         "mlp-bce-mean-three-subset",
         "mlp-ce-sum-one-list-f32",
+        "cnn-ce-mean-three-list",
+        "cnn-mse-sum-one-dict",
+        "cnn-bce-mean-three-subset",
     ],
 )
-def test_zoo_mlp_matches_the_reference(problem_id, cached, unchecked, reference_of):
-    """The zoo's MLP (ReLU, Sigmoid, Tanh) for each loss; single vectors and blocks of columns."""
+def test_zoo_chains_match_the_reference(problem_id, cached, unchecked, reference_of):
+    """The zoo's MLP (ReLU, Sigmoid, Tanh) and CNN (a strided, padded convolution, Flatten, a
+    linear layer) for each loss; single vectors and blocks of columns."""
     problem = make_problem_from_id(problem_id)
     operator = _hessian(problem.model, problem.loss_func, problem.params, problem.data, cache_batches=cached)
     dense = operator.to_dense()
@@ -193,11 +197,10 @@ def _shared():
         _hooked,
         _shared,
         lambda: nn.Sequential(nn.Linear(6, 5), nn.PReLU(), nn.Linear(5, 3)),
-        lambda: nn.Sequential(nn.Linear(6, 5), nn.Flatten(), nn.Linear(5, 3)),
         lambda: nn.Sequential(nn.Flatten(0), nn.Linear(6, 3)),
         lambda: nn.Sequential(nn.Linear(6, 5), nn.LayerNorm(5), nn.Linear(5, 3)),
     ],
-    ids=["subclass", "hook", "shared-layer", "prelu", "flatten-between", "flatten-dims", "layernorm"],
+    ids=["subclass", "hook", "shared-layer", "prelu", "flatten-dims", "layernorm"],
 )
 def test_other_models_are_no_chains(build):
     model = build()
@@ -207,13 +210,7 @@ def test_other_models_are_no_chains(build):
 def test_rows_that_are_not_samples_keep_the_general_path(unchecked):
     """Linear layers on ``[N, T, d]`` act on ``N·T`` rows: no chain for such a batch."""
     model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3), nn.Flatten())
-    model, _, data = _problem(model, num_inputs=(4, 6), loss_func=nn.MSELoss(), num_outputs=12)
-    loss_func, params = nn.MSELoss(), list(model.parameters())
-    operator = HessianLinearOperator(model, loss_func, params, data)
-    assert operator._layer_chain is None  # Flatten after a layer
-    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
-    model, _, _ = _problem(model)
-    data = [(X, y.view(X.shape[0], 4, 3)) for X, y in data]
+    model, loss_func, data = _problem(model, num_inputs=(4, 6), loss_func=nn.MSELoss(), num_outputs=12)
     operator = _hessian(model, loss_func, params := list(model.parameters()), data)
     dense = operator.to_dense()
     assert operator._chain_check.verified_modes is None  # nothing went through the chain
@@ -231,3 +228,53 @@ def test_dropout_in_train_mode_is_no_identity():
     assert operator._layer_chain.linearize(batch, loss_func) is None
     model.eval()
     assert operator._layer_chain.linearize(batch, loss_func) is not None
+
+
+def _convolutional(kind: str) -> tuple[nn.Module, tuple[int, ...], nn.Module]:
+    """A chain with convolutions, its input shape per sample, its loss."""
+    if kind == "conv1d-sequence-output":  # output [N, C, T] for cross-entropy over positions
+        model = nn.Sequential(
+            nn.Conv1d(2, 4, 3, padding=1), nn.Tanh(), nn.Conv1d(4, 3, 3, stride=2, padding=1)
+        )
+        return model, (2, 7), nn.CrossEntropyLoss()
+    if kind == "conv3d":
+        model = nn.Sequential(nn.Conv3d(1, 2, 2, padding=1), nn.Softplus(), nn.Flatten(), nn.Linear(54, 3))
+        return model, (1, 2, 2, 2), nn.CrossEntropyLoss()
+    model = nn.Sequential(  # no bias, dilation, stride 2 with an input size it maps like a smaller one
+        nn.Conv2d(2, 3, 3, dilation=2, bias=False),
+        nn.Sigmoid(),
+        nn.Conv2d(3, 4, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(16, 3),
+    )
+    return model, (2, 8, 8), nn.MSELoss()
+
+
+@pytest.mark.parametrize("selection", ["all", "convolution-biases", "second-convolution"])
+@pytest.mark.parametrize("kind", ["conv1d-sequence-output", "conv2d", "conv3d"])
+def test_convolutions(kind, selection, unchecked):
+    """Stacked kernels, kernel gradients and transposed convolutions, against the reference."""
+    torch.manual_seed(2)
+    model, input_shape, loss_func = _convolutional(kind)
+    model = model.double().eval()
+    data = []
+    for size in (4, 3):
+        X = torch.randn(size, *input_shape, dtype=torch.float64)
+        output = model(X)
+        if isinstance(loss_func, nn.CrossEntropyLoss):
+            y = torch.randint(0, output.shape[1], (size, *output.shape[2:]))
+        else:
+            y = torch.rand_like(output)
+        data.append((X, y))
+    convolutions = [module for module in model if isinstance(module, nn.modules.conv._ConvNd)]
+    if selection == "all":
+        params = list(model.parameters())
+    elif selection == "convolution-biases":
+        params = [module.bias for module in convolutions if module.bias is not None]
+    else:
+        params = list(convolutions[-1].parameters())
+    _assert_matches(
+        _hessian(model, loss_func, params, data).to_dense(),
+        reference.hessian_matrix(model, loss_func, params, data),
+    )
