@@ -19,8 +19,9 @@ see ``docs/design-notes.md``):
   one batched backward pass (``is_grads_batched``). Hessian columns are ``vmap``-ed over
   ``torch.func.vjp`` of ``torch.func.grad`` (26.1 / 22.8 / 33.4 against 27.4 / 23.7 / 35.4
   through autograd); one Hessian-vector product is reverse over reverse through autograd.
-- GGN, EF and MC-Fisher columns on models whose parameters all sit in ``nn.Linear`` layers
-  can skip all of this (:mod:`._layer_factors`).
+- GGN, EF and MC-Fisher columns on models whose parameters all sit in ``nn.Linear`` layers and
+  convolutions can skip all of this (:mod:`._layer_factors`), and so can Hessian products of
+  ``nn.Sequential`` chains of such layers and elementwise activations (:mod:`._layer_chain`).
 - Where forward-mode derivatives are missing (custom ``autograd.Function``\ s without ``jvp``,
   operations PyTorch has none for), the first failure switches the model to reverse mode for
   good. Fused attention kernels and the eval-mode fast path of ``nn.MultiheadAttention`` have

@@ -24,9 +24,12 @@ class HessianLinearOperator(CurvatureLinearOperator):
         \nabla^2_\theta \mathcal{L} = c \sum_{n=1}^N \nabla^2_\theta \ell(f_\theta(x_n), y_n)
 
     Products are reverse-over-reverse (a vector-Jacobian product of the gradient): through
-    autograd for one vector, ``vmap``-ed over the columns of a matrix. With ``block_sizes``
-    the operator is the block-diagonal part of the Hessian over consecutive groups of
-    parameters.
+    autograd for one vector, ``vmap``-ed over the columns of a matrix. An ``nn.Sequential`` of
+    ``nn.Linear`` layers, convolutions and elementwise activations (MLPs, plain CNNs) has them
+    written out instead, the same multiply-adds without an autograd graph of the gradient
+    (:mod:`curvkit.operators._layer_chain`; checked once against reverse over reverse). With
+    ``block_sizes`` the operator is the block-diagonal part of the Hessian over consecutive
+    groups of parameters.
 
     Args:
         block_sizes: Numbers of consecutive parameter tensors that form one diagonal block,
