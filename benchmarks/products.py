@@ -26,8 +26,9 @@ construction is not timed). Cached operators are timed after one warm-up product
 cache. Memory on CPU is the high-water mark of the resident set size (``VmHWM``, reset through
 ``/proc/self/clear_refs``) during one call minus the resident size just before it, in a process
 started with ``MALLOC_MMAP_THRESHOLD_=65536`` so that freed tensors go back to the OS; on CUDA it
-is ``torch.cuda.max_memory_allocated()`` minus the allocated memory before the call. "cache" is
-the resident (or allocated) memory that stays after the product that filled the cache.
+is ``torch.cuda.max_memory_allocated()`` minus the allocated memory before the call, after one
+warm-up matvec and matmat. "cache" is the resident (or allocated) memory that stays after those
+two products, which fill the cache.
 """
 
 from __future__ import annotations
@@ -144,12 +145,14 @@ def run_worker(args: argparse.Namespace) -> dict:
             if probe is None:
                 row.update(time_operator(operator, gradient, vector, matrix, device, warmup, repeats))
             else:
+                # warm-up: lazy initialisation, num_data, the shortcuts' one-time agreement check;
+                # for a cached operator, every cache entry its products use (a block of columns
+                # may keep other records than a single vector, e.g. layer factors)
+                before = probe.current()
+                operator @ vector
+                operator @ matrix
                 if cached:
-                    before = probe.current()
-                    operator @ vector
                     row["cache"] = probe.current() - before
-                else:
-                    operator @ vector  # warm-up (lazy initialisation, num_data)
                 row["matvec_peak"] = probe.peak_during(partial(operator.__matmul__, vector))
                 row["matmat_peak"] = probe.peak_during(partial(operator.__matmul__, matrix))
             del operator

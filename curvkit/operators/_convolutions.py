@@ -113,6 +113,10 @@ def input_gradient(
             input_spatial, spatial, module.stride, module.padding, module.dilation, kernels.shape[2:]
         )
     ]
+    if output_gradients.ndim == 4:
+        # channels-last in, contiguous out: 4.3-5.0 against 5.0-5.6 ms for the benchmark CNN's
+        # transposed convolutions of 16 columns on the CPU (oneDNN copies a planar output)
+        output_gradients = output_gradients.contiguous(memory_format=torch.channels_last)
     return _TRANSPOSED[type(module)](
         output_gradients,
         kernels,
@@ -122,4 +126,4 @@ def input_gradient(
         output_padding,
         1,
         module.dilation,
-    )
+    ).contiguous()

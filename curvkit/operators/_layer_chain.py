@@ -27,7 +27,7 @@ These are the multiply-adds of reverse-over-reverse differentiation, without wha
 graph of the gradient adds: the zeros that ReLU's second derivative materializes and adds, a
 separate addition for each sum, per-operation dispatch. The tangents are laid out sample-major,
 ``[N, k·P]`` (``P`` entries per sample), so that ``V_l a_{l-1}`` and ``Σ_n ġ_{l,n} a_{l-1,n}ᵀ``
-are one matrix product (one convolution, one kernel gradient: :mod:`._convolutions`) for all
+are one matrix product (one convolution, one kernel gradient: :mod:`._column_products`) for all
 ``k`` columns, and sums are fused into the products (``addmm``). See ``docs/design-notes.md``
 for the benchmark figures.
 
@@ -49,13 +49,8 @@ from torch import Tensor, nn
 
 from curvkit._engine import Batch
 from curvkit.losses import output_gradients, output_hessian_matmat
-from curvkit.operators._convolutions import (
-    factorable,
-    input_dims,
-    input_gradient,
-    kernel_tangents,
-    weight_gradient,
-)
+from curvkit.operators._column_products import parameter_tangents, propagated, transposed, weight_products
+from curvkit.operators._convolutions import factorable, input_dims
 
 ELEMENTWISE = (
     nn.Identity, nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.Hardtanh, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
@@ -156,7 +151,7 @@ class LayerChain:
                 gradients[position] = _times(slopes[position], activation_gradient)
                 if position > first:
                     module = self.layers[position].module
-                    activation_gradient = _transposed(
+                    activation_gradient = transposed(
                         module,
                         gradients[position],
                         module.weight,
@@ -217,9 +212,9 @@ class ChainLinearization:
         for position in range(start, len(layers)):
             (weight, bias), module = directions[position], layers[position].module
             inputs, output_shape = self.inputs[position], self.output_shapes[position]
-            pre_tangent = _parameter_tangents(module, inputs, output_shape, weight, bias)
+            pre_tangent = parameter_tangents(module, inputs, output_shape, weight, bias)
             if previous is not None:  # + W_l ȧ_{l-1}
-                pre_tangent = _propagated(module, previous, inputs.shape, num_columns, pre_tangent)
+                pre_tangent = propagated(module, previous, inputs.shape, num_columns, pre_tangent)
             if self.curvatures[position] is not None:
                 pre_tangents[position] = pre_tangent
             previous = tangents_out[position] = _times(self.slopes[position], pre_tangent, num_columns)
@@ -244,7 +239,7 @@ class ChainLinearization:
                 )
             if weight is not None:  # Σ_n ġ_n a_nᵀ + g_n ȧ_nᵀ
                 input_tangent = tangents_out[position - 1] if position > start else None
-                result[layer.weight_index] = _weight_products(
+                result[layer.weight_index] = weight_products(
                     module,
                     inputs,
                     output_shape,
@@ -256,20 +251,21 @@ class ChainLinearization:
             if bias is not None:
                 columns = gradient_tangent.view(num_samples, num_columns, output_shape[0], -1)
                 result[layer.bias_index] = columns.sum((0, 3))
-            if position > start:  # γ̇_{l-1} = W_lᵀ ġ_l + V_lᵀ g_l
-                stacked_inputs = (num_samples * num_columns, *inputs.shape[1:])
-                activation_tangent = _transposed(
-                    module, gradient_tangent, module.weight, stacked_inputs, output_shape
-                ).view(num_samples, -1)
+            if position > start:  # γ̇_{l-1} = V_lᵀ g_l + W_lᵀ ġ_l
+                activation_tangent = None
                 if weight is not None:
                     if layer.weight_index not in memo:  # V_l with the columns among its inputs
                         memo[layer.weight_index] = weight.transpose(0, 1).reshape(
                             weight.shape[1], -1, *weight.shape[3:]
                         )
                     columns_in = (num_samples, num_columns * inputs.shape[1], *inputs.shape[2:])
-                    activation_tangent += _transposed(
+                    activation_tangent = transposed(
                         module, self.gradients[position], memo[layer.weight_index], columns_in, output_shape
-                    ).view(num_samples, -1)
+                    )
+                stacked_inputs = (num_samples * num_columns, *inputs.shape[1:])
+                activation_tangent = transposed(
+                    module, gradient_tangent, module.weight, stacked_inputs, output_shape, activation_tangent
+                ).view(num_samples, -1)
         return result
 
 
@@ -323,98 +319,3 @@ def _times(factor: Tensor | None, tangent: Tensor, num_columns: int = 1, in_plac
     columns = tangent.view(tangent.shape[0], num_columns, -1)
     scaled = columns.mul_(factor.unsqueeze(1)) if in_place else columns * factor.unsqueeze(1)
     return scaled.view(tangent.shape[0], -1)
-
-
-def _parameter_tangents(
-    module: nn.Module,
-    inputs: Tensor,
-    output_shape: tuple[int, ...],
-    weight: Tensor | None,
-    bias: Tensor | None,
-) -> Tensor | None:
-    """``V_l a_{l-1} + v_l`` as ``[N, k·P]`` (``None`` if the layer's parameters have no tangent)."""
-    if weight is None and bias is None:
-        return None
-    if type(module) is not nn.Linear:
-        return kernel_tangents(module, inputs, output_shape, weight, bias).reshape(inputs.shape[0], -1)
-    if weight is None:
-        return bias.reshape(1, -1).expand(inputs.shape[0], -1).clone()
-    by_rows = weight.reshape(-1, weight.shape[2]).T
-    if bias is None:
-        return inputs @ by_rows
-    return torch.addmm(bias.reshape(1, -1), inputs, by_rows)
-
-
-def _propagated(
-    module: nn.Module,
-    input_tangent: Tensor,
-    input_shape: tuple[int, ...],
-    num_columns: int,
-    into: Tensor | None,
-) -> Tensor:
-    """``into + W_l ȧ`` for ``ȧ`` ``[N, k·P_in]``, as ``[N, k·P]`` (in place where ``into`` is given)."""
-    num_samples = input_shape[0]
-    weight = module.weight.detach()
-    if type(module) is nn.Linear:
-        flat = input_tangent.view(num_samples * num_columns, -1)
-        if into is None:
-            return (flat @ weight.T).view(num_samples, -1)
-        into.view(flat.shape[0], -1).addmm_(flat, weight.T)
-        return into
-    stacked = input_tangent.view(num_samples * num_columns, *input_shape[1:])
-    propagated = module._conv_forward(stacked, weight, None).view(num_samples, -1)
-    return propagated if into is None else into.add_(propagated)
-
-
-def _transposed(
-    module: nn.Module,
-    gradients: Tensor,
-    weight: Tensor,
-    input_shape: tuple[int, ...],
-    output_shape: tuple[int, ...],
-) -> Tensor:
-    """``Wᵀ g`` for ``g`` of ``M`` rows of ``output_shape`` and ``weight`` mapping ``input_shape[1:]``.
-
-    Returns ``[M, *input_shape[1:]]`` flattened per row: a matrix product for ``nn.Linear``, a
-    transposed convolution else.
-    """
-    weight = weight.detach()
-    if type(module) is nn.Linear:
-        return gradients.reshape(input_shape[0], -1) @ weight
-    rows = gradients.view(input_shape[0], -1, *output_shape[1:])
-    return input_gradient(module, rows, weight, input_shape[2:]).view(input_shape[0], -1)
-
-
-def _weight_products(
-    module: nn.Module,
-    inputs: Tensor,
-    output_shape: tuple[int, ...],
-    gradient_tangent: Tensor,
-    gradients: Tensor,
-    input_tangent: Tensor | None,
-    weight: Tensor,
-) -> Tensor:
-    """``Σ_n ġ_n a_nᵀ (+ g_n ȧ_nᵀ)`` as ``[k, *W.shape]`` (``weight``: the tangent, for its shape)."""
-    num_samples, num_columns = inputs.shape[0], weight.shape[0]
-    if type(module) is nn.Linear:
-        product = (gradient_tangent.T @ inputs).view(weight.shape)
-        if input_tangent is not None:
-            columns = input_tangent.view(num_samples, num_columns, -1).transpose(0, 1)
-            product.baddbmm_(gradients.T.expand(num_columns, -1, -1), columns)
-        return product
-    out_channels, in_channels = weight.shape[1:3]
-    stacked_outputs = gradient_tangent.view(num_samples, num_columns * out_channels, *output_shape[1:])
-    product = weight_gradient(
-        module, inputs, stacked_outputs, (num_columns * out_channels, *weight.shape[2:])
-    )
-    product = product.view(weight.shape)
-    if input_tangent is not None:  # the columns as k·C input channels
-        stacked_inputs = input_tangent.view(num_samples, num_columns * in_channels, *inputs.shape[2:])
-        kernels = weight_gradient(
-            module,
-            stacked_inputs,
-            gradients.view(num_samples, *output_shape),
-            (out_channels, num_columns * in_channels, *weight.shape[3:]),
-        )
-        product += kernels.view(out_channels, num_columns, *weight.shape[2:]).transpose(0, 1)
-    return product
