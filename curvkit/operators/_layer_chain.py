@@ -35,8 +35,9 @@ The chain is read off the module's type: an ``nn.Sequential`` (nested ones are f
 ``nn.Linear`` layers and convolutions whose columns stack (:func:`._convolutions.factorable`),
 each used once, the elementwise modules of :data:`ELEMENTWISE` and ``nn.Flatten()``, all of
 exactly these types and without forward hooks (a subclass or a hook may compute something else).
-Every parameter of the operator must be a weight or bias of a layer. The batch's first axis must
-be the samples (a linear layer's input ``[N, in]``, a convolution's ``[N, C, *spatial]``).
+Every parameter of the operator must be a weight or bias of a layer, and no two layers may share
+one. The batch's first axis must be the samples (a linear layer's input ``[N, in]``, a
+convolution's ``[N, C, *spatial]``).
 """
 
 from __future__ import annotations
@@ -98,6 +99,9 @@ class LayerChain:
         starts = [position for position, layer in enumerate(is_layer) if layer]
         if not starts or len({id(modules[position]) for position in starts}) < len(starts):
             return None  # no layer, or one used twice
+        own = [id(tensor) for position in starts for tensor in modules[position].parameters()]
+        if len(set(own)) < len(own):
+            return None  # weights tied between layers: their products would overwrite each other
         index = {id(tensor): position for position, tensor in enumerate(tensors)}
         layers, covered = [], set()
         for start, stop in zip(starts, [*starts[1:], len(modules)]):

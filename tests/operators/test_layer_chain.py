@@ -190,17 +190,24 @@ def _shared():
     return nn.Sequential(nn.Linear(6, 5), nn.Tanh(), layer, nn.Tanh(), layer, nn.Linear(5, 3))
 
 
+def _tied():
+    model = nn.Sequential(nn.Linear(5, 5), nn.Tanh(), nn.Linear(5, 5), nn.Tanh(), nn.Linear(5, 3))
+    model[2].weight = model[0].weight
+    return model
+
+
 @pytest.mark.parametrize(
     "build",
     [
         lambda: Wrapped(nn.Linear(6, 3)),
         _hooked,
         _shared,
+        _tied,
         lambda: nn.Sequential(nn.Linear(6, 5), nn.PReLU(), nn.Linear(5, 3)),
         lambda: nn.Sequential(nn.Flatten(0), nn.Linear(6, 3)),
         lambda: nn.Sequential(nn.Linear(6, 5), nn.LayerNorm(5), nn.Linear(5, 3)),
     ],
-    ids=["subclass", "hook", "shared-layer", "prelu", "flatten-dims", "layernorm"],
+    ids=["subclass", "hook", "shared-layer", "tied-weights", "prelu", "flatten-dims", "layernorm"],
 )
 def test_other_models_are_no_chains(build):
     model = build()
