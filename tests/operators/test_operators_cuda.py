@@ -21,6 +21,8 @@ from curvkit import (
     ggn_diagonal,
     reference,
 )
+from curvkit.operators._layer_factors import LayerFactorization
+from curvkit.operators._shortcut import AgreementCheck
 
 pytestmark = pytest.mark.cuda
 
@@ -107,6 +109,20 @@ def test_ggn_diagonal(problem_id, device, reference_of):
     )
     fisher = build("fisher_mc", p, mc_samples=2, seed=3).to_dense().diagonal()
     torch.testing.assert_close(mc, fisher, rtol=1e-9, atol=1e-14)
+
+
+@pytest.mark.parametrize("problem_id", ["mlp-ce-mean-three-list", "cnn-mse-sum-three-list"])
+def test_shortcuts_on_the_device(problem_id, device, reference_of, monkeypatch):
+    """The layer chain's Hessian and the layer factors (forced on the small CNN) on the device,
+    without the agreement check that would replace a wrong product."""
+    monkeypatch.setattr(AgreementCheck, "checked", lambda self, result, general: result)
+    monkeypatch.setattr(LayerFactorization, "worth_it", lambda self, num_columns: True)
+    problem = make_problem_from_id(problem_id).to(device)
+    hessian, ggn = build("hessian", problem), build("ggn", problem)
+    assert hessian._layer_chain is not None
+    for kind, operator in (("hessian", hessian), ("ggn", ggn)):
+        assert_matches(operator.to_dense().cpu(), reference_of(problem.name, kind), problem.dtype)
+    assert ggn._layer_factorization.applicable
 
 
 def test_scipy_solvers_on_a_device_operator(device, reference_of):
