@@ -9,6 +9,8 @@ from itertools import pairwise
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch import nn
 from zoo import make_problem_from_id
 
@@ -285,3 +287,36 @@ def test_convolutions(kind, selection, unchecked):
         _hessian(model, loss_func, params, data).to_dense(),
         reference.hessian_matrix(model, loss_func, params, data),
     )
+
+
+ACTIVATIONS = [nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.Softplus, nn.ELU, nn.Identity]
+
+
+# the monkeypatch of `unchecked` holds for every example alike
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    widths=st.lists(st.integers(1, 4), min_size=1, max_size=3),
+    activations=st.lists(st.lists(st.sampled_from(ACTIVATIONS), max_size=2), min_size=4, max_size=4),
+    selection=st.lists(st.booleans(), min_size=8, max_size=8),
+    loss=st.sampled_from(["ce", "mse"]),
+    num_columns=st.integers(1, 3),
+)
+def test_random_chains(widths, activations, selection, loss, num_columns, unchecked):
+    """Random depths, widths, activations (none, one or two in a row), parameter subsets and
+    numbers of columns: the chain's products equal the dense reference Hessian's."""
+    torch.manual_seed(len(widths))
+    sizes = [3, *widths, 2]
+    modules = []
+    for position, (fan_in, fan_out) in enumerate(pairwise(sizes)):
+        modules.append(nn.Linear(fan_in, fan_out))
+        modules += [activation() for activation in activations[position]]
+    model = nn.Sequential(*modules)
+    loss_func = nn.CrossEntropyLoss() if loss == "ce" else nn.MSELoss()
+    model, loss_func, data = _problem(model, num_inputs=(3,), loss_func=loss_func, num_outputs=2)
+    every = list(model.parameters())
+    params = [tensor for tensor, chosen in zip(every, selection) if chosen] or every[:1]
+    operator = _hessian(model, loss_func, params, data)
+    columns = torch.randn(operator.shape[0], num_columns, dtype=torch.float64)
+    expected = reference.hessian_matrix(model, loss_func, params, data).detach() @ columns
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(operator @ columns, expected, rtol=1e-7, atol=1e-10 * scale)
