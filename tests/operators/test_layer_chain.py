@@ -320,3 +320,47 @@ def test_random_chains(widths, activations, selection, loss, num_columns, unchec
     expected = reference.hessian_matrix(model, loss_func, params, data).detach() @ columns
     scale = float(expected.abs().max())
     torch.testing.assert_close(operator @ columns, expected, rtol=1e-7, atol=1e-10 * scale)
+
+
+@st.composite
+def _convolution_stacks(draw):
+    """A random stack of 2-d convolutions (kernel, stride, padding, dilation, bias) and a head."""
+    channels, size, modules = draw(st.integers(1, 2)), draw(st.integers(5, 7)), []
+    input_shape = (channels, size, size)
+    for _ in range(draw(st.integers(1, 2))):
+        kernel, stride, dilation = draw(st.integers(1, 3)), draw(st.integers(1, 2)), draw(st.integers(1, 2))
+        padding = draw(st.integers(0, kernel // 2))
+        reach = dilation * (kernel - 1) + 1
+        if size + 2 * padding < reach:
+            break
+        out_channels = draw(st.integers(1, 3))
+        modules.append(
+            nn.Conv2d(channels, out_channels, kernel, stride, padding, dilation, bias=draw(st.booleans()))
+        )
+        modules += [activation() for activation in draw(st.lists(st.sampled_from(ACTIVATIONS), max_size=1))]
+        channels, size = out_channels, (size + 2 * padding - reach) // stride + 1
+    return modules, input_shape, channels * size * size
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(stack=_convolution_stacks(), selection=st.lists(st.booleans(), min_size=6, max_size=6))
+def test_random_convolution_chains(stack, selection, unchecked):
+    """Strides, padding, dilation and kernels at random: the chain's Hessian and the layer
+    factors' GGN (forced) equal the dense references, also for parameter subsets."""
+    from curvkit import GGNLinearOperator
+    from curvkit.operators._layer_factors import LayerFactorization
+
+    modules, input_shape, features = stack
+    torch.manual_seed(features)
+    model = nn.Sequential(*modules, nn.Flatten(), nn.Linear(features, 3))
+    model, loss_func, data = _problem(model, num_inputs=input_shape)
+    every = list(model.parameters())
+    params = [tensor for tensor, chosen in zip(every, selection) if chosen] or every[:1]
+    hessian = _hessian(model, loss_func, params, data).to_dense()
+    _assert_matches(hessian, reference.hessian_matrix(model, loss_func, params, data))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(LayerFactorization, "worth_it", lambda self, num_columns: True)
+        ggn = GGNLinearOperator(model, loss_func, params, data)
+        dense = ggn.to_dense()
+        assert ggn._layer_factorization.applicable
+    _assert_matches(dense, reference.ggn_matrix(model, loss_func, params, data))
