@@ -60,8 +60,8 @@ def propagated(
         into.view(flat.shape[0], -1).addmm_(flat, weight.T)
         return into
     stacked = input_tangent.view(num_samples * num_columns, *input_shape[1:])
-    propagated = module._conv_forward(stacked, weight, None).view(num_samples, -1)
-    return propagated if into is None else into.add_(propagated)
+    convolved = module._conv_forward(stacked, weight, None).view(num_samples, -1)
+    return convolved if into is None else into.add_(convolved)
 
 
 def transposed(
@@ -85,8 +85,8 @@ def transposed(
             return rows @ weight
         return into.view(num_rows, -1).addmm_(rows, weight)
     rows = gradients.view(num_rows, -1, *output_shape[1:])
-    transposed = input_gradient(module, rows, weight, input_shape[2:]).view(num_rows, -1)
-    return transposed if into is None else into.view(num_rows, -1).add_(transposed)
+    pulled_back = input_gradient(module, rows, weight, input_shape[2:]).view(num_rows, -1)
+    return pulled_back if into is None else into.view(num_rows, -1).add_(pulled_back)
 
 
 def weight_products(
