@@ -33,8 +33,9 @@ def parameter_tangents(
     """``V_l a_{l-1} + v_l`` as ``[N, k·P]`` (``None`` if the layer's parameters have no tangent)."""
     if weight is None and bias is None:
         return None
-    if type(module) is not nn.Linear:
-        return kernel_tangents(module, inputs, output_shape, weight, bias).reshape(inputs.shape[0], -1)
+    if type(module) is not nn.Linear:  # contiguous: a bias alone comes expanded, sums go into it
+        tangents = kernel_tangents(module, inputs, output_shape, weight, bias)
+        return tangents.reshape(inputs.shape[0], -1).contiguous()
     if weight is None:
         return bias.reshape(1, -1).expand(inputs.shape[0], -1).clone()
     by_rows = weight.reshape(-1, weight.shape[2]).T

@@ -3,8 +3,7 @@ r"""Hessian products of a chain of linear layers and elementwise functions (MLPs
 For ``nn.Sequential(L_1, φ_1, L_2, φ_2, …, L_L[, φ_L])`` with layers ``L_l`` (``nn.Linear`` or
 a convolution, written ``W_l a + b_l`` below: ``W_l ⋆ a + b_l`` for a convolution, whose
 ``Σ_n g a^\top`` is the kernel gradient and ``W^\top`` the transposed convolution), elementwise
-``φ_l`` (activations; ``nn.Flatten`` reshapes; the identity where a layer follows a layer) and a
-batch ``a_0``:
+``φ_l`` (activations; the identity where a layer follows a layer) and a batch ``a_0``:
 
 .. math::
     z_l = W_l a_{l-1} + b_l, \qquad a_l = φ_l(z_l), \qquad f = a_L, \qquad
@@ -33,8 +32,11 @@ for the benchmark figures.
 
 The chain is read off the module's type: an ``nn.Sequential`` (nested ones are flattened) of
 ``nn.Linear`` layers and convolutions whose columns stack (:func:`._convolutions.factorable`),
-each used once, the elementwise modules of :data:`ELEMENTWISE` and ``nn.Flatten()``, all of
-exactly these types and without forward hooks (a subclass or a hook may compute something else).
+each used once, and between them the modules of a segment (:mod:`._chain_segments`: elementwise
+activations, max and average pooling, ``nn.Flatten()``; pooling is a linear map ``P`` once the
+forward pass fixed it, so ``φ_l`` above stands for a composition of ``φ``\ s and ``P``\ s, whose
+tangents and cotangents the segment carries), all of exactly these types and without forward
+hooks (a subclass or a hook may compute something else).
 Every parameter of the operator must be a weight or bias of a layer, and no two layers may share
 one. The batch's first axis must be the samples (a linear layer's input ``[N, in]``, a
 convolution's ``[N, C, *spatial]``).
@@ -50,23 +52,14 @@ from torch import Tensor, nn
 
 from curvkit._engine import Batch
 from curvkit.losses import output_gradients, output_hessian_matmat
+from curvkit.operators._chain_segments import SegmentRecord, admissible, run
 from curvkit.operators._column_products import parameter_tangents, propagated, transposed, weight_products
 from curvkit.operators._convolutions import factorable, input_dims
-
-ELEMENTWISE = (
-    nn.Identity, nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.Hardtanh, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
-    nn.SiLU, nn.Mish, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Softsign, nn.Hardswish,
-    nn.LogSigmoid, nn.Tanhshrink, nn.Dropout,
-)  # fmt: skip
-"""Module types that act elementwise (``nn.Dropout`` in eval mode only: then it is the identity)."""
-
-PIECEWISE_LINEAR = (nn.Identity, nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.Hardtanh, nn.Dropout, nn.Flatten)
-"""Module types without a second derivative (``φ'' = 0`` wherever it exists)."""
 
 
 @dataclass(frozen=True)
 class ChainLayer:
-    """A layer of the chain, the elementwise modules after it, and its parameters' positions."""
+    """A layer of the chain, the segment after it (:mod:`._chain_segments`), its parameters' positions."""
 
     module: nn.Module
     activation: tuple[nn.Module, ...]
@@ -89,10 +82,9 @@ class LayerChain:
         modules = list(_flattened(model_func))
         is_layer = [type(module) is nn.Linear or factorable(module) for module in modules]
         if any(
-            not (is_layer[position] or _plain(module, (nn.Flatten, *ELEMENTWISE)))
+            not (is_layer[position] or admissible(module))
             or module._forward_hooks
             or module._forward_pre_hooks
-            or (type(module) is nn.Flatten and (module.start_dim, module.end_dim) != (1, -1))
             for position, module in enumerate(modules)
         ):
             return None
@@ -135,24 +127,21 @@ class LayerChain:
             values = batch.X
             for module in self.prefix:  # an in-place activation must not overwrite the batch
                 values = module(values.clone() if getattr(module, "inplace", False) else values)
-            inputs, output_shapes, slopes, curvatures = [], [], [], []
+            inputs, output_shapes, segments = [], [], []
             for layer in self.layers:
                 if values.ndim != input_dims(layer.module) or values.shape[0] != batch.size:
                     return None
                 inputs.append(values)
                 pre_activation = layer.module(values)
                 output_shapes.append(tuple(pre_activation.shape[1:]))
-                values, slope, curvature = _elementwise_derivatives(layer.activation, pre_activation)
-                slopes.append(slope)
-                curvatures.append(curvature)
+                values, segment = run(layer.activation, pre_activation)
+                segments.append(segment)
             output = values
-            # backward: the pre-activation gradients g_l, curvatures turned into φ_l'' ⊙ γ_l
+            # backward: the pre-activation gradients g_l (the segments record φ'' ⊙ γ on the way)
             activation_gradient = output_gradients(loss_func, output, batch.y).reshape(batch.size, -1)
             gradients: list[Tensor | None] = [None] * len(self.layers)
             for position in reversed(range(first, len(self.layers))):
-                if curvatures[position] is not None:
-                    curvatures[position] = curvatures[position] * activation_gradient
-                gradients[position] = _times(slopes[position], activation_gradient)
+                gradients[position] = segments[position].gradient(activation_gradient)
                 if position > first:
                     module = self.layers[position].module
                     activation_gradient = transposed(
@@ -163,7 +152,7 @@ class LayerChain:
                         output_shapes[position],
                     )
         return ChainLinearization(
-            self, first, inputs, output_shapes, gradients, slopes, curvatures, output, batch, loss_func
+            self, first, inputs, output_shapes, gradients, segments, output, batch, loss_func
         )
 
 
@@ -179,8 +168,7 @@ class ChainLinearization:
         inputs: ``a_{l-1}``, as the layer takes it (``[N, in]``, ``[N, C, *spatial]``).
         output_shapes: ``z_l``'s shape per sample.
         gradients: ``g_l`` ``[N, P_l]`` (``None`` below ``first``).
-        slopes: ``φ_l'(z_l)`` ``[N, P_l]``, ``None`` for the identity.
-        curvatures: ``φ_l''(z_l) ⊙ γ_l`` ``[N, P_l]``, ``None`` where ``φ_l'' = 0``.
+        segments: What follows each layer, as recorded on the batch.
         output: ``f``, where ``∇²_f L`` is taken.
         batch: The batch (targets and loss terms for ``∇²_f L``).
         loss_func: The loss.
@@ -191,8 +179,7 @@ class ChainLinearization:
     inputs: list[Tensor]
     output_shapes: list[tuple[int, ...]]
     gradients: list[Tensor | None]
-    slopes: list[Tensor | None]
-    curvatures: list[Tensor | None]
+    segments: list[SegmentRecord]
     output: Tensor
     batch: Batch
     loss_func: Callable
@@ -210,7 +197,7 @@ class ChainLinearization:
         directions = [(tangents.get(layer.weight_index), tangents.get(layer.bias_index)) for layer in layers]
         start = min(position for position, pair in enumerate(directions) if pair != (None, None))
         # forward: ż_l and ȧ_l as [N, k·P_l]
-        pre_tangents: list[Tensor | None] = [None] * len(layers)
+        saved: list[list[Tensor | None]] = [[] for _ in layers]  # what the curvature terms need
         tangents_out: list[Tensor | None] = [None] * len(layers)
         previous = None
         for position in range(start, len(layers)):
@@ -219,9 +206,8 @@ class ChainLinearization:
             pre_tangent = parameter_tangents(module, inputs, output_shape, weight, bias)
             if previous is not None:  # + W_l ȧ_{l-1}
                 pre_tangent = propagated(module, previous, inputs.shape, num_columns, pre_tangent)
-            if self.curvatures[position] is not None:
-                pre_tangents[position] = pre_tangent
-            previous = tangents_out[position] = _times(self.slopes[position], pre_tangent, num_columns)
+            previous, saved[position] = self.segments[position].push(pre_tangent, num_columns)
+            tangents_out[position] = previous
         # ∇²_f L ȧ_L, then backward
         output_tangent = previous.view(num_samples, num_columns, *self.output.shape[1:]).transpose(0, 1)
         activation_tangent = (
@@ -235,12 +221,7 @@ class ChainLinearization:
         for position in reversed(range(start, len(layers))):
             (weight, bias), layer = directions[position], layers[position]
             module, inputs, output_shape = layer.module, self.inputs[position], self.output_shapes[position]
-            gradient_tangent = _times(self.slopes[position], activation_tangent, num_columns, in_place=True)
-            if self.curvatures[position] is not None:
-                gradient_tangent.view(num_samples, num_columns, -1).addcmul_(
-                    self.curvatures[position].unsqueeze(1),
-                    pre_tangents[position].view(num_samples, num_columns, -1),
-                )
+            gradient_tangent = self.segments[position].pull(activation_tangent, saved[position], num_columns)
             if weight is not None:  # Σ_n ġ_n a_nᵀ + g_n ȧ_nᵀ
                 input_tangent = tangents_out[position - 1] if position > start else None
                 result[layer.weight_index] = weight_products(
@@ -287,39 +268,3 @@ def _flattened(sequential: nn.Sequential):
             yield from _flattened(module)
         else:
             yield module
-
-
-def _elementwise_derivatives(
-    activation: tuple[nn.Module, ...], pre_activation: Tensor
-) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """``φ(z)``, and ``φ'(z)`` and ``φ''(z)`` flattened per sample, of the composed modules.
-
-    Reverse mode, since ``φ`` acts elementwise: ``φ'(z) = ∇_z Σ_i φ(z)_i`` and
-    ``φ''(z) = ∇_z Σ_i φ'(z)_i`` (forward mode lacks second derivatives of SiLU and others).
-    ``None`` for the derivatives of the identity, and for a second derivative that is zero.
-    """
-    if not activation:
-        return pre_activation, None, None
-    with torch.enable_grad():
-        values = leaf = pre_activation.detach().requires_grad_()
-        values = values.clone()  # in-place activations must not overwrite z
-        for module in activation:
-            values = module(values)
-        ones = torch.ones_like(values)
-        piecewise_linear = all(type(module) in PIECEWISE_LINEAR for module in activation)
-        (slope,) = torch.autograd.grad(values, leaf, ones, create_graph=not piecewise_linear)
-        curvature = (
-            None
-            if piecewise_linear
-            else torch.autograd.grad(slope, leaf, torch.ones_like(slope))[0].flatten(1)
-        )
-    return values.detach(), slope.detach().flatten(1), curvature
-
-
-def _times(factor: Tensor | None, tangent: Tensor, num_columns: int = 1, in_place: bool = False) -> Tensor:
-    """``factor ⊙ tangent`` per column: ``factor`` ``[N, d]`` (``None``: ones), ``tangent`` ``[N, k·d]``."""
-    if factor is None:
-        return tangent
-    columns = tangent.view(tangent.shape[0], num_columns, -1)
-    scaled = columns.mul_(factor.unsqueeze(1)) if in_place else columns * factor.unsqueeze(1)
-    return scaled.view(tangent.shape[0], -1)

@@ -15,7 +15,8 @@ from torch import nn
 from zoo import make_problem_from_id
 
 from curvkit import HessianLinearOperator, reference
-from curvkit.operators._layer_chain import ELEMENTWISE, LayerChain
+from curvkit.operators._chain_segments import ELEMENTWISE
+from curvkit.operators._layer_chain import LayerChain
 from curvkit.operators._shortcut import AgreementCheck
 
 
@@ -364,3 +365,77 @@ def test_random_convolution_chains(stack, selection, unchecked):
         dense = ggn.to_dense()
         assert ggn._layer_factorization.applicable
     _assert_matches(dense, reference.ggn_matrix(model, loss_func, params, data))
+
+
+def _pooled(kind: str) -> tuple[nn.Module, tuple[int, ...]]:
+    """Chains with pooling: after or before an activation, overlapping windows, padding, 1-3d."""
+    if kind == "lenet":
+        model = nn.Sequential(
+            nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(3, 4, 3), nn.Tanh(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(4, 3),
+        )  # fmt: skip
+        return model, (1, 8, 8)
+    if kind == "pool-then-activation":  # a curvature after the pooling, overlapping max windows
+        model = nn.Sequential(
+            nn.Conv2d(2, 3, 2), nn.MaxPool2d(3, stride=1, padding=1), nn.Sigmoid(),
+            nn.AvgPool2d(3, stride=2, padding=1), nn.Softplus(), nn.Flatten(), nn.Linear(27, 3),
+        )  # fmt: skip
+        return model, (2, 6, 6)
+    if kind == "conv1d":
+        model = nn.Sequential(
+            nn.Conv1d(2, 3, 3),
+            nn.GELU(),
+            nn.MaxPool1d(2, stride=2, dilation=2),
+            nn.Flatten(),
+            nn.Linear(9, 3),
+        )
+        return model, (2, 9)
+    # an odd size the pooling leaves a row of: its transpose needs output padding
+    model = nn.Sequential(nn.Conv3d(1, 2, 2), nn.ELU(), nn.AvgPool3d(2), nn.Flatten(), nn.Linear(2, 3))
+    return model, (1, 4, 4, 4)
+
+
+@pytest.mark.parametrize("selection", ["all", "first-layer"])
+@pytest.mark.parametrize("kind", ["lenet", "pool-then-activation", "conv1d", "conv3d"])
+def test_pooling(kind, selection, unchecked):
+    """Max pooling selects the forward pass's maxima, average pooling is a uniform depthwise
+    convolution: tangents go through them, cotangents through their transposes."""
+    torch.manual_seed(3)
+    model, input_shape = _pooled(kind)
+    model, loss_func, data = _problem(model, num_inputs=input_shape)
+    params = list(model.parameters()) if selection == "all" else list(model[0].parameters())
+    operator = _hessian(model, loss_func, params, data)
+    assert any(layer.activation for layer in operator._layer_chain.layers)
+    _assert_matches(operator.to_dense(), reference.hessian_matrix(model, loss_func, params, data))
+
+
+@pytest.mark.parametrize(
+    "pool",
+    [
+        nn.MaxPool2d(2, ceil_mode=True),
+        nn.MaxPool2d(2, return_indices=True),
+        nn.AvgPool2d(3, padding=1, count_include_pad=False),
+        nn.AvgPool2d(2, divisor_override=3),
+        nn.AdaptiveAvgPool2d(1),
+    ],
+    ids=["ceil-mode", "return-indices", "exclude-padding", "divisor", "adaptive"],
+)
+def test_pooling_that_is_no_chain(pool):
+    """Pooling whose windows are not all one uniform linear map keeps the general path."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), pool, nn.Flatten(), nn.LazyLinear(3))
+    model(torch.randn(1, 1, 8, 8)) if not getattr(pool, "return_indices", False) else None
+    assert LayerChain.of(model, [model[0].weight]) is None
+
+
+def test_a_convolution_bias_whose_output_has_one_position(unchecked):
+    """Found by the random stacks: a bias tangent broadcast over a single position is a view of
+    the bias (reshaping it copies nothing), and the next layer's tangent is summed into it."""
+    model = nn.Sequential(
+        nn.Conv2d(1, 1, 1, stride=2), nn.Conv2d(1, 2, 3, padding=1), nn.Flatten(), nn.Linear(2, 3)
+    )
+    model, loss_func, data = _problem(model, num_inputs=(1, 2, 2))
+    params = [model[0].bias, model[1].weight]
+    _assert_matches(
+        _hessian(model, loss_func, params, data).to_dense(),
+        reference.hessian_matrix(model, loss_func, params, data),
+    )
