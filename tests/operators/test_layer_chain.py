@@ -325,7 +325,8 @@ def test_random_chains(widths, activations, selection, loss, num_columns, unchec
 
 @st.composite
 def _convolution_stacks(draw):
-    """A random stack of 2-d convolutions (kernel, stride, padding, dilation, bias) and a head."""
+    """A random stack of 2-d convolutions (kernel, stride, padding, dilation, bias), activations,
+    max or average pooling, and a head."""
     channels, size, modules = draw(st.integers(1, 2)), draw(st.integers(5, 7)), []
     input_shape = (channels, size, size)
     for _ in range(draw(st.integers(1, 2))):
@@ -340,14 +341,19 @@ def _convolution_stacks(draw):
         )
         modules += [activation() for activation in draw(st.lists(st.sampled_from(ACTIVATIONS), max_size=1))]
         channels, size = out_channels, (size + 2 * padding - reach) // stride + 1
+        pool = draw(st.sampled_from([None, nn.MaxPool2d, nn.AvgPool2d]))
+        if pool is not None and size >= 2:
+            pool_stride, pool_padding = draw(st.integers(1, 2)), draw(st.integers(0, 1))
+            modules.append(pool(2, pool_stride, pool_padding))
+            size = (size + 2 * pool_padding - 2) // pool_stride + 1
     return modules, input_shape, channels * size * size
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(stack=_convolution_stacks(), selection=st.lists(st.booleans(), min_size=6, max_size=6))
 def test_random_convolution_chains(stack, selection, unchecked):
-    """Strides, padding, dilation and kernels at random: the chain's Hessian and the layer
-    factors' GGN (forced) equal the dense references, also for parameter subsets."""
+    """Strides, padding, dilation, kernels and pooling at random: the chain's Hessian and the
+    layer factors' GGN (forced) equal the dense references, also for parameter subsets."""
     from curvkit import GGNLinearOperator
     from curvkit.operators._layer_factors import LayerFactorization
 
