@@ -12,10 +12,12 @@ import torch
 from contract import LinearOperatorContract
 from scipy.sparse.linalg import aslinearoperator, cg, eigsh
 from test_curvature import OPERATORS, assert_matches, build
+from test_layer_chain import _pooled, _problem
 from torch import nn
 from zoo import PROBLEM_IDS, SMALL_PROBLEM_IDS, make_problem_from_id
 
 from curvkit import (
+    HessianLinearOperator,
     JacobianLinearOperator,
     TransposedJacobianLinearOperator,
     ggn_diagonal,
@@ -123,6 +125,20 @@ def test_shortcuts_on_the_device(problem_id, device, reference_of, monkeypatch):
     for kind, operator in (("hessian", hessian), ("ggn", ggn)):
         assert_matches(operator.to_dense().cpu(), reference_of(problem.name, kind), problem.dtype)
     assert ggn._layer_factorization.applicable
+
+
+@pytest.mark.parametrize("kind", ["lenet", "pool-then-activation"])
+def test_pooling_chain_on_the_device(kind, device, monkeypatch):
+    """Max and average pooling in a layer chain, on the device, against the CPU's reference."""
+    monkeypatch.setattr(AgreementCheck, "checked", lambda self, result, general: result)
+    model, input_shape = _pooled(kind)
+    model, loss_func, data = _problem(model, num_inputs=input_shape)
+    expected = reference.hessian_matrix(model, loss_func, list(model.parameters()), data).detach()
+    model = model.to(device)
+    data = [(X.to(device), y.to(device)) for X, y in data]
+    operator = HessianLinearOperator(model, loss_func, list(model.parameters()), data)
+    assert operator._layer_chain is not None
+    assert_matches(operator.to_dense().cpu(), expected, torch.float64)
 
 
 def test_scipy_solvers_on_a_device_operator(device, reference_of):
