@@ -24,6 +24,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional
 
+from curvkit.operators._convolutions import transposed_convolution
+
 ELEMENTWISE = (
     nn.Identity, nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.Hardtanh, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
     nn.SiLU, nn.Mish, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Softsign, nn.Hardswish,
@@ -40,12 +42,8 @@ MAX_POOLS = {
     nn.MaxPool3d: functional.max_pool3d,
 }
 """Max pooling, with the functions that also return the maxima's positions."""
-AVERAGE_POOLS = {
-    nn.AvgPool1d: functional.conv_transpose1d,
-    nn.AvgPool2d: functional.conv_transpose2d,
-    nn.AvgPool3d: functional.conv_transpose3d,
-}
-"""Average pooling, with the transposed convolutions that transpose it."""
+AVERAGE_POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
+"""Average pooling: a depthwise convolution with a uniform kernel."""
 
 
 def admissible(module: nn.Module) -> bool:
@@ -187,14 +185,17 @@ def _pool_transposed(step: _Pool, cotangent: Tensor, num_columns: int) -> Tensor
     dims = len(step.input_shape) - 1
     kernel = _tuple(module.kernel_size, dims)
     weight = cotangent.new_full((channels, 1, *kernel), 1.0 / math.prod(kernel))
-    stride, padding = _tuple(module.stride, dims), _tuple(module.padding, dims)
     stacked = cotangent.view(rows * num_columns, *step.output_shape)
-    output_padding = [
-        size - ((out - 1) * s - 2 * p + k)
-        for size, out, s, p, k in zip(step.input_shape[1:], step.output_shape[1:], stride, padding, kernel)
-    ]
-    transposed = AVERAGE_POOLS[type(module)](stacked, weight, None, stride, padding, output_padding, channels)
-    return transposed.reshape(rows, -1)
+    transposed = transposed_convolution(
+        stacked,
+        weight,
+        step.input_shape[1:],
+        _tuple(module.stride, dims),
+        _tuple(module.padding, dims),
+        (1,) * dims,
+        groups=channels,
+    )
+    return transposed.view(rows, -1)
 
 
 def _tuple(value, dims: int) -> tuple[int, ...]:

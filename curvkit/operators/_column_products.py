@@ -9,7 +9,8 @@ one convolution for all columns:
 - :func:`propagated`: ``W ȧ`` for input tangents ``ȧ``;
 - :func:`transposed`: ``Wᵀ ġ`` (also ``Vᵀ g`` with ``V`` rearranged as a weight);
 - :func:`weight_products`: ``Σ_n ġ_n a_nᵀ + g_n ȧ_nᵀ``, the weight's part of a gradient's
-  directional derivative.
+  directional derivative (the second term left out: ``Jᵀ`` of the layer factors);
+- :func:`bias_products`: ``Σ_n ġ_n``.
 
 Sums are accumulated in place where a partial result is given (``addmm_``), so that they cost
 no separate pass over memory.
@@ -95,11 +96,15 @@ def weight_products(
     inputs: Tensor,
     output_shape: tuple[int, ...],
     gradient_tangent: Tensor,
-    gradients: Tensor,
+    gradients: Tensor | None,
     input_tangent: Tensor | None,
     weight: Tensor,
 ) -> Tensor:
-    """``Σ_n ġ_n a_nᵀ (+ g_n ȧ_nᵀ)`` as ``[k, *W.shape]`` (``weight``: the tangent, for its shape)."""
+    """``Σ_n ġ_n a_nᵀ (+ g_n ȧ_nᵀ)`` as ``[k, *W.shape]`` (``weight``: the tangent, for its shape).
+
+    ``ġ`` ``[N, k·P]``; the second term only where the input tangents ``ȧ`` ``[N, k·P_in]`` (and
+    the gradients ``g`` ``[N, P]``) are given.
+    """
     num_samples, num_columns = inputs.shape[0], weight.shape[0]
     if type(module) is nn.Linear:
         product = (gradient_tangent.T @ inputs).view(weight.shape)
@@ -123,3 +128,9 @@ def weight_products(
         )
         product += kernels.view(out_channels, num_columns, *weight.shape[2:]).transpose(0, 1)
     return product
+
+
+def bias_products(gradient_tangent: Tensor, num_columns: int, output_shape: tuple[int, ...]) -> Tensor:
+    """``Σ_n ġ_n`` summed over positions too, as ``[k, out]``, for ``ġ`` ``[N, k·P]``."""
+    rows = gradient_tangent.shape[0]
+    return gradient_tangent.view(rows, num_columns, output_shape[0], -1).sum((0, 3))

@@ -53,7 +53,13 @@ from torch import Tensor, nn
 from curvkit._engine import Batch
 from curvkit.losses import output_gradients, output_hessian_matmat
 from curvkit.operators._chain_segments import SegmentRecord, admissible, run
-from curvkit.operators._column_products import parameter_tangents, propagated, transposed, weight_products
+from curvkit.operators._column_products import (
+    bias_products,
+    parameter_tangents,
+    propagated,
+    transposed,
+    weight_products,
+)
 from curvkit.operators._convolutions import factorable, input_dims
 
 
@@ -77,14 +83,12 @@ class LayerChain:
     @classmethod
     def of(cls, model_func: object, tensors: list[Tensor]) -> LayerChain | None:
         """The chain of ``model_func`` with parameters ``tensors``, or ``None`` if it is none."""
-        if not isinstance(model_func, nn.Module) or not _plain(model_func, nn.Sequential):
+        if type(model_func) is not nn.Sequential or _hooked(model_func):
             return None
         modules = list(_flattened(model_func))
         is_layer = [type(module) is nn.Linear or factorable(module) for module in modules]
         if any(
-            not (is_layer[position] or admissible(module))
-            or module._forward_hooks
-            or module._forward_pre_hooks
+            not (is_layer[position] or admissible(module)) or _hooked(module)
             for position, module in enumerate(modules)
         ):
             return None
@@ -234,8 +238,7 @@ class ChainLinearization:
                     weight,
                 )
             if bias is not None:
-                columns = gradient_tangent.view(num_samples, num_columns, output_shape[0], -1)
-                result[layer.bias_index] = columns.sum((0, 3))
+                result[layer.bias_index] = bias_products(gradient_tangent, num_columns, output_shape)
             if position > start:  # γ̇_{l-1} = V_lᵀ g_l + W_lᵀ ġ_l
                 activation_tangent = None
                 if weight is not None:
@@ -254,17 +257,15 @@ class ChainLinearization:
         return result
 
 
-def _plain(module: nn.Module, types: type | tuple[type, ...]) -> bool:
-    """Exactly one of ``types`` (not a subclass, which may compute something else), without forward hooks."""
-    return type(module) in (types if isinstance(types, tuple) else (types,)) and not (
-        module._forward_hooks or module._forward_pre_hooks
-    )
+def _hooked(module: nn.Module) -> bool:
+    """Whether ``module`` has forward hooks (which may change what it computes)."""
+    return bool(module._forward_hooks or module._forward_pre_hooks)
 
 
 def _flattened(sequential: nn.Sequential):
     """The modules of ``sequential``, those of nested plain ``nn.Sequential`` containers in place."""
     for module in sequential:
-        if type(module) is nn.Sequential and _plain(module, nn.Sequential):
+        if type(module) is nn.Sequential and not _hooked(module):
             yield from _flattened(module)
         else:
             yield module

@@ -46,7 +46,8 @@ from torch import Tensor, nn
 
 from curvkit._engine import Batch
 from curvkit.operators._autograd import grad_columns
-from curvkit.operators._convolutions import kernel_tangents, weight_gradient
+from curvkit.operators._column_products import bias_products, weight_products
+from curvkit.operators._convolutions import kernel_tangents
 from curvkit.operators._linear_layers import (
     factored_forward,
     layer_outputs,
@@ -104,19 +105,13 @@ class LayerFactors:
         result: list[Tensor | None] = [None] * len(tangents)
         for module, inputs, output_shape, gradients, weight, bias in self._layers():
             pulled_back = torch.bmm(projections.transpose(1, 2), gradients)  # [N, k, P]: Gᵀ u
-            num_samples = pulled_back.shape[0]
-            if weight is not None and type(module) is nn.Linear:
-                flat = pulled_back.view(num_samples, -1)  # [N, k·out]
-                result[weight] = (flat.T @ inputs).view(tangents[weight].shape)
-            elif weight is not None:
-                result[weight] = weight_gradient(
-                    module,
-                    inputs,
-                    pulled_back.view(num_samples, num_columns * module.out_channels, *output_shape[1:]),
-                    (num_columns * module.out_channels, *module.weight.shape[1:]),
-                ).view(tangents[weight].shape)
+            flat = pulled_back.view(pulled_back.shape[0], -1)  # [N, k·P]
+            if weight is not None:
+                result[weight] = weight_products(
+                    module, inputs, output_shape, flat, None, None, tangents[weight]
+                )
             if bias is not None:
-                result[bias] = pulled_back.view(num_samples, num_columns, output_shape[0], -1).sum((0, 3))
+                result[bias] = bias_products(flat, num_columns, output_shape)
         return result
 
     def _layers(self):
