@@ -26,6 +26,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from curvkit._boundary import as_integer
+from curvkit._engine.finite import DATA_HINT, check_finite, named_inputs
 
 BatchInput = Tensor | Mapping[str, Tensor]
 
@@ -63,6 +64,23 @@ def _to_device(X: Any, device: torch.device) -> Any:
     if isinstance(X, Mapping):
         return {key: _to_device(value, device) for key, value in X.items()}
     return X
+
+
+def _size_mismatch(index: int, size: int, y: Tensor) -> str:
+    """Why a batch's targets do not match its number of samples, and the likely fix."""
+    message = f"batch {index}: X holds {size} samples but y has shape {list(y.shape)}"
+    if y.ndim > 0 and y.shape[0] > size > 0 and y.shape[0] % size == 0:  # several targets per sample
+        return (
+            f"{message}, {y.shape[0] // size} targets per sample. For sequence targets (a language "
+            "model's tokens), either keep the sequence axis (output [N, C, T], y [N, T]), or flatten "
+            "output [N·T, C] and y [N·T] and pass batch_size_fn counting the targets, e.g. "
+            "batch_size_fn=lambda X: X.numel() for token ids X of shape [N, T] (each token then "
+            "counts as a sample; see docs/sequence-targets.md)."
+        )
+    return (
+        f"{message}; data must yield mini-batches with the batch axis first (e.g. a DataLoader with "
+        "a batch_size), not single samples."
+    )
 
 
 class MiniBatchEngine:
@@ -114,6 +132,7 @@ class MiniBatchEngine:
         self._num_data_given = num_data is not None  # only a given one is checked against passes
         self._loss_terms = loss_terms or (lambda batch: float(batch.size))
         self.num_passes = 0  # passes started, so that per-pass checks (the cache's) know a new one
+        self._checked_batches = 0  # batches 0, 1, ... below this were found finite
 
     def batch_size(self, X: BatchInput) -> int:
         """The number of samples in ``X``.
@@ -133,9 +152,14 @@ class MiniBatchEngine:
     def batches(self, desc: str | None = None) -> Iterator[Batch]:
         """Yield the batches on the engine's device, with a progress bar if requested.
 
+        The first time a batch is yielded, its floating-point inputs and targets are checked for
+        NaN and infinity, as ``data`` yields them (on the host, for data there: no device
+        synchronization; see :mod:`curvkit._engine.finite`).
+
         Raises:
-            ValueError: If ``data`` yields no batch, a batch is not an ``(X, y)`` pair, or the
-                batches' sizes do not add up to ``num_data``.
+            ValueError: If ``data`` yields no batch, a batch is not an ``(X, y)`` pair, its
+                targets do not have its samples on their first axis, its inputs or targets are
+                not finite, or the batches' sizes do not add up to ``num_data``.
         """
         self.num_passes += 1
         iterator = tqdm(self.data, desc=desc, disable=not self.progressbar, leave=False)
@@ -151,11 +175,10 @@ class MiniBatchEngine:
             X, y = pair
             size = self.batch_size(X)
             if isinstance(y, Tensor) and (y.ndim == 0 or y.shape[0] != size):
-                raise ValueError(
-                    f"batch {index}: X holds {size} samples but y has shape {list(y.shape)}; data must "
-                    "yield mini-batches with the batch axis first (e.g. a DataLoader with a batch_size), "
-                    "not single samples."
-                )
+                raise ValueError(_size_mismatch(index, size, y))
+            if index >= self._checked_batches:  # once per batch: see finite.py
+                check_finite(index, {**named_inputs(X), "the target y": y}, DATA_HINT)
+                self._checked_batches = index + 1
             num_samples += size
             loss_terms = self._loss_terms(Batch(index, X, y, size))
             yield Batch(index, _to_device(X, self.device), _to_device(y, self.device), size, loss_terms)

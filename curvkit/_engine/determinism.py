@@ -9,7 +9,7 @@ passes over the data and two products with the same vector and requires them to 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +17,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.dropout import _DropoutNd
 
 from curvkit._engine.batches import Batch, MiniBatchEngine
+from curvkit._engine.finite import MODEL_HINT, check_finite
 
 
 def random_modules_in_train_mode(model: nn.Module) -> list[str]:
@@ -61,7 +62,7 @@ def _fingerprint(tensors: list[Tensor]) -> Tensor:
 def check_deterministic(
     engine: MiniBatchEngine,
     model_func: Callable,
-    batch_tensors: Callable[[Batch], list[Tensor]],
+    batch_tensors: Callable[[Batch], Mapping[str, Tensor]],
     product: Callable[[Tensor], Tensor] | None,
     dim: int,
     dtype: torch.dtype,
@@ -73,13 +74,16 @@ def check_deterministic(
     curvature operators compute different ways (single vectors through ``torch.autograd``,
     columns under ``torch.func.vmap``). If they disagree, a third product, the vector alone
     again, tells randomness (an error) from a wrong batching rule of some operation of the model
-    under ``vmap`` (the return value).
+    under ``vmap`` (the return value). The first pass also checks every batch's tensors for NaN
+    and infinity (:func:`curvkit._engine.finite.check_finite`), so that a product that is not
+    finite can only come from a derivative.
 
     Args:
         engine: The mini-batch engine of the operator.
         model_func: The model; modules are also scanned for random train-mode layers.
-        batch_tensors: Maps a batch to the tensors that must repeat (inputs, targets, model
-            output, loss).
+        batch_tensors: Maps a batch to the tensors that must repeat and be finite, by the
+            names error messages use (``"the input X"``, ``"the target y"``, ``"the model output"``,
+            ``"the loss"``).
         product: Multiplies the operator onto a ``[dim, k]`` tensor; ``None`` for a computation
             that is not a product (the GGN diagonal): model and data are checked alone.
         dim: Input dimension of the operator.
@@ -92,6 +96,7 @@ def check_deterministic(
 
     Raises:
         RuntimeError: Naming what is not deterministic and how to fix it.
+        ValueError: Naming the batch whose model output or loss is not finite.
     """
     if isinstance(model_func, nn.Module):
         offenders = random_modules_in_train_mode(model_func)
@@ -110,8 +115,15 @@ def check_deterministic(
                 "full-data matrix. Use running statistics, or pass check_deterministic=False to "
                 "accept the per-batch matrices."
             )
+
+    def fingerprint(batch: Batch, first_pass: bool) -> Tensor:
+        tensors = batch_tensors(batch)
+        if first_pass:
+            check_finite(batch.index, tensors, MODEL_HINT)
+        return _fingerprint(list(tensors.values()))
+
     with torch.no_grad():
-        passes = [[_fingerprint(batch_tensors(batch)) for batch in engine.batches()] for _ in range(2)]
+        passes = [[fingerprint(batch, run == 0) for batch in engine.batches()] for run in range(2)]
     if len(passes[0]) != len(passes[1]):
         raise RuntimeError(
             f"check_deterministic: data yielded {len(passes[0])} and then {len(passes[1])} batches. "
@@ -133,8 +145,9 @@ def check_deterministic(
     single, both = product(vectors[:, :1]), product(vectors)
     if not bool(torch.isfinite(single).all()):
         raise RuntimeError(
-            "check_deterministic: a product contains NaN or infinity: the data, the parameters or "
-            "the model's output are not finite."
+            "check_deterministic: the product with a random vector holds NaN or infinity, although "
+            "every batch's inputs, targets, model output and loss are finite: a derivative of the "
+            "model or the loss is not (a square root or logarithm at 0, say, or an overflow)."
         )
     tolerance = 1e-5 if dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-10
 

@@ -10,6 +10,8 @@ from torch.func import grad, vjp, vmap
 
 from curvkit._engine import Batch, MiniBatchEngine
 from curvkit._engine import check_deterministic as probe_determinism
+from curvkit._engine.finite import MODEL_HINT, check_finite
+from curvkit._targets import check_target
 from curvkit.linear_operator import LinearOperator
 from curvkit.operators._kernels import differentiable_kernels
 
@@ -44,7 +46,9 @@ class ActivationHessianLinearOperator(LinearOperator):
     Raises:
         ValueError: If ``data`` contains more than one batch, or ``activation`` does not name
             a layer, a direction (``"input"``/``"output"``) or a tensor of it, or the layer
-            does not run exactly once per forward pass (a module shared by several places).
+            does not run exactly once per forward pass (a module shared by several places), or
+            the targets do not suit the loss, or the data, the output or the loss hold NaN or
+            infinity.
         RuntimeError: If ``check_deterministic`` and the model or data are not deterministic.
 
     Example:
@@ -107,6 +111,8 @@ class ActivationHessianLinearOperator(LinearOperator):
             )
         feature = self._capture(batches[0])
         self._feature_shape = feature.shape
+        with torch.no_grad():  # the engine checked the data; the output and the loss, once here
+            check_finite(0, self._batch_tensors(batches[0]), MODEL_HINT)
         if shape is not None and tuple(shape) != (feature.numel(), feature.numel()):
             raise ValueError(f"shape must be ({feature.numel()}, {feature.numel()}), got {tuple(shape)}.")
         super().__init__(
@@ -183,10 +189,16 @@ class ActivationHessianLinearOperator(LinearOperator):
 
         return loss
 
-    def _batch_tensors(self, batch: Batch) -> list[Tensor]:
-        """What must repeat across passes for the determinism probe."""
+    def _batch_tensors(self, batch: Batch) -> dict[str, Tensor]:
+        """What must be finite, and repeat across passes for the determinism probe.
+
+        Raises:
+            ValueError: If the targets do not suit the loss (for the output's shape).
+        """
         output = self._model(batch.X)
-        return [batch.y, output, self._loss_func(output, batch.y)]
+        check_target(self._loss_func, batch.y, batch.index, output.shape)
+        loss = self._loss_func(output, batch.y)
+        return {"the target y": batch.y, "the model output": output, "the loss": loss}
 
     # ---------------------------------------------------------------- product
     def _matmat(self, X: Tensor) -> Tensor:

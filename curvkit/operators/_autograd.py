@@ -35,11 +35,13 @@ def require_autograd() -> None:
 def paths_agree(result: Tensor, expected: Tensor) -> bool:
     """Whether two ways of taking the same derivatives agree.
 
-    Within ``√eps`` relative to ``expected`` entrywise, or to its largest entry (float32: 3e-4,
-    float64: 1.5e-8).
+    Within ``√eps`` relative to ``expected`` entrywise, or to its largest finite entry (float32:
+    3e-4, float64: 1.5e-8); NaN and infinities agree where both paths have them (a product that
+    is not finite is no fault of either path, and its largest entry no tolerance).
     """
     tolerance = torch.finfo(expected.dtype).eps ** 0.5
-    return torch.allclose(result, expected, rtol=tolerance, atol=tolerance * float(expected.abs().max()))
+    scale = float(expected.abs().nan_to_num(nan=0.0, posinf=0.0).max())
+    return torch.allclose(result, expected, rtol=tolerance, atol=tolerance * scale, equal_nan=True)
 
 
 def grad_columns(

@@ -17,6 +17,8 @@ from torch import Tensor
 from curvkit._engine import Batch, MiniBatchEngine
 from curvkit._engine import check_deterministic as probe_determinism
 from curvkit._engine.determinism import random_modules_in_train_mode
+from curvkit._engine.finite import MODEL_HINT, check_finite, named_inputs
+from curvkit._targets import check_target
 from curvkit.losses import num_loss_terms
 from curvkit.operators._autograd import require_autograd
 from curvkit.operators._differentiation import Linearization, ModelFunction
@@ -31,6 +33,7 @@ def _same_state(first: tuple[tuple, Tensor], second: tuple[tuple, Tensor]) -> bo
 
 
 def _loss_terms(loss_func: Callable, batch: Batch) -> float:
+    check_target(loss_func, batch.y, batch.index)  # dtype and class axis: before they are counted
     return num_loss_terms(loss_func, batch.y, batch.size)
 
 
@@ -92,11 +95,31 @@ class ModelDataSetup:
         self.first_output = self._probe_first_batch()
 
     def _probe_first_batch(self) -> Tensor:
-        """Check the first batch (non-empty data, parameters all used) and return its output."""
+        """Check the first batch and return its output.
+
+        The data must not be empty, every parameter must reach the output, the targets must suit
+        the loss, and the output and the loss must be finite (the engine checks the data itself).
+        With ``check_deterministic`` the probe checks every batch that way; this catches
+        non-finite parameters without it, at one read back from the device.
+        """
         first = next(iter(self.engine.batches()))
         self.model.check_all_used(first.X)
         with torch.no_grad():
-            return self.model(first.X)
+            output = self.model(first.X)
+            if self.loss_func is not None:
+                check_target(self.loss_func, first.y, first.index, output.shape)
+            check_finite(first.index, self._model_tensors(first, output), MODEL_HINT)
+        return output
+
+    def _model_tensors(self, batch: Batch, output: Tensor) -> dict[str, Tensor]:
+        """The batch's model output and loss, by the names messages use.
+
+        Without loss terms (every target ignored) the loss is 0/0 and the batch is skipped by
+        the products, so its loss is left out.
+        """
+        if self.loss_func is None or batch.loss_terms == 0:
+            return {"the model output": output}
+        return {"the model output": output, "the loss": self.loss_func(output, batch.y)}
 
     def cached(self, batch: Batch, key: Hashable, compute: Callable[[], Any]) -> Any:
         """``compute()``, remembered per batch when ``cache_batches`` is on.
@@ -194,13 +217,17 @@ class ModelDataSetup:
             lambda: self.model.hessian_product(batch.X, batch.y, self.loss_func, block, several_columns),
         )
 
-    def batch_tensors(self, batch: Batch) -> list[Tensor]:
-        """Tensors that must repeat across passes for the determinism probe."""
-        X = list(batch.X.values()) if isinstance(batch.X, Mapping) else [batch.X]
-        y = [] if batch.y is None else [batch.y]
+    def batch_tensors(self, batch: Batch) -> dict[str, Tensor]:
+        """Tensors that must repeat across passes and be finite, for the determinism probe.
+
+        Raises:
+            ValueError: If the batch's targets do not suit the loss (for its output's shape).
+        """
         output = self.model(batch.X)
-        loss = [] if self.loss_func is None else [self.loss_func(output, batch.y)]
-        return [*X, *y, output, *loss]
+        if self.loss_func is not None:
+            check_target(self.loss_func, batch.y, batch.index, output.shape)
+        y = {} if batch.y is None else {"the target y": batch.y}
+        return {**named_inputs(batch.X), **y, **self._model_tensors(batch, output)}
 
     def check_deterministic(self, operator: LinearOperator | None = None) -> None:
         """Run the determinism probe (:mod:`curvkit._engine.determinism`); no operator: model, data.

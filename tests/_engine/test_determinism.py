@@ -81,7 +81,7 @@ def test_deterministic_setups_pass():
 def _probe(product, dim=4):
     engine = MiniBatchEngine(_data(), torch.device("cpu"))
     return probe_determinism(
-        engine, nn.Identity(), lambda batch: [batch.X], product, dim, torch.float64, torch.device("cpu")
+        engine, nn.Identity(), lambda batch: {"X": batch.X}, product, dim, torch.float64, torch.device("cpu")
     )
 
 
@@ -114,3 +114,19 @@ def test_operators_fall_back_to_single_vectors_where_columns_disagree(monkeypatc
         ggn = GGNLinearOperator(model, loss_func, params, data)
     assert ggn.max_columns == 1
     torch.testing.assert_close(ggn.to_dense(), expected)
+
+
+class SqrtOfAbs(nn.Module):
+    def forward(self, x):
+        return x.abs().sqrt()
+
+
+def test_probe_names_an_infinite_derivative():
+    """Finite data, output and loss, but √|h| has an infinite derivative at h = 0: the products
+    are NaN, and the data is not to blame."""
+    model = nn.Sequential(nn.Linear(3, 2, bias=False), SqrtOfAbs()).double()
+    X = torch.randn(4, 3, dtype=torch.float64)
+    X[1] = 0.0  # h = W x = 0
+    data = [(X, torch.randint(0, 2, (4,)))]
+    with pytest.raises(RuntimeError, match="although every batch's inputs, targets, model output and loss"):
+        GGNLinearOperator(model, nn.CrossEntropyLoss(), list(model.parameters()), data)

@@ -12,7 +12,9 @@ from curvkit import (
     GGNLinearOperator,
     HessianLinearOperator,
     JacobianLinearOperator,
+    ggn_diagonal,
 )
+from curvkit.experimental import ActivationHessianLinearOperator
 
 
 @pytest.fixture
@@ -173,11 +175,41 @@ def test_invalid_fisher_arguments(problem, kwargs, match):
         FisherMCLinearOperator(problem.model, problem.loss_func, problem.params, problem.data, **kwargs)
 
 
-def test_non_finite_data_is_named(problem):
-    X, y = problem.data[0]
-    corrupted = [(torch.full_like(X, float("nan")), y), *problem.data[1:]]
-    with pytest.raises(RuntimeError, match="a product contains NaN or infinity"):
-        GGNLinearOperator(problem.model, problem.loss_func, problem.params, corrupted)
+TARGET_CONSUMERS = {
+    "hessian": lambda p, data, **kw: HessianLinearOperator(p.model, p.loss_func, p.params, data, **kw),
+    "ggn": lambda p, data, **kw: GGNLinearOperator(p.model, p.loss_func, p.params, data, **kw),
+    "ef": lambda p, data, **kw: EFLinearOperator(p.model, p.loss_func, p.params, data, **kw),
+    "fisher_mc": lambda p, data, **kw: FisherMCLinearOperator(p.model, p.loss_func, p.params, data, **kw),
+    "ggn_diagonal": lambda p, data, **kw: ggn_diagonal(p.model, p.loss_func, p.params, data, **kw),
+    "activation hessian": lambda p, data, **kw: ActivationHessianLinearOperator(
+        p.model, p.loss_func, ("1", "input", 0), data[:1], **kw
+    ),
+}
+# how the targets are spoiled, and what the message says was expected
+BAD_TARGETS = {
+    "float class indices": (
+        lambda y: y.float(),
+        r"batch 0: y must hold class indices \(torch.int64 or torch.uint8\) of shape .*, or class "
+        r"probabilities \(floating point\) of the output's shape.*, for CrossEntropyLoss; got "
+        r"torch.float32 of shape \[3\]\. Class indices stored as floats: pass y.long\(\)",
+    ),
+    "int32 class indices": (lambda y: y.int(), r"batch 0: y must hold class indices .* got torch.int32"),
+    "a class axis": (
+        lambda y: y.unsqueeze(1),
+        r"batch 0: y must hold class indices of shape \[3\] \(the output's shape \[3, 3\] without",
+    ),
+}
+
+
+@pytest.mark.parametrize("check_deterministic", [True, False])
+@pytest.mark.parametrize("kind", sorted(TARGET_CONSUMERS))
+@pytest.mark.parametrize("bad", sorted(BAD_TARGETS))
+def test_targets_that_do_not_suit_the_loss_are_refused_up_front(problem, bad, kind, check_deterministic):
+    """Float class indices gave ``IndexError: tuple index out of range`` (counting the loss terms)."""
+    spoil, match = BAD_TARGETS[bad]
+    data = [(X, spoil(y)) for X, y in problem.data]
+    with pytest.raises(ValueError, match=match):
+        TARGET_CONSUMERS[kind](problem, data, check_deterministic=check_deterministic)
 
 
 def test_numpy_integers_are_integers(problem):
