@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.func import vjp, vmap
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_leaves, tree_map
 
 from curvkit._boundary import as_integer
 from curvkit._engine import Batch
@@ -158,7 +158,20 @@ def _sum_of_squared_sample_vjps(model, X, columns: Tensor, indices: list[int]) -
     fails, or ``vmap`` cannot push single samples through the model (recurrent layers, whose
     kernels write into preallocated states), the samples go one at a time, each with its ``K``
     products batched.
+
+    Raises:
+        ValueError: If the output's first axis is not the input's (flattened sequence outputs).
+        RuntimeError: If the model fails on single samples.
     """
+    num_samples = {leaf.shape[0] for leaf in tree_leaves(X) if isinstance(leaf, Tensor) and leaf.ndim > 0}
+    if num_samples != {columns.shape[1]}:
+        raise ValueError(
+            "ggn_diagonal takes per-sample gradients of the parameters outside nn.Linear layers, a "
+            "sample being a slice of the first axis of X and of the model output; but X holds "
+            f"{sorted(num_samples)} and the output {columns.shape[1]} along it. For sequence targets, keep "
+            "the sequence axis (output [N, C, T], y [N, T]) instead of flattening them "
+            "(docs/sequence-targets.md)."
+        )
     primals = [model.tensors[index].detach() for index in indices]
     generator = torch.Generator(device=columns.device).manual_seed(0)
     mix = torch.randn(columns.shape[0], generator=generator, dtype=columns.dtype, device=columns.device)

@@ -54,3 +54,15 @@ def test_concatenation_keeps_batch_order():
     engine = MiniBatchEngine(data, torch.device("cpu"))
     rows = engine.concatenate_over_batches(lambda batch: batch.X[:, 0])
     assert rows.tolist() == [0.0, 0.0, 1.0, 2.0, 2.0, 2.0]
+
+
+def test_flattened_sequence_targets_are_pointed_to_batch_size_fn():
+    """Token ids [3, 11] with targets [33]: the message names both layouts and the fix."""
+    engine = MiniBatchEngine([(torch.zeros(3, 11, dtype=torch.long), torch.zeros(33))], torch.device("cpu"))
+    with pytest.raises(
+        ValueError,
+        match=r"batch 0: X holds 3 samples but y has shape \[33\], 11 targets per sample\. .*keep the "
+        r"sequence axis \(output \[N, C, T\], y \[N, T\]\), or flatten .* "
+        r"batch_size_fn=lambda X: X\.numel\(\)",
+    ):
+        list(engine.batches())
