@@ -284,6 +284,43 @@ def test_cache_notices_parameter_updates_when_the_first_batch_has_no_loss_term()
     assert_close(cached @ vector, reference.hessian_matrix(model, loss_func, params, data) @ vector)
 
 
+SEQUENCE_OPERATORS = {
+    "hessian": (HessianLinearOperator, reference.hessian_matrix),
+    "ggn": (GGNLinearOperator, reference.ggn_matrix),
+    "ef": (EFLinearOperator, reference.empirical_fisher_matrix),
+    "ggn_diagonal": (
+        lambda *args: ggn_diagonal(*args).diag(),
+        lambda *args: reference.ggn_matrix(*args).diagonal().diag(),
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(SEQUENCE_OPERATORS))
+def test_sequence_probability_targets_average_over_every_position(kind):
+    """Probability targets ``[N, C, T]``: a ``'mean'`` averages over all ``N·T`` positions.
+
+    Counting ``N`` terms instead made the GGN (and its trace) ``T`` times too large. The batches
+    have different lengths ``T_b``, so that the batch weights ``K_b / K`` matter too (the Hessian
+    is wrong through them alone). Expected: the per-batch ``'sum'`` matrices of the dense
+    reference, divided by the ``Σ_b N_b T_b`` positions.
+    """
+    torch.manual_seed(0)
+    model = nn.Conv1d(2, NUM_CLASSES, kernel_size=1).double()  # [N, 2, T] -> logits [N, C, T]
+    params, shapes = list(model.parameters()), [(3, 4), (2, 2), (4, 3)]  # (N_b, T_b)
+    data = [
+        (
+            torch.randn(n, 2, t, dtype=torch.float64),
+            torch.randn(n, NUM_CLASSES, t, dtype=torch.float64).softmax(1),
+        )
+        for n, t in shapes
+    ]
+    operator, dense = SEQUENCE_OPERATORS[kind]
+    summed = nn.CrossEntropyLoss(reduction="sum")
+    expected = sum(dense(model, summed, params, [batch]) for batch in data) / sum(n * t for n, t in shapes)
+    actual = operator(model, nn.CrossEntropyLoss(), params, data)
+    assert_close(actual if isinstance(actual, torch.Tensor) else actual.to_dense(), expected)
+
+
 def test_reference_empirical_fisher_of_nll_loss():
     """The reference counts NLLLoss's averaged terms like cross-entropy's."""
     loss_func = nn.NLLLoss(ignore_index=-100)
