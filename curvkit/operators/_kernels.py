@@ -11,10 +11,13 @@ compute the same function. See docs/design-notes.md, "Kernels with every derivat
 from __future__ import annotations
 
 import importlib
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import cache
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -33,6 +36,24 @@ _WEIGHT_NORM_TYPES = tuple(
     )
     if cls is not None
 )
+
+
+@cache
+def _load_forward_mode_decompositions() -> None:
+    """Load torch's forward-mode decompositions now, without its ``torch.jit.script`` deprecation.
+
+    torch loads them on the first ``make_dual`` of a process (``torch.func.jvp`` included), and
+    compiles them with ``torch.jit.script``, which warns that it is deprecated (a
+    ``DeprecationWarning`` in torch 2.13, a ``FutureWarning`` from 2.14 on). That warning is about
+    torch's own code: it is silenced here, for this one load. Every forward-mode product of
+    curvkit runs inside :func:`differentiable_kernels`, which calls this first (once).
+    """
+    # private; torch 2.3 has no such function, and its torch.jit.script does not warn
+    load = getattr(forward_ad, "_maybe_load_decompositions", None)
+    if load is not None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is ")
+            load()
 
 
 def _composite_weight_norm(v: Tensor, g: Tensor, dim: int = 0) -> Tensor:
@@ -68,7 +89,11 @@ def differentiable_kernels(model_func: Callable | None) -> Iterator[None]:
       eval mode, off (``torch.backends.mha``): it has no derivatives, and it turns padded inputs
       into nested tensors, which dual numbers cannot carry, and fills padded positions with
       zeros where the regular path computes them (a different function).
+
+    It also loads torch's forward-mode decompositions once, without the ``torch.jit.script``
+    deprecation warning that their first use shows (:func:`_load_forward_mode_decompositions`).
     """
+    _load_forward_mode_decompositions()
     modules = list(model_func.modules()) if isinstance(model_func, torch.nn.Module) else []
     recurrent = any(isinstance(module, torch.nn.RNNBase) for module in modules)
     backends = [torch.backends.mkldnn, torch.backends.cudnn] if recurrent else []
