@@ -1,0 +1,79 @@
+r"""Inner products and norms over long vectors whose rounding error does not grow with their length.
+
+A sum of :math:`n` terms accumulated one after the other in precision :math:`\varepsilon` has an
+error bound of :math:`n\varepsilon` times the sum of magnitudes, and some CPU kernels come close to
+it in float32: ``torch.linalg.vector_norm`` and one-row matrix products (BLAS dots) lose digits in
+proportion to the length of a vector (figures in ``docs/design-notes.md``, "Float32 accuracy of
+Lanczos and CG"). Lanczos normalizes and orthogonalizes with such sums, so its basis lost
+orthogonality as the number of parameters grew.
+
+Here every sum is split into blocks of :data:`BLOCK` consecutive entries: each block is summed by
+the fast kernel in the working precision (an error of at most about ``BLOCK · ε`` relative to the
+block's magnitudes, whatever :math:`n`), and the block sums are added in float64, where
+:math:`n / \text{BLOCK}` terms cost nothing in accuracy. The block sums read the data once, as the
+plain kernels do; only the ``n / BLOCK`` partial results are converted.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+BLOCK = 4096
+"""Entries summed in the working precision before the float64 sum."""
+
+
+def _blocks(x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+    """``x`` with dimension ``dim`` split into ``[n // BLOCK, BLOCK]`` (a view), and the remaining entries."""
+    n = x.shape[dim]
+    main = n - n % BLOCK
+    return x.narrow(dim, 0, main).unflatten(dim, (main // BLOCK, BLOCK)), x.narrow(dim, main, n - main)
+
+
+def row_dots(rows: Tensor, others: Tensor) -> Tensor:
+    r"""``rows @ others.T`` in float64: :math:`\mathbf{R}\mathbf{W}^\top` for rows ``[m, n]`` and ``[p, n]``.
+
+    Args:
+        rows: ``[m, n]`` (any strides, e.g. the transpose of a column block).
+        others: ``[p, n]``, or a vector ``[n]``.
+
+    Returns:
+        ``[m, p]`` (``[m]`` for a vector ``others``), float64, on the inputs' device.
+    """
+    vector = others.ndim == 1
+    if rows.shape[1] <= BLOCK:
+        return (rows @ (others if vector else others.T)).double()
+    others = others.unsqueeze(0) if vector else others
+    blocks, tail = _blocks(rows, 1)  # [m, nb, BLOCK]
+    other_blocks, other_tail = _blocks(others, 1)  # [p, nb, BLOCK]
+    # [nb, p, BLOCK] @ [nb, BLOCK, m]: the faster orientation of the batched kernel on the CPU
+    partial = torch.bmm(other_blocks.transpose(0, 1), blocks.permute(1, 2, 0))
+    result = partial.sum(0, dtype=torch.float64).T + (tail @ other_tail.T).double()  # tail: < BLOCK terms
+    return result.squeeze(1) if vector else result
+
+
+def column_dots(X: Tensor, Y: Tensor) -> Tensor:
+    r"""Column-wise inner products :math:`\mathbf{x}_j^\top\mathbf{y}_j` of blocks ``[n, k]``, in float64."""
+    if X.shape[0] <= BLOCK:
+        return (X * Y).sum(0).double()
+    blocks, tail = _blocks(X * Y, 0)  # [nb, BLOCK, k]
+    return blocks.sum(1).sum(0, dtype=torch.float64) + tail.sum(0).double()
+
+
+def norms(x: Tensor, dim: int = -1) -> Tensor:
+    r"""Euclidean norms :math:`\|\mathbf{x}\|_2` along ``dim``, in float64 (``dim`` removed).
+
+    Each block's norm comes from ``torch.linalg.vector_norm`` in the working precision (no
+    squared copy of ``x``); their squares add up in float64.
+    """
+    dim = dim % x.ndim
+    if x.shape[dim] <= BLOCK:
+        return torch.linalg.vector_norm(x, dim=dim).double()
+    blocks, tail = _blocks(x, dim)
+    partial = torch.linalg.vector_norm(blocks, dim=dim + 1).double()  # dim now counts the blocks
+    return (partial.square().sum(dim) + torch.linalg.vector_norm(tail, dim=dim).double().square()).sqrt()
+
+
+def norm(x: Tensor) -> float:
+    """:func:`norms` of a whole vector ``[n]``, as a Python float."""
+    return float(norms(x, 0))
