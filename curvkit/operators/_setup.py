@@ -54,7 +54,8 @@ class ModelDataSetup:
             Hessian keeps one graph for single vectors and one for columns if both are used.
 
     Raises:
-        ValueError: If ``loss_func`` is given but not callable.
+        ValueError: If ``loss_func`` is given but not callable, or the first batch's targets do
+            not suit the loss, or its inputs, targets, model output or loss hold NaN or infinity.
         RuntimeError: Under ``torch.inference_mode()`` (here and in every product).
     """
 
