@@ -27,6 +27,12 @@ def _common(values: Sequence[Any], what: str) -> Any:
     return concrete.pop() if concrete else None
 
 
+def _smallest_limit(own: int | None, operators: Sequence[LinearOperator]) -> int | None:
+    """The smallest of ``own`` and the operands' ``columns_per_product`` (``None``: none)."""
+    limits = [own, *(operator.columns_per_product for operator in operators)]
+    return min((limit for limit in limits if limit is not None), default=None)
+
+
 def _layouts(operators: Sequence[LinearOperator], attribute: str) -> TensorListLayout | None:
     layouts = {getattr(operator, attribute) for operator in operators} - {None}
     return layouts.pop() if len(layouts) == 1 else None
@@ -54,6 +60,10 @@ class SumLinearOperator(LinearOperator):
             out_layout=_layouts(flattened, "out_layout"),
         )
         self.operators = flattened
+
+    @property
+    def columns_per_product(self) -> int | None:
+        return _smallest_limit(self.max_columns, self.operators)
 
     def _matmat(self, X: Tensor) -> Tensor:
         return sum(op.matmat(X) for op in self.operators)
@@ -86,6 +96,10 @@ class ScaledLinearOperator(LinearOperator):
         )
         self.operator, self.scalar = operator, float(scalar)
 
+    @property
+    def columns_per_product(self) -> int | None:
+        return _smallest_limit(self.max_columns, [self.operator])
+
     def _matmat(self, X: Tensor) -> Tensor:
         return self.scalar * self.operator.matmat(X)
 
@@ -108,6 +122,10 @@ class ProductLinearOperator(LinearOperator):
             out_layout=operators[0].out_layout,
         )
         self.operators = list(operators)
+
+    @property
+    def columns_per_product(self) -> int | None:
+        return _smallest_limit(self.max_columns, self.operators)
 
     def _matmat(self, X: Tensor) -> Tensor:
         for operator in reversed(self.operators):
@@ -147,6 +165,10 @@ class TransposedLinearOperator(LinearOperator):
     @max_columns.setter
     def max_columns(self, value: int | None) -> None:
         self.operator.max_columns = value
+
+    @property
+    def columns_per_product(self) -> int | None:
+        return self.operator.columns_per_product
 
     @property
     def T(self) -> LinearOperator:

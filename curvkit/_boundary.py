@@ -92,10 +92,13 @@ def as_tensor(
 ) -> Tensor:
     """Convert a tensor or NumPy array to ``dtype`` on ``device``.
 
-    A precision change is announced with one ``UserWarning`` because it silently loses (or
-    invents) digits otherwise. ``dtype=None`` and ``device=None`` keep the input's; integer
-    and boolean inputs become ``dtype`` (default: torch's default dtype) without a warning.
-    A read-only array is copied (torch cannot share memory it may not write).
+    One rule for every input of another dtype than ``dtype``, floating-point, integer or
+    boolean: it is converted with one ``UserWarning``, because the conversion silently loses
+    (or invents) digits otherwise (an int64 above 2²⁴ has no float32). ``dtype=None`` and
+    ``device=None`` keep the input's; with ``dtype=None``, integer and boolean data (a matrix
+    or diagonal that defines an operator) becomes torch's default dtype without a warning, as
+    integer arrays compute in it. A read-only array is copied (torch cannot share memory it may
+    not write).
 
     Raises:
         TypeError: If ``array`` is neither a tensor nor a NumPy array, or is complex.
@@ -110,8 +113,8 @@ def as_tensor(
         raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(array).__name__}.")
     if tensor.is_complex():
         raise _refuse_complex(f"{name} is {str(tensor.dtype).removeprefix('torch.')}")
-    if not tensor.is_floating_point():
-        tensor = tensor.to(dtype or torch.get_default_dtype())
+    if dtype is None and not tensor.is_floating_point():
+        tensor = tensor.to(torch.get_default_dtype())
     if dtype is not None and tensor.dtype != dtype:
         # attributed to this line, not the caller's: Python then shows it once per process (as
         # the seed tutorials show it), not once per line of user code that multiplies

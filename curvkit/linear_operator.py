@@ -174,6 +174,18 @@ class LinearOperator:
     def max_columns(self, value: int | None) -> None:
         self._max_columns = None if value is None else as_integer(value, "max_columns", minimum=1)
 
+    @property
+    def columns_per_product(self) -> int | None:
+        """Most columns that a product with this operator, or with one it is built from, takes at once.
+
+        The operator's :attr:`max_columns`, or, for an operator built from others (sums,
+        scalings, products, transposes), the smallest limit among it and them; ``None`` if
+        nothing is limited. The randomized routines of :mod:`curvkit.linalg` draw and multiply
+        their random vectors in blocks of this width, so that ``A.max_columns`` bounds their
+        memory too.
+        """
+        return self.max_columns
+
     def __repr__(self) -> str:
         dtype = str(self.dtype).removeprefix("torch.")
         return f"<{type(self).__name__} of shape {self.shape[0]}x{self.shape[1]}, {dtype} on {self.device}>"

@@ -181,3 +181,28 @@ def test_lsmr_on_a_float32_view_is_quiet_and_accurate():
     assert istop in (1, 2) and numpy.isfinite(cond)
     expected = numpy.linalg.solve(matrix.astype(numpy.float64), rhs)
     numpy.testing.assert_allclose(solution, expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "x, dtype_name",
+    [
+        (torch.arange(3), "int64"),
+        (numpy.arange(3, dtype=numpy.int32), "int32"),
+        (torch.ones(3, dtype=torch.bool), "bool"),
+        (torch.arange(3, dtype=torch.float64), "float64"),
+    ],
+    ids=["int64", "int32 array", "bool", "float64"],
+)
+def test_inputs_of_another_dtype_are_converted_with_a_warning_by_one_rule(x, dtype_name):
+    operator = as_linear_operator(torch.eye(3))
+    with pytest.warns(UserWarning, match=f"x is {dtype_name}, while the linear operator is float32"):
+        result = operator @ x
+    assert result.dtype == (torch.float32 if isinstance(result, torch.Tensor) else numpy.float32)
+    numpy.testing.assert_array_equal(numpy.asarray(result), numpy.asarray(x, dtype=numpy.float32))
+
+
+def test_integer_inputs_of_an_operator_without_dtype_compute_in_the_default_dtype_silently():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = IdentityLinearOperator(3) @ torch.arange(3)
+    assert result.dtype == torch.get_default_dtype()

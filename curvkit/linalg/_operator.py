@@ -54,6 +54,10 @@ class _Float32View(LinearOperator):
         )
         self.operator = operator
 
+    @property
+    def columns_per_product(self) -> int | None:
+        return self.operator.columns_per_product
+
     def _matmat(self, X: Tensor) -> Tensor:
         return self.operator.matmat(X.to(self.operator.dtype)).to(torch.float32)
 

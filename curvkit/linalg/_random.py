@@ -1,20 +1,31 @@
-"""Random test vectors for the randomized estimators, drawn from a ``torch.Generator``.
+"""Random test vectors for the randomized estimators, drawn column by column from a ``torch.Generator``.
 
 Every randomized routine in :mod:`curvkit.linalg` takes ``seed``: an ``int``, a
 ``torch.Generator`` (used as is, so consecutive calls continue its stream), or ``None``. ``None``
 draws one seed from NumPy's global generator, so that ``numpy.random.seed(0)`` makes results
 repeatable, as in the examples of the API reference; the global torch RNG is never touched.
+
+A test matrix ``Ω = [ω_1, …, ω_m] ∈ ℝⁿˣᵐ`` is never held whole (``n`` may be 10⁷): the generator
+gives one seed per column, and column ``j`` is drawn from its seed alone, directly in the
+operator's dtype. Any block of columns can so be drawn, or drawn again, at any time, and an
+estimate does not depend on the width of the blocks its products are taken in.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import numpy
 import torch
 from torch import Tensor
 
+from curvkit.linear_operator import LinearOperator
+
 Seed = int | torch.Generator | None
 
 DISTRIBUTIONS = ("rademacher", "normal")
+
+_BITS_PER_WORD = 64
 
 
 def check_distribution(distribution: str, name: str = "distribution") -> str:
@@ -53,6 +64,96 @@ def as_generator(seed: Seed, device: torch.device | None = None) -> torch.Genera
     return generator
 
 
+def _sign_table(dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``[256, 8]``: row ``b`` holds the bits of the byte ``b`` as signs ``±1``."""
+    bits = (torch.arange(256, device=device).unsqueeze(1) >> torch.arange(8, device=device)) & 1
+    return bits.to(dtype).mul_(2).sub_(1)
+
+
+class RandomColumns:
+    """The columns of a random test matrix ``Ω ∈ ℝⁿˣᵐ``, i.i.d. entries with ``E[ω ωᵀ] = I``.
+
+    The constructor takes ``m`` seeds from ``generator``; column ``j`` is drawn from seed ``j``
+    on the generator's device, in ``dtype``, then moved to ``device``. Rademacher columns come
+    from 64 random bits per draw (a byte's bits become eight signs through a table), so they
+    cost about as much as writing the column; normal ones cost one draw per entry.
+
+    Args:
+        num_rows: ``n``.
+        num_columns: ``m``.
+        distribution: ``'rademacher'`` (±1 with equal probability) or ``'normal'``.
+        generator: Source of the columns' seeds; advanced by ``m`` draws.
+        dtype: Floating-point dtype of the columns.
+        device: Device of the columns (``None``: the generator's).
+
+    Raises:
+        ValueError: If ``distribution`` is unknown.
+
+    Example:
+        >>> import torch
+        >>> columns = RandomColumns(4, 3, "rademacher", torch.Generator().manual_seed(0), torch.float64, None)
+        >>> torch.equal(columns.block(1, 3), columns.block(0, 3)[:, 1:])  # any block, same values
+        True
+    """
+
+    def __init__(
+        self,
+        num_rows: int,
+        num_columns: int,
+        distribution: str,
+        generator: torch.Generator,
+        dtype: torch.dtype,
+        device: torch.device | None,
+    ):
+        self.distribution = check_distribution(distribution)
+        self.num_rows, self.num_columns, self.dtype = num_rows, num_columns, dtype
+        self._draw_device = generator.device
+        self.device = torch.device(device) if device is not None else generator.device
+        seeds = torch.randint(
+            -(2**63), 2**63 - 1, (num_columns,), generator=generator, device=generator.device
+        )
+        self._seeds = seeds.tolist()
+        self._column_generator = torch.Generator(device=generator.device)
+        self._signs = _sign_table(dtype, generator.device) if distribution == "rademacher" else None
+
+    def block(self, start: int, stop: int) -> Tensor:
+        """Columns ``start, …, stop - 1``: an ``[n, stop - start]`` tensor (a contiguous one, transposed)."""
+        rows = torch.empty(stop - start, self.num_rows, dtype=self.dtype, device=self._draw_device)
+        for row, seed in zip(rows, self._seeds[start:stop]):
+            self._draw(row, seed)
+        return rows.to(self.device).T
+
+    def _draw(self, row: Tensor, seed: int) -> None:
+        generator = self._column_generator.manual_seed(seed)
+        if self._signs is None:
+            torch.randn(row.shape, generator=generator, out=row)
+            return
+        num_words = -(-self.num_rows // _BITS_PER_WORD)
+        words = torch.randint(
+            -(2**63), 2**63 - 1, (num_words,), generator=generator, device=row.device, dtype=torch.int64
+        )
+        codes = words.view(torch.uint8).int()  # one byte: the signs of eight entries
+        whole = self.num_rows // 8
+        torch.index_select(self._signs, 0, codes[:whole], out=row[: 8 * whole].view(whole, 8))
+        if 8 * whole < self.num_rows:
+            row[8 * whole :] = self._signs[codes[whole], : self.num_rows - 8 * whole]
+
+    def blocks(self, width: int) -> Iterator[tuple[int, Tensor]]:
+        """Consecutive blocks of at most ``width`` columns: ``(start, block)`` pairs."""
+        for start in range(0, self.num_columns, width):
+            yield start, self.block(start, min(start + width, self.num_columns))
+
+
+def block_width(A: LinearOperator, num_columns: int) -> int:
+    """Columns per block of random vectors: ``A.columns_per_product``, or all ``num_columns``.
+
+    The routines draw a block, multiply it, reduce the product to what their method keeps, and
+    draw the next; so one setting, ``A.max_columns`` (or a limit inside a composite operator),
+    bounds the memory of the products and of the routines around them.
+    """
+    return min(num_columns, A.columns_per_product or num_columns)
+
+
 def random_block(
     num_rows: int,
     num_columns: int,
@@ -61,13 +162,13 @@ def random_block(
     dtype: torch.dtype,
     device: torch.device | None,
 ) -> Tensor:
-    """Draw a ``[num_rows, num_columns]`` block with i.i.d. entries, ``E[v vᵀ] = I`` per column.
+    """Draw a whole ``[num_rows, num_columns]`` block of :class:`RandomColumns` (for small blocks).
 
     Args:
         num_rows: Number of rows.
         num_columns: Number of columns.
-        distribution: ``'rademacher'`` (±1 with equal probability) or ``'normal'`` (standard normal).
-        generator: Source of randomness. Drawn on its device, then moved to ``device``.
+        distribution: ``'rademacher'`` or ``'normal'``.
+        generator: Source of randomness.
         dtype: Floating-point dtype of the block.
         device: Device of the block.
 
@@ -77,11 +178,4 @@ def random_block(
     Raises:
         ValueError: If ``distribution`` is unknown.
     """
-    check_distribution(distribution)
-    shape = (num_rows, num_columns)
-    if distribution == "normal":
-        block = torch.randn(shape, generator=generator, device=generator.device, dtype=dtype)
-    else:
-        bits = torch.randint(0, 2, shape, generator=generator, device=generator.device)
-        block = bits.to(dtype).mul_(2).sub_(1)
-    return block.to(device) if device is not None else block
+    return RandomColumns(num_rows, num_columns, distribution, generator, dtype, device).block(0, num_columns)

@@ -5,22 +5,29 @@ from __future__ import annotations
 from typing import Any
 
 import numpy
+import torch
 from torch import Tensor
 
 from curvkit._boundary import as_integer, to_numpy
 from curvkit.linalg._operator import square_operator, working_dtype
-from curvkit.linalg._random import Seed, as_generator, check_distribution, random_block
+from curvkit.linalg._progress import product_progress
+from curvkit.linalg._random import RandomColumns, Seed, as_generator, block_width
 from curvkit.linear_operator import LinearOperator
 
 
 def hutchinson_diag(
-    A: Any, num_matvecs: int, *, distribution: str = "rademacher", seed: Seed = None
+    A: Any,
+    num_matvecs: int,
+    *,
+    distribution: str = "rademacher",
+    seed: Seed = None,
+    progressbar: bool = False,
 ) -> Tensor:
     r"""Estimate :math:`\mathrm{diag}(\mathbf{A})` with Hutchinson's method.
 
-    With a block :math:`\mathbf{V} = [\mathbf{v}_1, \dots, \mathbf{v}_m]` of random vectors,
+    With random vectors :math:`\mathbf{v}_1, \dots, \mathbf{v}_m`,
     :math:`\mathbb{E}[\mathbf{v}\mathbf{v}^\top] = \mathbf{I}`, multiplied onto :math:`\mathbf{A}`
-    in one product,
+    in blocks,
 
     .. math::
         \mathrm{diag}(\mathbf{A}) \approx \frac{1}{m} \sum_{i=1}^m \mathbf{v}_i \odot
@@ -28,6 +35,10 @@ def hutchinson_diag(
 
     unbiased because :math:`\mathbb{E}[v_i A_{ij} v_j] = A_{ij}\delta_{ij}`. Entry :math:`i`
     has variance :math:`\frac{1}{m}\sum_{j\neq i} A_{ij}^2` for Rademacher vectors.
+
+    Memory: the estimate, and one block of ``b`` vectors and its product, ``(2 b + 1) n`` numbers
+    for ``A ∈ ℝⁿˣⁿ``, with ``b = A.columns_per_product`` (``A.max_columns``) or all ``m`` if that
+    is not set; the estimate is the same for every ``b``.
 
     Bekas, C., Kokiopoulou, E., & Saad, Y. (2007). An estimator for the diagonal of a matrix.
     Applied Numerical Mathematics.
@@ -37,6 +48,7 @@ def hutchinson_diag(
         num_matvecs: Number of products with ``A``, ``m ≥ 1``.
         distribution: ``'rademacher'`` or ``'normal'``.
         seed: ``int``, ``torch.Generator`` or ``None``.
+        progressbar: Show one progress bar for the run, counting products.
 
     Returns:
         The ``[n]`` estimate as a tensor on the operator's device.
@@ -52,10 +64,14 @@ def hutchinson_diag(
     """
     A = square_operator(A, typed=True)
     as_integer(num_matvecs, "num_matvecs", minimum=1)
-    check_distribution(distribution)
-    generator = as_generator(seed, A.device)
-    V = random_block(A.shape[0], num_matvecs, distribution, generator, working_dtype(A), A.device)
-    return (V * A.matmat(V)).mean(dim=1)
+    columns = RandomColumns(
+        A.shape[0], num_matvecs, distribution, as_generator(seed, A.device), working_dtype(A), A.device
+    )
+    total = torch.zeros(A.shape[0], dtype=working_dtype(A), device=A.device)
+    with product_progress(A, progressbar, "hutchinson_diag", num_matvecs) as A:
+        for _, V in columns.blocks(block_width(A, num_matvecs)):
+            total += (V * A.matmat(V)).sum(dim=1)
+    return total / num_matvecs
 
 
 class HutchinsonDiagonalEstimator:
@@ -109,7 +125,7 @@ class HutchinsonDiagonalEstimator:
         >>> error_high_precision = norm(diag_A - diag_A_high_precision)
         >>> assert error_low_precision > error_high_precision
         >>> print(round(error_low_precision, 4), round(error_high_precision, 4))
-        9.2771 0.1465
+        6.4232 0.14
     """
 
     def __init__(self, A: Any, seed: Seed = None):

@@ -4,14 +4,24 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor
 
-from curvkit.linalg._exchangeable import checked_half_budget, columnwise_dot, leave_one_out_basis
+from curvkit.linalg._dots import column_dots, row_dots
+from curvkit.linalg._exchangeable import checked_half_budget, leave_one_out_basis
 from curvkit.linalg._operator import needs_transpose
+from curvkit.linalg._progress import product_progress
 from curvkit.linalg._random import Seed, as_generator
 
 
-def xdiag(A: Any, num_matvecs: int, *, distribution: str = "rademacher", seed: Seed = None) -> Tensor:
+def xdiag(
+    A: Any,
+    num_matvecs: int,
+    *,
+    distribution: str = "rademacher",
+    seed: Seed = None,
+    progressbar: bool = False,
+) -> Tensor:
     r"""Estimate :math:`\mathrm{diag}(\mathbf{A})` with XDiag.
 
     The diagonal analogue of :func:`~curvkit.linalg.xtrace`: with :math:`m = \lfloor
@@ -38,6 +48,11 @@ def xdiag(A: Any, num_matvecs: int, *, distribution: str = "rademacher", seed: S
     at a cost of :math:`m` products with :math:`\mathbf{A}` and :math:`m` with
     :math:`\mathbf{A}^\top` (the same for symmetric operators).
 
+    Memory: :math:`\mathbf{Q}` and :math:`\mathbf{Z}` (``2 m n`` numbers for ``A ∈ ℝⁿˣⁿ``),
+    three ``n``-vectors, and one block of ``b`` vectors with up to three ``[n, b]`` intermediates
+    (``(2 m + 4 b + 3) n`` in all), ``b = A.columns_per_product`` (``A.max_columns``) or all
+    ``m``; the test vectors are drawn twice instead of kept.
+
     Epperly, E. N., Tropp, J. A., & Webber, R. J. (2024). XTrace: Making the most of every
     sample in stochastic trace estimation. SIAM Journal on Matrix Analysis and Applications.
 
@@ -48,6 +63,7 @@ def xdiag(A: Any, num_matvecs: int, *, distribution: str = "rademacher", seed: S
         num_matvecs: Number of products, at least 2 and at most ``2 · dim``.
         distribution: ``'rademacher'`` or ``'normal'``.
         seed: ``int``, ``torch.Generator`` or ``None``.
+        progressbar: Show one progress bar for the run, counting products.
 
     Returns:
         The ``[n]`` estimate as a tensor on the operator's device.
@@ -67,14 +83,24 @@ def xdiag(A: Any, num_matvecs: int, *, distribution: str = "rademacher", seed: S
         True
     """
     A, m = checked_half_budget(A, num_matvecs, distribution, "XDiag")
-    Omega, Y, Q, _, S = leave_one_out_basis(A, m, distribution, as_generator(seed, A.device))
-    Z = needs_transpose("xdiag", A.rmatmat, Q)
-    T = Z.T @ Omega
-    QS = Q @ S
-    correction = (
-        -(QS * (Z @ S)).sum(dim=1)
-        + (Omega * Y).sum(dim=1)
-        - (Omega * (Q @ T)).sum(dim=1)
-        + (Omega * (QS * columnwise_dot(S, T))).sum(dim=1)
-    )
-    return (Q * Z).sum(dim=1) + correction / m
+    with product_progress(A, progressbar, "xdiag", 2 * m) as A:
+        basis = leave_one_out_basis(A, m, distribution, as_generator(seed, A.device), diagonal=True)
+        Q_rows, S, width = basis.Q_rows, basis.S, basis.width
+        dtype = Q_rows.dtype
+        Z_rows = torch.empty_like(Q_rows)  # (Aᵀ Q)ᵀ
+        estimate = torch.zeros_like(basis.omega_times_y)  # m · diag(Q Zᵀ), then the corrections
+        for start in range(0, m, width):
+            Z = needs_transpose("xdiag", A.rmatmat, Q_rows[start : start + width].T)
+            Z_rows[start : start + Z.shape[1]] = Z.T
+            estimate += (Q_rows[start : start + Z.shape[1]] * Z.T).sum(dim=0)
+    estimate *= m
+    estimate += basis.omega_times_y  # diag(Ω Yᵀ)
+    for start, Omega in basis.Omega.blocks(width):
+        S_block = S[:, start : start + Omega.shape[1]]
+        QS = (S_block.to(dtype).T @ Q_rows).T  # columns Q s_i
+        estimate -= (QS * (S_block.to(dtype).T @ Z_rows).T).sum(dim=1)  # diag(Q S (Z S)ᵀ)
+        T = row_dots(Z_rows, Omega.T)  # T[:, i] = Zᵀ ω_i
+        QS *= column_dots(S_block, T).to(dtype)  # columns c_i Q s_i
+        QS -= (T.to(dtype).T @ Q_rows).T  # columns c_i Q s_i - Q t_i
+        estimate += (Omega * QS).sum(dim=1)
+    return estimate / m
