@@ -437,6 +437,27 @@ def test_max_columns_splits_wide_products_into_blocks():
     assert operator.widths == [8]
 
 
+class _StorageRecording(_Square):
+    def _matmat(self, X):
+        self.storages.append((X.untyped_storage().data_ptr(), X.stride(0)))
+        return super()._matmat(X)
+
+
+@pytest.mark.parametrize("layout", ["column-major", "row-major"])
+def test_blocks_of_columns_are_views_of_one_buffer_not_copies(layout):
+    """Splitting wide inputs costs one transposition at most, not a strided copy per block."""
+    matrix = _matrix(6, 6)
+    operator = _StorageRecording(matrix)
+    operator.storages, operator.max_columns = [], 2
+    X = _matrix(7, 6, seed=1).T if layout == "column-major" else _matrix(6, 7, seed=1)
+    torch.testing.assert_close(operator @ X, matrix @ X)
+    assert len(operator.storages) == 4
+    assert len({pointer for pointer, _ in operator.storages}) == 1  # one buffer for all blocks
+    assert all(stride == 1 for _, stride in operator.storages)  # the columns are its rows
+    if layout == "column-major":
+        assert operator.storages[0][0] == X.untyped_storage().data_ptr()  # not even copied once
+
+
 class _Squeezing(_Square):
     """A subclass with a common bug: it drops the column axis of single columns."""
 
