@@ -30,6 +30,9 @@ from curvkit._engine.finite import DATA_HINT, check_finite, named_inputs
 
 BatchInput = Tensor | Mapping[str, Tensor]
 
+PASS_BAR_DELAY = 1.0
+"""Seconds a pass over the data runs before its progress bar appears."""
+
 
 @dataclass(frozen=True)
 class Batch:
@@ -94,7 +97,9 @@ class MiniBatchEngine:
             first use when not given; a given one is checked against every pass.
         batch_size_fn: Maps ``X`` to its batch size. Required when ``X`` is a dict; by
             default the size of ``X``'s first axis.
-        progressbar: Show a tqdm progress bar over the batches of each pass.
+        progressbar: Show a tqdm progress bar over the batches of a pass that takes longer than
+            :data:`PASS_BAR_DELAY` seconds (a bar per short product would flash by, many times
+            inside one run of an algorithm, which shows its own bar of products).
         loss_terms: Maps a batch (as ``data`` yields it, before it moves to ``device``) to its
             number ``K_b`` of averaged loss terms (the weights of ``reduction='mean'``); by
             default its number of samples.
@@ -162,7 +167,7 @@ class MiniBatchEngine:
                 not finite, or the batches' sizes do not add up to ``num_data``.
         """
         self.num_passes += 1
-        iterator = tqdm(self.data, desc=desc, disable=not self.progressbar, leave=False)
+        iterator = tqdm(self.data, desc=desc, disable=not self.progressbar, leave=False, delay=PASS_BAR_DELAY)
         index, num_samples = -1, 0
         for index, pair in enumerate(iterator):
             if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
