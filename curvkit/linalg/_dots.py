@@ -2,16 +2,20 @@ r"""Inner products and norms over long vectors whose rounding error does not gro
 
 A sum of :math:`n` terms accumulated one after the other in precision :math:`\varepsilon` has an
 error bound of :math:`n\varepsilon` times the sum of magnitudes, and some CPU kernels come close to
-it in float32: ``torch.linalg.vector_norm`` and one-row matrix products (BLAS dots) lose digits in
-proportion to the length of a vector (figures in ``docs/design-notes.md``, "Float32 accuracy of
-Lanczos and CG"). Lanczos normalizes and orthogonalizes with such sums, so its basis lost
-orthogonality as the number of parameters grew.
+it in float32: ``torch.linalg.vector_norm`` and matrix products lose digits in proportion to the
+length of a vector (figures in ``docs/design-notes.md``, "Float32 accuracy of Lanczos and CG").
+Lanczos normalizes and orthogonalizes with such sums, so its basis lost orthogonality as the
+number of parameters grew.
 
 Here every sum is split into blocks of :data:`BLOCK` consecutive entries: each block is summed by
-the fast kernel in the working precision (an error of at most about ``BLOCK · ε`` relative to the
-block's magnitudes, whatever :math:`n`), and the block sums are added in float64, where
+the fast kernel in the working precision, with an error bounded by about ``BLOCK · ε`` times the
+block's sum of magnitudes whatever :math:`n`, and the block sums are added in float64, where
 :math:`n / \text{BLOCK}` terms cost nothing in accuracy. The block sums read the data once, as the
-plain kernels do; only the ``n / BLOCK`` partial results are converted.
+plain kernels do; only the ``n / BLOCK`` partial results are converted. The bound is reached
+when a block sums many small terms next to a large one (a vector close to a coordinate vector);
+``exact=True`` then converts the entries to float64 first, in slices that stay in cache, for a
+few times the cost: products of float32 numbers are exact in float64, and so are the sums to a
+relative :math:`n \cdot 10^{-16}`. That is for small Gram matrices computed once.
 """
 
 from __future__ import annotations
@@ -19,8 +23,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-BLOCK = 4096
-"""Entries summed in the working precision before the float64 sum."""
+BLOCK = 256
+"""Entries summed in the working precision before the float64 sum (larger blocks are no faster)."""
+
+SLICE = 2**15
+"""Entries per row converted to float64 at a time by ``row_dots(..., exact=True)``."""
 
 
 def _blocks(x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
@@ -30,25 +37,33 @@ def _blocks(x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
     return x.narrow(dim, 0, main).unflatten(dim, (main // BLOCK, BLOCK)), x.narrow(dim, main, n - main)
 
 
-def row_dots(rows: Tensor, others: Tensor) -> Tensor:
+def row_dots(rows: Tensor, others: Tensor, exact: bool = False) -> Tensor:
     r"""``rows @ others.T`` in float64: :math:`\mathbf{R}\mathbf{W}^\top` for rows ``[m, n]`` and ``[p, n]``.
 
     Args:
         rows: ``[m, n]`` (any strides, e.g. the transpose of a column block).
         others: ``[p, n]``, or a vector ``[n]``.
+        exact: Sum the products in float64 (a few times slower; see the module).
 
     Returns:
         ``[m, p]`` (``[m]`` for a vector ``others``), float64, on the inputs' device.
     """
     vector = others.ndim == 1
-    if rows.shape[1] <= BLOCK:
-        return (rows @ (others if vector else others.T)).double()
     others = others.unsqueeze(0) if vector else others
-    blocks, tail = _blocks(rows, 1)  # [m, nb, BLOCK]
-    other_blocks, other_tail = _blocks(others, 1)  # [p, nb, BLOCK]
-    # [nb, p, BLOCK] @ [nb, BLOCK, m]: the faster orientation of the batched kernel on the CPU
-    partial = torch.bmm(other_blocks.transpose(0, 1), blocks.permute(1, 2, 0))
-    result = partial.sum(0, dtype=torch.float64).T + (tail @ other_tail.T).double()  # tail: < BLOCK terms
+    n = rows.shape[1]
+    if exact:
+        result = rows.new_zeros(rows.shape[0], others.shape[0], dtype=torch.float64)
+        for start in range(0, n, SLICE):
+            width = min(SLICE, n - start)
+            result += rows.narrow(1, start, width).double() @ others.narrow(1, start, width).double().T
+    elif n <= BLOCK:
+        result = (rows @ others.T).double()
+    else:
+        blocks, tail = _blocks(rows, 1)  # [m, nb, BLOCK]
+        other_blocks, other_tail = _blocks(others, 1)  # [p, nb, BLOCK]
+        # [nb, p, BLOCK] @ [nb, BLOCK, m]: the faster orientation of the batched kernel on the CPU
+        partial = torch.bmm(other_blocks.transpose(0, 1), blocks.permute(1, 2, 0))
+        result = partial.sum(0, dtype=torch.float64).T + (tail @ other_tail.T).double()  # tail < BLOCK
     return result.squeeze(1) if vector else result
 
 

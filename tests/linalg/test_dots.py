@@ -53,6 +53,18 @@ def test_long_float32_sums_keep_their_accuracy():
     assert float(((column_dots(pairs, pairs) - exact_dots) / exact_dots).abs().max()) < 4 * eps
 
 
+def test_exact_sums_where_blocks_round():
+    """Vectors close to coordinate vectors: in a block, many small terms are added to a large
+    one, and float32 rounding of that sum reaches the bound ``BLOCK · ε``; ``exact=True`` does not
+    round (float32 products are exact in float64)."""
+    n = 5 * BLOCK * 64 + 7
+    Q = 1e-3 * torch.randn(n, 3, generator=generator(0))
+    Q[torch.tensor([0, 1000, 2000]), torch.arange(3)] = 1.0
+    exact = Q.double().T @ Q.double()
+    torch.testing.assert_close(row_dots(Q.T, Q.T, exact=True), exact, rtol=1e-15, atol=1e-15)
+    torch.testing.assert_close(row_dots(Q.T, Q.T), exact, rtol=0, atol=BLOCK * torch.finfo(torch.float32).eps)
+
+
 def test_float64_inputs():
     rows = torch.randn(2, 5 * BLOCK + 3, dtype=torch.float64, generator=generator(0))
     torch.testing.assert_close(row_dots(rows, rows), rows @ rows.T, rtol=1e-14, atol=1e-12)
