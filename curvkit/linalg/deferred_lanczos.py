@@ -25,7 +25,10 @@ and its Cholesky factor), hence
 
 the Lanczos relation of the orthonormal basis of the same Krylov space: the projected matrix, its
 Ritz pairs and the quadratures are those of step-by-step full re-orthogonalization up to
-rounding, and the basis is orthonormal to working precision.
+rounding, and the basis is orthonormal to working precision. As there, inner products and norms
+over the ``n`` entries are summed in float64 by blocks (:mod:`curvkit.linalg._dots`), so that
+this holds in float32 whatever ``n``; :math:`\mathbf{M}` and :math:`\mathbf{R}` are kept in
+float64, :math:`\mathbf{R}` being what the rows were actually transformed with.
 
 One pass is accurate for a (unit) vector that keeps more than :math:`1/\sqrt{2}` of its norm
 (the criterion of Daniel, Gragg, Kaufman & Stewart, 1976). Pending vectors drift from the settled
@@ -45,6 +48,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from curvkit.linalg._dots import norm, norms, row_dots
 from curvkit.linalg.lanczos import BREAKDOWN, RitzPairs, checked_norm, enlarged
 from curvkit.linear_operator import LinearOperator
 
@@ -70,8 +74,8 @@ class DeferredLanczosProcess:
         dtype, device, n = start.dtype, start.device, A.shape[0]
         self.A, self.max_dim, self.block_size = A, max_dim, block_size
         self.V = torch.empty(max_dim + 1, n, dtype=dtype, device=device)  # B's rows, then V's
-        self.M = torch.zeros(max_dim + 1, max_dim, dtype=dtype, device=device)
-        torch.div(start, torch.linalg.vector_norm(start), out=self.V[0])
+        self.M = torch.zeros(max_dim + 1, max_dim, dtype=torch.float64, device=device)
+        torch.div(start, norm(start), out=self.V[0])
         self.size, self.num_matvecs, self.broke_down = 0, 0, False
         self.num_sweeps = self.num_cuts = 0
         self._settled = 1  # rows below are orthonormal and final
@@ -114,10 +118,10 @@ class DeferredLanczosProcess:
         self.num_matvecs += 1
         self._norm_estimate = max(self._norm_estimate, checked_norm(w))
         window = self.V[max(0, j - 1) : j + 1]
-        coefficients = window @ w
+        coefficients = row_dots(window, w).to(w.dtype)
         residual = torch.addmv(w, window.T, coefficients, alpha=-1, out=self.V[j + 1])
         self.M[max(0, j - 1) : j + 1, j] = coefficients
-        gamma = float(torch.linalg.vector_norm(residual))
+        gamma = norm(residual)
         self.size = j + 1
         if gamma <= BREAKDOWN * self._eps * self._norm_estimate:
             self.broke_down = True
@@ -148,9 +152,10 @@ class DeferredLanczosProcess:
             return
         self.num_sweeps += 1
         basis, pending = self.V[:settled], self.V[settled : settled + num_pending]
-        C = pending @ basis.T  # [q, settled]: the block's components along the settled rows
+        C = row_dots(pending, basis).to(pending.dtype)  # [q, settled]: components along the settled rows
         pending.addmm_(C, basis, alpha=-1)
-        gram = pending @ pending.T
+        C = C.double()  # what was subtracted
+        gram = row_dots(pending, pending)
         L, info = torch.linalg.cholesky_ex(gram)
         # one pass is accurate for (unit) rows that keep more than 1/√2 of their norm (Daniel,
         # Gragg, Kaufman & Stewart, 1976); the first row that does not is orthogonalized alone
@@ -159,15 +164,15 @@ class DeferredLanczosProcess:
         cut = int(lost[0]) if lost.numel() else cut
         largest = float(C.abs().max())
         if cut == num_pending:
-            Q = torch.linalg.inv(L) @ pending
+            Q, L = _triangular_solve(L, pending)
             if largest <= self._eps**0.5:
                 self.block = min(self.block_size, 2 * self.block)
         else:
             Q, C, L, num_pending = self._cut(basis, pending, C, gram, cut)
         # Cholesky QR normalizes through a Gram matrix; norms summed directly are more accurate
-        norms = torch.linalg.vector_norm(Q, dim=1).clamp_min(torch.finfo(Q.dtype).tiny)
-        torch.div(Q, norms[:, None], out=self.V[settled : settled + num_pending])
-        L *= norms[None, :]
+        row_norms = norms(Q, 1).to(Q.dtype).clamp_min(torch.finfo(Q.dtype).tiny)
+        torch.div(Q, row_norms[:, None], out=self.V[settled : settled + num_pending])
+        L *= row_norms.double()[None, :]
         self._transform(C, L, num_pending)
         self._settled = settled + num_pending
         self._stop_at_invariant_subspace(settled, settled + num_pending)
@@ -199,15 +204,15 @@ class DeferredLanczosProcess:
         self.M[last_row + 1 :] = 0.0
         self.M[:, last_row:] = 0.0
         L = gram.new_zeros(cut + 1, cut + 1)
-        L[:cut, :cut] = torch.linalg.cholesky(gram[:cut, :cut])
         Q = torch.empty_like(pending[: cut + 1])
-        Q[:cut] = torch.linalg.inv(L[:cut, :cut]) @ pending[:cut]
+        Q[:cut], L[:cut, :cut] = _triangular_solve(torch.linalg.cholesky(gram[:cut, :cut]), pending[:cut])
         C, tail = C[: cut + 1].clone(), pending[cut].clone()
         for _ in range(2):
-            along_basis, along_block = basis @ tail, Q[:cut] @ tail
+            along_basis = row_dots(basis, tail).to(tail.dtype)
+            along_block = row_dots(Q[:cut], tail).to(tail.dtype)
             tail.addmv_(basis.T, along_basis, alpha=-1).addmv_(Q[:cut].T, along_block, alpha=-1)
-            C[cut] += along_basis
-            L[cut, :cut] += along_block
+            C[cut] += along_basis.double()
+            L[cut, :cut] += along_block.double()
         L[cut, cut] = 1.0
         Q[cut] = tail
         return Q, C, L, cut + 1
@@ -225,3 +230,13 @@ class DeferredLanczosProcess:
         rows = M[block].clone()
         M[:settled] += C.T[:, : rows.shape[0]] @ rows
         M[block] = L.T[: rows.shape[0], : rows.shape[0]] @ rows
+
+
+def _triangular_solve(L: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+    """``(Q, L')``: ``Q = L⁻¹ rows`` for a lower triangular float64 ``L``, in the working precision.
+
+    ``L'`` is the float64 inverse of the rounded ``L⁻¹``, so that ``rows = L' Q`` holds for the
+    rows actually computed, up to the rounding of the product (not of ``L⁻¹``).
+    """
+    inverse = torch.linalg.inv(L).to(rows.dtype)
+    return inverse @ rows, torch.linalg.inv(inverse.double()).tril()

@@ -15,8 +15,12 @@ the whole basis (classical Gram-Schmidt), and a second time only if that pass re
 :math:`1 - 1/\sqrt{2}` of its norm (the DGKS criterion of Daniel, Gragg, Kaufman & Stewart,
 1976). So the basis stays orthonormal to machine precision and no spurious copies of converged
 eigenvalues appear, at two passes over the basis per step; vectors are stored as rows so a pass
-reads only the ``j`` vectors in use. The entries of :math:`\mathbf{H}_m` are read off the orthogonalization
-coefficients, which makes a thick restart (Wu & Simon, 2000) a change of basis: keeping Ritz
+reads only the ``j`` vectors in use. Inner products and norms over the ``n`` entries are
+accumulated in float64 by blocks (:mod:`curvkit.linalg._dots`), so in float32 too the basis stays
+orthonormal to a few units of rounding whatever ``n``; the coefficients subtracted are those
+recorded (rounded to the working precision), and :math:`\mathbf{H}_m` is kept in float64. The
+entries of :math:`\mathbf{H}_m` are read off the orthogonalization coefficients, which makes a
+thick restart (Wu & Simon, 2000) a change of basis: keeping Ritz
 vectors :math:`\mathbf{V}_m\mathbf{S}_K` gives :math:`\mathbf{H} = \mathrm{diag}(\theta_K)`,
 coupled to :math:`\mathbf{v}_{m+1}` by :math:`\beta_m \mathbf{S}_{m,K}`.
 
@@ -41,6 +45,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from curvkit.linalg._dots import norm, row_dots
 from curvkit.linear_operator import LinearOperator
 
 BREAKDOWN = 100
@@ -55,19 +60,35 @@ def enlarged(tensor: Tensor, shape: tuple[int, int]) -> Tensor:
 
 
 def checked_norm(w: Tensor) -> float:
-    """``‖w‖`` of an operator's product.
+    """``‖w‖`` of an operator's product, an estimate of ``‖A‖`` and a check for NaN.
+
+    PyTorch's kernel: fast, but in float32 accurate only to a relative error that grows with the
+    length; :func:`curvkit.linalg._dots.norm` is used where accuracy matters.
 
     Raises:
         RuntimeError: If ``w`` contains NaN or infinity.
     """
-    norm = float(torch.linalg.vector_norm(w))
-    if norm != norm or norm == float("inf"):
+    result = float(torch.linalg.vector_norm(w))
+    if result != result or result == float("inf"):
         raise RuntimeError("Lanczos: the operator returned NaN or infinity.")
-    return norm
+    return result
+
+
+def orthonormalized(X: Tensor) -> Tensor:
+    r"""Orthonormal columns spanning those of ``X`` (``[n, p]``, full column rank).
+
+    Householder QR, whose inner products over ``n`` entries may lose digits in proportion to
+    ``n`` (float32), then one Cholesky QR step with the Gram matrix summed exactly in float64:
+    for columns that are orthonormal up to :math:`\delta`, that step leaves an error of order
+    :math:`\delta^2 + \varepsilon`.
+    """
+    Q = torch.linalg.qr(X).Q
+    L = torch.linalg.cholesky(row_dots(Q.T, Q.T, exact=True))
+    return Q @ torch.linalg.inv(L).T.to(Q.dtype)
 
 
 class RitzPairs(NamedTuple):
-    """Ritz values (ascending), the eigenvectors ``S`` of ``H`` and the residual norms."""
+    """Ritz values (ascending), the eigenvectors ``S`` of ``H`` and the residual norms (float64)."""
 
     values: Tensor
     S: Tensor
@@ -110,9 +131,9 @@ class LanczosProcess:
         )
         self.dim = A.shape[0] - (0 if self.locked is None else self.locked.shape[0])
         self.V = torch.zeros(max_dim + 1, A.shape[0], dtype=dtype, device=device)  # basis vectors as rows
-        self.H = torch.zeros(max_dim, max_dim, dtype=dtype, device=device)
+        self.H = torch.zeros(max_dim, max_dim, dtype=torch.float64, device=device)
         start = self._deflate(start.clone())
-        self.V[0] = start / torch.linalg.vector_norm(start)
+        self.V[0] = start / norm(start)
         self.size = 0
         self._coupled_from = 0  # first basis vector that A v_j couples to in exact arithmetic
         self.beta = 0.0
@@ -126,7 +147,7 @@ class LanczosProcess:
         """Remove the components along the locked vectors (twice, for accuracy), in place."""
         if self.locked is not None:
             for _ in range(2):
-                v.addmv_(self.locked.T, self.locked @ v, alpha=-1)
+                v.addmv_(self.locked.T, row_dots(self.locked, v).to(v.dtype), alpha=-1)
         return v
 
     def grow(self, max_dim: int) -> None:
@@ -152,18 +173,17 @@ class LanczosProcess:
         self.probed_complement, self._next_is_random = self._next_is_random, False
         self.num_matvecs += 1
         self._norm_estimate = max(self._norm_estimate, checked_norm(w))
-        h = torch.zeros(j + 1, dtype=w.dtype, device=w.device)
+        h = torch.zeros(j + 1, dtype=torch.float64, device=w.device)
         coupled = self.V[self._coupled_from : j + 1]
-        h[self._coupled_from :] = coupled @ w
-        w = torch.addmv(w, coupled.T, h[self._coupled_from :], alpha=-1)
-        basis, norm_before = self.V[: j + 1], float(torch.linalg.vector_norm(w))
+        coefficients = row_dots(coupled, w).to(w.dtype)
+        w = torch.addmv(w, coupled.T, coefficients, alpha=-1)  # a new tensor: A's product may alias v_j
+        h[self._coupled_from :] = coefficients
+        basis, norm_before = self.V[: j + 1], float(torch.linalg.vector_norm(w))  # for a ratio: fast kernel
         for _ in range(2):
-            correction = basis @ w
-            w.addmv_(basis.T, correction, alpha=-1)
-            h += correction
+            h += self._subtract(basis, w)
             if self.locked is not None:
-                w.addmv_(self.locked.T, self.locked @ w, alpha=-1)
-            norm_after = float(torch.linalg.vector_norm(w))
+                self._subtract(self.locked, w)
+            norm_after = norm(w)
             if norm_after > 0.7071 * norm_before:
                 break
             norm_before = norm_after
@@ -175,7 +195,7 @@ class LanczosProcess:
         self.broke_down = beta <= BREAKDOWN * torch.finfo(w.dtype).eps * max(self._norm_estimate, 1e-300)
         if not self.broke_down:
             self.beta = beta
-            self.V[j + 1] = w / beta
+            torch.div(w, beta, out=self.V[j + 1])
             return True
         self.beta = 0.0
         if self.generator is None or self.size >= self.dim:
@@ -183,6 +203,17 @@ class LanczosProcess:
         self.V[j + 1] = self._random_orthogonal_vector(basis)
         self._next_is_random = True
         return True
+
+    @staticmethod
+    def _subtract(rows: Tensor, w: Tensor) -> Tensor:
+        """Remove ``w``'s components along ``rows`` in place and return their coefficients.
+
+        The coefficients are those actually subtracted (rounded to the working precision), as
+        float64, so that ``H`` records what was removed.
+        """
+        coefficients = row_dots(rows, w).to(w.dtype)
+        w.addmv_(rows.T, coefficients, alpha=-1)
+        return coefficients.double()
 
     def _random_orthogonal_vector(self, basis: Tensor) -> Tensor:
         return self.random_complement(basis, 1)[:, 0]
@@ -193,10 +224,10 @@ class LanczosProcess:
         X = torch.randn(shape, generator=self.generator, device=self.generator.device, dtype=basis.dtype)
         X = X.to(dtype=basis.dtype, device=basis.device)
         for _ in range(2):
-            X = X - basis.T @ (basis @ X)
+            X = X - basis.T @ row_dots(basis, X.T).to(X.dtype)
             if self.locked is not None:
-                X = X - self.locked.T @ (self.locked @ X)
-            X = torch.linalg.qr(X).Q
+                X = X - self.locked.T @ row_dots(self.locked, X.T).to(X.dtype)
+            X = orthonormalized(X)
         return X
 
     def ritz_pairs(self) -> RitzPairs:
@@ -207,14 +238,14 @@ class LanczosProcess:
 
     def ritz_vectors(self, S: Tensor) -> Tensor:
         """``V_m S`` (``[n, k]``) for coefficient columns ``S`` of shape ``[m, k]``."""
-        return self.V[: self.size].T @ S
+        return self.V[: self.size].T @ S.to(self.V.dtype)
 
     def restart(self, keep: Tensor) -> None:
         """Thick restart: keep the Ritz vectors with indices ``keep`` and the residual direction."""
         m, num_kept = self.size, keep.numel()
         values, S, _ = self.ritz_pairs()
         residual_direction = self.V[m].clone()
-        self.V[:num_kept] = S[:, keep].T @ self.V[:m]
+        self.V[:num_kept] = S[:, keep].T.to(self.V.dtype) @ self.V[:m]
         self.V[num_kept] = residual_direction
         self.V[num_kept + 1 :] = 0.0
         self.H.zero_()

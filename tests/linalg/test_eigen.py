@@ -45,7 +45,7 @@ def test_restarts_keep_the_number_of_vectors_bounded():
     A = CountingOperator(random_symmetric(300, seed=3), symmetric=True)
     values, _ = lanczos_eigsh(A, 2, ncv=8, tol=1e-8, seed=0)
     torch.testing.assert_close(values, torch.linalg.eigvalsh(A.matrix)[-2:])
-    assert A.num_columns == A.num_calls  # one vector per product
+    assert A.num_columns == A.num_calls + 1  # one vector per product, the final Rayleigh–Ritz two
 
 
 def test_multiple_eigenvalues_and_identity():
@@ -107,7 +107,8 @@ def test_null_space_is_filled_from_one_probe():
     values, vectors = lanczos_eigsh(A, 5, which="SA", seed=0)
     assert float(values.abs().max()) < 1e-10
     assert float((A.matrix @ vectors).abs().max()) < 1e-10
-    assert A.num_columns <= 8  # 6 Krylov vectors (5 eigenvalues and 0), a rounding step, the probe
+    # 6 Krylov vectors (5 eigenvalues and 0), a rounding step, the probe; the final Rayleigh–Ritz 5
+    assert A.num_columns <= 8 + 5
 
 
 def test_multiplicity_check_can_be_skipped_for_speed():
@@ -154,7 +155,7 @@ def test_every_run_counts_towards_max_matvecs():
     counting = CountingOperator(A, symmetric=True)
     with pytest.raises(RuntimeError, match="search of their complement for further copies"):
         lanczos_eigsh(counting, 5, seed=0, max_matvecs=needed - 1)
-    assert counting.num_columns == needed - 1
+    assert counting.num_columns == needed - 1 - 5  # k = 5 left for the final Rayleigh–Ritz
 
 
 def test_full_dimension_and_foreign_inputs():
@@ -193,6 +194,16 @@ def test_power_iteration():
     torch.testing.assert_close(A @ vector, value * vector, atol=1e-7, rtol=0)
     assert float(power_iteration(-A, tol=1e-8, seed=0)[0]) == pytest.approx(-4.0)
     assert float(power_iteration(torch.zeros(4, 4), seed=0)[0]) == 0.0
+
+
+@pytest.mark.parametrize("scale", [1e-9, 1e9])
+def test_power_iteration_tolerance_is_relative_to_the_eigenvalue(scale):
+    """The same relative accuracy for operators of any norm (an absolute residual test accepts
+    the first vector when ``‖A‖ ≈ 10⁻⁹`` and never stops when ``‖A‖ ≈ 10⁹``)."""
+    A = scale * with_spectrum(torch.cat([torch.linspace(-1, 1, 50), torch.tensor([4.0])]).double())
+    value, vector = power_iteration(A, tol=1e-8, seed=0)
+    assert float(value) == pytest.approx(4.0 * scale, rel=1e-8)
+    assert float(torch.linalg.vector_norm(A @ vector - value * vector)) <= 1e-8 * 4.0 * scale
 
 
 def test_power_iteration_errors():

@@ -8,9 +8,10 @@ import torch
 from torch import Tensor
 
 from curvkit._boundary import as_integer
+from curvkit.linalg._dots import row_dots
 from curvkit.linalg._operator import nonnegative_float, square_operator, working_dtype
 from curvkit.linalg._random import Seed, as_generator, random_block
-from curvkit.linalg.lanczos import LanczosProcess
+from curvkit.linalg.lanczos import LanczosProcess, checked_norm, orthonormalized
 from curvkit.linear_operator import LinearOperator
 
 WHICH = ("LA", "SA", "LM")
@@ -51,7 +52,7 @@ class _Search:
         which: ``'LA'``, ``'SA'`` or ``'LM'``.
         tol: Relative residual tolerance (already at least machine precision).
         ncv: Largest basis size of a run.
-        max_matvecs: Products allowed for all runs together.
+        max_matvecs: Products allowed for all runs together and the final Rayleigh–Ritz.
         generator: Source of start and restart vectors.
     """
 
@@ -60,6 +61,7 @@ class _Search:
     ):
         self.A, self.k, self.which, self.tol, self.ncv = A, k, which, tol, ncv
         self.max_matvecs, self.generator = max_matvecs, generator
+        self.budget = max_matvecs - k  # the final Rayleigh–Ritz multiplies k vectors
         self.num_matvecs = 0
         self.scale = 0.0  # largest |Ritz value| seen: the estimate of ||A|| that tol refers to
 
@@ -86,10 +88,11 @@ class _Search:
         num_kept = min(want + (ncv - want) // 2, ncv - 1)
         check_every = max(1, (ncv - want) // 4)
         while True:
-            if self.num_matvecs >= self.max_matvecs:
+            if self.num_matvecs >= self.budget:
                 raise RuntimeError(
                     f"lanczos_eigsh did not converge to tol={self.tol:g} within "
-                    f"max_matvecs={self.max_matvecs} products"
+                    f"max_matvecs={self.max_matvecs} products (k={self.k} of them kept for the final "
+                    "Rayleigh–Ritz)"
                     + (
                         "."
                         if locked is None
@@ -122,6 +125,26 @@ class _Search:
         c = process.H[process.size - 1, process.size - 1]  # Rayleigh quotient of the probe vector
         copies = process.random_complement(process.V[: process.size], num_copies)
         return pairs.join(_Pairs(c.repeat(num_copies), copies))
+
+
+def _rayleigh_ritz(A: LinearOperator, vectors: Tensor) -> _Pairs:
+    r"""The Ritz pairs of ``A`` in the span of ``vectors`` (``[n, k]``): one product with ``k`` columns.
+
+    With :math:`\mathbf{Q}` an orthonormal basis of the span, the eigenpairs
+    :math:`(\theta_i, \mathbf{y}_i)` of :math:`\mathbf{Q}^\top\mathbf{A}\mathbf{Q}` (in float64)
+    give the pairs :math:`(\theta_i, \mathbf{Q}\mathbf{y}_i)`: eigenvalues that are the vectors'
+    Rayleigh quotients, and the smallest residual block :math:`\|\mathbf{A}\mathbf{U} -
+    \mathbf{U}\mathbf{\Theta}\|_F` over the span.
+
+    Raises:
+        RuntimeError: If the product contains NaN or infinity.
+    """
+    Q = orthonormalized(vectors)
+    AQ = A.matmat(Q)
+    checked_norm(AQ.flatten())
+    projection = row_dots(Q.T, AQ.T, exact=True)
+    values, Y = torch.linalg.eigh((projection + projection.T) / 2)
+    return _Pairs(values.to(Q.dtype), Q @ Y.to(Q.dtype))
 
 
 def lanczos_eigsh(
@@ -174,6 +197,13 @@ def lanczos_eigsh(
     :math:`p`-fold eigenvalue about :math:`p` such runs. Locked residuals add up, so a returned
     pair has residual at most about ``(k + 1) · tol · max|θ|``.
 
+    **Accuracy.** The result is a final Rayleigh–Ritz step on the span of the ``k`` vectors
+    found: one product with a block of ``k`` columns, counted in ``max_matvecs``. The returned
+    vectors are orthonormal to a few units of rounding of the working precision and the
+    eigenvalues are their Rayleigh quotients (computed in float64, then rounded), whatever the
+    dimension: inner products and norms over its entries are summed in float64 by blocks
+    (:mod:`curvkit.linalg._dots`), as in the Lanczos process itself.
+
     Wu, K., & Simon, H. (2000). Thick-restart Lanczos method for large symmetric eigenvalue
     problems. SIAM Journal on Matrix Analysis and Applications.
 
@@ -183,8 +213,8 @@ def lanczos_eigsh(
         which: ``'LA'`` (largest algebraic), ``'SA'`` (smallest algebraic) or ``'LM'`` (largest
             magnitude).
         tol: Relative residual tolerance, ``≥ 0`` (``0``: machine precision).
-        max_matvecs: Maximum number of products with ``A``, all runs together. Default:
-            ``10 · dim``.
+        max_matvecs: Maximum number of products with ``A`` (columns), all runs and the final
+            Rayleigh–Ritz step (``k``) together. Default: ``10 · dim``.
         ncv: Largest basis size, ``k < ncv ≤ dim`` (or ``ncv = dim``), for ``'LM'`` at least
             ``2k + 1``. Default:
             ``min(dim, max(2k + 1, 20))``. Memory: ``ncv + k + 1`` vectors.
@@ -247,5 +277,5 @@ def lanczos_eigsh(
                 break
             found = _Pairs(found.values[beyond], found.vectors[:, beyond])
         locked = locked.join(found).most_wanted(k, which)
-    order = torch.argsort(locked.values)
-    return locked.values[order], locked.vectors[:, order]
+    result = _rayleigh_ritz(A, locked.vectors)  # ascending
+    return result.values, result.vectors

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from curvkit._boundary import as_integer
+from curvkit.linalg._dots import column_dots, norm
 from curvkit.linalg._operator import nonnegative_float, square_operator, working_dtype
 from curvkit.linalg._random import Seed, as_generator, random_block
 
@@ -54,20 +54,20 @@ def power_iteration(
     as_integer(max_iterations, "max_iterations", minimum=1)
     generator = as_generator(seed, A.device)
     v = random_block(A.shape[0], 1, "normal", generator, working_dtype(A), A.device)
-    v = v / torch.linalg.vector_norm(v)
+    v = v / norm(v)
     residual = float("inf")
     for _ in range(max_iterations):
         w = A.matmat(v)
-        value = (v * w).sum()
-        residual = float(torch.linalg.vector_norm(w - value * v))
+        value = column_dots(v, w)[0].to(w.dtype)  # sums in float64: exact to rounding for any dim
+        residual = norm(w - value * v)
         if residual != residual:
             raise RuntimeError("power_iteration: the operator returned NaN.")
         if residual <= tol * abs(float(value)):
             return value, v.squeeze(1)
-        norm = torch.linalg.vector_norm(w)
-        if float(norm) == 0.0:
+        length = norm(w)
+        if length == 0.0:
             return value, v.squeeze(1)  # A v = 0: v is an eigenvector with eigenvalue 0
-        v = w / norm
+        v = w / length
     raise RuntimeError(
         f"power_iteration did not converge to tol={tol:g} within max_iterations={max_iterations} "
         f"(residual {residual:.3e})."

@@ -92,8 +92,8 @@ def lanczos_quadratures(
                 if process.absorb(product.contiguous()) and process.size < ncv
             ]
         for index, process in enumerate(processes):
-            values, S, residuals = process.ritz_pairs()
-            quadratures.append(Quadrature(values, S[0] ** 2))
+            values, S, residuals = process.ritz_pairs()  # float64: the quadrature in the working dtype
+            quadratures.append(Quadrature(values.to(process.V.dtype), (S[0] ** 2).to(process.V.dtype)))
             if first == 0 and index == 0 and boundaries_tol is not None:
                 boundaries = _eigenvalue_boundaries(process, values, residuals, ncv, boundaries_tol)
     return quadratures, boundaries
@@ -110,7 +110,7 @@ def _eigenvalue_boundaries(
 ) -> tuple[float, float]:
     """Extreme-eigenvalue estimates from a finished run, extending its Krylov space if needed."""
     n = process.A.shape[0]
-    tol = max(boundaries_tol, torch.finfo(values.dtype).eps)
+    tol = max(boundaries_tol, torch.finfo(process.V.dtype).eps)
     check_every, max_dim = max(1, ncv // 8), min(n, 4 * ncv)
     while True:
         radius = float(values.abs().max())
