@@ -42,6 +42,20 @@ def test_cg_matches_dense_solve_for_vectors_and_batched_columns():
     torch.testing.assert_close(A_inv @ B, torch.stack([A_inv @ B[:, j] for j in range(5)], 1))
 
 
+@pytest.mark.parametrize("scale", [1e-6, 1.0, 1e6])
+def test_cg_tolerance_is_relative_to_the_right_hand_side(scale):
+    """``tol`` bounds ``‖r‖ / ‖b‖``: the same accuracy for right-hand sides of any norm (an absolute
+    test would return zeros for ``b = 10⁻⁶ · 1``)."""
+    A = spd()
+    b = scale * torch.ones(40, dtype=torch.float64)
+    A_inv = CGInverseLinearOperator(A)
+    A_inv.set_cg_hyperparameters(tol=1e-8)
+    x = A_inv @ b
+    assert float(torch.linalg.vector_norm(b - A @ x)) <= 1e-8 * float(torch.linalg.vector_norm(b))
+    expected = torch.linalg.solve(A, b)
+    assert float(torch.linalg.vector_norm(x - expected)) <= 1e-6 * float(torch.linalg.vector_norm(expected))
+
+
 def test_cg_skips_converged_columns():
     A = CountingOperator(spd(), symmetric=True)
     B = torch.stack([torch.zeros(40, dtype=torch.float64), rhs(40)], 1)

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from curvkit._boundary import as_integer, as_tensor
+from curvkit.linalg._dots import column_dots, norms
 from curvkit.linalg._operator import nonnegative_float, square_operator
 from curvkit.linear_operator import DenseLinearOperator, LinearOperator, as_linear_operator
 
@@ -61,17 +62,19 @@ def conjugate_gradient(
         x0 = x0.unsqueeze(1)  # [n]: the same guess for every column
     X = torch.zeros_like(B) if x0 is None else x0.expand_as(B).clone()
     R = B - A.matmat(X) if x0 is not None else B.clone()
-    threshold = torch.clamp(tol * torch.linalg.vector_norm(B, dim=0), min=atol)
+    threshold = torch.clamp(tol * norms(B, 0), min=atol)
     Z = R if M is None else M.matmat(R)
     P = Z.clone()
-    rz = (R * Z).sum(dim=0)
+    rz = column_dots(R, Z)  # inner products and norms summed in float64 (curvkit.linalg._dots)
     for _ in range(maxiter):
-        active = torch.nonzero(torch.linalg.vector_norm(R, dim=0) > threshold).squeeze(1)
+        active = torch.nonzero(norms(R, 0) > threshold).squeeze(1)
         if active.numel() == 0:
             return X
+        # while every column iterates, views: gathering and scattering columns cost more than A's product
+        active = slice(None) if active.numel() == B.shape[1] else active
         P_active = P[:, active]
         AP = A.matmat(P_active)
-        curvature = (P_active * AP).sum(dim=0)
+        curvature = column_dots(P_active, AP)
         if not bool(torch.isfinite(curvature).all()):
             raise RuntimeError("CG encountered NaN or infinity; check A (and M) for non-finite values.")
         if bool((curvature <= 0).any()):
@@ -79,16 +82,16 @@ def conjugate_gradient(
                 "CG found a direction p with pᵀAp ≤ 0: A is not positive definite. "
                 "Add damping (A + damping · I with damping > 0) or use LSMRInverseLinearOperator."
             )
-        alpha = rz[active] / curvature
+        alpha = (rz[active] / curvature).to(X.dtype)
         X[:, active] += alpha * P_active
         R[:, active] -= alpha * AP
         Z_active = R[:, active] if M is None else M.matmat(R[:, active])
-        rz_new = (R[:, active] * Z_active).sum(dim=0)
-        P[:, active] = Z_active + (rz_new / rz[active]) * P_active
+        rz_new = column_dots(R[:, active], Z_active)
+        P[:, active] = Z_active + (rz_new / rz[active]).to(X.dtype) * P_active
         rz[active] = rz_new
         if callback is not None:
             callback(X)
-    residual = torch.linalg.vector_norm(R, dim=0)
+    residual = norms(R, 0)
     if bool((residual > threshold).any()):
         warn(
             f"CG did not converge within maxiter={maxiter} iterations: the largest residual norm "
