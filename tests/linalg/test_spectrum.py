@@ -166,6 +166,21 @@ def test_multiple_of_identity_gives_one_peak():
     assert mass(grid, density, -numpy.inf, numpy.inf) == pytest.approx(1.0, abs=1e-3)
 
 
+@pytest.mark.parametrize("ncv, kappa", [(5, 3.0), (12, 1.5)])
+def test_peak_of_a_multiple_of_identity_has_the_documented_width(ncv, kappa):
+    """``3 I`` has one quadrature node: the density is one Gaussian of width ``σ = 2 / ((ncv - 1)
+    √(8 ln κ))`` on the grid rescaled to ``[-1, 1]`` (Papyan, 2020, Section D.2). Its height and
+    variance, not only its mass and position, follow from that width."""
+    grid, density = lanczos_approximate_spectrum(
+        3.0 * torch.eye(20, dtype=torch.float64), ncv=ncv, kappa=kappa, num_points=2049, seed=0
+    )
+    half_width = (grid[-1] - grid[0]) / 2
+    sigma = half_width * 2 / ((ncv - 1) * math.sqrt(8 * math.log(kappa)))
+    step = grid[1] - grid[0]
+    assert density.max() == pytest.approx(1 / (sigma * math.sqrt(2 * math.pi)), rel=1e-3)
+    assert float((density * (grid - 3.0) ** 2).sum() * step) == pytest.approx(sigma**2, rel=1e-3)
+
+
 def test_numpy_input():
     grid, density = lanczos_approximate_spectrum(two_clusters(50).numpy(), ncv=10, seed=0)
     assert grid.dtype == density.dtype == numpy.float64
