@@ -20,9 +20,9 @@ accumulated in float64 by blocks (:mod:`curvkit.linalg._dots`), so in float32 to
 orthonormal to a few units of rounding whatever ``n``; the coefficients subtracted are those
 recorded (rounded to the working precision), and :math:`\mathbf{H}_m` is kept in float64. The
 entries of :math:`\mathbf{H}_m` are read off the orthogonalization coefficients, which makes a
-thick restart (Wu & Simon, 2000) a change of basis: keeping Ritz
-vectors :math:`\mathbf{V}_m\mathbf{S}_K` gives :math:`\mathbf{H} = \mathrm{diag}(\theta_K)`,
-coupled to :math:`\mathbf{v}_{m+1}` by :math:`\beta_m \mathbf{S}_{m,K}`.
+thick restart (Wu & Simon, 2000) a change of basis: keeping Ritz vectors
+:math:`\mathbf{V}_m\mathbf{S}_K` gives :math:`\mathbf{H} = \mathrm{diag}(\theta_K)`, coupled to
+:math:`\mathbf{v}_{m+1}` by :math:`\beta_m \mathbf{S}_{m,K}`.
 
 Given orthonormal ``locked`` vectors :math:`\mathbf{L}` (converged eigenvectors), the process
 runs on their orthogonal complement: every new vector is also orthogonalized against
