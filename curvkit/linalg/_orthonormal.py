@@ -7,8 +7,8 @@ column there; CholeskyQR (Fukaya et al., 2014) needs one Gram matrix
 triangular solve :math:`\mathbf{Q} = \mathbf{Y}\mathbf{R}^{-1}` (in place). Its loss of
 orthogonality grows with :math:`\kappa(\mathbf{Y})^2`, so it is repeated on its own output until
 the Gram matrix it starts from is close to the identity (twice for every :math:`\mathbf{Y}` that
-is well conditioned in its precision: CholeskyQR2). The Gram matrices are accumulated in float64,
-in slices of the long axis, so that the first factorization holds for
+is well conditioned in its precision: CholeskyQR2). The Gram matrices are summed in float64
+(``row_dots(..., exact=True)``), so that the first factorization holds for
 :math:`\kappa(\mathbf{Y})` up to about :math:`10^7` and the inner products do not lose digits as
 :math:`n` grows. A block that is still not factorizable (numerically rank deficient) falls back
 to Householder QR.
@@ -23,27 +23,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-GRAM_SLICE = 1 << 16
-"""Entries of the long axis converted to float64 at once by :func:`gram`."""
+from curvkit.linalg._dots import row_dots
 
 MAX_PASSES = 4
 """CholeskyQR passes before falling back to Householder QR."""
-
-
-def gram(rows: Tensor) -> Tensor:
-    """``rows @ rowsᵀ`` for ``[m, n]`` rows, computed in float64.
-
-    Slices of ``GRAM_SLICE`` entries of the long axis are converted and multiplied in float64
-    (``m · GRAM_SLICE`` numbers at a time): CholeskyQR squares the errors of the Gram matrix
-    by the condition number, so they must be float64 round-off, not float32's.
-    """
-    if rows.dtype == torch.float64:
-        return rows @ rows.T
-    result = torch.zeros(rows.shape[0], rows.shape[0], dtype=torch.float64, device=rows.device)
-    for start in range(0, rows.shape[1], GRAM_SLICE):
-        piece = rows[:, start : start + GRAM_SLICE].double()
-        result.addmm_(piece, piece.T)
-    return result
 
 
 def orthonormalize_rows_(rows: Tensor) -> Tensor:
@@ -53,7 +36,7 @@ def orthonormalize_rows_(rows: Tensor) -> Tensor:
     :math:`\mathbf{Y} = \mathbf{Q}\mathbf{R}` and :math:`\mathbf{R}` upper triangular, as a
     float64 ``[m, m]`` tensor. A pass stops the repetition once the Gram matrix of its input
     deviates from the identity by at most ``1/2`` (then its output is orthonormal to the
-    working precision). Memory: the rows, plus ``O(m · GRAM_SLICE + m²)``.
+    working precision). Memory: the rows, plus a float64 slice of them (``row_dots``).
 
     Raises:
         ValueError: If ``rows`` has more rows than columns.
@@ -64,7 +47,7 @@ def orthonormalize_rows_(rows: Tensor) -> Tensor:
     identity = torch.eye(num_rows, dtype=torch.float64, device=rows.device)
     R = identity
     for _ in range(MAX_PASSES):
-        G = gram(rows)
+        G = row_dots(rows, rows, exact=True)
         factor, info = torch.linalg.cholesky_ex(G, upper=True)
         if int(info) != 0 or not bool(torch.isfinite(factor).all()):
             break
@@ -75,3 +58,10 @@ def orthonormalize_rows_(rows: Tensor) -> Tensor:
     Q, R_rest = torch.linalg.qr(rows.T)
     rows.copy_(Q.T)
     return R_rest.double() @ R
+
+
+def orthonormalized(X: Tensor) -> Tensor:
+    """Orthonormal columns spanning those of ``X`` (``[n, p]``, full column rank), as a new tensor."""
+    rows = X.T.contiguous()
+    orthonormalize_rows_(rows)
+    return rows.T

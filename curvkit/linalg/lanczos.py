@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 
 from curvkit.linalg._dots import norm, row_dots
+from curvkit.linalg._orthonormal import orthonormalized
 from curvkit.linear_operator import LinearOperator
 
 BREAKDOWN = 100
@@ -72,19 +73,6 @@ def checked_norm(w: Tensor) -> float:
     if result != result or result == float("inf"):
         raise RuntimeError("Lanczos: the operator returned NaN or infinity.")
     return result
-
-
-def orthonormalized(X: Tensor) -> Tensor:
-    r"""Orthonormal columns spanning those of ``X`` (``[n, p]``, full column rank).
-
-    Householder QR, whose inner products over ``n`` entries may lose digits in proportion to
-    ``n`` (float32), then one Cholesky QR step with the Gram matrix summed exactly in float64:
-    for columns that are orthonormal up to :math:`\delta`, that step leaves an error of order
-    :math:`\delta^2 + \varepsilon`.
-    """
-    Q = torch.linalg.qr(X).Q
-    L = torch.linalg.cholesky(row_dots(Q.T, Q.T, exact=True))
-    return Q @ torch.linalg.inv(L).T.to(Q.dtype)
 
 
 class RitzPairs(NamedTuple):

@@ -10,8 +10,9 @@ from torch import Tensor
 from curvkit._boundary import as_integer
 from curvkit.linalg._dots import row_dots
 from curvkit.linalg._operator import nonnegative_float, square_operator, working_dtype
+from curvkit.linalg._orthonormal import orthonormalized
 from curvkit.linalg._random import Seed, as_generator, random_block
-from curvkit.linalg.lanczos import LanczosProcess, checked_norm, orthonormalized
+from curvkit.linalg.lanczos import LanczosProcess, checked_norm
 from curvkit.linear_operator import LinearOperator
 
 WHICH = ("LA", "SA", "LM")
