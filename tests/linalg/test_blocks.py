@@ -196,23 +196,3 @@ def test_peak_memory_on_ten_million_entries_stays_within_the_documented_bound(na
     else:  # Hutchinson's Rademacher estimate is exact on a diagonal, XDiag's has noise of order 1e-3
         rtol = 1e-2 if estimator.func is xdiag else 1e-6
         assert numpy.allclose(estimate.numpy(), diagonal.numpy(), rtol=rtol)
-
-
-# ------------------------------------------------------------------------------- progress
-@pytest.mark.parametrize("name", ESTIMATORS)
-def test_one_progress_bar_counts_every_product_of_a_run(name, capsys):
-    A = CountingOperator(low_rank_plus_noise(n=40), symmetric=True)
-    A.max_columns = 3
-    ESTIMATORS[name](A, 12, seed=0, progressbar=True)
-    bar = capsys.readouterr().err
-    assert f"{name}: 100%" in bar
-    assert f"{A.num_columns}/{A.num_columns}" in bar
-    redrawn = [line for line in re.split(r"[\r\n]", bar) if line.strip()]
-    assert all(line.startswith(f"{name}:") for line in redrawn)  # one bar, no other
-    ESTIMATORS[name](A, 12, seed=0)
-    assert capsys.readouterr().err == ""  # off by default
-
-
-def test_progressbar_must_be_a_bool():
-    with pytest.raises(TypeError, match="progressbar must be True or False"):
-        hutchinson_trace(torch.eye(3), 2, progressbar="yes")

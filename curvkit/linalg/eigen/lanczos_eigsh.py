@@ -11,6 +11,7 @@ from curvkit._boundary import as_integer
 from curvkit.linalg._dots import row_dots
 from curvkit.linalg._operator import nonnegative_float, square_operator, working_dtype
 from curvkit.linalg._orthonormal import orthonormalized
+from curvkit.linalg._progress import product_progress
 from curvkit.linalg._random import Seed, as_generator, random_block
 from curvkit.linalg.lanczos import LanczosProcess, checked_norm
 from curvkit.linear_operator import LinearOperator
@@ -158,6 +159,7 @@ def lanczos_eigsh(
     ncv: int | None = None,
     seed: Seed = None,
     check_multiplicity: bool = True,
+    progressbar: bool = False,
 ) -> tuple[Tensor, Tensor]:
     r"""Compute ``k`` extreme eigenpairs of a symmetric operator, like ``scipy.sparse.linalg.eigsh``.
 
@@ -225,6 +227,7 @@ def lanczos_eigsh(
             does: 1.5–1.8 times cheaper with distinct eigenvalues, but a repeated eigenvalue may
             then show fewer copies than it has, the next eigenvalues taking their places (the
             exploration also catches a wanted eigenvalue that a small ``ncv`` let converge late).
+        progressbar: Show one progress bar for the run, counting products.
 
     Returns:
         Eigenvalues ``[k]`` in ascending order and eigenvectors ``[dim, k]`` (orthonormal
@@ -264,6 +267,22 @@ def lanczos_eigsh(
     max_matvecs = 10 * n if max_matvecs is None else as_integer(max_matvecs, "max_matvecs", minimum=1)
     tol = max(tol, torch.finfo(working_dtype(A)).eps)
 
+    with product_progress(A, progressbar, "lanczos_eigsh") as A:
+        return _search_with_locking(A, k, which, tol, ncv, max_matvecs, seed, check_multiplicity)
+
+
+def _search_with_locking(
+    A: LinearOperator,
+    k: int,
+    which: str,
+    tol: float,
+    ncv: int,
+    max_matvecs: int,
+    seed: Seed,
+    check_multiplicity: bool,
+) -> tuple[Tensor, Tensor]:
+    """The runs of :func:`lanczos_eigsh` on checked arguments, then its Rayleigh–Ritz step."""
+    n = A.shape[0]
     search = _Search(A, k, which, tol, ncv, max_matvecs, as_generator(seed, A.device))
     found, complete = search.run(k, None)
     locked = found.most_wanted(k, which)

@@ -9,11 +9,13 @@ from torch import Tensor
 from curvkit._boundary import as_integer
 from curvkit.linalg._dots import column_dots, norm
 from curvkit.linalg._operator import nonnegative_float, square_operator, working_dtype
+from curvkit.linalg._progress import product_progress
 from curvkit.linalg._random import Seed, as_generator, random_block
+from curvkit.linear_operator import LinearOperator
 
 
 def power_iteration(
-    A: Any, *, tol: float = 1e-4, max_iterations: int = 1000, seed: Seed = None
+    A: Any, *, tol: float = 1e-4, max_iterations: int = 1000, seed: Seed = None, progressbar: bool = False
 ) -> tuple[Tensor, Tensor]:
     r"""Estimate the eigenvalue of largest magnitude and its eigenvector by power iteration.
 
@@ -34,6 +36,7 @@ def power_iteration(
         tol: Relative residual tolerance, ``≥ 0``.
         max_iterations: Maximum number of products with ``A``, ``≥ 1``.
         seed: ``int``, ``torch.Generator`` or ``None``.
+        progressbar: Show one progress bar for the run, counting products.
 
     Returns:
         The eigenvalue (0-dimensional tensor) and the unit eigenvector ``[dim]``.
@@ -55,6 +58,12 @@ def power_iteration(
     generator = as_generator(seed, A.device)
     v = random_block(A.shape[0], 1, "normal", generator, working_dtype(A), A.device)
     v = v / norm(v)
+    with product_progress(A, progressbar, "power_iteration", max_iterations) as counted:
+        return _iterate(counted, v, tol, max_iterations)
+
+
+def _iterate(A: LinearOperator, v: Tensor, tol: float, max_iterations: int) -> tuple[Tensor, Tensor]:
+    """Power iteration from the unit vector ``v`` (``[n, 1]``), on checked arguments."""
     residual = float("inf")
     for _ in range(max_iterations):
         w = A.matmat(v)

@@ -13,6 +13,7 @@ from torch import Tensor
 from curvkit._boundary import as_integer, as_tensor
 from curvkit.linalg._dots import column_dots, norms
 from curvkit.linalg._operator import nonnegative_float, square_operator
+from curvkit.linalg._progress import product_progress
 from curvkit.linear_operator import DenseLinearOperator, LinearOperator, as_linear_operator
 
 
@@ -26,6 +27,7 @@ def conjugate_gradient(
     maxiter: int | None = None,
     M: LinearOperator | None = None,
     callback: Callable[[Tensor], Any] | None = None,
+    progressbar: bool = False,
 ) -> Tensor:
     r"""Solve :math:`\mathbf{A}\mathbf{X} = \mathbf{B}` column by column with (preconditioned) CG.
 
@@ -48,6 +50,7 @@ def conjugate_gradient(
         maxiter: Maximum number of iterations. Default: ``10 · n``.
         M: Preconditioner, an operator approximating :math:`\mathbf{A}^{-1}` (SPD).
         callback: Called with the current iterate ``[n, k]`` after each iteration.
+        progressbar: Show one progress bar for the solve, counting products.
 
     Returns:
         The solutions ``[n, k]``. Columns that did not converge in ``maxiter`` iterations are
@@ -58,6 +61,21 @@ def conjugate_gradient(
             :math:`\mathbf{p}^\top\mathbf{A}\mathbf{p} \le 0` shows that ``A`` is not positive definite.
     """
     maxiter = 10 * A.shape[0] if maxiter is None else maxiter
+    with product_progress(A, progressbar, "conjugate_gradient") as A:
+        return _iterate(A, B, x0, tol, atol, maxiter, M, callback)
+
+
+def _iterate(
+    A: LinearOperator,
+    B: Tensor,
+    x0: Tensor | None,
+    tol: float,
+    atol: float,
+    maxiter: int,
+    M: LinearOperator | None,
+    callback: Callable[[Tensor], Any] | None,
+) -> Tensor:
+    """The iterations of :func:`conjugate_gradient`."""
     if x0 is not None and x0.ndim == 1:
         x0 = x0.unsqueeze(1)  # [n]: the same guess for every column
     X = torch.zeros_like(B) if x0 is None else x0.expand_as(B).clone()
@@ -147,6 +165,7 @@ class CGInverseLinearOperator(LinearOperator):
         M: Any = None,
         callback: Callable[[Tensor], Any] | None = None,
         atol: float | None = None,
+        progressbar: bool = False,
     ) -> None:
         """Store hyperparameters for CG (the arguments of ``scipy.sparse.linalg.cg``).
 
@@ -157,6 +176,8 @@ class CGInverseLinearOperator(LinearOperator):
             M: Preconditioner approximating ``A⁻¹`` (anything with ``@`` and ``.shape``).
             callback: Called with the current iterate (a ``[n, k]`` tensor) after each iteration.
             atol: Absolute tolerance, ``≥ 0``. Default: ``0``.
+            progressbar: Show a progress bar per solve (per product with the inverse),
+                counting products with ``A``.
 
         Raises:
             ValueError: If a tolerance is negative, ``maxiter < 1``, ``x0`` / ``M`` has a wrong
@@ -181,6 +202,7 @@ class CGInverseLinearOperator(LinearOperator):
         if callback is not None and not callable(callback):
             raise ValueError(f"callback must be callable or None, got {type(callback).__name__}.")
         self._callback = callback
+        self._progressbar = progressbar
 
     def _matmat(self, X: Tensor) -> Tensor:
         x0 = self._x0
@@ -195,6 +217,7 @@ class CGInverseLinearOperator(LinearOperator):
             maxiter=self._maxiter,
             M=self._M,
             callback=self._callback,
+            progressbar=self._progressbar,
         )
 
 

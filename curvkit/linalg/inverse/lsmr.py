@@ -10,6 +10,7 @@ from torch import Tensor
 
 from curvkit._boundary import as_integer
 from curvkit.linalg._operator import needs_transpose, nonnegative_float
+from curvkit.linalg._progress import product_progress
 from curvkit.linear_operator import LinearOperator, as_linear_operator
 
 
@@ -34,6 +35,7 @@ def lsmr(
     btol: float = 1e-6,
     conlim: float = 1e8,
     maxiter: int | None = None,
+    progressbar: bool = False,
 ) -> Tensor:
     r"""Minimum-norm least-squares solutions of :math:`\mathbf{A}\mathbf{X} \approx \mathbf{B}`, columnwise.
 
@@ -58,6 +60,7 @@ def lsmr(
         btol: Stopping tolerance (see above).
         conlim: Stop when the estimated condition number exceeds it.
         maxiter: Maximum iterations. Default: ``2 · min(m, n)``, at least 10.
+        progressbar: Show one progress bar for the solve, counting products.
 
     Returns:
         The solutions ``[n, k]``; with a ``UserWarning`` if ``maxiter`` stopped a column.
@@ -67,6 +70,12 @@ def lsmr(
         RuntimeError: If NaN or infinity appears.
     """
     maxiter = max(2 * min(A.shape), 10) if maxiter is None else maxiter
+    with product_progress(A, progressbar, "lsmr") as A:
+        return _iterate(A, B, atol, btol, conlim, maxiter)
+
+
+def _iterate(A: LinearOperator, B: Tensor, atol: float, btol: float, conlim: float, maxiter: int) -> Tensor:
+    """The iterations of :func:`lsmr`."""
     U, beta = _normalize(B.clone())
     normb = beta
     V, alpha = _normalize(needs_transpose("lsmr", A.rmatmat, U))
@@ -157,9 +166,17 @@ class LSMRInverseLinearOperator(LinearOperator):
         self.set_lsmr_hyperparameters()
 
     def set_lsmr_hyperparameters(
-        self, atol: float = 1e-6, btol: float = 1e-6, conlim: float = 1e8, maxiter: int | None = None
+        self,
+        atol: float = 1e-6,
+        btol: float = 1e-6,
+        conlim: float = 1e8,
+        maxiter: int | None = None,
+        progressbar: bool = False,
     ) -> None:
         """Store the stopping criteria of :func:`lsmr` (those of ``scipy.sparse.linalg.lsmr``).
+
+        ``progressbar`` shows a progress bar per solve (per product with the pseudo-inverse),
+        counting products with ``A`` and ``Aᵀ``.
 
         Raises:
             ValueError: If a tolerance is negative, ``conlim`` is not positive or ``maxiter < 1``.
@@ -170,9 +187,18 @@ class LSMRInverseLinearOperator(LinearOperator):
             raise ValueError(f"conlim must be positive, got {conlim!r}.")
         self._conlim = float(conlim)
         self._maxiter = None if maxiter is None else as_integer(maxiter, "maxiter", minimum=1)
+        self._progressbar = progressbar
 
     def _solve(self, A: LinearOperator, B: Tensor) -> Tensor:
-        return lsmr(A, B, atol=self._atol, btol=self._btol, conlim=self._conlim, maxiter=self._maxiter)
+        return lsmr(
+            A,
+            B,
+            atol=self._atol,
+            btol=self._btol,
+            conlim=self._conlim,
+            maxiter=self._maxiter,
+            progressbar=self._progressbar,
+        )
 
     def _matmat(self, X: Tensor) -> Tensor:
         return self._solve(self._A, X)

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from curvkit._boundary import as_integer
 from curvkit.linalg._operator import square_operator
+from curvkit.linalg._progress import product_progress
 from curvkit.linear_operator import LinearOperator
 
 GROWTH_LIMIT = 1e6
@@ -81,7 +82,15 @@ class NeumannInverseLinearOperator(LinearOperator):
         tensor([2.0000, 1.0000, 0.6667], dtype=torch.float64)
     """
 
-    def __init__(self, A: Any, num_terms: int = 100, scale: float = 1.0, check_nan: bool = True):
+    def __init__(
+        self,
+        A: Any,
+        num_terms: int = 100,
+        scale: float = 1.0,
+        check_nan: bool = True,
+        *,
+        progressbar: bool = False,
+    ):
         self._A = square_operator(A)
         super().__init__(
             self._A.shape,
@@ -91,10 +100,10 @@ class NeumannInverseLinearOperator(LinearOperator):
             in_layout=self._A.out_layout,
             out_layout=self._A.in_layout,
         )
-        self.set_neumann_hyperparameters(num_terms, scale, check_nan)
+        self.set_neumann_hyperparameters(num_terms, scale, check_nan, progressbar=progressbar)
 
     def set_neumann_hyperparameters(
-        self, num_terms: int = 100, scale: float = 1.0, check_nan: bool = True
+        self, num_terms: int = 100, scale: float = 1.0, check_nan: bool = True, *, progressbar: bool = False
     ) -> None:
         """Store hyperparameters for the truncated Neumann series.
 
@@ -102,6 +111,8 @@ class NeumannInverseLinearOperator(LinearOperator):
             num_terms: Number of terms in the truncated Neumann series, ``≥ 0``.
             scale: Scale applied to the matrix in the Neumann iteration, positive and finite.
             check_nan: Whether to raise on divergence while applying the series.
+            progressbar: Show a progress bar per product with the inverse, counting the
+                ``num_terms`` products with ``A`` per column.
 
         Raises:
             ValueError: If ``num_terms < 0`` or ``scale`` is not positive and finite.
@@ -111,12 +122,15 @@ class NeumannInverseLinearOperator(LinearOperator):
             raise ValueError(f"scale must be a positive finite number, got {scale!r}.")
         self._scale = float(scale)
         self._check_nan = bool(check_nan)
+        self._progressbar = progressbar
 
     def _matmat(self, X: Tensor) -> Tensor:
-        return self._series(self._A.matmat, X)
+        with product_progress(self._A, self._progressbar, "neumann", self._num_terms * X.shape[1]) as A:
+            return self._series(A.matmat, X)
 
     def _rmatmat(self, X: Tensor) -> Tensor:
-        return self._series(self._A.rmatmat, X)
+        with product_progress(self._A, self._progressbar, "neumann", self._num_terms * X.shape[1]) as A:
+            return self._series(A.rmatmat, X)
 
     def _series(self, product: Callable[[Tensor], Tensor], X: Tensor) -> Tensor:
         """``α Σ_{k=0}^{K} (I - α M)^k X`` for the product ``X ↦ M X`` (``M`` is ``A`` or ``Aᵀ``)."""

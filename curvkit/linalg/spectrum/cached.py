@@ -12,6 +12,7 @@ from torch import Tensor
 
 from curvkit._boundary import as_integer, to_numpy
 from curvkit.linalg._operator import finite_float, nonnegative_float, square_operator
+from curvkit.linalg._progress import product_progress
 from curvkit.linalg._random import Seed, as_generator
 from curvkit.linalg.spectrum.quadrature import Quadrature, lanczos_quadratures
 
@@ -113,8 +114,10 @@ class _CachedLanczosQuadratures:
         boundaries_tol: float = 1e-2,
         *,
         seed: Seed = None,
+        progressbar: bool = False,
     ):
         self._A = square_operator(A, typed=True)
+        self._progressbar = progressbar
         self._ncv = check_ncv(ncv, self._A.shape[0])
         self._given_low, self._given_high = check_boundaries(boundaries)
         self._boundaries_tol = nonnegative_float(boundaries_tol, "boundaries_tol")
@@ -129,9 +132,11 @@ class _CachedLanczosQuadratures:
         if missing > 0:
             need_boundaries = self._ritz_boundaries is None and None in (self._given_low, self._given_high)
             boundaries_tol = self._boundaries_tol if need_boundaries else None
-            quadratures, ritz = lanczos_quadratures(
-                self._A, self._ncv, self._generator, missing, boundaries_tol
-            )
+            total = None if need_boundaries else missing * self._ncv  # a boundary may take more
+            with product_progress(self._A, self._progressbar, "Lanczos quadratures", total) as A:
+                quadratures, ritz = lanczos_quadratures(
+                    A, self._ncv, self._generator, missing, boundaries_tol
+                )
             self._quadratures.extend(quadratures)
             self._ritz_boundaries = self._ritz_boundaries or ritz
         return self._quadratures[:num_repeats]
@@ -165,6 +170,8 @@ class LanczosApproximateSpectrumCached(_CachedLanczosQuadratures):
             (:mod:`curvkit.linalg.spectrum.quadrature`).
         boundaries_tol: Relative accuracy of estimated boundaries (``0``: machine precision).
         seed: ``int``, ``torch.Generator`` or ``None`` (drawn from NumPy's global random state).
+        progressbar: Show one progress bar for the Lanczos runs of each call that needs new
+            ones, counting products.
 
     Raises:
         ValueError: If ``A`` is not square or ``ncv``, ``boundaries`` or ``boundaries_tol`` is
@@ -208,6 +215,8 @@ class LanczosApproximateLogSpectrumCached(_CachedLanczosQuadratures):
             ``None`` ends are estimated internally.
         boundaries_tol: Relative accuracy of estimated boundaries (``0``: machine precision).
         seed: ``int``, ``torch.Generator`` or ``None``.
+        progressbar: Show one progress bar for the Lanczos runs of each call that needs new
+            ones, counting products.
 
     Raises:
         ValueError: If ``A`` is not square or ``ncv``, ``boundaries`` or ``boundaries_tol`` is

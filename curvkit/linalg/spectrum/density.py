@@ -25,6 +25,7 @@ def lanczos_approximate_spectrum(
     boundaries_tol: float = 1e-2,
     *,
     seed: Seed = None,
+    progressbar: bool = False,
 ) -> tuple[numpy.ndarray, numpy.ndarray]:
     r"""Approximate the spectral density of a symmetric :math:`\mathbf{A} \in \mathbb{R}^{d\times d}`.
 
@@ -53,6 +54,7 @@ def lanczos_approximate_spectrum(
         boundaries_tol: (Only if ``boundaries`` are not given.) Relative accuracy used to
             estimate the spectral boundary; ``0`` implies machine precision.
         seed: ``int``, ``torch.Generator`` or ``None``.
+        progressbar: Show one progress bar for the Lanczos runs, counting products.
 
     Returns:
         Grid points ``λ`` and approximated spectral density ``p(λ)`` of ``A``, NumPy arrays.
@@ -69,7 +71,9 @@ def lanczos_approximate_spectrum(
         >>> round(float(mass_near_one), 1)
         0.1
     """
-    cache = LanczosApproximateSpectrumCached(A, ncv, boundaries, boundaries_tol, seed=seed)
+    cache = LanczosApproximateSpectrumCached(
+        A, ncv, boundaries, boundaries_tol, seed=seed, progressbar=progressbar
+    )
     return cache.approximate_spectrum(num_repeats, num_points, kappa, margin)
 
 
@@ -85,6 +89,7 @@ def lanczos_approximate_log_spectrum(
     epsilon: float = 1e-5,
     *,
     seed: Seed = None,
+    progressbar: bool = False,
 ) -> tuple[numpy.ndarray, numpy.ndarray]:
     r"""Approximate the spectral density of :math:`\log(|\mathbf{A}| + \epsilon\mathbf{I})`.
 
@@ -107,6 +112,7 @@ def lanczos_approximate_log_spectrum(
             estimate the spectral boundary; ``0`` implies machine precision.
         epsilon: Shift to increase numerical stability.
         seed: ``int``, ``torch.Generator`` or ``None``.
+        progressbar: Show one progress bar for the Lanczos runs, counting products.
 
     Returns:
         Grid points and approximated spectral density of ``log(|A| + εI)``, NumPy arrays.
@@ -114,5 +120,7 @@ def lanczos_approximate_log_spectrum(
     Raises:
         ValueError: If ``A`` is not square or an argument is out of range.
     """
-    cache = LanczosApproximateLogSpectrumCached(A, ncv, boundaries, boundaries_tol, seed=seed)
+    cache = LanczosApproximateLogSpectrumCached(
+        A, ncv, boundaries, boundaries_tol, seed=seed, progressbar=progressbar
+    )
     return cache.approximate_log_spectrum(num_repeats, num_points, kappa, margin, epsilon)
