@@ -47,9 +47,14 @@ def range_basis(
     return Q_rows, trace
 
 
-def projected_out(Q_rows: Tensor, G: Tensor) -> Tensor:
-    """``(I - Q Qᵀ) G`` for an orthonormal basis given as rows ``Qᵀ``."""
-    return G - Q_rows.T @ row_dots(Q_rows, G.T).to(G.dtype)
+def projected_out_(Q_rows: Tensor, G: Tensor) -> Tensor:
+    """``G ← (I - Q Qᵀ) G`` in place, for an orthonormal basis given as rows ``Qᵀ``.
+
+    ``G`` is a block of random columns, the transpose of contiguous rows: one matrix product
+    updates them, with no ``[n, k]`` temporary.
+    """
+    G.T.addmm_(row_dots(Q_rows, G.T).T.to(G.dtype), Q_rows, alpha=-1)
+    return G
 
 
 def hutchpp_trace(
@@ -120,7 +125,7 @@ def hutchpp_trace(
         Q_rows, trace = range_basis(A, basis_dim, distribution, generator)
         columns = RandomColumns(A.shape[0], num_hutchinson, distribution, generator, Q_rows.dtype, A.device)
         for _, G in columns.blocks(block_width(A, num_hutchinson)):
-            G = projected_out(Q_rows, G)
+            projected_out_(Q_rows, G)
             hutchinson += column_dots(G, A.matmat(G)).sum()
     return (trace + hutchinson / num_hutchinson).to(Q_rows.dtype)
 
@@ -221,5 +226,5 @@ class HutchPPTraceEstimator:
             self._trace_on_basis = float(trace)
         Q_rows = self._Q_rows
         v = random_block(Q_rows.shape[1], 1, distribution, self._generator, Q_rows.dtype, Q_rows.device)
-        v = projected_out(Q_rows, v)
+        projected_out_(Q_rows, v)
         return self._trace_on_basis + float((v * self._A.matmat(v)).sum())
