@@ -34,3 +34,11 @@ def test_trace_estimation_benchmark_quick_run(tmp_path):
     output = run("trace_estimation.py", "--quick", "--seeds", "3", "--plot", str(plot))
     assert "Hutch++" in output and "XTrace" in output
     assert plot.stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_large_model_benchmark_quick_run():
+    output = run("large_model.py", "--quick")
+    for row in ("hutchinson_trace(G, 30)", "hutchpp_trace(G, 12)"):
+        assert f"| {row} |" in output
+    assert "lanczos_eigsh(G, k=2)" in output
