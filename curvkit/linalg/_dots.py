@@ -55,7 +55,9 @@ def row_dots(rows: Tensor, others: Tensor, exact: bool = False) -> Tensor:
         result = rows.new_zeros(rows.shape[0], others.shape[0], dtype=torch.float64)
         for start in range(0, n, SLICE):
             width = min(SLICE, n - start)
-            result += rows.narrow(1, start, width).double() @ others.narrow(1, start, width).double().T
+            piece = rows.narrow(1, start, width).double()
+            other_piece = piece if others is rows else others.narrow(1, start, width).double()
+            result += piece @ other_piece.T
     elif n <= BLOCK:
         result = (rows @ others.T).double()
     else:
