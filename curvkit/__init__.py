@@ -2,7 +2,9 @@
 
 Operators (:mod:`curvkit.operators`) multiply with the Hessian, GGN, MC-Fisher, empirical
 Fisher and Jacobians of a model on a data set; :mod:`curvkit.linalg` holds the randomized
-linear algebra that works on them (and on any tensor, NumPy array or SciPy operator).
+linear algebra that works on them (and on any tensor, NumPy array or SciPy operator);
+:mod:`curvkit.structured` the structured operators with closed forms (identity, diagonal,
+Kronecker products, block diagonals) and KFAC's / EKFAC's algebra on given factors.
 """
 
 from curvkit.linalg import (
@@ -37,15 +39,23 @@ from curvkit.operators import (
     TransposedJacobianLinearOperator,
     ggn_diagonal,
 )
-from curvkit.structured import DiagonalLinearOperator, IdentityLinearOperator
+from curvkit.structured import (
+    BlockDiagonalLinearOperator,
+    DiagonalLinearOperator,
+    EigenKroneckerLinearOperator,
+    IdentityLinearOperator,
+    KroneckerLinearOperator,
+)
 from curvkit.submatrix import SubmatrixLinearOperator
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BlockDiagonalLinearOperator",
     "CGInverseLinearOperator",
     "DiagonalLinearOperator",
     "EFLinearOperator",
+    "EigenKroneckerLinearOperator",
     "FisherMCLinearOperator",
     "GGNDiagonalLinearOperator",
     "GGNLinearOperator",
@@ -55,6 +65,7 @@ __all__ = [
     "HutchinsonTraceEstimator",
     "IdentityLinearOperator",
     "JacobianLinearOperator",
+    "KroneckerLinearOperator",
     "LSMRInverseLinearOperator",
     "LanczosApproximateLogSpectrumCached",
     "LanczosApproximateSpectrumCached",
