@@ -1,0 +1,285 @@
+"""KFAC's algebra on given factors: products, closed forms, state dicts, bad input."""
+
+import io
+import math
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from contract import LinearOperatorContract
+from structured_factors import (
+    CONV_BIAS,
+    CONV_WEIGHT,
+    EMBEDDING,
+    LINEAR_BIAS,
+    LINEAR_WEIGHT,
+    PARAM_SHAPES,
+    kfac_blocks,
+    kfac_factors,
+    kfac_params,
+    kfac_reference,
+    positive,
+    psd,
+)
+
+from curvkit.structured import KroneckerBlock, KroneckerFactoredLinearOperator
+
+
+def _kfac(dtype=torch.float64, seed=0):
+    factors = kfac_factors(dtype, seed)
+    return KroneckerFactoredLinearOperator(kfac_params(dtype), kfac_blocks(factors)), kfac_reference(factors)
+
+
+@pytest.fixture(params=[torch.float64, torch.float32], ids=["float64", "float32"], scope="module")
+def case(request):
+    return _kfac(request.param)
+
+
+class TestContract(LinearOperatorContract):
+    @pytest.fixture
+    def operator(self, case):
+        return case[0]
+
+    @pytest.fixture
+    def dense(self, case):
+        return case[1]
+
+
+def test_structure():
+    operator, _ = _kfac()
+    assert operator.is_symmetric and operator.is_psd and operator.shape == (72, 72)
+    assert [block.params for block in operator.blocks] == [
+        (CONV_WEIGHT, CONV_BIAS),
+        (LINEAR_WEIGHT,),
+        (LINEAR_BIAS,),
+        (EMBEDDING,),
+    ]
+    assert operator.in_layout.shapes == tuple(torch.Size(shape) for shape in PARAM_SHAPES)
+
+
+def test_one_layer_block_is_torch_kron():
+    """The plainest case, against ``torch.kron`` alone: a linear layer, weight then bias apart."""
+    G, A = psd(3, 0), psd(4, 1)
+    operator = KroneckerFactoredLinearOperator(
+        [torch.zeros(3, 4, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)],
+        [KroneckerBlock((0,), G, A), KroneckerBlock((1,), G)],
+    )
+    torch.testing.assert_close(operator.to_dense(), torch.block_diag(torch.kron(G, A), G))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_closed_forms_match_torch_linalg(dtype):
+    operator, reference = _kfac(dtype)
+    tol = {"rtol": 1e-10, "atol": 0} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 0}
+    sign, logabsdet = torch.linalg.slogdet(reference)
+    assert sign == 1
+    for value, expected in [
+        (operator.trace(), reference.trace()),
+        (operator.logdet(), logabsdet),
+        (operator.det(), torch.linalg.det(reference)),
+        (operator.frobenius_norm(), torch.linalg.matrix_norm(reference)),
+    ]:
+        assert value.dtype == dtype and value.shape == ()
+        torch.testing.assert_close(value.double(), expected, **tol)
+
+
+def test_large_logdet_without_overflow():
+    """Scaled factors: ``det`` overflows float32 (and float64), ``logdet`` stays exact."""
+    factors = {name: 100.0 * value for name, value in kfac_factors().items()}
+    operator = KroneckerFactoredLinearOperator(kfac_params(torch.float32), kfac_blocks(factors))
+    _, expected = torch.linalg.slogdet(kfac_reference(factors))
+    assert expected > 89  # e^89 overflows float32
+    torch.testing.assert_close(operator.logdet().double(), expected, rtol=1e-6, atol=0)
+    assert operator.det().isinf()
+
+
+def test_factors_are_symmetrized_and_take_the_parameters_dtype():
+    G = psd(3, 0)
+    G[0, 1] += 1e-9  # symmetric only to rounding, as factors summed over batches are
+    operator = KroneckerFactoredLinearOperator(
+        [torch.zeros(3, dtype=torch.float64)], [KroneckerBlock((0,), G)]
+    )
+    stored = operator.blocks[0].output_factor
+    assert torch.equal(stored, stored.T) and stored[0, 1] == (G[0, 1] + G[1, 0]) / 2
+    assert operator.is_symmetric
+    in_float32 = KroneckerFactoredLinearOperator(
+        [torch.zeros(3, dtype=torch.float32)], [KroneckerBlock((0,), G)]
+    )
+    assert in_float32.dtype == torch.float32 and in_float32.blocks[0].output_factor.dtype == torch.float32
+
+
+def test_shapes_instead_of_parameters():
+    factors = kfac_factors()
+    from_shapes = KroneckerFactoredLinearOperator(PARAM_SHAPES, kfac_blocks(factors))
+    assert from_shapes.dtype == torch.float64 and from_shapes.device == torch.device("cpu")
+    torch.testing.assert_close(from_shapes.to_dense(), kfac_reference(factors))
+    as_float32 = KroneckerFactoredLinearOperator(PARAM_SHAPES, kfac_blocks(factors), dtype=torch.float32)
+    assert as_float32.blocks[0].input_factor.dtype == torch.float32
+
+
+# ------------------------------------------------------------------------------------ state dicts
+def test_state_dict_round_trip_through_torch_save():
+    operator, reference = _kfac()
+    buffer = io.BytesIO()
+    torch.save(operator.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    loaded = KroneckerFactoredLinearOperator.from_state_dict(state)
+    torch.testing.assert_close(loaded.to_dense(), reference, rtol=0, atol=0)
+    assert loaded.shape == operator.shape and loaded.dtype == operator.dtype
+    in_float32 = KroneckerFactoredLinearOperator.from_state_dict(state, kfac_params(torch.float32))
+    assert in_float32.dtype == torch.float32
+    other, other_reference = _kfac(seed=10)
+    other.load_state_dict(state)
+    torch.testing.assert_close(other.to_dense(), reference, rtol=0, atol=0)
+    assert not torch.allclose(other_reference, reference)
+
+
+def test_state_dict_loads_in_another_process(tmp_path):
+    operator, _ = _kfac()
+    path = tmp_path / "kfac.pt"
+    torch.save(operator.state_dict(), path)
+    script = (
+        "import sys, torch\n"
+        "from curvkit.structured import KroneckerFactoredLinearOperator as K\n"
+        f"state = torch.load({str(path)!r}, weights_only=True)\n"
+        "print(repr(K.from_state_dict(state).logdet().item()))\n"
+    )
+    root = str(Path(__file__).parents[2])
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONPATH": root, "PATH": ""},
+    )
+    assert float(result.stdout) == operator.logdet().item()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda state: {**state, "format": "other"}, "format"),
+        (lambda state: [state], "state_dict must be"),
+        (lambda state: {**state, "shapes": [[2, 2], *state["shapes"][1:]]}, "parameters of shapes"),
+        (
+            lambda state: {**state, "blocks": [{**state["blocks"][0], "extra": 1}, *state["blocks"][1:]]},
+            "entries",
+        ),
+    ],
+)
+def test_load_state_dict_refuses_other_states(change, message):
+    operator, _ = _kfac()
+    with pytest.raises(ValueError, match=message):
+        operator.load_state_dict(change(operator.state_dict()))
+
+
+# ------------------------------------------------------------------------------------ bad input
+def _blocks_with(index, **changes):
+    blocks = kfac_blocks(kfac_factors())
+    blocks[index] = replace(blocks[index], **changes)
+    return blocks
+
+
+BAD_BLOCKS = {
+    "output factor of the wrong size": (
+        lambda: _blocks_with(1, output_factor=psd(4, 0)),
+        ValueError,
+        r"blocks\[1\] needs an output factor of size 3 \(the weight's rows, \[3, 5\]\), got size 4",
+    ),
+    "input factor of the wrong size": (
+        lambda: _blocks_with(1, input_factor=psd(6, 0)),
+        ValueError,
+        r"blocks\[1\] needs an input factor of size 5",
+    ),
+    "joined input factor without the bias's 1": (
+        lambda: _blocks_with(0, input_factor=psd(8, 0)),
+        ValueError,
+        r"input factor of size 9 \(the weight's columns and the bias\)",
+    ),
+    "non-square factor": (
+        lambda: _blocks_with(1, input_factor=torch.zeros(5, 4, dtype=torch.float64)),
+        ValueError,
+        r"blocks\[1\].input_factor must be a square matrix \[n, n\] or a diagonal \[n\], got shape \[5, 4\]",
+    ),
+    "bias with an input factor": (
+        lambda: _blocks_with(2, input_factor=psd(2, 0)),
+        ValueError,
+        r"blocks\[2\] is a bias alone",
+    ),
+    "weight without an input factor": (
+        lambda: _blocks_with(1, input_factor=None),
+        ValueError,
+        r"blocks\[1\] covers a weight \(parameter 3\), so it needs an input factor",
+    ),
+    "input-major with a bias": (
+        lambda: _blocks_with(0, input_major=True),
+        ValueError,
+        r"blocks\[0\]: an input-major weight \(nn.Embedding\) has no bias",
+    ),
+    "negative diagonal": (
+        lambda: _blocks_with(3, input_factor=-positive(6, 0)),
+        ValueError,
+        r"blocks\[3\].input_factor is a diagonal with negative entries",
+    ),
+    "parameter out of range": (
+        lambda: _blocks_with(1, params=(7,)),
+        ValueError,
+        r"blocks\[1\].params lists parameter 7, but there are 5",
+    ),
+    "three parameters": (
+        lambda: _blocks_with(1, params=(3, 0, 2)),
+        ValueError,
+        r"params must be \(weight,\), \(bias,\) or \(weight, bias\)",
+    ),
+    "parameter in two blocks": (
+        lambda: _blocks_with(2, params=(LINEAR_WEIGHT,), input_factor=psd(5, 0)),
+        ValueError,
+        r"Parameter 3 is in blocks\[1\] and blocks\[2\]",
+    ),
+    "parameter in no block": (
+        lambda: kfac_blocks(kfac_factors())[:3],
+        ValueError,
+        r"Parameters \[1\] are in no block",
+    ),
+    "not a block": (
+        lambda: [*kfac_blocks(kfac_factors())[:3], (1,)],
+        TypeError,
+        r"blocks\[3\] must be a KroneckerBlock",
+    ),
+    "nan in a factor": (
+        lambda: _blocks_with(1, output_factor=torch.full((3, 3), math.nan, dtype=torch.float64)),
+        ValueError,
+        "non-finite",
+    ),
+    "input_major not a bool": (
+        lambda: _blocks_with(3, input_major="yes"),
+        TypeError,
+        "input_major must be a bool",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_BLOCKS))
+def test_bad_blocks(name):
+    blocks, error, message = BAD_BLOCKS[name]
+    with pytest.raises(error, match=message):
+        KroneckerFactoredLinearOperator(kfac_params(), blocks())
+
+
+@pytest.mark.parametrize(
+    ("params", "error", "message"),
+    [
+        ([], TypeError, "non-empty list"),
+        (torch.zeros(3), TypeError, "non-empty list"),
+        ([torch.zeros(3), torch.zeros(3, dtype=torch.float64)], ValueError, "share one dtype"),
+        ([torch.zeros(3, dtype=torch.int64)], TypeError, "floating-point"),
+        ([(3,), "x"], TypeError, "tensors or of shapes"),
+    ],
+)
+def test_bad_params(params, error, message):
+    with pytest.raises(error, match=message):
+        KroneckerFactoredLinearOperator(params, [KroneckerBlock((0,), psd(3, 0))])
