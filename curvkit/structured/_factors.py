@@ -64,20 +64,22 @@ def kronecker_product(
     """``(L ⊗ R) X`` for ``X`` of shape ``[rows · columns, k]``, row-major: ``vec(L M Rᵀ)`` per column.
 
     Each column of ``X`` is a matrix ``M ∈ ℝ^{rows × columns}`` flattened row by row; ``None``
-    is the identity. Two matrix products: ``L`` on the rows of ``[rows, columns · k]``, then ``R``
-    on the rows of the ``[columns, rows · k]`` transpose (batched ``R @ M`` over the rows costs
-    up to 10 times more for one column).
+    is the identity. The columns are taken as the ``[k, rows, columns]`` stack ``Xᵀ`` — a view
+    when ``X`` is stored column by column, as block diagonals hand their blocks over — and the
+    result is returned the same way: two batched matrix products and no copy, as fast as the
+    bare ``L M Rᵀ`` (a row-major route with two transposing copies took 1.3 times as long).
     """
     k = X.shape[1]
-    Y = X.reshape(rows, columns * k)
+    return kronecker_on_matrices(left, right, X.T.reshape(k, rows, columns)).reshape(k, rows * columns).T
+
+
+def kronecker_on_matrices(left: Tensor | None, right: Tensor | None, M: Tensor) -> Tensor:
+    """``L M_c Rᵀ`` for each matrix of the stack ``M`` ``[k, rows, columns]`` (``None``: identity)."""
     if left is not None:
-        Y = left @ Y if left.ndim == 2 else left.unsqueeze(1) * Y
-    if right is None:
-        return Y.reshape(rows * columns, k)
-    if right.ndim == 1:
-        return (Y.reshape(rows, columns, k) * right.reshape(1, columns, 1)).reshape(rows * columns, k)
-    Z = right @ Y.reshape(rows, columns, k).transpose(0, 1).reshape(columns, rows * k)
-    return Z.reshape(columns, rows, k).transpose(0, 1).reshape(rows * columns, k)
+        M = left @ M if left.ndim == 2 else left.unsqueeze(1) * M
+    if right is not None:
+        M = M @ right.T if right.ndim == 2 else M * right
+    return M
 
 
 # ------------------------------------------------------------------------------ closed forms

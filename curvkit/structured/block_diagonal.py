@@ -106,17 +106,27 @@ class BlockDiagonalLinearOperator(ClosedForms, LinearOperator):
         )
 
     def _blockwise(self, X: Tensor, transpose: bool) -> Tensor:
-        result = X.new_empty(self.shape[0], X.shape[1])
+        """Each block on its rows of ``X``, handed over as columns stored column by column.
+
+        ``X`` is transposed once into ``[k, D]`` (not at all if it is stored column by column);
+        a block's input is a view of that (a copy only if its parameters are not neighbours in
+        its order), so Kronecker blocks multiply their ``[k, out, in]`` stack without a copy, and
+        each result is written into ``[k, D]``, returned transposed.
+        """
+        columns = X.T if X.stride(0) == 1 else X.T.contiguous()
+        result = X.new_empty(X.shape[1], self.shape[0])
         for (_, operator), ranges in zip(self.blocks, self._ranges):
-            rows = (
-                X[ranges[0][0] : ranges[0][1]] if len(ranges) == 1 else torch.cat([X[a:b] for a, b in ranges])
-            )
-            block_result = operator.rmatmat(rows) if transpose else operator.matmat(rows)
+            if len(ranges) == 1:
+                block_input = columns[:, ranges[0][0] : ranges[0][1]]
+            else:
+                block_input = torch.cat([columns[:, a:b] for a, b in ranges], dim=1)
+            block_input = block_input.T
+            block_result = (operator.rmatmat(block_input) if transpose else operator.matmat(block_input)).T
             start = 0
             for a, b in ranges:
-                result[a:b] = block_result[start : start + b - a]
+                result[:, a:b] = block_result[:, start : start + b - a]
                 start += b - a
-        return result
+        return result.T
 
     def _matmat(self, X: Tensor) -> Tensor:
         return self._blockwise(X, transpose=False)

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from curvkit.linear_operator import LinearOperator
 from curvkit.structured._closed_forms import ClosedForms, as_result
-from curvkit.structured._factors import kronecker_product, transposed
+from curvkit.structured._factors import kronecker_on_matrices, transposed
 
 
 class EigenKroneckerLinearOperator(ClosedForms, LinearOperator):
@@ -90,11 +90,11 @@ class EigenKroneckerLinearOperator(ClosedForms, LinearOperator):
         return EigenKroneckerLinearOperator(eigenvalues, self.left_eigenvectors, self.right_eigenvectors)
 
     def _matmat(self, X: Tensor) -> Tensor:
-        rows, columns = self.eigenvalues.shape
+        k, (rows, columns) = X.shape[1], self.eigenvalues.shape
         left, right = self.left_eigenvectors, self.right_eigenvectors
-        rotated = kronecker_product(transposed(left), transposed(right), X, rows, columns)
-        rotated = rotated * self.eigenvalues.reshape(-1, 1)
-        return kronecker_product(left, right, rotated, rows, columns)
+        rotated = kronecker_on_matrices(transposed(left), transposed(right), X.T.reshape(k, rows, columns))
+        scaled = rotated * self.eigenvalues
+        return kronecker_on_matrices(left, right, scaled).reshape(k, rows * columns).T
 
     def trace(self) -> Tensor:
         return as_result(self.eigenvalues.to(torch.float64).sum(), self)

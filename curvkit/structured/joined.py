@@ -59,17 +59,17 @@ class JoinedWeightBiasLinearOperator(ClosedForms, LinearOperator):
         self.out_features, self.in_features = out_features, rows // out_features - 1
 
     def _joined(self, X: Tensor) -> Tensor:
-        """``P X``: ``(vec W, b)`` columns into ``vec([W b])`` columns."""
+        """``P X``: ``(vec W, b)`` columns into ``vec([W b])`` columns (stored column by column)."""
         out, k = self.out_features, X.shape[1]
-        weight, bias = X.split([out * self.in_features, out])
-        joined = torch.cat([weight.reshape(out, self.in_features, k), bias.reshape(out, 1, k)], dim=1)
-        return joined.reshape(-1, k)
+        weight, bias = X.T.split([out * self.in_features, out], dim=1)
+        joined = torch.cat([weight.reshape(k, out, self.in_features), bias.reshape(k, out, 1)], dim=2)
+        return joined.reshape(k, -1).T
 
     def _separated(self, Y: Tensor) -> Tensor:
-        """``Pᵀ Y``: ``vec([W b])`` columns back into ``(vec W, b)`` columns."""
+        """``Pᵀ Y``: ``vec([W b])`` columns back into ``(vec W, b)`` columns (stored column by column)."""
         out, k = self.out_features, Y.shape[1]
-        weight, bias = Y.reshape(out, self.in_features + 1, k).split([self.in_features, 1], dim=1)
-        return torch.cat([weight.reshape(-1, k), bias.reshape(out, k)])
+        matrices = Y.T.reshape(k, out, self.in_features + 1)
+        return torch.cat([matrices[:, :, :-1].reshape(k, -1), matrices[:, :, -1]], dim=1).T
 
     def _matmat(self, X: Tensor) -> Tensor:
         return self._separated(self.operator.matmat(self._joined(X)))
