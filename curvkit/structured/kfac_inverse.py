@@ -13,8 +13,13 @@ For a block ``G ⊗ A`` (curvlinops' ``KFACInverseLinearOperator`` semantics):
   diag(λ_G ⊗ λ_A + δ)⁻¹ (Q_G ⊗ Q_A)ᵀ`` from the factors' eigendecompositions.
 
 A bias alone (``G ⊗ [1]``) has no input factor to damp: its block is ``(G + δ_G I)⁻¹`` (with
-``δ_G = δ`` under the heuristic). Where curvlinops 3.0.1 differs, silently:
+``δ_G = δ`` under the heuristic). Where curvlinops 3.0.1 differs, silently
+(``benchmarks/results/kfac_algebra_vs_curvlinops.md``):
 
+- under the heuristic, it damps a bias kept apart by its weight's ``δ_G = √δ / π`` (it inverts a
+  layer's ``G`` once for both), so the bias's damping depends on the weight's *inputs*; here a
+  block with one factor gets all of ``δ``, as ``δ_A δ_G = δ`` intends. Both agree without the
+  heuristic, and for joined weights and biases;
 - its exact damping decomposes the factors in their own precision and keeps their negative
   eigenvalues (rounding, for a PSD factor), so ``λ_G λ_A + δ`` can be zero or negative for a small
   ``δ`` — infinite or negative "inverse" eigenvalues; here the decomposition runs in float64 and
