@@ -8,7 +8,7 @@ is (:meth:`ParameterBlocks._block_operator`); products, ``to_dense`` and closed 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import fields
+from dataclasses import fields, is_dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -53,7 +53,10 @@ def _parameter_facts(
 
 
 def _tensors(block: Any) -> list[Tensor]:
-    return [getattr(block, f.name) for f in fields(block) if isinstance(getattr(block, f.name, None), Tensor)]
+    """A block description's tensors (none for anything else: the blocks are checked later)."""
+    if not is_dataclass(block):
+        return []
+    return [getattr(block, f.name) for f in fields(block) if isinstance(getattr(block, f.name), Tensor)]
 
 
 class ParameterBlocks(ClosedForms, LinearOperator):

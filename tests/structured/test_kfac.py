@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 from contract import LinearOperatorContract
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from structured_factors import (
     CONV_BIAS,
     CONV_WEIGHT,
@@ -17,6 +19,7 @@ from structured_factors import (
     LINEAR_BIAS,
     LINEAR_WEIGHT,
     PARAM_SHAPES,
+    joined_order,
     kfac_blocks,
     kfac_factors,
     kfac_params,
@@ -283,3 +286,34 @@ def test_bad_blocks(name):
 def test_bad_params(params, error, message):
     with pytest.raises(error, match=message):
         KroneckerFactoredLinearOperator(params, [KroneckerBlock((0,), psd(3, 0))])
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    out_features=st.integers(1, 4),
+    kernel=st.lists(st.integers(1, 3), min_size=1, max_size=3),
+    bias=st.sampled_from(["none", "apart", "joined"]),
+    seed=st.integers(0, 2**16),
+)
+def test_random_layers_are_psd_kronecker_blocks(out_features, kernel, bias, seed):
+    """A weight ``[out, *kernel]`` with no bias, a bias apart, or a joined one: dense ``torch.kron``."""
+    in_features = math.prod(kernel)
+    G, A = psd(out_features, seed), psd(in_features + (bias == "joined"), seed + 1)
+    params = [torch.zeros(out_features, *kernel, dtype=torch.float64)]
+    if bias == "none":
+        blocks, dense_matrix = [KroneckerBlock((0,), G, A)], torch.kron(G, A)
+    elif bias == "apart":
+        params.append(torch.zeros(out_features, dtype=torch.float64))
+        blocks, dense_matrix = (
+            [KroneckerBlock((0,), G, A), KroneckerBlock((1,), G)],
+            torch.block_diag(torch.kron(G, A), G),
+        )
+    else:
+        params.append(torch.zeros(out_features, dtype=torch.float64))
+        order = joined_order(out_features, in_features)
+        blocks, dense_matrix = [KroneckerBlock((0, 1), G, A)], torch.kron(G, A)[order][:, order]
+    operator = KroneckerFactoredLinearOperator(params, blocks)
+    torch.testing.assert_close(operator.to_dense(), dense_matrix, rtol=1e-12, atol=1e-14)
+    X = torch.randn(operator.shape[0], 2, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    torch.testing.assert_close(operator @ X, dense_matrix @ X, rtol=1e-12, atol=1e-14)
+    assert (X * (operator @ X)).sum(0).min() >= -1e-12  # xᵀ K x ≥ 0
