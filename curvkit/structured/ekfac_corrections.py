@@ -84,6 +84,13 @@ def _rotated(gradients: Tensor, row_basis: Tensor | None, column_basis: Tensor |
     return gradients if column_basis is None else gradients @ column_basis
 
 
+def _row_and_column_bases(spec: EigenKroneckerBlock) -> tuple[Tensor | None, Tensor | None]:
+    """The eigenbases of the rows and of the columns of the block's matrix."""
+    if spec.input_major:
+        return spec.input_eigenvectors, spec.output_eigenvectors
+    return spec.output_eigenvectors, spec.input_eigenvectors
+
+
 class EigenvalueCorrections:
     r"""Accumulates EKFAC's corrected eigenvalues in a fixed Kronecker eigenbasis, batch by batch.
 
@@ -186,11 +193,7 @@ class EigenvalueCorrections:
                     f"({list(g.shape[:2])}), got {list(inputs.shape)}."
                 )
         row_vectors, column_vectors = (a, g) if spec.input_major else (g, a)
-        row_basis, column_basis = (
-            (spec.input_eigenvectors, spec.output_eigenvectors)
-            if spec.input_major
-            else (spec.output_eigenvectors, spec.input_eigenvectors)
-        )
+        row_basis, column_basis = _row_and_column_bases(spec)
         total = squared_projections(row_vectors, column_vectors, row_basis, column_basis, self._max_entries)
         self._accumulate(block, total, scale)
 
@@ -245,11 +248,7 @@ class EigenvalueCorrections:
                     f"gradients must have shape [N, {', '.join(map(str, shape))}], got {list(part.shape)}."
                 )
         matrices = torch.cat([part.reshape(N, rows, -1) for part in parts], dim=2)
-        row_basis, column_basis = (
-            (spec.input_eigenvectors, spec.output_eigenvectors)
-            if spec.input_major
-            else (spec.output_eigenvectors, spec.input_eigenvectors)
-        )
+        row_basis, column_basis = _row_and_column_bases(spec)
         total = torch.zeros(rows, columns, dtype=torch.float64, device=matrices.device)
         chunk = max(1, self._max_entries // (rows * columns))
         for start in range(0, N, chunk):
