@@ -258,15 +258,13 @@ class LinearOperator:
             (self.out_layout, self.in_layout) if transpose else (self.in_layout, self.out_layout)
         )
         if isinstance(x, (list, tuple)) and all(isinstance(t, Tensor) for t in x):
-            if in_layout is None:
-                raise TypeError(
-                    f"{type(self).__name__} accepts no list of tensors: its input is a flat vector."
-                )
+            # a space without structure is a list of one flat vector, as in curvlinops
+            out_dim = self.shape[1] if transpose else self.shape[0]
+            in_layout = in_layout or TensorListLayout([(in_dim,)])
+            out_layout = out_layout or TensorListLayout([(out_dim,)])
             matrix, is_vector = in_layout.flatten_user_list(x, name="x")
             result = self._product(as_tensor(matrix, self.dtype, self.device, name="x"), transpose)
-            if out_layout is not None:
-                return out_layout.unflatten_to_user_list(result, is_vector)
-            return result.squeeze(1) if is_vector else result
+            return out_layout.unflatten_to_user_list(result, is_vector)
         is_numpy = isinstance(x, numpy.ndarray)
         if not (is_numpy or isinstance(x, Tensor)):
             raise TypeError(f"Cannot multiply {type(self).__name__} with {type(x).__name__}.")

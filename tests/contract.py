@@ -13,6 +13,7 @@ import pytest
 import torch
 from scipy.sparse.linalg import LinearOperator as ScipyLinearOperator
 
+from curvkit._layout import TensorListLayout
 from curvkit.linear_operator import LinearOperator
 
 
@@ -118,21 +119,22 @@ class LinearOperatorContract:
             operator @ torch.zeros(2, 2, operator.shape[1], dtype=operator.dtype or torch.float64)
 
     def test_tensor_list_inputs(self, operator, dense):
-        layout = operator.in_layout
-        if layout is None:
-            with pytest.raises(TypeError, match="list of tensors"):
-                operator @ [torch.zeros(operator.shape[1], dtype=operator.dtype or torch.float64)]
-            return
+        """A list of tensors shaped like the input space (one flat vector where the space has no
+        structure) gives a list shaped like the output space, for the operator and its transpose."""
+        in_layout = operator.in_layout or TensorListLayout([(operator.shape[1],)])
+        out_layout = operator.out_layout or TensorListLayout([(operator.shape[0],)])
         flat = random_input(operator, operator.shape[1], 2, seed=7)
-        as_list = layout.unflatten_to_user_list(flat, is_vector=False)
-        result = operator @ as_list
+        result = operator @ in_layout.unflatten_to_user_list(flat, is_vector=False)
+        assert [tuple(t.shape) for t in result] == [(*shape, 2) for shape in out_layout.shapes]
         expected = dense @ flat.to(dense)
-        if operator.out_layout is not None:
-            assert [tuple(t.shape) for t in result] == [(*s, 2) for s in operator.out_layout.shapes]
-            result, _ = operator.out_layout.flatten_user_list(result, name="result")
-        assert_close(result, expected, operator)
-        vector_list = layout.unflatten_to_user_list(flat[:, :1], is_vector=True)
-        single = operator @ vector_list
-        if operator.out_layout is not None:
-            single, _ = operator.out_layout.flatten_user_list(single, name="result")
-        assert_close(single.reshape(-1), expected[:, 0], operator)
+        assert_close(out_layout.flatten_user_list(result, name="result")[0], expected, operator)
+        single = operator @ in_layout.unflatten_to_user_list(flat[:, :1], is_vector=True)
+        assert [tuple(t.shape) for t in single] == [tuple(shape) for shape in out_layout.shapes]
+        assert_close(
+            out_layout.flatten_user_list(single, name="single")[0].reshape(-1), expected[:, 0], operator
+        )
+        w = random_input(operator, operator.shape[0], 1, seed=8)
+        transposed = operator.T @ out_layout.unflatten_to_user_list(w, is_vector=True)
+        assert [tuple(t.shape) for t in transposed] == [tuple(shape) for shape in in_layout.shapes]
+        transposed, _ = in_layout.flatten_user_list(transposed, name="transposed")
+        assert_close(transposed.reshape(-1), (dense.T @ w.to(dense))[:, 0], operator)

@@ -13,10 +13,13 @@ from torch import nn
 from torch.autograd import forward_ad
 
 from curvkit import (
+    CGInverseLinearOperator,
     DiagonalLinearOperator,
     GGNLinearOperator,
     IdentityLinearOperator,
+    JacobianLinearOperator,
     LinearOperator,
+    SubmatrixLinearOperator,
     as_linear_operator,
     reference,
 )
@@ -276,12 +279,14 @@ LIST_CASES = {
 
 @pytest.mark.parametrize("case", sorted(LIST_CASES))
 @pytest.mark.parametrize("columns", [None, 2], ids=["vector", "matrix"])
-def test_tensor_list_into_flat_output_keeps_vector_or_matrix(case, columns):
+def test_tensor_list_into_flat_output_answers_a_list_of_one_vector_or_matrix(case, columns):
+    """An output space without structure is a list of one flat tensor, as in curvlinops."""
     operator, dense = LIST_CASES[case]()
     flat = _matrix(10, 1 if columns is None else columns, seed=4)
     as_list = _LAYOUT.unflatten_to_user_list(flat, is_vector=columns is None)
     expected = dense @ flat
-    torch.testing.assert_close(operator @ as_list, expected[:, 0] if columns is None else expected)
+    (result,) = operator @ as_list
+    torch.testing.assert_close(result, expected[:, 0] if columns is None else expected)
 
 
 # ----------------------------------------------------------------------------- shapes and scalars
@@ -471,3 +476,39 @@ def test_a_block_of_the_wrong_shape_is_named(max_columns, num_columns):
     operator.max_columns = max_columns
     with pytest.raises(RuntimeError, match=r"_Squeezing returned a result of shape \[5\], expected \[5, 1\]"):
         operator @ _matrix(5, num_columns)
+
+
+def _jacobian_transpose():
+    model = nn.Linear(3, 2).double()
+    data = [(_matrix(4, 3), None)]
+    J = JacobianLinearOperator(model, list(model.parameters()), data)
+    return J.T, J.to_dense().T
+
+
+UNSTRUCTURED = {  # operators without a parameter layout on one side at least
+    "submatrix": lambda: (
+        SubmatrixLinearOperator(_matrix(6, 6), [0, 2, 3], [1, 4]),
+        _matrix(6, 6)[[0, 2, 3]][:, [1, 4]],
+    ),
+    "CG inverse": lambda: (CGInverseLinearOperator(_symmetric(5)), torch.linalg.inv(_symmetric(5))),
+    "sum": lambda: (
+        DenseLinearOperator(_matrix(4, 4)) + DenseLinearOperator(_matrix(4, 4, 1)),
+        _matrix(4, 4) + _matrix(4, 4, 1),
+    ),
+    "Jacobian transpose": _jacobian_transpose,
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNSTRUCTURED))
+def test_every_operator_takes_a_tensor_list_shaped_like_its_input_space(case):
+    """curvlinops accepts a tensor list on every operator: a space without structure is one flat
+    tensor; Jᵀ takes the model's output shape [N, C] and answers with parameter shapes."""
+    operator, dense = UNSTRUCTURED[case]()
+    in_layout = operator.in_layout or TensorListLayout([(operator.shape[1],)])
+    out_layout = operator.out_layout or TensorListLayout([(operator.shape[0],)])
+    x = _matrix(operator.shape[1], 2, seed=3)
+    for columns in (x[:, :1], x):
+        is_vector = columns.shape[1] == 1
+        result = operator @ in_layout.unflatten_to_user_list(columns, is_vector=is_vector)
+        flat, _ = out_layout.flatten_user_list(result, name="result")
+        torch.testing.assert_close(flat, dense @ columns, rtol=1e-6, atol=1e-8)

@@ -15,12 +15,12 @@ from curvkit import reference
 from curvkit.reference import Batch, BatchSizeFn, Params
 
 
-def _leading_dim(key: str, X: Mapping[str, Tensor]) -> int:
-    return X[key].shape[0]
+def _leading_dim(key: str, X: Tensor | Mapping[str, Tensor]) -> int:
+    return X[key].shape[0] if isinstance(X, Mapping) else X.shape[0]
 
 
 def _batch_size_fn(input_key: str | None) -> BatchSizeFn | None:
-    """``X -> X[input_key].shape[0]`` for dict inputs, ``None`` (tensor inputs) otherwise."""
+    """``X -> X[input_key].shape[0]`` for dict inputs (``input_key`` is ignored for tensors)."""
     return None if input_key is None else partial(_leading_dim, input_key)
 
 

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from torch import Tensor
 
+from curvkit._layout import TensorListLayout
 from curvkit.linear_operator import LinearOperator, TransposedLinearOperator
 from curvkit.operators._setup import ModelDataSetup
 
@@ -70,6 +71,7 @@ class JacobianLinearOperator(LinearOperator):
             dtype=model.dtype,
             device=model.device,
             in_layout=model.layout,
+            out_layout=TensorListLayout([(engine.num_data, *first_output.shape[1:])]),
         )
         if check_deterministic:
             self._setup.check_deterministic(self)

@@ -93,3 +93,26 @@ class TestJacobianContract(LinearOperatorContract):
     @pytest.fixture
     def dense(self, case):
         return case[1]
+
+
+@pytest.mark.parametrize("columns", [None, 3], ids=["vector", "matrix"])
+def test_tensor_lists_have_the_model_output_shape(small_problem, reference_of, columns):
+    """As in curvlinops: J answers a parameter list with [N, *out] (and [N, *out, k]), Jᵀ takes it."""
+    J, JT = build(small_problem), build(small_problem, TransposedJacobianLinearOperator)
+    dense = reference_of(small_problem.name, "jacobian").to(J.dtype)
+    with torch.no_grad():
+        output = small_problem.model(small_problem.data[0][0])
+    output_shape = (J.shape[0] // output[0].numel(), *output.shape[1:])
+    trailing = () if columns is None else (columns,)
+    V = torch.randn(J.shape[1], columns or 1, dtype=J.dtype, generator=torch.Generator().manual_seed(0))
+    (JV,) = J @ J.in_layout.unflatten_to_user_list(V, is_vector=columns is None)
+    assert JV.shape == (*output_shape, *trailing)
+    tolerance = 1e-9 if J.dtype == torch.float64 else 1e-4
+    expected = dense @ V
+    torch.testing.assert_close(JV.reshape(expected.shape), expected, rtol=tolerance, atol=tolerance)
+    back = JT @ [JV]
+    assert [tuple(t.shape) for t in back] == [(*p.shape, *trailing) for p in small_problem.param_list]
+    flat, _ = J.in_layout.flatten_user_list(back, name="back")
+    torch.testing.assert_close(
+        flat, dense.T @ expected, rtol=tolerance, atol=tolerance * expected.abs().max()
+    )
