@@ -53,8 +53,8 @@ class JTLJLinearOperator(CurvatureLinearOperator):
     """A curvature matrix ``Σ_b w_b J_bᵀ Λ_b J_b``; subclasses define ``Λ`` (:meth:`_output_curvature`).
 
     Blocks of columns go through layer factors where every parameter sits in an ``nn.Linear``
-    and that costs less (:mod:`._layer_factors`), else through ``J V`` (forward mode), ``Λ`` and
-    one backward pass.
+    and that costs less (:mod:`._layer_factors`), else through ``J V`` (forward mode), ``Λ`` and one
+    backward pass.
     """
 
     @cached_property  # on first use: subclasses set what _factor_rank reads after the base's __init__

@@ -18,10 +18,10 @@ from curvkit._engine import Batch, MiniBatchEngine
 from curvkit._engine import check_deterministic as probe_determinism
 from curvkit._engine.determinism import random_modules_in_train_mode
 from curvkit._engine.finite import MODEL_HINT, check_finite, named_inputs
+from curvkit._model.autograd import require_autograd
+from curvkit._model.differentiation import Linearization, ModelFunction
 from curvkit._targets import check_target
 from curvkit.losses import num_loss_terms
-from curvkit.operators._autograd import require_autograd
-from curvkit.operators._differentiation import Linearization, ModelFunction
 
 if TYPE_CHECKING:
     from curvkit.linear_operator import LinearOperator

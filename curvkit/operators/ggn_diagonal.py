@@ -12,6 +12,15 @@ from torch.utils._pytree import tree_leaves, tree_map
 
 from curvkit._boundary import as_integer
 from curvkit._engine import Batch
+from curvkit._layers.recording import (
+    factored_forward,
+    layer_outputs,
+    linear_layers,
+    recording,
+    squared_gradient_sums,
+)
+from curvkit._model.autograd import paths_agree
+from curvkit._model.kernels import differentiable_kernels
 from curvkit.losses import (
     batch_loss_scale,
     check_supported,
@@ -19,15 +28,6 @@ from curvkit.losses import (
     reduction_of,
     sample_targets,
     sampled_output_gradients,
-)
-from curvkit.operators._autograd import paths_agree
-from curvkit.operators._kernels import differentiable_kernels
-from curvkit.operators._linear_layers import (
-    factored_forward,
-    layer_outputs,
-    linear_layers,
-    recording,
-    squared_gradient_sums,
 )
 from curvkit.operators._setup import ModelDataSetup
 from curvkit.structured import DiagonalLinearOperator
@@ -63,7 +63,7 @@ def ggn_diagonal(
     ``nn.Linear`` layers applied once to one row per sample need no per-sample gradients: their
     per-sample gradients are outer products ``g_{n,k} a_nᵀ``, so the sum of squares is one
     batched backward pass to the layer outputs and one matrix product
-    (:mod:`curvkit.operators._linear_layers`; the MLP of ``benchmarks/ggn_diagonal.py``: about
+    (:mod:`curvkit._layers.recording`; the MLP of ``benchmarks/ggn_diagonal.py``: about
     3 gradients instead of 900). Other parameters take one per-sample vector-Jacobian product per
     column under ``vmap``; models that ``vmap`` cannot push single samples through (recurrent
     layers) run one sample at a time, with its ``K`` products batched.
@@ -150,7 +150,7 @@ def _sum_of_squared_sample_vjps(model, X, columns: Tensor, indices: list[int]) -
     """``Σ_n Σ_k (J_nᵀ s_{n,k})²`` for the parameters ``indices``; ``columns`` is ``[K, N, ...]``.
 
     Per-sample vector-Jacobian products under ``vmap``, for parameters outside the factored
-    linear layers (:mod:`._linear_layers`): over the samples, and within each over its ``K``
+    linear layers (:mod:`curvkit._layers.recording`): over the samples, and within each over its ``K``
     columns. Such nested vmaps have met wrong batching rules (PReLU's backward on
     convolution features gave errors of several per cent in torch 2.13, without failing), so their
     result is checked: a random mix ``Σ_k r_k`` of the per-sample products, summed over the

@@ -300,7 +300,7 @@ def test_factored_linear_layers_match_the_dense_diagonal(case, mode, monkeypatch
 def test_a_layer_whose_input_was_overwritten_does_not_qualify():
     """Squaring the recorded input would use the overwritten values (autograd refuses such a
     model for the weight's gradient; the factored path never asks autograd for it)."""
-    from curvkit.operators._linear_layers import factored, linear_layers, recording
+    from curvkit._layers.recording import factored, linear_layers, recording
 
     layer = nn.Linear(4, 3).double()
     layers = linear_layers(layer, list(layer.parameters()))

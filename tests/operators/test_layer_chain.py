@@ -15,8 +15,8 @@ from torch import nn
 from zoo import make_problem_from_id
 
 from curvkit import HessianLinearOperator, reference
-from curvkit.operators._chain_segments import ELEMENTWISE
-from curvkit.operators._layer_chain import LayerChain
+from curvkit._layers.chain import LayerChain
+from curvkit._layers.segments import ELEMENTWISE
 from curvkit.operators._shortcut import AgreementCheck
 
 

@@ -7,8 +7,8 @@ from torch import nn
 from zoo import make_problem, make_problem_from_id
 
 from curvkit import EFLinearOperator, FisherMCLinearOperator, GGNLinearOperator, reference
+from curvkit._layers.recording import linear_layers
 from curvkit.operators._layer_factors import LayerFactorization
-from curvkit.operators._linear_layers import linear_layers
 
 OPERATORS = {"ggn": GGNLinearOperator, "ef": EFLinearOperator, "fisher_mc": FisherMCLinearOperator}
 REFERENCES = {

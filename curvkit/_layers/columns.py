@@ -1,7 +1,7 @@
 r"""One layer's products with ``k`` columns laid out sample-major, ``[N, k·P]``.
 
 For a layer ``z = W a + b`` (``nn.Linear``) or ``z = W ⋆ a + b`` (a convolution whose columns
-stack, :mod:`._convolutions`) and per-sample tangents flattened to ``[N, k·P]`` (``P`` entries
+stack, :mod:`.convolution`) and per-sample tangents flattened to ``[N, k·P]`` (``P`` entries
 per sample; the ``k`` columns of a sample side by side), each product is one matrix product or
 one convolution for all columns:
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from curvkit.operators._convolutions import input_gradient, kernel_tangents, weight_gradient
+from curvkit._layers.convolution import input_gradient, kernel_tangents, weight_gradient
 
 
 def parameter_tangents(

@@ -3,7 +3,7 @@
 No function transforms: the model is called as it is, derivatives are taken with
 ``torch.autograd.grad`` (several columns: ``is_grads_batched``) and forward-mode dual numbers
 (``torch.autograd.forward_ad``). Which product uses what, and the measurements behind it, is
-decided in :mod:`._differentiation`.
+decided in :mod:`.differentiation`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch.autograd.forward_ad as forward_ad
 from torch import Tensor
 from torch.func import functional_call
 
-from curvkit.operators._kernels import differentiable_kernels
+from curvkit._model.kernels import differentiable_kernels
 
 
 def require_autograd() -> None:

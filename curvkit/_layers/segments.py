@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional
 
-from curvkit.operators._convolutions import transposed_convolution
+from curvkit._layers.convolution import transposed_convolution
 
 ELEMENTWISE = (
     nn.Identity, nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.Hardtanh, nn.ELU, nn.SELU, nn.CELU, nn.GELU,

@@ -10,8 +10,8 @@ sums of their squares need no per-sample gradient at all:
 one matrix product over the batch (``G_k`` the rows ``g_{n,k}``, ``A`` the rows ``a_n``). This
 module finds such layers among the parameters and records their inputs and outputs during a
 forward pass; it is the seam that Kronecker-factored curvature (KFAC) will also use. For
-products with ``Jᵀ Λ J`` (:mod:`._layer_factors`) it also finds convolutions, whose per-sample
-Jacobians factor position by position.
+products with ``Jᵀ Λ J`` (:mod:`.jtlj`) it also finds convolutions, whose per-sample Jacobians
+factor position by position.
 
 A layer qualifies in a pass only if it is exactly ``nn.Linear`` (a subclass may compute
 something else) without forward hooks of its own or global ones (they may change its output),
@@ -36,8 +36,8 @@ from torch import Tensor, nn
 from torch.autograd import forward_ad
 from torch.utils._pytree import tree_map
 
-from curvkit.operators._convolutions import factorable, input_dims
-from curvkit.operators._kernels import differentiable_kernels
+from curvkit._layers.convolution import factorable, input_dims
+from curvkit._model.kernels import differentiable_kernels
 
 
 @dataclass
@@ -45,7 +45,7 @@ class LinearLayer:
     """A layer whose weight or bias (or both) are among the parameters, by position.
 
     ``nn.Linear`` or, where asked for, a convolution whose columns stack
-    (:func:`._convolutions.factorable`).
+    (:func:`curvkit._layers.convolution.factorable`).
     """
 
     module: nn.Module

@@ -5,7 +5,7 @@ CPU time, in gradients, glibc's heap trimming off so that page faults do not blu
 see ``docs/design-notes.md``):
 
 - **Plain autograd where it is faster.** The model is called as it is and differentiated with
-  ``torch.autograd`` (:mod:`._autograd`); ``torch.func`` wraps every intermediate tensor, which
+  ``torch.autograd`` (:mod:`.autograd`); ``torch.func`` wraps every intermediate tensor, which
   costs most on models of many small operations. For one vector: a GGN product took 2.1 / 2.3 /
   1.8 gradients this way against 2.7 / 3.8 / 2.6 through ``torch.func``, a Hessian product 2.4 /
   2.7 / 3.1 against 3.0 / 4.5 / 4.1.
@@ -20,8 +20,8 @@ see ``docs/design-notes.md``):
   ``torch.func.vjp`` of ``torch.func.grad`` (26.1 / 22.8 / 33.4 against 27.4 / 23.7 / 35.4
   through autograd); one Hessian-vector product is reverse over reverse through autograd.
 - GGN, EF and MC-Fisher columns on models whose parameters all sit in ``nn.Linear`` layers and
-  convolutions can skip all of this (:mod:`._layer_factors`), and so can Hessian products of
-  ``nn.Sequential`` chains of such layers and elementwise activations (:mod:`._layer_chain`).
+  convolutions can skip all of this (:mod:`curvkit._layers.jtlj`), and so can Hessian products of
+  ``nn.Sequential`` chains of such layers and elementwise activations (:mod:`curvkit._layers.chain`).
 - Where forward-mode derivatives are missing (custom ``autograd.Function``\ s without ``jvp``,
   operations PyTorch has none for), the first failure switches the model to reverse mode for
   good. Fused attention kernels and the eval-mode fast path of ``nn.MultiheadAttention`` have
@@ -45,14 +45,14 @@ from torch.func import grad, vjp, vmap
 from torch.func import jvp as forward_jvp
 
 from curvkit._layout import TensorListLayout
-from curvkit.operators._autograd import (
+from curvkit._model.autograd import (
     call_with,
     hessian_products,
     output_with_tangent,
     parameter_paths,
     reverse_products,
 )
-from curvkit.operators._kernels import differentiable_kernels
+from curvkit._model.kernels import differentiable_kernels
 
 T = TypeVar("T")
 
@@ -75,6 +75,11 @@ class Linearization:
 def normalize_params(
     params: Sequence[Tensor] | Mapping[str, Tensor],
 ) -> tuple[list[str] | None, list[Tensor]]:
+    """The names (``None`` for a list) and tensors of ``params``.
+
+    Raises:
+        ValueError: If ``params`` is neither a list of tensors nor a dict of named tensors.
+    """
     if isinstance(params, Mapping):
         return list(params.keys()), list(params.values())
     if isinstance(params, Tensor) or not isinstance(params, Sequence):

@@ -26,13 +26,13 @@ These are the multiply-adds of reverse-over-reverse differentiation, without wha
 graph of the gradient adds: the zeros that ReLU's second derivative materializes and adds, a
 separate addition for each sum, per-operation dispatch. The tangents are laid out sample-major,
 ``[N, k·P]`` (``P`` entries per sample), so that ``V_l a_{l-1}`` and ``Σ_n ġ_{l,n} a_{l-1,n}ᵀ``
-are one matrix product (one convolution, one kernel gradient: :mod:`._column_products`) for all
+are one matrix product (one convolution, one kernel gradient: :mod:`.columns`) for all
 ``k`` columns, and sums are fused into the products (``addmm``). See ``docs/design-notes.md``
 for the benchmark figures.
 
 The chain is read off the module's type: an ``nn.Sequential`` (nested ones are flattened) of
-``nn.Linear`` layers and convolutions whose columns stack (:func:`._convolutions.factorable`),
-each used once, and between them the modules of a segment (:mod:`._chain_segments`: elementwise
+``nn.Linear`` layers and convolutions whose columns stack (:func:`curvkit._layers.convolution.factorable`),
+each used once, and between them the modules of a segment (:mod:`.segments`: elementwise
 activations, max and average pooling, ``nn.Flatten()``; pooling is a linear map ``P`` once the
 forward pass fixed it, so ``φ_l`` above stands for a composition of ``φ``\ s and ``P``\ s, whose
 tangents and cotangents the segment carries), all of exactly these types and without forward
@@ -51,21 +51,21 @@ import torch
 from torch import Tensor, nn
 
 from curvkit._engine import Batch
-from curvkit.losses import output_gradients, output_hessian_matmat
-from curvkit.operators._chain_segments import SegmentRecord, admissible, run
-from curvkit.operators._column_products import (
+from curvkit._layers.columns import (
     bias_products,
     parameter_tangents,
     propagated,
     transposed,
     weight_products,
 )
-from curvkit.operators._convolutions import factorable, input_dims
+from curvkit._layers.convolution import factorable, input_dims
+from curvkit._layers.segments import SegmentRecord, admissible, run
+from curvkit.losses import output_gradients, output_hessian_matmat
 
 
 @dataclass(frozen=True)
 class ChainLayer:
-    """A layer of the chain, the segment after it (:mod:`._chain_segments`), its parameters' positions."""
+    """A layer of the chain, the segment after it (:mod:`.segments`), its parameters' positions."""
 
     module: nn.Module
     activation: tuple[nn.Module, ...]
