@@ -1,6 +1,11 @@
-r"""Convolutions with blocks of columns: ``k`` kernels as ``k · out`` channels of one convolution.
+r"""Convolutions (1d, 2d, 3d; stride, padding, dilation): ``z_n = W ⋆ a_n + b``.
 
-A convolution ``z = W ⋆ a + b`` is linear in its kernel and in its input, so products with
+Per sample and output position ``r``, ``z_{n,r} = W ψ(a_n)_r + b`` with ``ψ(a_n)_r`` the input
+patch under the kernel (:func:`unfolded`), so per-sample gradients are ``Σ_r g_{n,r} ψ(a_n)_rᵀ``
+(:mod:`.rule`; the GGN diagonal and EKFAC), as in BackPACK and ASDL.
+
+Blocks of columns: ``k`` kernels as ``k · out`` channels of one convolution. A convolution is
+linear in its kernel and in its input, so products with
 ``k`` kernel tangents ``V_1, …, V_k`` batch without a loop over the columns:
 
 - ``V_j ⋆ a`` for every ``j`` is one convolution of ``a`` with the kernels stacked along the
@@ -11,9 +16,9 @@ A convolution ``z = W ⋆ a + b`` is linear in its kernel and in its input, so p
 - ``Wᵀ ġ`` (the input's gradient) is a transposed convolution (:func:`input_gradient`); with the
   ``k`` kernels ``V_j`` stacked along the input channels, ``V_jᵀ g`` for every ``j`` is one too.
 
-Only ungrouped convolutions with zero padding given as numbers qualify
-(:func:`factorable`): groups would mix the stacked channels, and other padding is not that of the
-transposed convolution.
+Only ungrouped convolutions with zero padding given as numbers are supported
+(:meth:`ConvolutionRule.refusal`): groups would mix the stacked channels, and other padding is not
+that of the transposed convolution or of the unfolding.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 from torch.nn import functional
+
+from curvkit._layers.rule import LayerRule
 
 CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -30,21 +37,6 @@ _WEIGHT_GRADIENTS = {
     nn.Conv3d: torch.nn.grad.conv3d_weight,
 }
 _TRANSPOSED = {1: functional.conv_transpose1d, 2: functional.conv_transpose2d, 3: functional.conv_transpose3d}
-
-
-def factorable(module: nn.Module) -> bool:
-    """Whether ``module`` is a convolution whose columns stack (module docstring)."""
-    return (
-        type(module) in CONVOLUTIONS
-        and module.groups == 1
-        and module.padding_mode == "zeros"
-        and not isinstance(module.padding, str)
-    )
-
-
-def input_dims(module: nn.Module) -> int:
-    """Dimensions of a batch's input: ``[N, in]`` for ``nn.Linear``, ``[N, C, *spatial]`` else."""
-    return 2 if type(module) is nn.Linear else 2 + len(module.kernel_size)
 
 
 def kernel_tangents(
@@ -133,3 +125,179 @@ def transposed_convolution(
     transpose = _TRANSPOSED[output_gradients.ndim - 2]
     result = transpose(output_gradients, kernels, None, stride, padding, output_padding, groups, dilation)
     return result.contiguous()
+
+
+def unfolded(module: nn.Module, inputs: Tensor) -> Tensor:
+    """``ψ(a)``: the input patches under the kernel, ``[N, C·∏kernel, R]`` for ``R`` output positions.
+
+    ``F.unfold`` for 1d (as 2d of height 1) and 2d; for 3d a depthwise convolution with one-hot
+    kernels, which copies each patch entry to its channel (exact: one product with 1 per entry).
+    """
+    dims = len(module.kernel_size)
+    if dims == 3:
+        channels, kernel = inputs.shape[1], module.kernel_size
+        size = kernel[0] * kernel[1] * kernel[2]
+        one_hot = torch.eye(size, dtype=inputs.dtype, device=inputs.device).reshape(size, 1, *kernel)
+        patches = functional.conv3d(
+            inputs,
+            one_hot.repeat(channels, 1, 1, 1, 1),
+            None,
+            module.stride,
+            module.padding,
+            module.dilation,
+            channels,
+        )
+        return patches.flatten(2)
+    if dims == 1:
+        return functional.unfold(
+            inputs.unsqueeze(2),
+            (1, module.kernel_size[0]),
+            dilation=(1, module.dilation[0]),
+            padding=(0, module.padding[0]),
+            stride=(1, module.stride[0]),
+        )
+    return functional.unfold(inputs, module.kernel_size, module.dilation, module.padding, module.stride)
+
+
+class ConvolutionRule(LayerRule):
+    """``nn.Conv1d``, ``nn.Conv2d``, ``nn.Conv3d`` (exactly these types), ungrouped, numeric zero padding."""
+
+    module_types = CONVOLUTIONS
+
+    @classmethod
+    def refusal(cls, module: nn.Module) -> str | None:
+        if module.groups != 1:
+            return f"groups={module.groups} (only groups=1 is supported)"
+        if module.padding_mode != "zeros":
+            return f"padding_mode={module.padding_mode!r} (only 'zeros' is supported)"
+        if isinstance(module.padding, str):
+            return f"padding={module.padding!r} (give the padding as numbers)"
+        return None
+
+    @classmethod
+    def has_sample_rows(cls, module: nn.Module, inputs: Tensor) -> bool:
+        return inputs.ndim == 2 + len(module.kernel_size)
+
+    @classmethod
+    def stacks_columns(cls, module: nn.Module, inputs: Tensor) -> bool:
+        return cls.has_sample_rows(module, inputs)
+
+    @classmethod
+    def input_rows(cls, module: nn.Module, inputs: Tensor) -> Tensor:
+        return unfolded(module, inputs).transpose(1, 2)
+
+    @classmethod
+    def output_rows(cls, module: nn.Module, output_gradients: Tensor) -> Tensor:
+        return output_gradients.flatten(3).transpose(2, 3)
+
+    @classmethod
+    def per_sample_gradients(
+        cls, module: nn.Module, inputs: Tensor, output_gradients: Tensor
+    ) -> dict[str, Tensor]:
+        gradients = output_gradients.flatten(3)  # [K, N, out, R]
+        result = {}
+        if module.weight is not None:
+            weight = torch.matmul(gradients, unfolded(module, inputs).transpose(1, 2))  # [K, N, out, C·kk]
+            result["weight"] = weight.view(*weight.shape[:2], *module.weight.shape)
+        if module.bias is not None:
+            result["bias"] = gradients.sum(3)
+        return result
+
+    # ------------------------------------------------------------------ k columns, [N, k·P]
+    @classmethod
+    def parameter_tangents(
+        cls,
+        module: nn.Module,
+        inputs: Tensor,
+        output_shape: tuple[int, ...],
+        weight: Tensor | None,
+        bias: Tensor | None,
+    ) -> Tensor | None:
+        """``V ⋆ a + v`` as ``[N, k·P]`` (contiguous: a bias alone comes expanded, sums go into it)."""
+        if weight is None and bias is None:
+            return None
+        tangents = kernel_tangents(module, inputs, output_shape, weight, bias)
+        return tangents.reshape(inputs.shape[0], -1).contiguous()
+
+    @classmethod
+    def tangents_by_position(
+        cls,
+        module: nn.Module,
+        inputs: Tensor,
+        output_shape: tuple[int, ...],
+        weight: Tensor | None,
+        bias: Tensor | None,
+    ) -> Tensor:
+        """``V ⋆ a + v`` as ``[N, P, k]``: one convolution with the columns' kernels stacked."""
+        num_columns = (weight if weight is not None else bias).shape[0]
+        tangents = kernel_tangents(module, inputs, output_shape, weight, bias)
+        return tangents.reshape(inputs.shape[0], num_columns, -1).transpose(1, 2)
+
+    @classmethod
+    def propagated(
+        cls,
+        module: nn.Module,
+        input_tangent: Tensor,
+        input_shape: tuple[int, ...],
+        num_columns: int,
+        into: Tensor | None,
+    ) -> Tensor:
+        """``into + W ⋆ ȧ`` for ``ȧ`` ``[N, k·P_in]``, as ``[N, k·P]`` (in place where ``into`` is given)."""
+        num_samples = input_shape[0]
+        stacked = input_tangent.view(num_samples * num_columns, *input_shape[1:])
+        convolved = module._conv_forward(stacked, module.weight.detach(), None).view(num_samples, -1)
+        return convolved if into is None else into.add_(convolved)
+
+    @classmethod
+    def transposed(
+        cls,
+        module: nn.Module,
+        gradients: Tensor,
+        weight: Tensor,
+        input_shape: tuple[int, ...],
+        output_shape: tuple[int, ...],
+        into: Tensor | None = None,
+    ) -> Tensor:
+        """``into + Wᵀ g`` (a transposed convolution) for ``M = input_shape[0]`` rows of ``output_shape``."""
+        num_rows = input_shape[0]
+        rows = gradients.view(num_rows, -1, *output_shape[1:])
+        pulled_back = input_gradient(module, rows, weight.detach(), input_shape[2:]).view(num_rows, -1)
+        return pulled_back if into is None else into.view(num_rows, -1).add_(pulled_back)
+
+    @classmethod
+    def weight_products(
+        cls,
+        module: nn.Module,
+        inputs: Tensor,
+        output_shape: tuple[int, ...],
+        gradient_tangent: Tensor,
+        gradients: Tensor | None,
+        input_tangent: Tensor | None,
+        weight: Tensor,
+    ) -> Tensor:
+        """``Σ_n ġ_n ⋆ a_n (+ g_n ⋆ ȧ_n)`` as ``[k, *W.shape]``: kernel gradients of stacked channels."""
+        num_samples, num_columns = inputs.shape[0], weight.shape[0]
+        out_channels, in_channels = weight.shape[1:3]
+        stacked_outputs = gradient_tangent.view(num_samples, num_columns * out_channels, *output_shape[1:])
+        product = weight_gradient(
+            module, inputs, stacked_outputs, (num_columns * out_channels, *weight.shape[2:])
+        )
+        product = product.view(weight.shape)
+        if input_tangent is not None:  # the columns as k·C input channels
+            stacked_inputs = input_tangent.view(num_samples, num_columns * in_channels, *inputs.shape[2:])
+            kernels = weight_gradient(
+                module,
+                stacked_inputs,
+                gradients.view(num_samples, *output_shape),
+                (out_channels, num_columns * in_channels, *weight.shape[3:]),
+            )
+            product += kernels.view(out_channels, num_columns, *weight.shape[2:]).transpose(0, 1)
+        return product
+
+    @classmethod
+    def bias_products(
+        cls, gradient_tangent: Tensor, num_columns: int, output_shape: tuple[int, ...]
+    ) -> Tensor:
+        """``Σ_n ġ_n`` summed over positions too, as ``[k, out]``, for ``ġ`` ``[N, k·P]``."""
+        rows = gradient_tangent.shape[0]
+        return gradient_tangent.view(rows, num_columns, output_shape[0], -1).sum((0, 3))

@@ -42,8 +42,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from curvkit._layers.columns import bias_products, weight_products
-from curvkit._layers.convolution import kernel_tangents
+from curvkit._layers.rule import LayerRule
 
 
 @dataclass(frozen=True)
@@ -52,6 +51,7 @@ class LayerFactors:
 
     Attributes:
         modules: The layers (``nn.Linear`` or a convolution).
+        rules: Their rules (:mod:`.rule`).
         inputs: ``A_l``: ``[N, in_l]`` per linear layer, ``[N, C_l, *spatial]`` per convolution.
         output_shapes: Each layer's output shape per sample (``[out]``, ``[out, *spatial]``).
         gradients: ``G_l`` ``[N, K, P_l]`` per layer, ``P_l`` its output entries per sample
@@ -61,6 +61,7 @@ class LayerFactors:
     """
 
     modules: list[nn.Module]
+    rules: list[type[LayerRule]]
     inputs: list[Tensor]
     output_shapes: list[tuple[int, ...]]
     gradients: list[Tensor]
@@ -70,54 +71,40 @@ class LayerFactors:
     def matmat(self, tangents: list[Tensor]) -> list[Tensor]:
         """``Jᵀ Λ J V`` for tangents ``[k, *θ_p.shape]``, in the same layout.
 
-        Linear layers' tangents are laid out column-major ``[k, N, out]``, one product per
-        column sharing ``A``, as measured fastest on the benchmark MLP (CPU: 4.0 ms for 16
-        columns of the first layer against 5.7 ms for one ``A [V_1ᵀ … V_kᵀ]``). A convolution
-        takes the ``k`` columns' kernels as ``k · out`` output channels of one convolution, and
-        its weight products are one weight gradient of that convolution.
+        Each layer's tangents ``[N, P, k]`` come from its rule
+        (:meth:`.linear.LinearRule.tangents_by_position`: one ``bmm`` sharing ``A``; a convolution:
+        the ``k`` columns' kernels as ``k · out`` output channels of one convolution), and so do
+        its weight products (a matrix product; one weight gradient of the stacked convolution).
         """
         num_columns = tangents[0].shape[0]
         projections = None  # u: [N, K, k]
-        for module, inputs, output_shape, gradients, weight, bias in self._layers():
+        for module, rule, inputs, output_shape, gradients, weight, bias in self._layers():
             weight_tangent = None if weight is None else tangents[weight]
             bias_tangent = None if bias is None else tangents[bias]
-            if type(module) is nn.Linear:
-                layer_tangents = _linear_tangents(inputs, weight_tangent, bias_tangent).permute(1, 2, 0)
-            else:  # [N, k·out, *spatial] as [N, P, k]
-                layer_tangents = kernel_tangents(
-                    module, inputs, output_shape, weight_tangent, bias_tangent
-                ).reshape(inputs.shape[0], num_columns, -1)
-                layer_tangents = layer_tangents.transpose(1, 2)
+            layer_tangents = rule.tangents_by_position(
+                module, inputs, output_shape, weight_tangent, bias_tangent
+            )
             contribution = torch.bmm(gradients, layer_tangents)  # [N, K, k]
             projections = contribution if projections is None else projections.add_(contribution)
         result: list[Tensor | None] = [None] * len(tangents)
-        for module, inputs, output_shape, gradients, weight, bias in self._layers():
+        for module, rule, inputs, output_shape, gradients, weight, bias in self._layers():
             pulled_back = torch.bmm(projections.transpose(1, 2), gradients)  # [N, k, P]: Gᵀ u
             flat = pulled_back.view(pulled_back.shape[0], -1)  # [N, k·P]
             if weight is not None:
-                result[weight] = weight_products(
+                result[weight] = rule.weight_products(
                     module, inputs, output_shape, flat, None, None, tangents[weight]
                 )
             if bias is not None:
-                result[bias] = bias_products(flat, num_columns, output_shape)
+                result[bias] = rule.bias_products(flat, num_columns, output_shape)
         return result
 
     def _layers(self):
         return zip(
             self.modules,
+            self.rules,
             self.inputs,
             self.output_shapes,
             self.gradients,
             self.weight_indices,
             self.bias_indices,
         )
-
-
-def _linear_tangents(inputs: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
-    """``V_l a_n + v_l`` for every column and sample: ``[k, N, out]``."""
-    if weight is None:
-        return bias.unsqueeze(1).expand(-1, inputs.shape[0], -1)
-    expanded = inputs.expand(weight.shape[0], *inputs.shape)
-    if bias is None:
-        return torch.bmm(expanded, weight.transpose(1, 2))
-    return torch.baddbmm(bias.unsqueeze(1), expanded, weight.transpose(1, 2))

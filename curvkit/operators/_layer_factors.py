@@ -14,13 +14,7 @@ from torch import Tensor
 
 from curvkit._engine import Batch
 from curvkit._layers.jtlj import LayerFactors
-from curvkit._layers.recording import (
-    factored_forward,
-    layer_outputs,
-    linear_layers,
-    recording,
-)
-from curvkit._model.autograd import grad_columns
+from curvkit._layers.recording import output_gradients, recording, traced_forward
 from curvkit.operators._setup import ModelDataSetup
 from curvkit.operators._shortcut import AgreementCheck
 
@@ -39,13 +33,15 @@ class LayerFactorization:
 
     def __init__(self, setup: ModelDataSetup, factor_rank: int | None):
         self.setup, self.factor_rank = setup, factor_rank
-        model = setup.model
-        self.layers = (
-            linear_layers(model.model_func, model.tensors, convolutions=True) if model.is_module else []
-        )
-        covered = {index for layer in self.layers for index in (layer.weight_index, layer.bias_index)}
+        model, layer_map = setup.model, setup.layer_map
+        self.layers = layer_map.layers
+        positions = [index for layer in self.layers for index in layer.indices.values()]
         self.applicable = (
-            factor_rank is not None and bool(self.layers) and covered >= set(range(len(model.tensors)))
+            factor_rank is not None
+            and bool(self.layers)
+            and layer_map.covers_all(len(model.tensors))
+            and len(set(positions)) == len(positions)  # no parameter in two layers (tied weights)
+            and all(hasattr(layer.rule, "tangents_by_position") for layer in self.layers)
         )
         self.sizes: tuple[int, int] | None = None  # B and Σ_l P_l, from the first batch
         self.check = AgreementCheck(model.model_func)
@@ -98,12 +94,17 @@ class LayerFactorization:
         model = self.setup.model
         with recording(self.layers):
             # the first batch tells which layer inputs come from the batch (tracing); later ones alike
-            output, fast = factored_forward(
+            output, per_sample = traced_forward(
                 model, model.model_func, batch.X, batch.size, self.layers, traced=self.sizes is None
             )
+            fast = [
+                layer
+                for layer in per_sample
+                if len(layer.uses) == 1 and layer.rule.stacks_columns(layer.module, layer.uses[0].inputs)
+            ]
             if len(fast) != len(self.layers):
                 return None
-            output_shapes = [tuple(layer.calls[0][1].shape[1:]) for layer in fast]
+            output_shapes = [tuple(layer.uses[0].output.shape[1:]) for layer in fast]
             if self.sizes is None:
                 # per sample: multiply-adds of the layers whose input depends on parameters
                 # (output entries times weights per output channel), and output entries
@@ -111,19 +112,20 @@ class LayerFactorization:
                     sum(
                         math.prod(shape) * layer.module.weight[0].numel()
                         for layer, shape in zip(fast, output_shapes)
-                        if layer.calls[0][0].requires_grad
+                        if layer.uses[0].inputs.requires_grad
                     ),
                     sum(math.prod(shape) for shape in output_shapes),
                 )
             factor = curvature_of(output.detach()).factor()
-            gradients = grad_columns([output], layer_outputs(fast), [factor])
+            gradients = output_gradients(fast, output, factor)
             return LayerFactors(
                 modules=[layer.module for layer in fast],
-                inputs=[layer.calls[0][0].detach() for layer in fast],
+                rules=[layer.rule for layer in fast],
+                inputs=[layer.uses[0].inputs.detach() for layer in fast],
                 output_shapes=output_shapes,
                 gradients=[
                     gradient.detach().transpose(0, 1).reshape(batch.size, factor.shape[0], -1)
-                    for gradient in gradients
+                    for (gradient,) in gradients
                 ],
                 weight_indices=[layer.weight_index for layer in fast],
                 bias_indices=[layer.bias_index for layer in fast],

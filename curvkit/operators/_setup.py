@@ -7,7 +7,7 @@ the curvature operators (square, symmetric) and the Jacobians (rectangular) shar
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from functools import partial
+from functools import cached_property, partial
 from typing import TYPE_CHECKING, Any
 from warnings import warn
 
@@ -18,6 +18,7 @@ from curvkit._engine import Batch, MiniBatchEngine
 from curvkit._engine import check_deterministic as probe_determinism
 from curvkit._engine.determinism import random_modules_in_train_mode
 from curvkit._engine.finite import MODEL_HINT, check_finite, named_inputs
+from curvkit._layers.parameters import LayerMap, layer_map
 from curvkit._model.autograd import require_autograd
 from curvkit._model.differentiation import Linearization, ModelFunction
 from curvkit._targets import check_target
@@ -94,6 +95,16 @@ class ModelDataSetup:
         self._checked_pass = -1
         self._probed_determinism = False
         self.first_output = self._probe_first_batch()
+
+    @cached_property
+    def layer_map(self) -> LayerMap:
+        """Which parameters sit in which supported layer (:mod:`curvkit._layers`), built once.
+
+        Empty for a model that is a plain callable (no modules to look into).
+        """
+        if not self.model.is_module:
+            return LayerMap([], {})
+        return layer_map(self.model.model_func, self.model.tensors)
 
     def _probe_first_batch(self) -> Tensor:
         """Check the first batch and return its output.

@@ -12,23 +12,12 @@ from torch.utils._pytree import tree_leaves, tree_map
 
 from curvkit._boundary import as_integer
 from curvkit._engine import Batch
-from curvkit._layers.recording import (
-    factored_forward,
-    layer_outputs,
-    linear_layers,
-    recording,
-    squared_gradient_sums,
-)
+from curvkit._layers.diagonal import squared_gradient_sums
+from curvkit._layers.recording import output_gradients, recording, traced_forward
 from curvkit._model.autograd import paths_agree
 from curvkit._model.kernels import differentiable_kernels
-from curvkit.losses import (
-    batch_loss_scale,
-    check_supported,
-    output_hessian_sqrt,
-    reduction_of,
-    sample_targets,
-    sampled_output_gradients,
-)
+from curvkit._output_factor import output_factor, seeded
+from curvkit.losses import check_supported, reduction_of
 from curvkit.operators._setup import ModelDataSetup
 from curvkit.structured import DiagonalLinearOperator
 
@@ -116,32 +105,27 @@ def ggn_diagonal(
     model = setup.model
     if check_deterministic:
         setup.check_deterministic()  # model and data: there is no product to compare
-    generator = torch.Generator(device=model.device).manual_seed(seed)
-    layers = linear_layers(model_func, model.tensors)
+    generator = seeded(seed, model.device)
+    fisher_type = "type-2" if mode == "exact" else "mc"
+    # the first batch is traced to tell which layers are per sample; later ones record those only
+    layers, traced = setup.layer_map.layers, [True]
 
     def batch_diagonal(batch: Batch) -> Tensor:
+        nonlocal layers
         squares: dict[int, Tensor] = {}
-        with recording(layers):  # the factored linear layers: no per-sample gradients
-            output, fast = factored_forward(model, model_func, batch.X, batch.size, layers)
-            columns = output_curvature_columns(output.detach(), batch)
-            if fast:
-                gradients = torch.autograd.grad(output, layer_outputs(fast), columns, is_grads_batched=True)
-                for layer, layer_gradients in zip(fast, gradients):
-                    squares.update(squared_gradient_sums(layer, layer_gradients))
+        with recording(layers):  # per-sample layers: their rules, no per-sample vjps
+            output, per_sample = traced_forward(model, model_func, batch.X, batch.size, layers, traced[0])
+            columns = output_factor(fisher_type, loss_func, output.detach(), batch, generator, mc_samples)
+            if per_sample:
+                squares = squared_gradient_sums(per_sample, output_gradients(per_sample, output, columns))
+            if traced[0]:
+                layers, traced[0] = per_sample, False
         del output  # its graph: not needed by the per-sample path below
         rest = [index for index in range(len(model.tensors)) if index not in squares]
         if rest:
             squares.update(zip(rest, _sum_of_squared_sample_vjps(model, batch.X, columns, rest)))
         # detached: the per-sample path may leave a graph on its result
         return torch.cat([squares[index].flatten() for index in range(len(model.tensors))]).detach()
-
-    def output_curvature_columns(output: Tensor, batch: Batch) -> Tensor:
-        """``[K, *output.shape]``: the columns ``s_{n,k}`` of ``Λ_n = S_n S_nᵀ``."""
-        if mode == "exact":
-            return output_hessian_sqrt(loss_func, output, batch.y, batch.loss_terms)
-        targets = sample_targets(loss_func, output, batch.y, mc_samples, generator)
-        scale = batch_loss_scale(loss_func, output, batch.y, batch.loss_terms) * mc_samples
-        return sampled_output_gradients(loss_func, output, targets, batch.y, batch.loss_terms) / scale**0.5
 
     return setup.engine.sum_over_batches(batch_diagonal, reduction_of(loss_func), desc="GGN diagonal")
 

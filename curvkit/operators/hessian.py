@@ -83,7 +83,8 @@ class HessianLinearOperator(CurvatureLinearOperator):
     @cached_property
     def _layer_chain(self) -> LayerChain | None:
         """The model as a chain of linear layers and elementwise functions, if it is one."""
-        return LayerChain.of(self._setup.model.model_func, self._setup.model.tensors)
+        model = self._setup.model
+        return LayerChain.of(model.model_func, self._setup.layer_map, len(model.tensors))
 
     @cached_property
     def _chain_check(self) -> AgreementCheck:

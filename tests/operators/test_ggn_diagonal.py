@@ -237,17 +237,17 @@ FACTORED_CASES = {
     "mlp": (_mlp, (4,), [0, 1, 2, 3]),
     "mlp, weights only": (_mlp, (4,), [0, 2]),
     "mlp, biases only, first weight frozen": (_mlp, (4,), [0, 1]),
-    "shared layer": (_shared, (4,), [2, 3]),
+    "shared layer": (_shared, (4,), [0, 1, 2, 3]),
     "tied outside the layer": (_TiedOutsideTheLayer, (4,), [2, 3]),
     "subclass of nn.Linear": (_subclass, (4,), [2, 3]),
-    "linear on sequences": (_sequence, (2, 4), [2, 3]),
+    "linear on sequences": (_sequence, (2, 4), [0, 1, 2, 3]),
     "forward hook on the layer": (_hooked, (4,), [2, 3]),
     "in-place operation on the output": (_inplace_after, (4,), [0, 1, 2, 3]),
     "rows of a position table": (_PositionTable, (12,), [3, 4]),
     "rows of a buffer table": (partial(_PositionTable, as_buffer=True), (12,), [2, 3]),
     "input handled in place": (_InputHandling, (4,), [0, 1, 2, 3]),
     "no forward-mode derivative": (_WithoutForwardMode, (4,), [0, 1, 2, 3]),
-    "a convolution besides, its bias left out": (_conv, (1, 4, 4), [1, 2]),
+    "a convolution besides, its bias left out": (_conv, (1, 4, 4), [0, 1, 2]),
     "keyword call": (_KeywordCall, (4,), [0, 1, 2, 3]),
     "call whose output is not used": (_MonitoredCall, (4,), [2, 3]),
     "rows are not samples": (_RowsAreNotSamples, (2, 2), [2, 3]),
@@ -257,8 +257,9 @@ FACTORED_CASES = {
 @pytest.mark.parametrize("case", sorted(FACTORED_CASES))
 @pytest.mark.parametrize("mode", ["exact", "mc"])
 def test_factored_linear_layers_match_the_dense_diagonal(case, mode, monkeypatch):
-    """Linear layers applied once to one row per sample skip per-sample gradients; every other
-    case (second call, tied weight, subclass, sequences, rows that are not samples) must not."""
+    """Per-sample layers (linear on rows of samples, called once or twice, convolutions) skip
+    per-sample vjps; every other case (weight used outside the layer, subclass, forward hook, rows
+    that are not samples) must not."""
     module = importlib.import_module("curvkit.operators.ggn_diagonal")  # the name is also the function's
 
     build, input_shape, factored_indices = FACTORED_CASES[case]
@@ -300,17 +301,18 @@ def test_factored_linear_layers_match_the_dense_diagonal(case, mode, monkeypatch
 def test_a_layer_whose_input_was_overwritten_does_not_qualify():
     """Squaring the recorded input would use the overwritten values (autograd refuses such a
     model for the weight's gradient; the factored path never asks autograd for it)."""
-    from curvkit._layers.recording import factored, linear_layers, recording
+    from curvkit._layers.parameters import layer_map
+    from curvkit._layers.recording import per_sample_layers, recording
 
     layer = nn.Linear(4, 3).double()
-    layers = linear_layers(layer, list(layer.parameters()))
+    layers = layer_map(layer, list(layer.parameters())).layers
     for overwrite in (False, True):
         with recording(layers):
             inputs = 3.0 * torch.randn(5, 4, dtype=torch.float64)
             output = layer(inputs)
             if overwrite:
                 inputs.mul_(2.0)
-            assert factored(layers, output, 5, lambda tensor: True) == ([] if overwrite else layers)
+            assert per_sample_layers(layers, output, 5, lambda tensor: True) == ([] if overwrite else layers)
 
 
 @pytest.mark.parametrize("random_layer", [nn.Dropout(0.5), nn.BatchNorm1d(5)], ids=["dropout", "batchnorm"])

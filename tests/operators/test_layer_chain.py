@@ -16,6 +16,7 @@ from zoo import make_problem_from_id
 
 from curvkit import HessianLinearOperator, reference
 from curvkit._layers.chain import LayerChain
+from curvkit._layers.parameters import layer_map
 from curvkit._layers.segments import ELEMENTWISE
 from curvkit.operators._shortcut import AgreementCheck
 
@@ -214,7 +215,8 @@ def _tied():
 )
 def test_other_models_are_no_chains(build):
     model = build()
-    assert LayerChain.of(model, list(model.parameters())) is None
+    params = list(model.parameters())
+    assert LayerChain.of(model, layer_map(model, params), len(params)) is None
 
 
 def test_rows_that_are_not_samples_keep_the_general_path(unchecked):
@@ -430,7 +432,7 @@ def test_pooling_that_is_no_chain(pool):
     """Pooling whose windows are not all one uniform linear map keeps the general path."""
     model = nn.Sequential(nn.Conv2d(1, 2, 3), pool, nn.Flatten(), nn.LazyLinear(3))
     model(torch.randn(1, 1, 8, 8)) if not getattr(pool, "return_indices", False) else None
-    assert LayerChain.of(model, [model[0].weight]) is None
+    assert LayerChain.of(model, layer_map(model, [model[0].weight]), 1) is None
 
 
 def test_a_convolution_bias_whose_output_has_one_position(unchecked):

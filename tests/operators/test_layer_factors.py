@@ -7,7 +7,7 @@ from torch import nn
 from zoo import make_problem, make_problem_from_id
 
 from curvkit import EFLinearOperator, FisherMCLinearOperator, GGNLinearOperator, reference
-from curvkit._layers.recording import linear_layers
+from curvkit._layers.parameters import layer_map
 from curvkit.operators._layer_factors import LayerFactorization
 
 OPERATORS = {"ggn": GGNLinearOperator, "ef": EFLinearOperator, "fisher_mc": FisherMCLinearOperator}
@@ -187,4 +187,6 @@ def test_convolutions_that_do_not_factor(convolution):
     model = nn.Sequential(convolution, nn.Flatten(), nn.LazyLinear(3))
     model(torch.randn(1, 2, 6, 6))
     params = list(model.parameters())
-    assert [layer.module for layer in linear_layers(model, params, convolutions=True)] == [model[-1]]
+    found = layer_map(model, params)
+    assert [layer.module for layer in found.layers] == [model[-1]]
+    assert sorted(found.unsupported) == [0, 1]  # the convolution's weight and bias, with why

@@ -1,0 +1,53 @@
+r"""Sums of squared per-sample gradients per parameter, from the layers' records: the GGN diagonal.
+
+With ``K`` output-space columns ``s_{n,k}`` pulled back to every use of every per-sample layer
+(:func:`.recording.output_gradients`), parameter ``θ``'s share of the diagonal is
+
+.. math::
+    \sum_n \sum_k \Big( \sum_{\text{layers } l \ni θ} \sum_{\text{uses } u \text{ of } l}
+    \frac{\partial}{\partial θ} \big(s_{n,k}^\top f_n\big) \Big|_u \Big)^{\odot 2}.
+
+A parameter in one layer takes its rule's :meth:`~.rule.LayerRule.squared_gradient_sums` (one
+matrix product for a linear layer's single use on ``[N, in]``); a parameter in several layers
+(tied weights) adds their per-sample gradients before squaring, in chunks of columns.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from curvkit._layers.parameters import Layer
+from curvkit._layers.rule import column_chunks
+
+
+def squared_gradient_sums(layers: list[Layer], gradients: list[list[Tensor]]) -> dict[int, Tensor]:
+    """``{parameter position: Σ_{n,k} (per-sample gradient)²}`` for the parameters of ``layers``.
+
+    Args:
+        layers: Per-sample layers of the pass (:func:`.recording.per_sample_layers`).
+        gradients: ``[K, *use.output.shape]`` per use of each layer
+            (:func:`.recording.output_gradients`).
+    """
+    holders: dict[int, list[tuple[Layer, str, list[tuple[Tensor, Tensor]]]]] = {}
+    for layer, layer_gradients in zip(layers, gradients):
+        uses = [(use.inputs.detach(), gradient) for use, gradient in zip(layer.uses, layer_gradients)]
+        for name, index in layer.indices.items():
+            holders.setdefault(index, []).append((layer, name, uses))
+    sums = {}
+    for index, places in holders.items():
+        if len(places) == 1:
+            layer, name, uses = places[0]
+            sums[index] = layer.rule.squared_gradient_sums(layer.module, uses, [name])[name]
+            continue
+        num_columns, num_samples = places[0][2][0][1].shape[:2]
+        for columns in column_chunks(num_columns, num_samples, places[0][0].module):
+            total = None
+            for layer, name, uses in places:
+                for inputs, output_gradients in uses:
+                    gradient = layer.rule.per_sample_gradients(
+                        layer.module, inputs, output_gradients[columns]
+                    )[name]
+                    total = gradient if total is None else total + gradient
+            square = total.square().sum((0, 1))
+            sums[index] = square if index not in sums else sums[index].add_(square)
+    return sums
