@@ -23,6 +23,8 @@ that of the transposed convolution or of the unfolding.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional
@@ -128,35 +130,35 @@ def transposed_convolution(
 
 
 def unfolded(module: nn.Module, inputs: Tensor) -> Tensor:
-    """``ψ(a)``: the input patches under the kernel, ``[N, C·∏kernel, R]`` for ``R`` output positions.
+    """``ψ(a)``: the input patches under the kernel, ``[N, R, C·∏kernel]`` for ``R`` output positions.
 
-    ``F.unfold`` for 1d (as 2d of height 1) and 2d; for 3d a depthwise convolution with one-hot
-    kernels, which copies each patch entry to its channel (exact: one product with 1 per entry).
+    ``F.unfold`` (``im2col``) for 1d (as 2d of height 1) and 2d, returned as a transposed view
+    (the products take it as it is); for 3d, windows of the zero-padded input as strided views
+    (``Tensor.unfold`` per spatial dimension, dilation by taking every ``d``-th entry), copied once.
+    Exact: patches are copies, not products with one-hot kernels (which a GPU may run in TF32).
     """
     dims = len(module.kernel_size)
-    if dims == 3:
-        channels, kernel = inputs.shape[1], module.kernel_size
-        size = kernel[0] * kernel[1] * kernel[2]
-        one_hot = torch.eye(size, dtype=inputs.dtype, device=inputs.device).reshape(size, 1, *kernel)
-        patches = functional.conv3d(
-            inputs,
-            one_hot.repeat(channels, 1, 1, 1, 1),
-            None,
-            module.stride,
-            module.padding,
-            module.dilation,
-            channels,
+    if dims < 3:
+        if dims == 1:
+            inputs = inputs.unsqueeze(2)
+        kernel, dilation, padding, stride = (
+            (fill,) * (2 - dims) + tuple(value)
+            for fill, value in zip(
+                (1, 1, 0, 1), (module.kernel_size, module.dilation, module.padding, module.stride)
+            )
         )
-        return patches.flatten(2)
-    if dims == 1:
-        return functional.unfold(
-            inputs.unsqueeze(2),
-            (1, module.kernel_size[0]),
-            dilation=(1, module.dilation[0]),
-            padding=(0, module.padding[0]),
-            stride=(1, module.stride[0]),
-        )
-    return functional.unfold(inputs, module.kernel_size, module.dilation, module.padding, module.stride)
+        return functional.unfold(inputs, kernel, dilation, padding, stride).transpose(1, 2)
+    padding = [side for pad in reversed(module.padding) for side in (pad, pad)]
+    windows = functional.pad(inputs, padding) if any(padding) else inputs
+    for dim, (size, step, spread) in enumerate(zip(module.kernel_size, module.stride, module.dilation)):
+        windows = windows.unfold(2 + dim, (size - 1) * spread + 1, step)
+        if spread > 1:
+            windows = windows[..., ::spread]
+    # [N, C, *positions, *kernel] -> [N, *positions, C, *kernel]
+    order = [0, *range(2, 2 + dims), 1, *range(2 + dims, 2 + 2 * dims)]
+    return windows.permute(order).reshape(
+        inputs.shape[0], -1, inputs.shape[1] * math.prod(module.kernel_size)
+    )
 
 
 class ConvolutionRule(LayerRule):
@@ -184,24 +186,11 @@ class ConvolutionRule(LayerRule):
 
     @classmethod
     def input_rows(cls, module: nn.Module, inputs: Tensor) -> Tensor:
-        return unfolded(module, inputs).transpose(1, 2)
+        return unfolded(module, inputs)
 
     @classmethod
     def output_rows(cls, module: nn.Module, output_gradients: Tensor) -> Tensor:
         return output_gradients.flatten(3).transpose(2, 3)
-
-    @classmethod
-    def per_sample_gradients(
-        cls, module: nn.Module, inputs: Tensor, output_gradients: Tensor
-    ) -> dict[str, Tensor]:
-        gradients = output_gradients.flatten(3)  # [K, N, out, R]
-        result = {}
-        if module.weight is not None:
-            weight = torch.matmul(gradients, unfolded(module, inputs).transpose(1, 2))  # [K, N, out, C·kk]
-            result["weight"] = weight.view(*weight.shape[:2], *module.weight.shape)
-        if module.bias is not None:
-            result["bias"] = gradients.sum(3)
-        return result
 
     # ------------------------------------------------------------------ k columns, [N, k·P]
     @classmethod

@@ -9,7 +9,7 @@ With ``K`` output-space columns ``s_{n,k}`` pulled back to every use of every pe
 
 A parameter in one layer takes its rule's :meth:`~.rule.LayerRule.squared_gradient_sums` (one
 matrix product for a linear layer's single use on ``[N, in]``); a parameter in several layers
-(tied weights) adds their per-sample gradients before squaring, in chunks of columns.
+(tied weights) adds their per-sample gradients before squaring, in chunks of samples.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from curvkit._layers.parameters import Layer
-from curvkit._layers.rule import column_chunks
+from curvkit._layers.rule import chunks
 
 
 def squared_gradient_sums(layers: list[Layer], gradients: list[list[Tensor]]) -> dict[int, Tensor]:
@@ -40,14 +40,14 @@ def squared_gradient_sums(layers: list[Layer], gradients: list[list[Tensor]]) ->
             sums[index] = layer.rule.squared_gradient_sums(layer.module, uses, [name])[name]
             continue
         num_columns, num_samples = places[0][2][0][1].shape[:2]
-        for columns in column_chunks(num_columns, num_samples, places[0][0].module):
+        for columns, samples in chunks(num_columns, num_samples, places[0][0].module):
             total = None
             for layer, name, uses in places:
-                for inputs, output_gradients in uses:
-                    gradient = layer.rule.per_sample_gradients(
-                        layer.module, inputs, output_gradients[columns]
-                    )[name]
-                    total = gradient if total is None else total + gradient
+                for inputs, gradients in uses:
+                    chunk = layer.rule.per_sample_gradients(
+                        layer.module, inputs[samples], gradients[columns, samples]
+                    )
+                    total = chunk[name] if total is None else total + chunk[name]
             square = total.square().sum((0, 1))
             sums[index] = square if index not in sums else sums[index].add_(square)
     return sums

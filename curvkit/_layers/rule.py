@@ -18,7 +18,7 @@ What a rule gives:
 
 - :meth:`LayerRule.refusal`: why an instance of its type is not supported exactly (groups, say);
 - :meth:`LayerRule.per_sample_gradients`: ``[K, N, *θ.shape]`` per parameter (EKFAC; the GGN
-  diagonal where no cheaper form exists), in chunks of columns so that memory stays bounded;
+  diagonal where no cheaper form exists), in chunks of samples and columns (bounded memory);
 - :meth:`LayerRule.squared_gradient_sums`: ``Σ_{k,n}`` of their squares over all uses of the
   layer in a pass (the GGN diagonal), without per-sample gradients where the rule knows a
   cheaper form (a linear layer's single use on ``[N, in]``: ``(Σ_k G_k²)ᵀ A²``);
@@ -41,8 +41,8 @@ from torch import Tensor, nn
 
 PARAMETER_NAMES = ("weight", "bias")
 
-ELEMENTS_PER_CHUNK = 2**24
-"""Per-sample gradients are formed in chunks of columns of at most this many entries (64 MiB in float32)."""
+ELEMENTS_PER_CHUNK = 2**18
+"""Per-sample gradients are formed in chunks of at most this many entries (1 MiB in float32)."""
 
 
 class LayerRule:
@@ -88,14 +88,22 @@ class LayerRule:
         """``[K, N, *θ.shape]`` per parameter name: ``Σ_r g_{k,n,r} ψ(a_n)_rᵀ`` and ``Σ_r g_{k,n,r}``.
 
         The default forms them from :meth:`input_rows` and :meth:`output_rows`; a caller keeps
-        ``K`` small enough (:func:`column_chunks`).
+        its chunks small (:func:`chunks`).
         """
         rows = cls.input_rows(module, inputs)  # [N, R, in]
-        gradients = cls.output_rows(module, output_gradients)  # [K, N, R, out]
+        return cls._from_rows(module, rows, cls.output_rows(module, output_gradients))
+
+    @classmethod
+    def _from_rows(cls, module: nn.Module, rows: Tensor, gradients: Tensor) -> dict[str, Tensor]:
+        """:meth:`per_sample_gradients` from input rows ``[N, R, in]`` and output rows ``[K, N, R, out]``."""
+        num_columns, num_samples, _, out = gradients.shape
         result = {}
         if module.weight is not None:
-            weight = torch.matmul(gradients.transpose(-1, -2), rows)  # [K, N, out, in]
-            result["weight"] = weight.reshape(*weight.shape[:2], *module.weight.shape)
+            # one product per sample for all columns: [N, K·out, R] @ [N, R, in] (a broadcast
+            # matmul over K would copy the rows K times)
+            by_sample = gradients.permute(1, 0, 3, 2).reshape(num_samples, num_columns * out, -1)
+            weight = torch.bmm(by_sample, rows).view(num_samples, num_columns, *module.weight.shape)
+            result["weight"] = weight.transpose(0, 1)
         if getattr(module, "bias", None) is not None:
             result["bias"] = gradients.sum(2)
         return result
@@ -119,14 +127,19 @@ class LayerRule:
             cheap = cls._single_use_squares(module, *uses[0], names)
             if cheap is not None:
                 return cheap
+        # input rows once per use (an unfolding), products chunk by chunk
+        rows = [
+            (cls.input_rows(module, inputs), cls.output_rows(module, gradients)) for inputs, gradients in uses
+        ]
         sums: dict[str, Tensor] = {}
         num_columns, num_samples = uses[0][1].shape[:2]
-        for columns in column_chunks(num_columns, num_samples, module):
+        for columns, samples in chunks(num_columns, num_samples, module):
             per_sample: dict[str, Tensor] = {}
-            for inputs, gradients in uses:
-                for name, gradient in cls.per_sample_gradients(module, inputs, gradients[columns]).items():
-                    if name in names:
-                        per_sample[name] = gradient if name not in per_sample else per_sample[name] + gradient
+            for input_rows, output_rows in rows:
+                chunk = cls._from_rows(module, input_rows[samples], output_rows[columns, samples])
+                for name in names:
+                    total = per_sample.get(name)
+                    per_sample[name] = chunk[name] if total is None else total + chunk[name]
             for name, gradient in per_sample.items():
                 square = gradient.square().sum((0, 1))
                 sums[name] = square if name not in sums else sums[name].add_(square)
@@ -140,8 +153,19 @@ class LayerRule:
         return None
 
 
-def column_chunks(num_columns: int, num_samples: int, module: nn.Module) -> list[slice]:
-    """Slices of the ``K`` columns whose per-sample gradients fit :data:`ELEMENTS_PER_CHUNK`."""
-    per_column = num_samples * sum(tensor.numel() for tensor in LayerRule.parameters(module).values())
-    width = max(1, min(num_columns, ELEMENTS_PER_CHUNK // max(per_column, 1)))
-    return [slice(start, start + width) for start in range(0, num_columns, width)]
+def chunks(num_columns: int, num_samples: int, module: nn.Module) -> list[tuple[slice, slice]]:
+    """Slices of columns and samples whose per-sample gradients fit :data:`ELEMENTS_PER_CHUNK`.
+
+    Samples are chunked first (all columns of a few samples at a time): the chunk's per-sample
+    gradients stay in the cache while they are squared and summed (the CNN benchmark's second
+    convolution, 64 samples × 10 columns: 3.3 ms in chunks of 4-8 samples against 5.4 ms at
+    once, one thread); columns only where a single sample's exceed the budget.
+    """
+    per_column = sum(tensor.numel() for tensor in LayerRule.parameters(module).values())
+    samples = max(1, ELEMENTS_PER_CHUNK // max(per_column * num_columns, 1))
+    columns = num_columns if samples > 1 else max(1, min(num_columns, ELEMENTS_PER_CHUNK // per_column))
+    return [
+        (slice(first_column, first_column + columns), slice(first_sample, first_sample + samples))
+        for first_column in range(0, num_columns, columns)
+        for first_sample in range(0, num_samples, samples)
+    ]
