@@ -10,6 +10,7 @@ passes over the data and two products with the same vector and requires them to 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import lru_cache
 
 import torch
 from torch import Tensor, nn
@@ -50,13 +51,27 @@ def batch_coupled_modules(model: nn.Module) -> list[str]:
 
 
 def _fingerprint(tensors: list[Tensor]) -> Tensor:
-    """A few float64 statistics per tensor; equal data gives equal fingerprints."""
+    """Three statistics per tensor: sum, position-weighted sum, sum of squares (float64 results).
+
+    Equal data gives equal fingerprints; a permutation changes the weighted sum, a sign flip the
+    sum. Each statistic is one reduction over the tensor as it is (``torch.dot`` with weights kept
+    per length, :func:`_position_weights`), without float64 copies: the probe's fingerprints took
+    two thirds of its time on the MLP benchmark as five float64 passes per tensor.
+    """
     values = []
     for tensor in tensors:
-        flat = tensor.detach().reshape(-1).to(torch.float64)
-        weights = torch.linspace(1.0, 2.0, flat.numel(), dtype=torch.float64, device=flat.device)
-        values.append(torch.stack([flat.sum(), (weights * flat).sum(), flat.square().sum()]))
+        flat = tensor.detach().reshape(-1)
+        if flat.dtype not in (torch.float32, torch.float64):  # integers, half precision
+            flat = flat.to(torch.float64)
+        weights = _position_weights(flat.numel(), flat.dtype, flat.device)
+        values.append(torch.stack([flat.sum(), torch.dot(weights, flat), torch.dot(flat, flat)]).double())
     return torch.cat(values) if values else torch.zeros(0, dtype=torch.float64)
+
+
+@lru_cache(maxsize=8)
+def _position_weights(length: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``1 … 2`` in ``length`` steps, kept for the probe's next pass (a few lengths at most)."""
+    return torch.linspace(1.0, 2.0, length, dtype=dtype, device=device)
 
 
 def check_deterministic(

@@ -37,6 +37,7 @@ from torch.autograd import forward_ad
 from torch.utils._pytree import tree_leaves, tree_map
 
 from curvkit._layers.parameters import Layer, Use
+from curvkit._model.autograd import leaf_uses
 from curvkit._model.kernels import differentiable_kernels
 
 
@@ -89,7 +90,7 @@ def per_sample_layers(
     candidates = [layer for layer in layers if layer.uses and len(layer.module._forward_hooks) == 1]
     if not candidates:  # spare the graph walk
         return []
-    uses_of, nodes = _uses_in_graph(output)
+    uses_of, nodes = leaf_uses(output)
     chosen = []
     for layer in candidates:
         uses = [use for use in layer.uses if use is None or use.output.grad_fn in nodes]
@@ -226,7 +227,8 @@ def output_gradients(layers: list[Layer], output: Tensor, columns: Tensor) -> li
     """``[K, *use.output.shape]`` for every use of every layer: ``columns`` pulled back to it.
 
     One backward pass per column of ``columns`` ``[K, *output.shape]``, from ``output`` to the
-    recorded outputs of :func:`per_sample_layers`' layers; the graph is kept. A loop, not one
+    recorded outputs of :func:`per_sample_layers`' layers; the graph is kept. Each result is a view of
+    a sample-major ``[N, K, ...]`` tensor. A loop, not one
     batched pass (``is_grads_batched``): ``vmap`` over the backward graph took 1.3 (MLP) and
     3.2-6.5 (CNN, whose transposed convolutions it runs one column at a time anyway) gradients
     for the benchmark problems' 10 columns, the loop 1.1 and 2.0-3.0 (one thread, CPU time).
@@ -236,7 +238,9 @@ def output_gradients(layers: list[Layer], output: Tensor, columns: Tensor) -> li
         torch.autograd.grad(output, outputs, column, retain_graph=True, materialize_grads=True)
         for column in columns
     ]
-    gradients = iter([torch.stack(gradient) for gradient in zip(*per_column)])
+    # stacked sample-major, [N, K, ...], returned as a [K, N, ...] view: the rules' products
+    # (per sample, all columns) and the layer factors take that layout without a copy
+    gradients = iter([torch.stack(gradient, dim=1).transpose(0, 1) for gradient in zip(*per_column)])
     return [[next(gradients) for _ in layer.uses] for layer in layers]
 
 
@@ -269,27 +273,3 @@ class _Reachability:
             )
             stack.pop()
         return self.memo[root]
-
-
-def _uses_in_graph(output: Tensor) -> tuple[dict[int, int], set]:
-    """The graph's nodes, and for each leaf tensor how many of them consume it.
-
-    Returns:
-        ``{id(leaf): number of consuming nodes}`` and the set of nodes of ``output``'s graph.
-    """
-    uses: dict[int, int] = {}
-    seen, stack = set(), [output.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        for child, _ in node.next_functions:
-            if child is None:
-                continue
-            variable = getattr(child, "variable", None)  # AccumulateGrad: a leaf
-            if variable is not None:
-                uses[id(variable)] = uses.get(id(variable), 0) + 1
-            else:
-                stack.append(child)
-    return uses, seen

@@ -48,6 +48,7 @@ from curvkit._layout import TensorListLayout
 from curvkit._model.autograd import (
     call_with,
     hessian_products,
+    leaf_uses,
     output_with_tangent,
     parameter_paths,
     reverse_products,
@@ -172,8 +173,15 @@ class ModelFunction:
 
         return forward
 
-    def check_all_used(self, X) -> None:
-        """Raise if some parameter does not influence the output on batch ``X``.
+    def check_all_used(self, X) -> Tensor:
+        """Raise if some parameter does not influence the output on batch ``X``; else the output.
+
+        One forward pass and a walk of its autograd graph (:func:`.autograd.leaf_uses`), not a
+        backward pass; a parameter that is no leaf of the graph is looked for by
+        ``torch.autograd.grad``.
+
+        Returns:
+            The output, detached.
 
         Raises:
             ValueError: Naming the unused parameter.
@@ -184,14 +192,20 @@ class ModelFunction:
                 raise ValueError(f"model_func must return a tensor, got {type(output).__name__}.")
             if not output.requires_grad:
                 raise ValueError("model_func's output does not depend on params.")
-            gradients = torch.autograd.grad(output.sum(), self.tensors, allow_unused=True)
-        for label, gradient in zip(self.labels, gradients):
-            if gradient is None:
+            if all(tensor.is_leaf for tensor in self.tensors):
+                uses, _ = leaf_uses(output)
+                used = [id(tensor) in uses or tensor is output for tensor in self.tensors]
+            else:
+                gradients = torch.autograd.grad(output.sum(), self.tensors, allow_unused=True)
+                used = [gradient is not None for gradient in gradients]
+        for label, is_used in zip(self.labels, used):
+            if not is_used:
                 raise ValueError(
                     f"{label} is not used by model_func: its curvature would be zero. Remove it (or, "
                     "if it reaches the output through torch.utils.checkpoint, which curvature "
                     "products do not support, call model_func without activation checkpointing)."
                 )
+        return output.detach()
 
     def check_unchanged(self) -> None:
         """Raise if ``params`` no longer describe the model the operator was built for.

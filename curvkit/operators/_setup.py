@@ -115,9 +115,8 @@ class ModelDataSetup:
         non-finite parameters without it, at one read back from the device.
         """
         first = next(iter(self.engine.batches()))
-        self.model.check_all_used(first.X)
+        output = self.model.check_all_used(first.X)
         with torch.no_grad():
-            output = self.model(first.X)
             if self.loss_func is not None:
                 check_target(self.loss_func, first.y, first.index, output.shape)
             check_finite(first.index, self._model_tensors(first, output), MODEL_HINT)
