@@ -119,8 +119,14 @@ class LayerChain:
             return None  # a parameter outside the chain's layers
         return cls(tuple(modules[: starts[0]]), tuple(layers))
 
-    def linearize(self, batch: Batch, loss_func: Callable) -> ChainLinearization | None:
-        """What the batch's products need: its forward pass and gradient.
+    def linearize(
+        self, batch: Batch, loss_func: Callable, gradients: bool = True
+    ) -> ChainLinearization | None:
+        """What the batch's products need: its forward pass and (``gradients``) its gradient.
+
+        Without ``gradients`` (the GGN diagonal: :meth:`ChainLinearization.output_gradients`
+        only), the pass records no second derivatives of the activations and takes no backward
+        pass.
 
         Returns:
             ``None`` if the chain does not apply to the batch (layer inputs whose first axis is
@@ -147,25 +153,29 @@ class LayerChain:
                 inputs.append(values)
                 pre_activation = layer.module(values)
                 output_shapes.append(tuple(pre_activation.shape[1:]))
-                values, segment = run(layer.activation, pre_activation)
+                values, segment = run(layer.activation, pre_activation, second_derivatives=gradients)
                 segments.append(segment)
             output = values
+            layer_gradients: list[Tensor | None] = [None] * len(self.layers)
+            if not gradients:
+                return ChainLinearization(
+                    self, first, inputs, output_shapes, layer_gradients, segments, output, batch, loss_func
+                )
             # backward: the pre-activation gradients g_l (the segments record φ'' ⊙ γ on the way)
             activation_gradient = output_gradients(loss_func, output, batch.y).reshape(batch.size, -1)
-            gradients: list[Tensor | None] = [None] * len(self.layers)
             for position in reversed(range(first, len(self.layers))):
-                gradients[position] = segments[position].gradient(activation_gradient)
+                layer_gradients[position] = segments[position].gradient(activation_gradient)
                 if position > first:
                     module, rule = self.layers[position].module, self.layers[position].rule
                     activation_gradient = rule.transposed(
                         module,
-                        gradients[position],
+                        layer_gradients[position],
                         module.weight,
                         inputs[position].shape,
                         output_shapes[position],
                     )
         return ChainLinearization(
-            self, first, inputs, output_shapes, gradients, segments, output, batch, loss_func
+            self, first, inputs, output_shapes, layer_gradients, segments, output, batch, loss_func
         )
 
 
@@ -196,6 +206,32 @@ class ChainLinearization:
     output: Tensor
     batch: Batch
     loss_func: Callable
+
+    def output_gradients(self, columns: Tensor) -> list[Tensor | None]:
+        """``K`` output-space columns ``[K, *f.shape]`` pulled back to each layer's output.
+
+        As :func:`curvkit._layers.recording.output_gradients` gives them, ``[K, N, *z_l.shape]``, for
+        the layers from :attr:`first` on (``None`` below).
+
+        The columns go back together, sample-major ``[N, K·P]``: a layer's ``Wᵀ`` is one product
+        (one transposed convolution of ``N·K`` rows, in chunks) for all of them, each segment one
+        elementwise product or pooling transpose, without autograd.
+        """
+        num_columns, num_samples = columns.shape[:2]
+        cotangent = columns.transpose(0, 1).reshape(num_samples, -1)  # owned: scaled in place
+        result: list[Tensor | None] = [None] * len(self.chain.layers)
+        for position in reversed(range(self.first, len(self.chain.layers))):
+            gradient = self.segments[position].transposed(cotangent, num_columns)
+            result[position] = gradient.view(
+                num_samples, num_columns, *self.output_shapes[position]
+            ).transpose(0, 1)
+            if position > self.first:
+                layer, inputs = self.chain.layers[position], self.inputs[position]
+                stacked_inputs = (num_samples * num_columns, *inputs.shape[1:])
+                cotangent = layer.rule.transposed(
+                    layer.module, gradient, layer.module.weight, stacked_inputs, self.output_shapes[position]
+                ).view(num_samples, -1)
+        return result
 
     def matmat(self, tangents: dict[int, Tensor], memo: dict | None = None) -> dict[int, Tensor]:
         """``∇²L_b V`` for tangents ``{parameter index: [k, *θ_p.shape]}`` (the others are zero).

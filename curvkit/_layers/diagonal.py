@@ -10,12 +10,16 @@ With ``K`` output-space columns ``s_{n,k}`` pulled back to every use of every pe
 A parameter in one layer takes its rule's :meth:`~.rule.LayerRule.squared_gradient_sums` (one
 matrix product for a linear layer's single use on ``[N, in]``); a parameter in several layers
 (tied weights) adds their per-sample gradients before squaring, in chunks of samples.
+
+For an ``nn.Sequential`` layer chain (:mod:`.chain`) the columns are pushed back by hand, all at
+once (:meth:`.chain.ChainLinearization.output_gradients`), instead of one autograd pass each.
 """
 
 from __future__ import annotations
 
 from torch import Tensor
 
+from curvkit._layers.chain import ChainLinearization
 from curvkit._layers.parameters import Layer
 from curvkit._layers.rule import chunks
 
@@ -50,4 +54,22 @@ def squared_gradient_sums(layers: list[Layer], gradients: list[list[Tensor]]) ->
                     total = chunk[name] if total is None else total + chunk[name]
             square = total.square().sum((0, 1))
             sums[index] = square if index not in sums else sums[index].add_(square)
+    return sums
+
+
+def chain_squared_gradient_sums(linearization: ChainLinearization, columns: Tensor) -> dict[int, Tensor]:
+    """The same for a layer chain (:mod:`.chain`): the columns go back without autograd.
+
+    Args:
+        linearization: The batch's forward pass through the chain (``gradients=False``).
+        columns: ``[K, *output.shape]``.
+    """
+    sums = {}
+    gradients = linearization.output_gradients(columns)
+    for layer, inputs, layer_gradients in zip(linearization.chain.layers, linearization.inputs, gradients):
+        names = {name: index for name, index in (("weight", layer.weight_index), ("bias", layer.bias_index))}
+        names = {name: index for name, index in names.items() if index is not None}
+        if names:
+            squares = layer.rule.squared_gradient_sums(layer.module, [(inputs, layer_gradients)], list(names))
+            sums.update({index: squares[name] for name, index in names.items()})
     return sums

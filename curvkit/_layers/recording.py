@@ -37,7 +37,7 @@ from torch.autograd import forward_ad
 from torch.utils._pytree import tree_leaves, tree_map
 
 from curvkit._layers.parameters import Layer, Use
-from curvkit._model.autograd import leaf_uses
+from curvkit._model.autograd import grad_columns, leaf_uses
 from curvkit._model.kernels import differentiable_kernels
 
 
@@ -226,14 +226,18 @@ def traced_forward(
 def output_gradients(layers: list[Layer], output: Tensor, columns: Tensor) -> list[list[Tensor]]:
     """``[K, *use.output.shape]`` for every use of every layer: ``columns`` pulled back to it.
 
-    One backward pass per column of ``columns`` ``[K, *output.shape]``, from ``output`` to the
-    recorded outputs of :func:`per_sample_layers`' layers; the graph is kept. Each result is a view of
-    a sample-major ``[N, K, ...]`` tensor. A loop, not one
-    batched pass (``is_grads_batched``): ``vmap`` over the backward graph took 1.3 (MLP) and
-    3.2-6.5 (CNN, whose transposed convolutions it runs one column at a time anyway) gradients
-    for the benchmark problems' 10 columns, the loop 1.1 and 2.0-3.0 (one thread, CPU time).
+    From ``output`` to the recorded outputs of :func:`per_sample_layers`' layers, ``columns``
+    ``[K, *output.shape]``; the graph is kept. Up to :data:`LOOPED_COLUMNS` columns take one
+    backward pass each, their results stacked sample-major (views of ``[N, K, ...]``): ``vmap``
+    over the backward graph (``is_grads_batched``) took 1.3 (MLP) and 3.2-6.5 (CNN, whose
+    transposed convolutions it runs one column at a time anyway) gradients for the benchmark
+    problems' 10 columns, the loop 1.1 and 2.0-3.0 (one thread, CPU time). More columns take one
+    batched pass.
     """
     outputs = [use.output for layer in layers for use in layer.uses]
+    if columns.shape[0] > LOOPED_COLUMNS:
+        gradients = iter(grad_columns([output], outputs, [columns]))
+        return [[next(gradients) for _ in layer.uses] for layer in layers]
     per_column = [
         torch.autograd.grad(output, outputs, column, retain_graph=True, materialize_grads=True)
         for column in columns
@@ -242,6 +246,12 @@ def output_gradients(layers: list[Layer], output: Tensor, columns: Tensor) -> li
     # (per sample, all columns) and the layer factors take that layout without a copy
     gradients = iter([torch.stack(gradient, dim=1).transpose(0, 1) for gradient in zip(*per_column)])
     return [[next(gradients) for _ in layer.uses] for layer in layers]
+
+
+LOOPED_COLUMNS = 32
+"""Up to this many columns go back one backward pass each; more in one batched pass
+(``is_grads_batched``), whose ``vmap`` overhead is then shared by many columns (sequence outputs:
+``K`` = classes × positions)."""
 
 
 class _Reachability:

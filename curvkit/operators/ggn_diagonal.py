@@ -12,7 +12,8 @@ from torch.utils._pytree import tree_leaves, tree_map
 
 from curvkit._boundary import as_integer
 from curvkit._engine import Batch
-from curvkit._layers.diagonal import squared_gradient_sums
+from curvkit._layers.chain import LayerChain
+from curvkit._layers.diagonal import chain_squared_gradient_sums, squared_gradient_sums
 from curvkit._layers.recording import output_gradients, recording, traced_forward
 from curvkit._model.autograd import paths_agree
 from curvkit._model.kernels import differentiable_kernels
@@ -110,8 +111,17 @@ def ggn_diagonal(
     # the first batch is traced to tell which layers are per sample; later ones record those only
     layers, traced = setup.layer_map.layers, [True]
 
+    chain = LayerChain.of(model_func, setup.layer_map, len(model.tensors))
+
     def batch_diagonal(batch: Batch) -> Tensor:
         nonlocal layers
+        linearization = None if chain is None else chain.linearize(batch, loss_func, gradients=False)
+        if linearization is not None:  # a chain of linear layers: the columns go back by hand
+            columns = output_factor(
+                fisher_type, loss_func, linearization.output, batch, generator, mc_samples
+            )
+            squares = chain_squared_gradient_sums(linearization, columns)
+            return torch.cat([squares[index].flatten() for index in range(len(model.tensors))])
         squares: dict[int, Tensor] = {}
         with recording(layers):  # per-sample layers: their rules, no per-sample vjps
             output, per_sample = traced_forward(model, model_func, batch.X, batch.size, layers, traced[0])
