@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -54,7 +55,10 @@ def recording(layers: list[Layer]) -> Iterator[None]:
         def hook(module, args, kwargs, output):
             inputs = args[0] if args else kwargs.get("input")
             layer.uses.append(Use(inputs, output, inputs._version) if isinstance(inputs, Tensor) else None)
-            return output.clone()
+            copy, mark = output.clone(), _MARK.get()
+            if mark is not None and isinstance(inputs, Tensor) and not inputs.is_floating_point():
+                copy = mark(inputs, copy)  # an embedding of the batch's indices: traced from here on
+            return copy
 
         return hook
 
@@ -160,7 +164,12 @@ def dual_numbers(X: Any) -> Iterator[tuple[Any, Callable[[Tensor], bool]]]:
             return tensor.untyped_storage().data_ptr() in integers
         return forward_ad.unpack_dual(tensor).tangent is not None
 
-    with forward_ad.dual_level():
+    def mark(inputs: Tensor, output: Tensor) -> Tensor:
+        if output.is_floating_point() and from_batch(inputs) and not from_batch(output):
+            return forward_ad.make_dual(output, torch.zeros_like(output))
+        return output
+
+    with forward_ad.dual_level(), _marking(mark):
         yield tree_map(with_tangent, X), from_batch
 
 
@@ -180,8 +189,41 @@ def autograd_leaves(X: Any) -> Iterator[tuple[Any, Callable[[Tensor], bool]]]:
         leaves.append(tensor.detach().requires_grad_())
         return leaves[-1].clone()
 
+    integers = {
+        tensor.untyped_storage().data_ptr()
+        for tensor in tree_leaves(X)
+        if isinstance(tensor, Tensor) and not tensor.is_floating_point()
+    }
     traced_X = tree_map(traced, X)
-    yield traced_X, _Reachability({id(leaf) for leaf in leaves})
+    reachability = _Reachability({id(leaf) for leaf in leaves})
+
+    def from_batch(tensor: Tensor) -> bool:
+        if not tensor.is_floating_point():
+            return tensor.untyped_storage().data_ptr() in integers
+        return reachability(tensor)
+
+    def mark(inputs: Tensor, output: Tensor) -> Tensor:
+        if output.grad_fn is not None and from_batch(inputs):
+            reachability.memo[output.grad_fn] = True  # the clone's node: reached from the batch
+        return output
+
+    with _marking(mark):
+        yield traced_X, from_batch
+
+
+_MARK: ContextVar[Callable[[Tensor, Tensor], Tensor] | None] = ContextVar("curvkit_layer_mark", default=None)
+"""While a tracing runs: marks the output of a layer whose integer input came from the batch
+(an embedding of the batch's tokens) as computed from the batch, which the tracings cannot see
+through integer indices otherwise."""
+
+
+@contextmanager
+def _marking(mark: Callable[[Tensor, Tensor], Tensor]) -> Iterator[None]:
+    token = _MARK.set(mark)
+    try:
+        yield
+    finally:
+        _MARK.reset(token)
 
 
 TRACINGS = (dual_numbers, autograd_leaves)

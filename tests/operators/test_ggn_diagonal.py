@@ -333,3 +333,83 @@ def test_the_model_keeps_no_trace_of_the_factored_pass():
     assert not model.last_input.requires_grad
     assert torch.autograd.forward_ad.unpack_dual(model.last_input).tangent is None
     assert all(not module._forward_hooks for module in model.modules())
+
+
+class _TiedLanguageModel(nn.Module):
+    """Tokens → embedding → linear → head tied to the embedding, sequence output ``[N, V, T]``."""
+
+    def __init__(self, vocabulary: int = 6, width: int = 3):
+        super().__init__()
+        self.embedding = nn.Embedding(vocabulary, width, padding_idx=0)
+        self.hidden = nn.Linear(width, width)
+        self.head = nn.Linear(width, vocabulary)
+        self.head.weight = self.embedding.weight
+
+    def forward(self, tokens):
+        return self.head(torch.tanh(self.hidden(self.embedding(tokens)))).transpose(1, 2)
+
+
+def _pooled_chain():
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1),
+        nn.Softplus(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(3, 2, 2, stride=1, dilation=1),
+        nn.Tanh(),
+        nn.AvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(2, 3),
+    )
+
+
+def _conv3d():
+    return nn.Sequential(
+        nn.Conv3d(1, 2, 2, stride=(1, 2, 1), padding=1), nn.Sigmoid(), nn.Flatten(), nn.LazyLinear(3)
+    )
+
+
+# model, a batch of n inputs, whether it is a layer chain (its columns go back by hand)
+PER_LAYER_CASES = {
+    "tied embedding and head, sequence targets": (
+        _TiedLanguageModel,
+        lambda n: torch.randint(0, 6, (n, 4)),
+        False,
+    ),
+    "chain with pooling and smooth activations": (_pooled_chain, lambda n: torch.randn(n, 2, 4, 4), True),
+    "conv3d, strided": (_conv3d, lambda n: torch.randn(n, 1, 3, 4, 3), True),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PER_LAYER_CASES))
+@pytest.mark.parametrize("mode", ["exact", "mc"])
+def test_every_parameter_goes_through_its_layer_rule(case, mode, monkeypatch):
+    """Embeddings (padding row, repeated tokens), tied weights and convolutions of any dimension:
+    no parameter takes per-sample vjps, chains go back by hand, and the diagonal is exact."""
+    module = importlib.import_module("curvkit.operators.ggn_diagonal")
+    build, inputs, is_chain = PER_LAYER_CASES[case]
+    torch.manual_seed(0)
+    model = build().double()
+    batches = [inputs(n) for n in (3, 4)]
+    model(batches[0].double() if batches[0].is_floating_point() else batches[0])  # lazy layers
+    batches = [X.double() if X.is_floating_point() else X for X in batches]
+    targets = [
+        torch.randint(0, 6, (X.shape[0], 4))
+        if case.startswith("tied")
+        else torch.randint(0, 3, (X.shape[0],))
+        for X in batches
+    ]
+    data = list(zip(batches, targets))
+    params, loss_func = list(model.parameters()), nn.CrossEntropyLoss()
+    monkeypatch.setattr(module, "_sum_of_squared_sample_vjps", lambda *args: pytest.fail("per-sample vjps"))
+    chain_diagonal = module.chain_squared_gradient_sums
+    used_chain = []
+    monkeypatch.setattr(
+        module, "chain_squared_gradient_sums", lambda *args: used_chain.append(1) or chain_diagonal(*args)
+    )
+    diagonal = ggn_diagonal(model, loss_func, params, data, mode=mode, mc_samples=2, seed=3)
+    if mode == "exact":
+        expected = GGNLinearOperator(model, loss_func, params, data)
+    else:
+        expected = FisherMCLinearOperator(model, loss_func, params, data, mc_samples=2, seed=3)
+    torch.testing.assert_close(diagonal, expected.to_dense().diagonal(), rtol=1e-10, atol=1e-14)
+    assert bool(used_chain) == is_chain
