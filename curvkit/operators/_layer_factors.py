@@ -80,7 +80,6 @@ class LayerFactorization:
             or (self.sizes is not None and not self.worth_it(num_columns))
         ):
             return None
-        self.setup.before_batch()
         factors = self.setup.cached(batch, "layer factors", lambda: self._factors(batch, curvature_of))
         if factors is None:  # a layer did not factor on this batch
             self.applicable = False

@@ -88,6 +88,7 @@ class ModelDataSetup:
             batch_size_fn=batch_size_fn,
             progressbar=progressbar,
             loss_terms=None if loss_func is None else partial(_loss_terms, loss_func),
+            before_batch=self.before_batch,
         )
         self.cache_batches = cache_batches
         self._cache: dict[tuple[int, Hashable], Any] = {}
@@ -149,6 +150,9 @@ class ModelDataSetup:
     def before_batch(self) -> None:
         """Checks before a batch's product; those about the model once per pass over the data.
 
+        The engine calls it before every batch of a product (its ``before_batch``), so that no
+        product path has to.
+
         Once per pass (batch 0 may be skipped when it has no loss term): the parameters must be
         those the operator was built for (:meth:`ModelFunction.check_unchanged`); a model that
         passed the determinism probe must not have been switched to train mode since; and the
@@ -196,7 +200,6 @@ class ModelDataSetup:
 
     def linearization(self, batch: Batch) -> Linearization:
         """The batch's output and Jacobian products (cached if requested)."""
-        self.before_batch()
         return self.cached(batch, "linearization", lambda: self.model.linearize(batch.X))
 
     def linearization_along(self, batch: Batch, tangents: list[Tensor]) -> tuple[Linearization, Tensor]:
@@ -204,7 +207,6 @@ class ModelDataSetup:
 
         Without the cache, both come from one forward pass where possible.
         """
-        self.before_batch()
         if self.cache_batches:
             linearization = self.linearization(batch)
             return linearization, linearization.jvp(tangents)
@@ -212,7 +214,6 @@ class ModelDataSetup:
 
     def jvp(self, batch: Batch, tangents: list[Tensor]) -> Tensor:
         """``J V`` on the batch for ``tangents`` (``[k, *θ_p.shape]``), when no ``Jᵀ W`` follows."""
-        self.before_batch()
         if self.cache_batches:
             return self.linearization(batch).jvp(tangents)
         return self.model.jvp(batch.X, tangents)
@@ -221,7 +222,6 @@ class ModelDataSetup:
         self, batch: Batch, block_index: int, block: list[int], several_columns: bool
     ) -> Callable[[list[Tensor]], list[Tensor]]:
         """``V ↦ ∇²L_b V`` for the Hessian block ``block`` (parameter indices; cached if requested)."""
-        self.before_batch()
         return self.cached(
             batch,
             ("hessian", block_index, several_columns),

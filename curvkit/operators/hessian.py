@@ -120,7 +120,6 @@ class HessianLinearOperator(CurvatureLinearOperator):
         chain = self._layer_chain
         if chain is None or self._chain_check.failed:
             return general()
-        self._setup.before_batch()
         linearization = self._setup.cached(
             batch, "layer chain", lambda: chain.linearize(batch, self._setup.loss_func)
         )
