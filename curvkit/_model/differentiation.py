@@ -44,16 +44,15 @@ from torch import Tensor, nn
 from torch.func import grad, vjp, vmap
 from torch.func import jvp as forward_jvp
 
-from curvkit._layout import TensorListLayout
 from curvkit._model.autograd import (
     call_with,
     hessian_products,
     leaf_uses,
     output_with_tangent,
-    parameter_paths,
     reverse_products,
 )
 from curvkit._model.kernels import differentiable_kernels
+from curvkit._model.parameters import ModelParameters
 
 T = TypeVar("T")
 
@@ -73,39 +72,11 @@ class Linearization:
     vjp: Callable[[Tensor], list[Tensor]]
 
 
-def normalize_params(
-    params: Sequence[Tensor] | Mapping[str, Tensor],
-) -> tuple[list[str] | None, list[Tensor]]:
-    """The names (``None`` for a list) and tensors of ``params``.
+class ModelFunction(ModelParameters):
+    """``f(X; θ)`` for a subset ``θ`` of a model's parameters, and its derivatives per product.
 
-    Raises:
-        ValueError: If ``params`` is neither a list of tensors nor a dict of named tensors.
-    """
-    if isinstance(params, Mapping):
-        return list(params.keys()), list(params.values())
-    if isinstance(params, Tensor) or not isinstance(params, Sequence):
-        raise ValueError(
-            f"params must be a list of tensors or a dict of named tensors, got {type(params).__name__}."
-        )
-    return None, list(params)
-
-
-def _module_parameter_names(
-    model: nn.Module, names: list[str] | None, tensors: list[Tensor]
-) -> list[list[str]]:
-    """The names of each tensor in ``model`` (matched by identity, see :func:`parameter_paths`)."""
-    by_identity = parameter_paths(model)
-    found = []
-    for index, tensor in enumerate(tensors):
-        label = f"params[{names[index]!r}]" if names else f"params[{index}]"
-        if id(tensor) not in by_identity:
-            raise ValueError(f"{label} is not a parameter of model_func (compared by identity).")
-        found.append(by_identity[id(tensor)])
-    return found
-
-
-class ModelFunction:
-    """``f(X; θ)`` for a subset ``θ`` of a model's parameters.
+    The parameters themselves (checks, labels, layout, names in the module) are the base's,
+    :class:`.parameters.ModelParameters`.
 
     Args:
         model_func: An ``nn.Module`` or a callable ``X ↦ f(X)``.
@@ -120,36 +91,10 @@ class ModelFunction:
     def __init__(
         self, model_func: Callable[[Tensor], Tensor], params: Sequence[Tensor] | Mapping[str, Tensor]
     ):
-        if not callable(model_func):
-            raise ValueError(f"model_func must be callable, got {type(model_func).__name__}.")
-        names, tensors = normalize_params(params)
-        if not tensors:
-            raise ValueError("params must contain at least one tensor.")
-        first_label: dict[int, str] = {}
-        for index, tensor in enumerate(tensors):
-            label = f"params[{names[index]!r}]" if names else f"params[{index}]"
-            if not isinstance(tensor, Tensor):
-                raise ValueError(f"{label} must be a tensor, got {type(tensor).__name__}.")
-            if id(tensor) in first_label:
-                raise ValueError(f"{label} is the same tensor as {first_label[id(tensor)]}; pass each once.")
-            first_label[id(tensor)] = label
-            if not tensor.requires_grad:
-                raise ValueError(
-                    f"{label} does not require grad; curvature is only defined for trainable parameters."
-                )
-        if len({t.dtype for t in tensors}) > 1 or len({t.device for t in tensors}) > 1:
-            raise ValueError("params must all have the same dtype and device.")
-        self.model_func = model_func
-        self.labels = (
-            [f"params[{n!r}]" for n in names] if names else [f"params[{i}]" for i in range(len(tensors))]
-        )
-        self.tensors = tensors
-        self.layout = TensorListLayout([tensor.shape for tensor in tensors])
-        self.dtype, self.device = tensors[0].dtype, tensors[0].device
+        super().__init__(model_func, params)
         self.is_module = isinstance(model_func, nn.Module)
         self.prefers_forward_mode = _has_convolutions(model_func)
         self.forward_mode_available = True  # until an operation without forward-mode derivative shows up
-        self._aliases = _module_parameter_names(model_func, names, tensors) if self.is_module else None
 
     # ------------------------------------------------------------------ evaluation
     def __call__(self, X: Tensor | Mapping[str, Tensor]) -> Tensor:
@@ -206,35 +151,6 @@ class ModelFunction:
                     "products do not support, call model_func without activation checkpointing)."
                 )
         return output.detach()
-
-    def check_unchanged(self) -> None:
-        """Raise if ``params`` no longer describe the model the operator was built for.
-
-        Raises:
-            RuntimeError: If a parameter was replaced in the module (``model.w = nn.Parameter(...)``),
-                changed dtype, device or shape (``model.double()``), or stopped requiring grad.
-        """
-        for index, (label, tensor) in enumerate(zip(self.labels, self.tensors)):
-            if self._aliases is not None and any(
-                self.model_func.get_parameter(name) is not tensor for name in self._aliases[index]
-            ):
-                problem = f"was replaced in model_func (attribute '{self._aliases[index][0]}')"
-            elif (tensor.dtype, tensor.device, tensor.shape) != (
-                self.dtype,
-                self.device,
-                self.layout.shapes[index],
-            ):
-                problem = (
-                    f"is now {tensor.dtype} on {tensor.device} with shape {list(tensor.shape)}, not "
-                    f"{self.dtype} on {self.device} with shape {list(self.layout.shapes[index])}"
-                )
-            elif not tensor.requires_grad:
-                problem = "no longer requires grad"
-            else:
-                continue
-            raise RuntimeError(
-                f"{label} {problem} since the operator was built; build a new operator for the changed model."
-            )
 
     # ------------------------------------------------------------------ derivatives
     def linearize(self, X) -> Linearization:

@@ -23,14 +23,10 @@ from curvkit._model.autograd import require_autograd
 from curvkit._model.differentiation import Linearization, ModelFunction
 from curvkit._targets import check_target
 from curvkit.losses import num_loss_terms
+from curvkit.operators._cache import BatchCache
 
 if TYPE_CHECKING:
     from curvkit.linear_operator import LinearOperator
-
-
-def _same_state(first: tuple[tuple, Tensor], second: tuple[tuple, Tensor]) -> bool:
-    """Equal identities and bit-for-bit equal sums (a NaN sum equals itself)."""
-    return first[0] == second[0] and torch.equal(first[1].view(torch.int64), second[1].view(torch.int64))
 
 
 def _loss_terms(loss_func: Callable, batch: Batch) -> float:
@@ -91,8 +87,7 @@ class ModelDataSetup:
             before_batch=self.before_batch,
         )
         self.cache_batches = cache_batches
-        self._cache: dict[tuple[int, Hashable], Any] = {}
-        self._cached_state: tuple[tuple, Tensor] | None = None
+        self.cache = BatchCache(self.model, cache_batches)
         self._checked_pass = -1
         self._probed_determinism = False
         self.first_output = self._probe_first_batch()
@@ -134,18 +129,12 @@ class ModelDataSetup:
         return {"the model output": output, "the loss": self.loss_func(output, batch.y)}
 
     def cached(self, batch: Batch, key: Hashable, compute: Callable[[], Any]) -> Any:
-        """``compute()``, remembered per batch when ``cache_batches`` is on.
+        """``compute()``, remembered per batch when ``cache_batches`` is on (:class:`._cache.BatchCache`).
 
-        :meth:`before_batch` empties it once per pass if the model changed since it was filled
-        (:meth:`_model_state`): an optimizer step, ``vector_to_parameters``, an update through
-        ``.data``, of ``params`` or of any other parameter or buffer of the module, a train/eval
-        switch. The operator then follows the current model, as without the cache.
+        :meth:`before_batch` empties it once per pass if the model changed since it was filled,
+        so the operator follows the current model, as without the cache.
         """
-        if not self.cache_batches:
-            return compute()
-        if (batch.index, key) not in self._cache:
-            self._cache[batch.index, key] = compute()
-        return self._cache[batch.index, key]
+        return self.cache.get(batch, key, compute)
 
     def before_batch(self) -> None:
         """Checks before a batch's product; those about the model once per pass over the data.
@@ -156,7 +145,7 @@ class ModelDataSetup:
         Once per pass (batch 0 may be skipped when it has no loss term): the parameters must be
         those the operator was built for (:meth:`ModelFunction.check_unchanged`); a model that
         passed the determinism probe must not have been switched to train mode since; and the
-        cache is emptied if the model changed (:meth:`_model_state`).
+        cache is emptied if the model changed (:meth:`._cache.BatchCache.follow_model`).
 
         Raises:
             RuntimeError: Under ``torch.inference_mode()``, or if the model changed as above.
@@ -174,29 +163,7 @@ class ModelDataSetup:
                     + "; ".join(offenders)
                     + ". Call model_func.eval() before multiplying."
                 )
-        if self.cache_batches:
-            state = self._model_state()
-            if self._cached_state is None or not _same_state(state, self._cached_state):
-                self._cache.clear()
-                self._cached_state = state
-
-    def _model_state(self) -> tuple[tuple, Tensor]:
-        """Storage, version counter and sum of every parameter and buffer the products read.
-
-        Version counters see in-place updates, storage addresses see reassignment
-        (``p.data = ...``), and the sums see in-place updates through ``.data``, which bypass the
-        version counter; the modules' ``training`` flags see ``train()`` / ``eval()``. Reading
-        every parameter once per product costs little beside the product.
-        """
-        model = self.model.model_func
-        tensors = list(self.model.tensors)
-        if isinstance(model, torch.nn.Module):
-            tensors += [*model.parameters(), *model.buffers()]
-        identity = tuple((t.data_ptr(), t._version, t.shape, t.dtype) for t in tensors)
-        if isinstance(model, torch.nn.Module):  # train / eval mode changes the function
-            identity += tuple(module.training for module in model.modules())
-        sums = torch.stack([t.detach().sum(dtype=torch.float64) for t in tensors if t.is_floating_point()])
-        return identity, sums
+        self.cache.follow_model()
 
     def linearization(self, batch: Batch) -> Linearization:
         """The batch's output and Jacobian products (cached if requested)."""

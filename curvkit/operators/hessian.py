@@ -12,7 +12,7 @@ from torch import Tensor
 
 from curvkit._engine import Batch
 from curvkit._layers.chain import LayerChain
-from curvkit._model.differentiation import normalize_params
+from curvkit._model.parameters import normalize_params
 from curvkit.operators._curvature import CurvatureLinearOperator
 from curvkit.operators._shortcut import AgreementCheck
 

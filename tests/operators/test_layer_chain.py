@@ -77,7 +77,7 @@ def test_zoo_chains_match_the_reference(problem_id, cached, unchecked, reference
     vector = torch.randn(operator.shape[0], 1, dtype=problem.dtype)
     matvec = operator @ vector
     if cached:
-        assert any(key == "layer chain" for _, key in operator._setup._cache)
+        assert any(key == "layer chain" for _, key in operator._setup.cache.entries)
         dense = operator.to_dense()
     rtol, atol = (1e-7, 1e-10) if problem.dtype == torch.float64 else (1e-4, 1e-5)
     scale = float(expected.abs().max())

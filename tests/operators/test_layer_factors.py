@@ -51,7 +51,7 @@ def test_factored_products_match_the_reference(problem_id, kind, cached, referen
     factorization = operator._layer_factorization
     assert factorization.applicable and factorization.check.verified_modes is not None
     if cached:
-        assert any(key == "layer factors" for _, key in operator._setup._cache)
+        assert any(key == "layer factors" for _, key in operator._setup.cache.entries)
     expected = reference_of(problem.name, kind)
     scale = expected.detach().abs().max()
     rtol, atol = (1e-7, 1e-10) if problem.dtype == torch.float64 else (1e-4, 1e-5)
