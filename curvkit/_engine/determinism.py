@@ -55,8 +55,8 @@ def _fingerprint(tensors: list[Tensor]) -> Tensor:
 
     Equal data gives equal fingerprints; a permutation changes the weighted sum, a sign flip the
     sum. Each statistic is one reduction over the tensor as it is (``torch.dot`` with weights kept
-    per length, :func:`_position_weights`), without float64 copies: the probe's fingerprints took
-    two thirds of its time on the MLP benchmark as five float64 passes per tensor.
+    per length, :func:`_position_weights`), without float64 copies (docs/design-notes.md, "The
+    probes' cost").
     """
     values = []
     for tensor in tensors:

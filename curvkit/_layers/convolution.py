@@ -82,8 +82,8 @@ def weight_gradient(
 
 
 TRANSPOSED_ROWS = 256
-"""Rows per transposed convolution: oneDNN took 17-20 ms for the benchmark CNN's second layer on
-640 rows at once, 10-12 ms in chunks of 128-256 (one thread)."""
+"""Rows per transposed convolution: oneDNN is slower on many rows at once than on chunks of them
+(measured: docs/design-notes.md, "The GGN diagonal through the rules")."""
 
 
 def input_gradient(

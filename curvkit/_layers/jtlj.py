@@ -2,17 +2,17 @@ r"""``Jᵀ Λ J`` through the Jacobian factors of linear layers, for blocks of c
 
 If every parameter belongs to an ``nn.Linear`` layer ``z_{l,n} = W_l a_{l,n} + b_l`` or a
 convolution ``z_{l,n} = W_l ⋆ a_{l,n} + b_l`` that factors on the batch
-(:func:`curvkit._layers.recording.factored`: called once, on inputs ``a_{l,n}`` one per sample, its
-parameters used nowhere else), sample ``n``'s Jacobian is a sum over the layers (for a
-convolution, read ``V a`` as ``V ⋆ a`` and ``Σ_n ġ_n a_nᵀ`` as the kernel gradient,
-:mod:`.convolution`):
+(:func:`.recording.per_sample_layers`, and called once on ``[N, in]`` or ``[N, C, *spatial]``:
+its inputs ``a_{l,n}`` one per sample, its parameters used nowhere else), sample ``n``'s
+Jacobian is a sum over the layers (for a convolution, read ``V a`` as ``V ⋆ a`` and
+``Σ_n ġ_n a_nᵀ`` as the kernel gradient, :mod:`.convolution`):
 
 .. math::
     J_n V = \sum_l \frac{\partial f_n}{\partial z_{l,n}} (V_l a_{l,n} + v_l).
 
-With a factor ``Λ_n = S_n S_nᵀ`` of ``K`` columns (:class:`._jtlj.OutputCurvature`),
-``G_{l,n} = S_nᵀ ∂f_n/∂z_{l,n}`` (``K × P_l``, ``P_l`` the layer's output entries per sample)
-is one backward pass of the ``K`` columns of ``S`` from the output to the layer outputs, and then
+With a factor ``Λ_n = S_n S_nᵀ`` of ``K`` columns (:mod:`curvkit._output_factor`),
+``G_{l,n} = S_nᵀ ∂f_n/∂z_{l,n}`` (``K × P_l``, ``P_l`` the layer's output entries per sample) is one
+backward pass of the ``K`` columns of ``S`` from the output to the layer outputs, and then
 
 .. math::
     u_n = S_n^\top J_n V = \sum_l G_{l,n} (V_l a_{l,n} + v_l), \qquad
@@ -24,15 +24,14 @@ at once; the network between the layers is traversed ``K`` times per batch (the 
 ``S``) instead of twice per column (forward tangents, then the backward pass of ``Λ J V``). In
 multiply-adds per sample (``m_l`` the layer's, ``in_l · out_l`` for ``nn.Linear``, ``B = Σ m_l``
 over the layers whose input depends on the parameters) that saves ``2 k B`` and costs
-``K (B + 2 k Σ_l P_l)``
-(:meth:`LayerFactorization.worth_it`): it pays for the EF and MC-Fisher (``K`` = MC samples, usually 1) and
-for the GGN of classifiers (``K`` = classes) in blocks of columns. Benchmark MLP and CNN, 16
-columns: see ``docs/design-notes.md``.
+``K (B + 2 k Σ_l P_l)`` (the operators' cost rule, ``LayerFactorization.worth_it``): it pays for the EF and
+MC-Fisher (``K`` = MC samples, usually 1) and for the GGN of classifiers (``K`` = classes) in
+blocks of columns. Benchmark MLP and CNN, 16 columns: see ``docs/design-notes.md``.
 
 Samples must not be coupled: the backward pass of ``S`` from the outputs of all samples gives
-``Σ_m S_mᵀ ∂f_m/∂z_{l,n}``, which is ``G_{l,n}`` only if ``f_m`` does not depend on ``z_{l,n}`` for
-``m ≠ n``. BatchNorm in train mode, or rows that are not samples, break that;
-:class:`LayerFactorization` therefore checks its first product against the general path.
+``Σ_m S_mᵀ ∂f_m/∂z_{l,n}``, which is ``G_{l,n}`` only if ``f_m`` does not depend on ``z_{l,n}``
+for ``m ≠ n``. BatchNorm in train mode, or rows that are not samples, break that; the operators
+(``operators/_layer_factors.py``) therefore check their first product against the general path.
 """
 
 from __future__ import annotations

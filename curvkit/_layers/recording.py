@@ -270,8 +270,8 @@ def output_gradients(layers: list[Layer], output: Tensor, columns: Tensor) -> li
 
     One batched backward pass (``is_grads_batched``) of ``columns`` ``[K, *output.shape]`` from
     ``output`` to the recorded outputs of :func:`per_sample_layers`' layers; the graph is kept.
-    A loop of one backward pass per column was slower on both benchmark problems (one batch, 10
-    columns, one thread, minimum of 12: MLP 5.8 against 4.7 ms, CNN 29.9 against 23.9 ms).
+    A loop of one backward pass per column was slower on both benchmark problems
+    (docs/design-notes.md, "The GGN diagonal through the rules").
     """
     outputs = [use.output for layer in layers for use in layer.uses]
     gradients = iter(grad_columns([output], outputs, [columns]))

@@ -157,9 +157,8 @@ def chunks(num_columns: int, num_samples: int, module: nn.Module) -> list[tuple[
     """Slices of columns and samples whose per-sample gradients fit :data:`ELEMENTS_PER_CHUNK`.
 
     Samples are chunked first (all columns of a few samples at a time): the chunk's per-sample
-    gradients stay in the cache while they are squared and summed (the CNN benchmark's second
-    convolution, 64 samples × 10 columns: 3.3 ms in chunks of 4-8 samples against 5.4 ms at
-    once, one thread); columns only where a single sample's exceed the budget.
+    gradients stay in the cache while they are squared and summed (faster than all at once:
+    docs/design-notes.md); columns only where a single sample's exceed the budget.
     """
     per_column = sum(tensor.numel() for tensor in LayerRule.parameters(module).values())
     samples = max(1, ELEMENTS_PER_CHUNK // max(per_column * num_columns, 1))

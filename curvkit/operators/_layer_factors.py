@@ -67,9 +67,9 @@ class LayerFactorization:
             batch: The batch.
             tangents: ``[k, *θ_p.shape]`` per parameter; single vectors (``k = 1``) keep the
                 general path.
-            curvature_of: Maps the batch output to its :class:`._jtlj.OutputCurvature`, the
-                same object on every call for the batch (so that both paths see one ``Λ``, also
-                a drawn one).
+            curvature_of: Maps the batch output to its ``Λ``
+                (:class:`curvkit._output_factor.OutputCurvature`), the same object on every call
+                for the batch (so that both paths see one ``Λ``, also a drawn one).
             general: The product on the general path, for the agreement check.
         """
         num_columns = tangents[0].shape[0]

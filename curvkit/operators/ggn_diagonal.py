@@ -50,13 +50,18 @@ def ggn_diagonal(
     :class:`~curvkit.FisherMCLinearOperator` with the same seed. Used for diagonal Laplace
     approximations and pruning saliencies.
 
-    ``nn.Linear`` layers applied once to one row per sample need no per-sample gradients: their
-    per-sample gradients are outer products ``g_{n,k} a_nᵀ``, so the sum of squares is one
-    batched backward pass to the layer outputs and one matrix product
-    (:mod:`curvkit._layers.recording`; the MLP of ``benchmarks/ggn_diagonal.py``: about
-    3 gradients instead of 900). Other parameters take one per-sample vector-Jacobian product per
-    column under ``vmap``; models that ``vmap`` cannot push single samples through (recurrent
-    layers) run one sample at a time, with its ``K`` products batched.
+    Parameters of ``nn.Linear`` (any leading dimensions), ``nn.Conv1d/2d/3d`` and ``nn.Embedding``
+    layers whose rows belong to one sample each (:mod:`curvkit._layers.recording`; a layer used
+    several times and tied weights included) take their layer rule: the ``K`` columns pulled back
+    to the layer outputs in one backward pass, then per-sample gradients
+    ``Σ_r g_{n,r} ψ(a_n)_rᵀ`` as one product per sample, squared and summed in chunks, or none at
+    all for a linear layer on ``[N, in]`` (``(Σ_k G_k²)ᵀ A²``). An ``nn.Sequential`` chain of
+    such layers and elementwise activations or pooling pushes the columns back by hand
+    (:mod:`curvkit._layers.chain`); ``benchmarks/ggn_diagonal.py`` compares it with BackPACK.
+    Other parameters take one
+    per-sample vector-Jacobian product per column under ``vmap``; models that ``vmap`` cannot
+    push single samples through (recurrent layers) run one sample at a time, with its ``K``
+    products batched.
 
     Args:
         model_func: The network (an ``nn.Module``; samples are pushed through it one at a
