@@ -137,3 +137,17 @@ def test_subclasses_have_no_rule():
             return 2.0 * super().forward(x)
 
     assert rule_of(Scaled(2, 2)) is None and rule_of(nn.LayerNorm(2)) is None
+
+
+def test_transposed_convolutions_in_chunks_of_rows(monkeypatch):
+    """Many rows (columns × samples) go through the transposed convolution in chunks: the same."""
+    import curvkit._layers.convolution as convolution
+
+    torch.manual_seed(0)
+    module = nn.Conv2d(2, 3, 3, stride=2, padding=1).double()
+    gradients = torch.randn(7, 3, 3, 3, dtype=torch.float64)
+    whole = convolution.input_gradient(module, gradients, module.weight.detach(), (5, 6))
+    monkeypatch.setattr(convolution, "TRANSPOSED_ROWS", 3)
+    chunked = convolution.input_gradient(module, gradients, module.weight.detach(), (5, 6))
+    torch.testing.assert_close(chunked, whole)
+    assert chunked.is_contiguous() and chunked.shape == (7, 2, 5, 6)
