@@ -143,6 +143,7 @@ class MiniBatchEngine:
         self._loss_terms = loss_terms or (lambda batch: float(batch.size))
         self._before_batch = before_batch or (lambda: None)
         self.num_passes = 0  # passes started, so that per-pass checks (the cache's) know a new one
+        self.batches_in_last_pass = 0  # of the last completed pass (the determinism probe compares)
         self._checked_batches = 0  # batches 0, 1, ... below this were found finite
 
     def batch_size(self, X: BatchInput) -> int:
@@ -195,6 +196,7 @@ class MiniBatchEngine:
             yield Batch(index, _to_device(X, self.device), _to_device(y, self.device), size, loss_terms)
         if index < 0:
             raise ValueError("data is empty: it yielded no mini-batch.")
+        self.batches_in_last_pass = index + 1
         if self._num_data_given and num_samples != self._num_data:
             raise ValueError(
                 f"num_data is {self._num_data}, but data yielded {num_samples} samples in this pass. "

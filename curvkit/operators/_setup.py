@@ -16,7 +16,7 @@ from torch import Tensor
 
 from curvkit._engine import Batch, MiniBatchEngine
 from curvkit._engine import check_deterministic as probe_determinism
-from curvkit._engine.determinism import random_modules_in_train_mode
+from curvkit._engine.determinism import SharedPassProbe, random_modules_in_train_mode
 from curvkit._engine.finite import MODEL_HINT, check_finite, named_inputs
 from curvkit._layers.parameters import LayerMap, layer_map
 from curvkit._model.autograd import require_autograd
@@ -195,17 +195,28 @@ class ModelDataSetup:
             lambda: self.model.hessian_product(batch.X, batch.y, self.loss_func, block, several_columns),
         )
 
-    def batch_tensors(self, batch: Batch) -> dict[str, Tensor]:
+    def batch_tensors(self, batch: Batch, output: Tensor | None = None) -> dict[str, Tensor]:
         """Tensors that must repeat across passes and be finite, for the determinism probe.
+
+        ``output``: the batch's model output where the caller computed it already.
 
         Raises:
             ValueError: If the batch's targets do not suit the loss (for its output's shape).
         """
-        output = self.model(batch.X)
+        output = self.model(batch.X) if output is None else output
         if self.loss_func is not None:
             check_target(self.loss_func, batch.y, batch.index, output.shape)
         y = {} if batch.y is None else {"the target y": batch.y}
         return {**named_inputs(batch.X), **y, **self._model_tensors(batch, output)}
+
+    def shared_pass_probe(self) -> SharedPassProbe:
+        """The determinism probe of a computation that passes over the data once anyway.
+
+        Its first pass runs now; the computation records each batch's tensors
+        (:meth:`batch_tensors` with its output) and calls ``finish()`` after its pass.
+        """
+        self._probed_determinism = True
+        return SharedPassProbe(self.engine, self.model.model_func, self.batch_tensors)
 
     def check_deterministic(self, operator: LinearOperator | None = None) -> None:
         """Run the determinism probe (:mod:`curvkit._engine.determinism`); no operator: model, data.

@@ -75,8 +75,8 @@ def ggn_diagonal(
         seed: Seed of the target sampling for ``mode='mc'``.
         progressbar: Show a progress bar.
         check_deterministic: Run the determinism probe's checks of model and data (random
-            layers in train mode, two passes over the data that must agree), as the operators
-            do. Default: ``True``.
+            layers in train mode, two passes over the data that must agree, the second being
+            the diagonal's own), as the operators do. Default: ``True``.
         num_data: Number of samples (computed if ``None``).
         batch_size_fn: Batch size of a dict input.
 
@@ -109,8 +109,8 @@ def ggn_diagonal(
         batch_size_fn=batch_size_fn,
     )
     model = setup.model
-    if check_deterministic:
-        setup.check_deterministic()  # model and data: there is no product to compare
+    # model and data (there is no product to compare); the second pass is the diagonal's own
+    probe = setup.shared_pass_probe() if check_deterministic else None
     generator = seeded(seed, model.device)
     fisher_type = "type-2" if mode == "exact" else "mc"
     # the first batch is traced to tell which layers are per sample; later ones record those only
@@ -122,6 +122,8 @@ def ggn_diagonal(
         nonlocal layers
         linearization = None if chain is None else chain.linearize(batch, loss_func, gradients=False)
         if linearization is not None:  # a chain of linear layers: the columns go back by hand
+            if probe is not None:
+                probe.record(batch, setup.batch_tensors(batch, linearization.output))
             columns = output_factor(
                 fisher_type, loss_func, linearization.output, batch, generator, mc_samples
             )
@@ -130,6 +132,8 @@ def ggn_diagonal(
         squares: dict[int, Tensor] = {}
         with recording(layers):  # per-sample layers: their rules, no per-sample vjps
             output, per_sample = traced_forward(model, model_func, batch.X, batch.size, layers, traced[0])
+            if probe is not None:
+                probe.record(batch, setup.batch_tensors(batch, output.detach()))
             columns = output_factor(fisher_type, loss_func, output.detach(), batch, generator, mc_samples)
             if per_sample:
                 squares = squared_gradient_sums(per_sample, output_gradients(per_sample, output, columns))
@@ -142,7 +146,10 @@ def ggn_diagonal(
         # detached: the per-sample path may leave a graph on its result
         return torch.cat([squares[index].flatten() for index in range(len(model.tensors))]).detach()
 
-    return setup.engine.sum_over_batches(batch_diagonal, reduction_of(loss_func), desc="GGN diagonal")
+    diagonal = setup.engine.sum_over_batches(batch_diagonal, reduction_of(loss_func), desc="GGN diagonal")
+    if probe is not None:
+        probe.finish()
+    return diagonal
 
 
 def _sum_of_squared_sample_vjps(model, X, columns: Tensor, indices: list[int]) -> list[Tensor]:

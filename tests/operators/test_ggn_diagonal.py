@@ -9,6 +9,7 @@ from torch import nn
 from zoo import make_problem_from_id
 
 from curvkit import FisherMCLinearOperator, GGNLinearOperator
+from curvkit._engine import MiniBatchEngine
 from curvkit.operators.ggn_diagonal import GGNDiagonalLinearOperator, ggn_diagonal
 
 
@@ -413,3 +414,61 @@ def test_every_parameter_goes_through_its_layer_rule(case, mode, monkeypatch):
         expected = FisherMCLinearOperator(model, loss_func, params, data, mc_samples=2, seed=3)
     torch.testing.assert_close(diagonal, expected.to_dense().diagonal(), rtol=1e-10, atol=1e-14)
     assert bool(used_chain) == is_chain
+
+
+class _ChangingData:
+    """Data that changes once ``changed`` is set: samples in another order, or a batch fewer."""
+
+    def __init__(self, batches, drop: bool):
+        self.batches, self.drop, self.changed = batches, drop, False
+
+    def __iter__(self):
+        if not self.changed:
+            return iter(self.batches)
+        if self.drop:
+            return iter(self.batches[:-1])
+        return iter([(X.flip(0), y.flip(0)) for X, y in self.batches])
+
+
+@pytest.mark.parametrize("chain", [True, False], ids=["chain", "hooks"])
+@pytest.mark.parametrize("drop", [False, True], ids=["reordered", "a batch fewer"])
+def test_the_probes_second_pass_is_the_diagonals_own(chain, drop, monkeypatch):
+    """One probe pass up front, the diagonal's pass as the second: data that changes between them
+    is refused after the diagonal's pass, naming the batch or the numbers of batches; unchanged
+    data gives the diagonal without the probe, with one pass over the data less than before."""
+    setup_module = importlib.import_module("curvkit.operators._setup")
+    torch.manual_seed(0)
+    model = (_mlp() if chain else _TiedOutsideTheLayer()).double()
+    batches = [(torch.randn(n, 4, dtype=torch.float64), torch.randint(0, 3, (n,))) for n in (3, 4, 5)]
+    params, loss_func = list(model.parameters()), nn.CrossEntropyLoss()
+    data = _ChangingData(batches, drop)
+
+    class ChangeAfterTheFirstPass(setup_module.SharedPassProbe):
+        def __init__(self, *args):
+            super().__init__(*args)
+            data.changed = True
+
+    monkeypatch.setattr(setup_module, "SharedPassProbe", ChangeAfterTheFirstPass)
+    with pytest.raises(
+        RuntimeError, match="data yielded 3 and then 2 batches" if drop else "batch 0 differs"
+    ):
+        ggn_diagonal(model, loss_func, params, data)
+    monkeypatch.undo()
+    iterations = []
+
+    class Counted(_ChangingData):
+        def __iter__(self):
+            iterations.append(1)
+            return super().__iter__()
+
+    counted = Counted(batches, drop)
+    probed = ggn_diagonal(model, loss_func, params, counted)
+    with_probe = len(iterations)
+    iterations.clear()
+    torch.testing.assert_close(
+        probed, ggn_diagonal(model, loss_func, params, counted, check_deterministic=False)
+    )
+    without_probe = len(iterations)
+    iterations.clear()
+    list(MiniBatchEngine(counted, torch.device("cpu")).batches())  # what one pass over the data takes
+    assert with_probe - without_probe == len(iterations)
