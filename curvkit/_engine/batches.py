@@ -17,7 +17,7 @@ the batches across processes and all-reduces the partial sums (and ``K``) in
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from dataclasses import dataclass
 from typing import Any
 
@@ -174,7 +174,17 @@ class MiniBatchEngine:
                 not finite, or the batches' sizes do not add up to ``num_data``.
         """
         self.num_passes += 1
-        iterator = tqdm(self.data, desc=desc, disable=not self.progressbar, leave=False, delay=PASS_BAR_DELAY)
+        # an iterator, not the data: tqdm.auto's asyncio base calls iter() on an iterable in its
+        # constructor and tqdm again when iterating, which started a DataLoader twice per pass
+        total = len(self.data) if isinstance(self.data, Sized) else None
+        iterator = tqdm(
+            iter(self.data),
+            total=total,
+            desc=desc,
+            disable=not self.progressbar,
+            leave=False,
+            delay=PASS_BAR_DELAY,
+        )
         index, num_samples = -1, 0
         for index, pair in enumerate(iterator):
             if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
