@@ -68,6 +68,10 @@ class EmbeddingRule(LayerRule):
         return {"weight": result}
 
     @classmethod
+    def squares_without_per_sample_gradients(cls, module: nn.Module, uses: Sequence[object]) -> bool:
+        return True
+
+    @classmethod
     def squared_gradient_sums(
         cls, module: nn.Module, uses: Sequence[tuple[Tensor, Tensor]], names: Sequence[str]
     ) -> dict[str, Tensor]:

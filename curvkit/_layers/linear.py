@@ -44,6 +44,10 @@ class LinearRule(LayerRule):
         return output_gradients.reshape(*output_gradients.shape[:2], -1, output_gradients.shape[-1])
 
     @classmethod
+    def squares_without_per_sample_gradients(cls, module: nn.Module, uses: Sequence[object]) -> bool:
+        return len(uses) == 1 and uses[0].inputs.ndim == 2
+
+    @classmethod
     def _single_use_squares(
         cls, module: nn.Module, inputs: Tensor, output_gradients: Tensor, names: Sequence[str]
     ) -> dict[str, Tensor] | None:

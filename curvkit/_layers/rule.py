@@ -146,6 +146,11 @@ class LayerRule:
         return sums
 
     @classmethod
+    def squares_without_per_sample_gradients(cls, module: nn.Module, uses: Sequence[object]) -> bool:
+        """Whether :meth:`squared_gradient_sums` of these uses forms no per-sample gradient."""
+        return False
+
+    @classmethod
     def _single_use_squares(
         cls, module: nn.Module, inputs: Tensor, output_gradients: Tensor, names: Sequence[str]
     ) -> dict[str, Tensor] | None:

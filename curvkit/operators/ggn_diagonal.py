@@ -13,7 +13,7 @@ from torch.utils._pytree import tree_leaves, tree_map
 from curvkit._boundary import as_integer
 from curvkit._engine import Batch
 from curvkit._layers.chain import LayerChain
-from curvkit._layers.diagonal import chain_squared_gradient_sums, squared_gradient_sums
+from curvkit._layers.diagonal import chain_squared_gradient_sums, squared_gradient_sums, worth_it_beside_vjps
 from curvkit._layers.recording import output_gradients, recording, traced_forward
 from curvkit._model.autograd import paths_agree
 from curvkit._model.kernels import differentiable_kernels
@@ -135,6 +135,7 @@ def ggn_diagonal(
             if probe is not None:
                 probe.record(batch, setup.batch_tensors(batch, output.detach()))
             columns = output_factor(fisher_type, loss_func, output.detach(), batch, generator, mc_samples)
+            per_sample = worth_it_beside_vjps(per_sample, len(model.tensors))
             if per_sample:
                 squares = squared_gradient_sums(per_sample, output_gradients(per_sample, output, columns))
             if traced[0]:

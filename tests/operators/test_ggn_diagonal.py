@@ -472,3 +472,45 @@ def test_the_probes_second_pass_is_the_diagonals_own(chain, drop, monkeypatch):
     iterations.clear()
     list(MiniBatchEngine(counted, torch.device("cpu")).batches())  # what one pass over the data takes
     assert with_probe - without_probe == len(iterations)
+
+
+class _NormalizedLanguageModel(_TiedLanguageModel):
+    """The tied model with a LayerNorm (no rule) and a convolution over positions."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.LayerNorm(3)
+        self.mix = nn.Conv1d(3, 3, 2, padding=1)
+        self.first = nn.Linear(4, 4)
+
+    def forward(self, tokens):
+        features = self.norm(self.embedding(tokens))  # [N, T, 3]
+        mixed = torch.tanh(self.mix(features.transpose(1, 2))[..., :-1]).transpose(1, 2)
+        return self.head(torch.tanh(self.hidden(mixed))).transpose(1, 2)
+
+
+@pytest.mark.parametrize("mode", ["exact", "mc"])
+def test_beside_per_sample_vjps_only_layers_without_per_sample_gradients_stay(mode, monkeypatch):
+    """A LayerNorm takes per-sample vjps: then the convolution and the linear layers on sequences
+    (which form per-sample gradients) join it, and so does the embedding tied to the head;
+    the diagonal stays exact."""
+    module = importlib.import_module("curvkit.operators.ggn_diagonal")
+    torch.manual_seed(0)
+    model = _NormalizedLanguageModel().double()
+    data = [(torch.randint(0, 6, (n, 4)), torch.randint(0, 6, (n, 4))) for n in (3, 2)]
+    params = [param for name, param in model.named_parameters() if not name.startswith("first")]
+    per_sample = []
+    original = module._sum_of_squared_sample_vjps
+
+    def recording(model_function, X, columns, indices):
+        per_sample.append(sorted(indices))
+        return original(model_function, X, columns, indices)
+
+    monkeypatch.setattr(module, "_sum_of_squared_sample_vjps", recording)
+    diagonal = ggn_diagonal(model, nn.CrossEntropyLoss(), params, data, mode=mode, mc_samples=2, seed=3)
+    assert per_sample == [list(range(len(params)))] * 2
+    if mode == "exact":
+        expected = GGNLinearOperator(model, nn.CrossEntropyLoss(), params, data)
+    else:
+        expected = FisherMCLinearOperator(model, nn.CrossEntropyLoss(), params, data, mc_samples=2, seed=3)
+    torch.testing.assert_close(diagonal, expected.to_dense().diagonal(), rtol=1e-10, atol=1e-14)
