@@ -82,8 +82,8 @@ def worth_it_beside_vjps(layers: list[Layer], num_tensors: int) -> list[Layer]:
     column back through the model for each sample anyway, and forming the layers' per-sample
     gradients from them costs little more; then only the layers whose squared sums need no
     per-sample gradient at all (:meth:`.rule.LayerRule.squares_without_per_sample_gradients`) stay
-    on their rules: before, the transformer's exact diagonal paid both, 131 against 134-156
-    gradients. A parameter shared with a layer left out leaves with it.
+    on their rules (otherwise a transformer's exact diagonal pays both paths: docs/design-notes.md).
+    A parameter shared with a layer left out leaves with it.
     """
     covered = {index for layer in layers for index in layer.indices.values()}
     if covered == set(range(num_tensors)):
