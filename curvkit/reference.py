@@ -37,9 +37,9 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad, jacrev, vmap
 
+from curvkit._model.autograd import call_with, parameter_paths
+from curvkit._model.kernels import differentiable_kernels
 from curvkit.losses import sample_targets
-from curvkit.operators._autograd import call_with, parameter_paths
-from curvkit.operators._kernels import differentiable_kernels
 
 Params = Sequence[Tensor] | Mapping[str, Tensor]
 Batch = tuple[Tensor | Mapping[str, Tensor], Tensor]
@@ -61,7 +61,7 @@ def _dense_hessian(func: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
 def _param_names(model_func: nn.Module, params: Params) -> tuple[list[list[str]], list[Tensor]]:
     """Find the names under which each of ``params`` is substituted in ``model_func``.
 
-    Matched by identity (:func:`curvkit.operators._autograd.parameter_paths`).
+    Matched by identity (:func:`curvkit._model.autograd.parameter_paths`).
 
     Raises:
         TypeError: If ``model_func`` is not an ``nn.Module``.

@@ -17,7 +17,7 @@ the batches across processes and all-reduces the partial sums (and ``K``) in
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,6 +103,10 @@ class MiniBatchEngine:
         loss_terms: Maps a batch (as ``data`` yields it, before it moves to ``device``) to its
             number ``K_b`` of averaged loss terms (the weights of ``reduction='mean'``); by
             default its number of samples.
+        before_batch: Called before each batch's result in :meth:`sum_over_batches` and
+            :meth:`concatenate_over_batches` (the products' guard: the model must not have
+            changed, the cache must be current; :meth:`ModelDataSetup.before_batch`), so that
+            no product path has to remember it.
 
     Raises:
         ValueError: If ``data`` is not re-iterable (e.g. a generator) or ``num_data`` is not
@@ -118,6 +122,7 @@ class MiniBatchEngine:
         batch_size_fn: Callable[[BatchInput], int] | None = None,
         progressbar: bool = False,
         loss_terms: Callable[[Batch], float] | None = None,
+        before_batch: Callable[[], None] | None = None,
     ):
         if not isinstance(data, Iterable) or isinstance(data, (Tensor, str)):
             raise ValueError(f"data must be an iterable of (X, y) mini-batches, got {type(data).__name__}.")
@@ -136,7 +141,9 @@ class MiniBatchEngine:
         self._num_data = num_data
         self._num_data_given = num_data is not None  # only a given one is checked against passes
         self._loss_terms = loss_terms or (lambda batch: float(batch.size))
+        self._before_batch = before_batch or (lambda: None)
         self.num_passes = 0  # passes started, so that per-pass checks (the cache's) know a new one
+        self.batches_in_last_pass = 0  # of the last completed pass (the determinism probe compares)
         self._checked_batches = 0  # batches 0, 1, ... below this were found finite
 
     def batch_size(self, X: BatchInput) -> int:
@@ -167,7 +174,17 @@ class MiniBatchEngine:
                 not finite, or the batches' sizes do not add up to ``num_data``.
         """
         self.num_passes += 1
-        iterator = tqdm(self.data, desc=desc, disable=not self.progressbar, leave=False, delay=PASS_BAR_DELAY)
+        # an iterator, not the data: tqdm.auto's asyncio base calls iter() on an iterable in its
+        # constructor and tqdm again when iterating, which started a DataLoader twice per pass
+        total = len(self.data) if isinstance(self.data, Sized) else None
+        iterator = tqdm(
+            iter(self.data),
+            total=total,
+            desc=desc,
+            disable=not self.progressbar,
+            leave=False,
+            delay=PASS_BAR_DELAY,
+        )
         index, num_samples = -1, 0
         for index, pair in enumerate(iterator):
             if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
@@ -189,6 +206,7 @@ class MiniBatchEngine:
             yield Batch(index, _to_device(X, self.device), _to_device(y, self.device), size, loss_terms)
         if index < 0:
             raise ValueError("data is empty: it yielded no mini-batch.")
+        self.batches_in_last_pass = index + 1
         if self._num_data_given and num_samples != self._num_data:
             raise ValueError(
                 f"num_data is {self._num_data}, but data yielded {num_samples} samples in this pass. "
@@ -229,6 +247,7 @@ class MiniBatchEngine:
             if weight == 0.0:
                 continue
             num_terms += weight
+            self._before_batch()
             result = batch_result(batch)
             structure = type(result)
             parts = result if isinstance(result, list) else [result]
@@ -253,4 +272,8 @@ class MiniBatchEngine:
         self, batch_result: Callable[[Batch], Tensor], desc: str | None = None
     ) -> Tensor:
         """Stack per-batch results along the first axis (the Jacobian's row blocks)."""
-        return torch.cat([batch_result(batch) for batch in self.batches(desc)])
+        results = []
+        for batch in self.batches(desc):
+            self._before_batch()
+            results.append(batch_result(batch))
+        return torch.cat(results)

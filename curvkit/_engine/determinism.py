@@ -10,6 +10,7 @@ passes over the data and two products with the same vector and requires them to 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import lru_cache
 
 import torch
 from torch import Tensor, nn
@@ -50,13 +51,27 @@ def batch_coupled_modules(model: nn.Module) -> list[str]:
 
 
 def _fingerprint(tensors: list[Tensor]) -> Tensor:
-    """A few float64 statistics per tensor; equal data gives equal fingerprints."""
+    """Three statistics per tensor: sum, position-weighted sum, sum of squares (float64 results).
+
+    Equal data gives equal fingerprints; a permutation changes the weighted sum, a sign flip the
+    sum. Each statistic is one reduction over the tensor as it is (``torch.dot`` with weights kept
+    per length, :func:`_position_weights`), without float64 copies (docs/design-notes.md, "The
+    probes' cost").
+    """
     values = []
     for tensor in tensors:
-        flat = tensor.detach().reshape(-1).to(torch.float64)
-        weights = torch.linspace(1.0, 2.0, flat.numel(), dtype=torch.float64, device=flat.device)
-        values.append(torch.stack([flat.sum(), (weights * flat).sum(), flat.square().sum()]))
+        flat = tensor.detach().reshape(-1)
+        if flat.dtype not in (torch.float32, torch.float64):  # integers, half precision
+            flat = flat.to(torch.float64)
+        weights = _position_weights(flat.numel(), flat.dtype, flat.device)
+        values.append(torch.stack([flat.sum(), torch.dot(weights, flat), torch.dot(flat, flat)]).double())
     return torch.cat(values) if values else torch.zeros(0, dtype=torch.float64)
+
+
+@lru_cache(maxsize=8)
+def _position_weights(length: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``1 … 2`` in ``length`` steps, kept for the probe's next pass (a few lengths at most)."""
+    return torch.linspace(1.0, 2.0, length, dtype=dtype, device=device)
 
 
 def check_deterministic(
@@ -98,46 +113,10 @@ def check_deterministic(
         RuntimeError: Naming what is not deterministic and how to fix it.
         ValueError: Naming the batch whose model output or loss is not finite.
     """
-    if isinstance(model_func, nn.Module):
-        offenders = random_modules_in_train_mode(model_func)
-        if offenders:
-            raise RuntimeError(
-                "check_deterministic: model_func is not deterministic: "
-                + "; ".join(offenders)
-                + ". Call model_func.eval() (or set dropout to 0) before building the operator."
-            )
-        coupled = batch_coupled_modules(model_func)
-        if coupled:
-            raise RuntimeError(
-                "check_deterministic: model_func couples the samples of a batch: "
-                + "; ".join(coupled)
-                + ". The products would depend on how data is split into batches, not give the "
-                "full-data matrix. Use running statistics, or pass check_deterministic=False to "
-                "accept the per-batch matrices."
-            )
-
-    def fingerprint(batch: Batch, first_pass: bool) -> Tensor:
-        tensors = batch_tensors(batch)
-        if first_pass:
-            check_finite(batch.index, tensors, MODEL_HINT)
-        return _fingerprint(list(tensors.values()))
-
+    check_model(model_func)
     with torch.no_grad():
-        passes = [[fingerprint(batch, run == 0) for batch in engine.batches()] for run in range(2)]
-    if len(passes[0]) != len(passes[1]):
-        raise RuntimeError(
-            f"check_deterministic: data yielded {len(passes[0])} and then {len(passes[1])} batches. "
-            "The data must give the same batches in every pass (no drop_last with shuffling)."
-        )
-    for index, (first, second) in enumerate(zip(*passes)):
-        if first.shape != second.shape or not torch.allclose(
-            first, second, rtol=1e-6, atol=1e-8, equal_nan=True
-        ):
-            raise RuntimeError(
-                f"check_deterministic: batch {index} differs between two passes over the data (inputs, "
-                "targets, model output or loss). Use a data loader without shuffling or augmentation "
-                "and a model without randomness, or pass check_deterministic=False if you know better."
-            )
+        passes = [fingerprint_pass(engine, batch_tensors, first_pass=run == 0) for run in range(2)]
+    compare_passes(*passes)
     if product is None:
         return True
     generator = torch.Generator(device=device).manual_seed(0)
@@ -162,3 +141,113 @@ def check_deterministic(
             "pass or the data is random."
         )
     return False  # deterministic, but the columns' path (torch.func.vmap) computes something else
+
+
+def check_model(model_func: Callable) -> None:
+    """Raise for modules that are random in train mode or couple the samples of a batch.
+
+    Raises:
+        RuntimeError: Naming the modules and how to fix it.
+    """
+    if not isinstance(model_func, nn.Module):
+        return
+    offenders = random_modules_in_train_mode(model_func)
+    if offenders:
+        raise RuntimeError(
+            "check_deterministic: model_func is not deterministic: "
+            + "; ".join(offenders)
+            + ". Call model_func.eval() (or set dropout to 0) before building the operator."
+        )
+    coupled = batch_coupled_modules(model_func)
+    if coupled:
+        raise RuntimeError(
+            "check_deterministic: model_func couples the samples of a batch: "
+            + "; ".join(coupled)
+            + ". The products would depend on how data is split into batches, not give the "
+            "full-data matrix. Use running statistics, or pass check_deterministic=False to "
+            "accept the per-batch matrices."
+        )
+
+
+def fingerprint_pass(
+    engine: MiniBatchEngine, batch_tensors: Callable[[Batch], Mapping[str, Tensor]], first_pass: bool
+) -> dict[int, Tensor]:
+    """One pass over the data: each batch's fingerprint by index (finite checks on the first)."""
+    fingerprints = {}
+    for batch in engine.batches():
+        tensors = batch_tensors(batch)
+        if first_pass:
+            check_finite(batch.index, tensors, MODEL_HINT)
+        fingerprints[batch.index] = _fingerprint(list(tensors.values()))
+    return fingerprints
+
+
+def compare_passes(
+    first: dict[int, Tensor], second: dict[int, Tensor], num_second: int | None = None
+) -> None:
+    """Raise unless two passes saw as many batches (``num_second`` if given) with equal fingerprints.
+
+    Batches missing from ``second`` (a computation that skips batches without loss terms) are
+    not compared.
+
+    Raises:
+        RuntimeError: Naming the first batch that differs, or the numbers of batches.
+    """
+    num_second = len(second) if num_second is None else num_second
+    if len(first) != num_second:
+        raise RuntimeError(
+            f"check_deterministic: data yielded {len(first)} and then {num_second} batches. "
+            "The data must give the same batches in every pass (no drop_last with shuffling)."
+        )
+    for index in sorted(second):
+        previous, current = first.get(index), second[index]
+        if (
+            previous is None
+            or previous.shape != current.shape
+            or not torch.allclose(previous, current, rtol=1e-6, atol=1e-8, equal_nan=True)
+        ):
+            raise RuntimeError(
+                f"check_deterministic: batch {index} differs between two passes over the data (inputs, "
+                "targets, model output or loss). Use a data loader without shuffling or augmentation "
+                "and a model without randomness, or pass check_deterministic=False if you know better."
+            )
+
+
+class SharedPassProbe:
+    """The probe for a computation that passes over the data once anyway (the GGN diagonal).
+
+    Its first pass runs up front (model checks, finite checks, fingerprints); the second is the
+    computation's own: it hands each batch's tensors to :meth:`record`, and :meth:`finish`
+    compares. One forward pass over the data less than :func:`check_deterministic` without a
+    product.
+
+    Args:
+        engine: The mini-batch engine.
+        model_func: The model.
+        batch_tensors: As for :func:`check_deterministic`.
+    """
+
+    def __init__(
+        self,
+        engine: MiniBatchEngine,
+        model_func: Callable,
+        batch_tensors: Callable[[Batch], Mapping[str, Tensor]],
+    ):
+        check_model(model_func)
+        self.engine = engine
+        with torch.no_grad():
+            self.first = fingerprint_pass(engine, batch_tensors, first_pass=True)
+        self.second: dict[int, Tensor] = {}
+
+    def record(self, batch: Batch, tensors: Mapping[str, Tensor]) -> None:
+        """The computation's tensors of ``batch`` (inputs, targets, model output, loss)."""
+        with torch.no_grad():
+            self.second[batch.index] = _fingerprint(list(tensors.values()))
+
+    def finish(self) -> None:
+        """Compare the computation's pass with the first (after it ended).
+
+        Raises:
+            RuntimeError: As :func:`check_deterministic`.
+        """
+        compare_passes(self.first, self.second, self.engine.batches_in_last_pass)

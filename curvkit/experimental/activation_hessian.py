@@ -11,9 +11,9 @@ from torch.func import grad, vjp, vmap
 from curvkit._engine import Batch, MiniBatchEngine
 from curvkit._engine import check_deterministic as probe_determinism
 from curvkit._engine.finite import MODEL_HINT, check_finite
+from curvkit._model.kernels import differentiable_kernels
 from curvkit._targets import check_target
 from curvkit.linear_operator import LinearOperator
-from curvkit.operators._kernels import differentiable_kernels
 
 _DIRECTIONS = ("input", "output")
 

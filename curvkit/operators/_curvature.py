@@ -29,7 +29,7 @@ class CurvatureLinearOperator(LinearOperator):
 
     Args:
         model_func: The network: an ``nn.Module`` (single vectors through ``torch.autograd``,
-            several columns through ``torch.func``, see :mod:`._differentiation`) or a callable
+            several columns through ``torch.func``, see :mod:`curvkit._model.differentiation`) or a callable
             ``X ↦ f(X)`` closing over ``params`` (through ``torch.autograd``).
         loss_func: Loss criterion mapping predictions and mini-batch labels to a scalar;
             its ``reduction`` (``'mean'`` or ``'sum'``) defines ``c``. Required: ``None``,

@@ -1,138 +1,22 @@
-r"""``Jᵀ Λ J`` through the Jacobian factors of linear layers, for blocks of columns.
+"""Products ``Jᵀ Λ J V`` of the GGN, EF and MC-Fisher through layer factors, where they apply and pay.
 
-If every parameter belongs to an ``nn.Linear`` layer ``z_{l,n} = W_l a_{l,n} + b_l`` or a
-convolution ``z_{l,n} = W_l ⋆ a_{l,n} + b_l`` that factors on the batch
-(:func:`._linear_layers.factored`: called once, on inputs ``a_{l,n}`` one per sample, its
-parameters used nowhere else), sample ``n``'s Jacobian is a sum over the layers (for a
-convolution, read ``V a`` as ``V ⋆ a`` and ``Σ_n ġ_n a_nᵀ`` as the kernel gradient,
-:mod:`._convolutions`):
-
-.. math::
-    J_n V = \sum_l \frac{\partial f_n}{\partial z_{l,n}} (V_l a_{l,n} + v_l).
-
-With a factor ``Λ_n = S_n S_nᵀ`` of ``K`` columns (:class:`._jtlj.OutputCurvature`),
-``G_{l,n} = S_nᵀ ∂f_n/∂z_{l,n}`` (``K × P_l``, ``P_l`` the layer's output entries per sample)
-is one backward pass of the ``K`` columns of ``S`` from the output to the layer outputs, and then
-
-.. math::
-    u_n = S_n^\top J_n V = \sum_l G_{l,n} (V_l a_{l,n} + v_l), \qquad
-    (J^\top Λ J V)_{W_l} = \sum_n G_{l,n}^\top u_n a_{l,n}^\top, \qquad
-    (J^\top Λ J V)_{b_l} = \sum_n G_{l,n}^\top u_n.
-
-A column costs two matrix products per layer, ``V_l Aᵀ`` and ``(Gᵀ u) A``, done for all columns
-at once; the network between the layers is traversed ``K`` times per batch (the backward pass of
-``S``) instead of twice per column (forward tangents, then the backward pass of ``Λ J V``). In
-multiply-adds per sample (``m_l`` the layer's, ``in_l · out_l`` for ``nn.Linear``, ``B = Σ m_l``
-over the layers whose input depends on the parameters) that saves ``2 k B`` and costs
-``K (B + 2 k Σ_l P_l)``
-(:meth:`LayerFactorization.worth_it`): it pays for the EF and MC-Fisher (``K`` = MC samples, usually 1) and
-for the GGN of classifiers (``K`` = classes) in blocks of columns. Benchmark MLP and CNN, 16
-columns: see ``docs/design-notes.md``.
-
-Samples must not be coupled: the backward pass of ``S`` from the outputs of all samples gives
-``Σ_m S_mᵀ ∂f_m/∂z_{l,n}``, which is ``G_{l,n}`` only if ``f_m`` does not depend on ``z_{l,n}`` for
-``m ≠ n``. BatchNorm in train mode, or rows that are not samples, break that;
-:class:`LayerFactorization` therefore checks its first product against the general path.
+The mathematics is :mod:`curvkit._layers.jtlj`; this module decides per operator whether to use
+it (every parameter in a layer that factors, a cost rule) and checks its first product against
+the general path.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from curvkit._engine import Batch
-from curvkit.operators._autograd import grad_columns
-from curvkit.operators._column_products import bias_products, weight_products
-from curvkit.operators._convolutions import kernel_tangents
-from curvkit.operators._linear_layers import (
-    factored_forward,
-    layer_outputs,
-    linear_layers,
-    recording,
-)
+from curvkit._layers.jtlj import LayerFactors
+from curvkit._layers.recording import output_gradients, recording, traced_forward
 from curvkit.operators._setup import ModelDataSetup
 from curvkit.operators._shortcut import AgreementCheck
-
-
-@dataclass(frozen=True)
-class LayerFactors:
-    """One batch's ``Jᵀ Λ J`` as layer inputs and output-space gradients (module docstring).
-
-    Attributes:
-        modules: The layers (``nn.Linear`` or a convolution).
-        inputs: ``A_l``: ``[N, in_l]`` per linear layer, ``[N, C_l, *spatial]`` per convolution.
-        output_shapes: Each layer's output shape per sample (``[out]``, ``[out, *spatial]``).
-        gradients: ``G_l`` ``[N, K, P_l]`` per layer, ``P_l`` its output entries per sample
-            (sample-major: one matrix product per sample in the contractions with ``u``).
-        weight_indices: Position of each layer's weight among the parameters, or ``None``.
-        bias_indices: Likewise for the biases.
-    """
-
-    modules: list[nn.Module]
-    inputs: list[Tensor]
-    output_shapes: list[tuple[int, ...]]
-    gradients: list[Tensor]
-    weight_indices: list[int | None]
-    bias_indices: list[int | None]
-
-    def matmat(self, tangents: list[Tensor]) -> list[Tensor]:
-        """``Jᵀ Λ J V`` for tangents ``[k, *θ_p.shape]``, in the same layout.
-
-        Linear layers' tangents are laid out column-major ``[k, N, out]``, one product per
-        column sharing ``A``, as measured fastest on the benchmark MLP (CPU: 4.0 ms for 16
-        columns of the first layer against 5.7 ms for one ``A [V_1ᵀ … V_kᵀ]``). A convolution
-        takes the ``k`` columns' kernels as ``k · out`` output channels of one convolution, and
-        its weight products are one weight gradient of that convolution.
-        """
-        num_columns = tangents[0].shape[0]
-        projections = None  # u: [N, K, k]
-        for module, inputs, output_shape, gradients, weight, bias in self._layers():
-            weight_tangent = None if weight is None else tangents[weight]
-            bias_tangent = None if bias is None else tangents[bias]
-            if type(module) is nn.Linear:
-                layer_tangents = _linear_tangents(inputs, weight_tangent, bias_tangent).permute(1, 2, 0)
-            else:  # [N, k·out, *spatial] as [N, P, k]
-                layer_tangents = kernel_tangents(
-                    module, inputs, output_shape, weight_tangent, bias_tangent
-                ).reshape(inputs.shape[0], num_columns, -1)
-                layer_tangents = layer_tangents.transpose(1, 2)
-            contribution = torch.bmm(gradients, layer_tangents)  # [N, K, k]
-            projections = contribution if projections is None else projections.add_(contribution)
-        result: list[Tensor | None] = [None] * len(tangents)
-        for module, inputs, output_shape, gradients, weight, bias in self._layers():
-            pulled_back = torch.bmm(projections.transpose(1, 2), gradients)  # [N, k, P]: Gᵀ u
-            flat = pulled_back.view(pulled_back.shape[0], -1)  # [N, k·P]
-            if weight is not None:
-                result[weight] = weight_products(
-                    module, inputs, output_shape, flat, None, None, tangents[weight]
-                )
-            if bias is not None:
-                result[bias] = bias_products(flat, num_columns, output_shape)
-        return result
-
-    def _layers(self):
-        return zip(
-            self.modules,
-            self.inputs,
-            self.output_shapes,
-            self.gradients,
-            self.weight_indices,
-            self.bias_indices,
-        )
-
-
-def _linear_tangents(inputs: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
-    """``V_l a_n + v_l`` for every column and sample: ``[k, N, out]``."""
-    if weight is None:
-        return bias.unsqueeze(1).expand(-1, inputs.shape[0], -1)
-    expanded = inputs.expand(weight.shape[0], *inputs.shape)
-    if bias is None:
-        return torch.bmm(expanded, weight.transpose(1, 2))
-    return torch.baddbmm(bias.unsqueeze(1), expanded, weight.transpose(1, 2))
 
 
 class LayerFactorization:
@@ -149,13 +33,15 @@ class LayerFactorization:
 
     def __init__(self, setup: ModelDataSetup, factor_rank: int | None):
         self.setup, self.factor_rank = setup, factor_rank
-        model = setup.model
-        self.layers = (
-            linear_layers(model.model_func, model.tensors, convolutions=True) if model.is_module else []
-        )
-        covered = {index for layer in self.layers for index in (layer.weight_index, layer.bias_index)}
+        model, layer_map = setup.model, setup.layer_map
+        self.layers = layer_map.layers
+        positions = [index for layer in self.layers for index in layer.indices.values()]
         self.applicable = (
-            factor_rank is not None and bool(self.layers) and covered >= set(range(len(model.tensors)))
+            factor_rank is not None
+            and bool(self.layers)
+            and layer_map.covers_all(len(model.tensors))
+            and len(set(positions)) == len(positions)  # no parameter in two layers (tied weights)
+            and all(hasattr(layer.rule, "tangents_by_position") for layer in self.layers)
         )
         self.sizes: tuple[int, int] | None = None  # B and Σ_l P_l, from the first batch
         self.check = AgreementCheck(model.model_func)
@@ -181,9 +67,9 @@ class LayerFactorization:
             batch: The batch.
             tangents: ``[k, *θ_p.shape]`` per parameter; single vectors (``k = 1``) keep the
                 general path.
-            curvature_of: Maps the batch output to its :class:`._jtlj.OutputCurvature`, the
-                same object on every call for the batch (so that both paths see one ``Λ``, also
-                a drawn one).
+            curvature_of: Maps the batch output to its ``Λ``
+                (:class:`curvkit._output_factor.OutputCurvature`), the same object on every call
+                for the batch (so that both paths see one ``Λ``, also a drawn one).
             general: The product on the general path, for the agreement check.
         """
         num_columns = tangents[0].shape[0]
@@ -194,7 +80,6 @@ class LayerFactorization:
             or (self.sizes is not None and not self.worth_it(num_columns))
         ):
             return None
-        self.setup.before_batch()
         factors = self.setup.cached(batch, "layer factors", lambda: self._factors(batch, curvature_of))
         if factors is None:  # a layer did not factor on this batch
             self.applicable = False
@@ -208,12 +93,17 @@ class LayerFactorization:
         model = self.setup.model
         with recording(self.layers):
             # the first batch tells which layer inputs come from the batch (tracing); later ones alike
-            output, fast = factored_forward(
+            output, per_sample = traced_forward(
                 model, model.model_func, batch.X, batch.size, self.layers, traced=self.sizes is None
             )
+            fast = [
+                layer
+                for layer in per_sample
+                if len(layer.uses) == 1 and layer.rule.stacks_columns(layer.module, layer.uses[0].inputs)
+            ]
             if len(fast) != len(self.layers):
                 return None
-            output_shapes = [tuple(layer.calls[0][1].shape[1:]) for layer in fast]
+            output_shapes = [tuple(layer.uses[0].output.shape[1:]) for layer in fast]
             if self.sizes is None:
                 # per sample: multiply-adds of the layers whose input depends on parameters
                 # (output entries times weights per output channel), and output entries
@@ -221,19 +111,20 @@ class LayerFactorization:
                     sum(
                         math.prod(shape) * layer.module.weight[0].numel()
                         for layer, shape in zip(fast, output_shapes)
-                        if layer.calls[0][0].requires_grad
+                        if layer.uses[0].inputs.requires_grad
                     ),
                     sum(math.prod(shape) for shape in output_shapes),
                 )
             factor = curvature_of(output.detach()).factor()
-            gradients = grad_columns([output], layer_outputs(fast), [factor])
+            gradients = output_gradients(fast, output, factor)
             return LayerFactors(
                 modules=[layer.module for layer in fast],
-                inputs=[layer.calls[0][0].detach() for layer in fast],
+                rules=[layer.rule for layer in fast],
+                inputs=[layer.uses[0].inputs.detach() for layer in fast],
                 output_shapes=output_shapes,
                 gradients=[
                     gradient.detach().transpose(0, 1).reshape(batch.size, factor.shape[0], -1)
-                    for gradient in gradients
+                    for (gradient,) in gradients
                 ],
                 weight_indices=[layer.weight_index for layer in fast],
                 bias_indices=[layer.bias_index for layer in fast],

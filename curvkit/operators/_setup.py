@@ -7,7 +7,7 @@ the curvature operators (square, symmetric) and the Jacobians (rectangular) shar
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from functools import partial
+from functools import cached_property, partial
 from typing import TYPE_CHECKING, Any
 from warnings import warn
 
@@ -16,20 +16,17 @@ from torch import Tensor
 
 from curvkit._engine import Batch, MiniBatchEngine
 from curvkit._engine import check_deterministic as probe_determinism
-from curvkit._engine.determinism import random_modules_in_train_mode
+from curvkit._engine.determinism import SharedPassProbe, random_modules_in_train_mode
 from curvkit._engine.finite import MODEL_HINT, check_finite, named_inputs
+from curvkit._layers.parameters import LayerMap, layer_map
+from curvkit._model.autograd import require_autograd
+from curvkit._model.differentiation import Linearization, ModelFunction
 from curvkit._targets import check_target
 from curvkit.losses import num_loss_terms
-from curvkit.operators._autograd import require_autograd
-from curvkit.operators._differentiation import Linearization, ModelFunction
+from curvkit.operators._cache import BatchCache
 
 if TYPE_CHECKING:
     from curvkit.linear_operator import LinearOperator
-
-
-def _same_state(first: tuple[tuple, Tensor], second: tuple[tuple, Tensor]) -> bool:
-    """Equal identities and bit-for-bit equal sums (a NaN sum equals itself)."""
-    return first[0] == second[0] and torch.equal(first[1].view(torch.int64), second[1].view(torch.int64))
 
 
 def _loss_terms(loss_func: Callable, batch: Batch) -> float:
@@ -87,13 +84,23 @@ class ModelDataSetup:
             batch_size_fn=batch_size_fn,
             progressbar=progressbar,
             loss_terms=None if loss_func is None else partial(_loss_terms, loss_func),
+            before_batch=self.before_batch,
         )
         self.cache_batches = cache_batches
-        self._cache: dict[tuple[int, Hashable], Any] = {}
-        self._cached_state: tuple[tuple, Tensor] | None = None
+        self.cache = BatchCache(self.model, cache_batches)
         self._checked_pass = -1
         self._probed_determinism = False
         self.first_output = self._probe_first_batch()
+
+    @cached_property
+    def layer_map(self) -> LayerMap:
+        """Which parameters sit in which supported layer (:mod:`curvkit._layers`), built once.
+
+        Empty for a model that is a plain callable (no modules to look into).
+        """
+        if not self.model.is_module:
+            return LayerMap([], {})
+        return layer_map(self.model.model_func, self.model.tensors)
 
     def _probe_first_batch(self) -> Tensor:
         """Check the first batch and return its output.
@@ -104,9 +111,8 @@ class ModelDataSetup:
         non-finite parameters without it, at one read back from the device.
         """
         first = next(iter(self.engine.batches()))
-        self.model.check_all_used(first.X)
+        output = self.model.check_all_used(first.X)
         with torch.no_grad():
-            output = self.model(first.X)
             if self.loss_func is not None:
                 check_target(self.loss_func, first.y, first.index, output.shape)
             check_finite(first.index, self._model_tensors(first, output), MODEL_HINT)
@@ -123,26 +129,23 @@ class ModelDataSetup:
         return {"the model output": output, "the loss": self.loss_func(output, batch.y)}
 
     def cached(self, batch: Batch, key: Hashable, compute: Callable[[], Any]) -> Any:
-        """``compute()``, remembered per batch when ``cache_batches`` is on.
+        """``compute()``, remembered per batch when ``cache_batches`` is on (:class:`._cache.BatchCache`).
 
-        :meth:`before_batch` empties it once per pass if the model changed since it was filled
-        (:meth:`_model_state`): an optimizer step, ``vector_to_parameters``, an update through
-        ``.data``, of ``params`` or of any other parameter or buffer of the module, a train/eval
-        switch. The operator then follows the current model, as without the cache.
+        :meth:`before_batch` empties it once per pass if the model changed since it was filled,
+        so the operator follows the current model, as without the cache.
         """
-        if not self.cache_batches:
-            return compute()
-        if (batch.index, key) not in self._cache:
-            self._cache[batch.index, key] = compute()
-        return self._cache[batch.index, key]
+        return self.cache.get(batch, key, compute)
 
     def before_batch(self) -> None:
         """Checks before a batch's product; those about the model once per pass over the data.
 
+        The engine calls it before every batch of a product (its ``before_batch``), so that no
+        product path has to.
+
         Once per pass (batch 0 may be skipped when it has no loss term): the parameters must be
         those the operator was built for (:meth:`ModelFunction.check_unchanged`); a model that
         passed the determinism probe must not have been switched to train mode since; and the
-        cache is emptied if the model changed (:meth:`_model_state`).
+        cache is emptied if the model changed (:meth:`._cache.BatchCache.follow_model`).
 
         Raises:
             RuntimeError: Under ``torch.inference_mode()``, or if the model changed as above.
@@ -160,33 +163,10 @@ class ModelDataSetup:
                     + "; ".join(offenders)
                     + ". Call model_func.eval() before multiplying."
                 )
-        if self.cache_batches:
-            state = self._model_state()
-            if self._cached_state is None or not _same_state(state, self._cached_state):
-                self._cache.clear()
-                self._cached_state = state
-
-    def _model_state(self) -> tuple[tuple, Tensor]:
-        """Storage, version counter and sum of every parameter and buffer the products read.
-
-        Version counters see in-place updates, storage addresses see reassignment
-        (``p.data = ...``), and the sums see in-place updates through ``.data``, which bypass the
-        version counter; the modules' ``training`` flags see ``train()`` / ``eval()``. Reading
-        every parameter once per product costs little beside the product.
-        """
-        model = self.model.model_func
-        tensors = list(self.model.tensors)
-        if isinstance(model, torch.nn.Module):
-            tensors += [*model.parameters(), *model.buffers()]
-        identity = tuple((t.data_ptr(), t._version, t.shape, t.dtype) for t in tensors)
-        if isinstance(model, torch.nn.Module):  # train / eval mode changes the function
-            identity += tuple(module.training for module in model.modules())
-        sums = torch.stack([t.detach().sum(dtype=torch.float64) for t in tensors if t.is_floating_point()])
-        return identity, sums
+        self.cache.follow_model()
 
     def linearization(self, batch: Batch) -> Linearization:
         """The batch's output and Jacobian products (cached if requested)."""
-        self.before_batch()
         return self.cached(batch, "linearization", lambda: self.model.linearize(batch.X))
 
     def linearization_along(self, batch: Batch, tangents: list[Tensor]) -> tuple[Linearization, Tensor]:
@@ -194,7 +174,6 @@ class ModelDataSetup:
 
         Without the cache, both come from one forward pass where possible.
         """
-        self.before_batch()
         if self.cache_batches:
             linearization = self.linearization(batch)
             return linearization, linearization.jvp(tangents)
@@ -202,7 +181,6 @@ class ModelDataSetup:
 
     def jvp(self, batch: Batch, tangents: list[Tensor]) -> Tensor:
         """``J V`` on the batch for ``tangents`` (``[k, *θ_p.shape]``), when no ``Jᵀ W`` follows."""
-        self.before_batch()
         if self.cache_batches:
             return self.linearization(batch).jvp(tangents)
         return self.model.jvp(batch.X, tangents)
@@ -211,24 +189,34 @@ class ModelDataSetup:
         self, batch: Batch, block_index: int, block: list[int], several_columns: bool
     ) -> Callable[[list[Tensor]], list[Tensor]]:
         """``V ↦ ∇²L_b V`` for the Hessian block ``block`` (parameter indices; cached if requested)."""
-        self.before_batch()
         return self.cached(
             batch,
             ("hessian", block_index, several_columns),
             lambda: self.model.hessian_product(batch.X, batch.y, self.loss_func, block, several_columns),
         )
 
-    def batch_tensors(self, batch: Batch) -> dict[str, Tensor]:
+    def batch_tensors(self, batch: Batch, output: Tensor | None = None) -> dict[str, Tensor]:
         """Tensors that must repeat across passes and be finite, for the determinism probe.
+
+        ``output``: the batch's model output where the caller computed it already.
 
         Raises:
             ValueError: If the batch's targets do not suit the loss (for its output's shape).
         """
-        output = self.model(batch.X)
+        output = self.model(batch.X) if output is None else output
         if self.loss_func is not None:
             check_target(self.loss_func, batch.y, batch.index, output.shape)
         y = {} if batch.y is None else {"the target y": batch.y}
         return {**named_inputs(batch.X), **y, **self._model_tensors(batch, output)}
+
+    def shared_pass_probe(self) -> SharedPassProbe:
+        """The determinism probe of a computation that passes over the data once anyway.
+
+        Its first pass runs now; the computation records each batch's tensors
+        (:meth:`batch_tensors` with its output) and calls ``finish()`` after its pass.
+        """
+        self._probed_determinism = True
+        return SharedPassProbe(self.engine, self.model.model_func, self.batch_tensors)
 
     def check_deterministic(self, operator: LinearOperator | None = None) -> None:
         """Run the determinism probe (:mod:`curvkit._engine.determinism`); no operator: model, data.

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
-from curvkit.operators._autograd import paths_agree
+from curvkit._model.autograd import paths_agree
 
 
 class AgreementCheck:

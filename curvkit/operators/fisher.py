@@ -4,20 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-import torch
 from torch import Generator, Tensor
 
 from curvkit._boundary import as_integer
-from curvkit._engine import Batch
-from curvkit.losses import (
-    batch_loss_scale,
-    check_supported,
-    check_unweighted,
-    output_gradients,
-    sample_targets,
-    sampled_output_gradients,
-)
-from curvkit.operators._jtlj import JTLJLinearOperator, OutputCurvature, gradient_outer_product
+from curvkit._output_factor import seeded
+from curvkit.losses import check_supported, check_unweighted
+from curvkit.operators._jtlj import JTLJLinearOperator
 
 
 class EFLinearOperator(JTLJLinearOperator):
@@ -76,15 +68,7 @@ class EFLinearOperator(JTLJLinearOperator):
             cache_batches=cache_batches,
         )
 
-    def _factor_rank(self) -> int:
-        return 1
-
-    def _output_curvature(self, batch: Batch, output: Tensor, state: None) -> OutputCurvature:
-        loss_func = self._setup.loss_func
-        gradients = output_gradients(loss_func, output, batch.y).unsqueeze(0)
-        return gradient_outer_product(
-            gradients, batch_loss_scale(loss_func, output, batch.y, batch.loss_terms)
-        )
+    _fisher_type = "empirical"
 
 
 class FisherMCLinearOperator(JTLJLinearOperator):
@@ -136,7 +120,7 @@ class FisherMCLinearOperator(JTLJLinearOperator):
         cache_batches: bool = False,
     ):
         check_supported(loss_func, "FisherMCLinearOperator")
-        self._seed, self._mc_samples = as_integer(seed, "seed"), as_integer(mc_samples, "mc_samples", 1)
+        self._seed, self._num_mc_samples = as_integer(seed, "seed"), as_integer(mc_samples, "mc_samples", 1)
         super().__init__(
             model_func,
             loss_func,
@@ -149,17 +133,11 @@ class FisherMCLinearOperator(JTLJLinearOperator):
             cache_batches=cache_batches,
         )
 
+    _fisher_type = "mc"
+
     def _start_product(self) -> Generator:
-        return torch.Generator(device=self.device).manual_seed(self._seed)
-
-    def _factor_rank(self) -> int:
-        return self._mc_samples
-
-    def _output_curvature(self, batch: Batch, output: Tensor, generator: Generator) -> OutputCurvature:
         # with caching, the first product's draw is kept: the same one a re-seeded generator gives
-        loss_func = self._setup.loss_func
-        targets = sample_targets(loss_func, output, batch.y, self._mc_samples, generator)
-        gradients = sampled_output_gradients(loss_func, output, targets, batch.y, batch.loss_terms)
-        return gradient_outer_product(
-            gradients, batch_loss_scale(loss_func, output, batch.y, batch.loss_terms)
-        )
+        return seeded(self._seed, self.device)
+
+    def _mc_samples(self) -> int:
+        return self._num_mc_samples

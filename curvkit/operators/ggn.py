@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 from warnings import warn
 
-from torch import Tensor
 from torch.nn import NLLLoss
 
-from curvkit._engine import Batch
-from curvkit.losses import is_supported, known_loss, output_hessian_matmat, output_hessian_sqrt
-from curvkit.operators._jtlj import JTLJLinearOperator, OutputCurvature
+from curvkit.losses import is_supported, known_loss
+from curvkit.operators._jtlj import JTLJLinearOperator
 
 
 class GGNLinearOperator(JTLJLinearOperator):
@@ -48,15 +45,4 @@ class GGNLinearOperator(JTLJLinearOperator):
     def _is_psd(cls, loss_func: Callable) -> bool:
         return is_supported(loss_func)
 
-    def _factor_rank(self) -> int | None:
-        """``∇²_f ℓ_n`` has a closed-form factor with one column per output entry of a sample."""
-        first_output = self._setup.first_output
-        has_factor = is_supported(self._setup.loss_func) and first_output.ndim > 0
-        return first_output[0].numel() if has_factor else None
-
-    def _output_curvature(self, batch: Batch, output: Tensor, state: Any) -> OutputCurvature:
-        arguments = (self._setup.loss_func, output, batch.y)
-        return OutputCurvature(
-            partial(output_hessian_matmat, *arguments, loss_terms=batch.loss_terms),
-            partial(output_hessian_sqrt, *arguments, batch.loss_terms),
-        )
+    _fisher_type = "type-2"  # Λ = ∇²_f L_b, factored in closed form where there is one

@@ -12,23 +12,13 @@ from torch.utils._pytree import tree_leaves, tree_map
 
 from curvkit._boundary import as_integer
 from curvkit._engine import Batch
-from curvkit.losses import (
-    batch_loss_scale,
-    check_supported,
-    output_hessian_sqrt,
-    reduction_of,
-    sample_targets,
-    sampled_output_gradients,
-)
-from curvkit.operators._autograd import paths_agree
-from curvkit.operators._kernels import differentiable_kernels
-from curvkit.operators._linear_layers import (
-    factored_forward,
-    layer_outputs,
-    linear_layers,
-    recording,
-    squared_gradient_sums,
-)
+from curvkit._layers.chain import LayerChain
+from curvkit._layers.diagonal import chain_squared_gradient_sums, squared_gradient_sums, worth_it_beside_vjps
+from curvkit._layers.recording import output_gradients, recording, traced_forward
+from curvkit._model.autograd import paths_agree
+from curvkit._model.kernels import differentiable_kernels
+from curvkit._output_factor import output_factor, seeded
+from curvkit.losses import check_supported, reduction_of
 from curvkit.operators._setup import ModelDataSetup
 from curvkit.structured import DiagonalLinearOperator
 
@@ -60,13 +50,18 @@ def ggn_diagonal(
     :class:`~curvkit.FisherMCLinearOperator` with the same seed. Used for diagonal Laplace
     approximations and pruning saliencies.
 
-    ``nn.Linear`` layers applied once to one row per sample need no per-sample gradients: their
-    per-sample gradients are outer products ``g_{n,k} a_nᵀ``, so the sum of squares is one
-    batched backward pass to the layer outputs and one matrix product
-    (:mod:`curvkit.operators._linear_layers`; the MLP of ``benchmarks/ggn_diagonal.py``: about
-    3 gradients instead of 900). Other parameters take one per-sample vector-Jacobian product per
-    column under ``vmap``; models that ``vmap`` cannot push single samples through (recurrent
-    layers) run one sample at a time, with its ``K`` products batched.
+    Parameters of ``nn.Linear`` (any leading dimensions), ``nn.Conv1d/2d/3d`` and ``nn.Embedding``
+    layers whose rows belong to one sample each (:mod:`curvkit._layers.recording`; a layer used
+    several times and tied weights included) take their layer rule: the ``K`` columns pulled back
+    to the layer outputs in one backward pass, then per-sample gradients
+    ``Σ_r g_{n,r} ψ(a_n)_rᵀ`` as one product per sample, squared and summed in chunks, or none at
+    all for a linear layer on ``[N, in]`` (``(Σ_k G_k²)ᵀ A²``). An ``nn.Sequential`` chain of
+    such layers and elementwise activations or pooling pushes the columns back by hand
+    (:mod:`curvkit._layers.chain`); ``benchmarks/ggn_diagonal.py`` compares it with BackPACK.
+    Other parameters take one
+    per-sample vector-Jacobian product per column under ``vmap``; models that ``vmap`` cannot
+    push single samples through (recurrent layers) run one sample at a time, with its ``K``
+    products batched.
 
     Args:
         model_func: The network (an ``nn.Module``; samples are pushed through it one at a
@@ -80,8 +75,8 @@ def ggn_diagonal(
         seed: Seed of the target sampling for ``mode='mc'``.
         progressbar: Show a progress bar.
         check_deterministic: Run the determinism probe's checks of model and data (random
-            layers in train mode, two passes over the data that must agree), as the operators
-            do. Default: ``True``.
+            layers in train mode, two passes over the data that must agree, the second being
+            the diagonal's own), as the operators do. Default: ``True``.
         num_data: Number of samples (computed if ``None``).
         batch_size_fn: Batch size of a dict input.
 
@@ -114,20 +109,37 @@ def ggn_diagonal(
         batch_size_fn=batch_size_fn,
     )
     model = setup.model
-    if check_deterministic:
-        setup.check_deterministic()  # model and data: there is no product to compare
-    generator = torch.Generator(device=model.device).manual_seed(seed)
-    layers = linear_layers(model_func, model.tensors)
+    # model and data (there is no product to compare); the second pass is the diagonal's own
+    probe = setup.shared_pass_probe() if check_deterministic else None
+    generator = seeded(seed, model.device)
+    fisher_type = "type-2" if mode == "exact" else "mc"
+    # the first batch is traced to tell which layers are per sample; later ones record those only
+    layers, traced = setup.layer_map.layers, [True]
+
+    chain = LayerChain.of(model_func, setup.layer_map, len(model.tensors))
 
     def batch_diagonal(batch: Batch) -> Tensor:
+        nonlocal layers
+        linearization = None if chain is None else chain.linearize(batch, loss_func, gradients=False)
+        if linearization is not None:  # a chain of linear layers: the columns go back by hand
+            if probe is not None:
+                probe.record(batch, setup.batch_tensors(batch, linearization.output))
+            columns = output_factor(
+                fisher_type, loss_func, linearization.output, batch, generator, mc_samples
+            )
+            squares = chain_squared_gradient_sums(linearization, columns)
+            return torch.cat([squares[index].flatten() for index in range(len(model.tensors))])
         squares: dict[int, Tensor] = {}
-        with recording(layers):  # the factored linear layers: no per-sample gradients
-            output, fast = factored_forward(model, model_func, batch.X, batch.size, layers)
-            columns = output_curvature_columns(output.detach(), batch)
-            if fast:
-                gradients = torch.autograd.grad(output, layer_outputs(fast), columns, is_grads_batched=True)
-                for layer, layer_gradients in zip(fast, gradients):
-                    squares.update(squared_gradient_sums(layer, layer_gradients))
+        with recording(layers):  # per-sample layers: their rules, no per-sample vjps
+            output, per_sample = traced_forward(model, model_func, batch.X, batch.size, layers, traced[0])
+            if probe is not None:
+                probe.record(batch, setup.batch_tensors(batch, output.detach()))
+            columns = output_factor(fisher_type, loss_func, output.detach(), batch, generator, mc_samples)
+            per_sample = worth_it_beside_vjps(per_sample, len(model.tensors))
+            if per_sample:
+                squares = squared_gradient_sums(per_sample, output_gradients(per_sample, output, columns))
+            if traced[0]:
+                layers, traced[0] = per_sample, False
         del output  # its graph: not needed by the per-sample path below
         rest = [index for index in range(len(model.tensors)) if index not in squares]
         if rest:
@@ -135,22 +147,17 @@ def ggn_diagonal(
         # detached: the per-sample path may leave a graph on its result
         return torch.cat([squares[index].flatten() for index in range(len(model.tensors))]).detach()
 
-    def output_curvature_columns(output: Tensor, batch: Batch) -> Tensor:
-        """``[K, *output.shape]``: the columns ``s_{n,k}`` of ``Λ_n = S_n S_nᵀ``."""
-        if mode == "exact":
-            return output_hessian_sqrt(loss_func, output, batch.y, batch.loss_terms)
-        targets = sample_targets(loss_func, output, batch.y, mc_samples, generator)
-        scale = batch_loss_scale(loss_func, output, batch.y, batch.loss_terms) * mc_samples
-        return sampled_output_gradients(loss_func, output, targets, batch.y, batch.loss_terms) / scale**0.5
-
-    return setup.engine.sum_over_batches(batch_diagonal, reduction_of(loss_func), desc="GGN diagonal")
+    diagonal = setup.engine.sum_over_batches(batch_diagonal, reduction_of(loss_func), desc="GGN diagonal")
+    if probe is not None:
+        probe.finish()
+    return diagonal
 
 
 def _sum_of_squared_sample_vjps(model, X, columns: Tensor, indices: list[int]) -> list[Tensor]:
     """``Σ_n Σ_k (J_nᵀ s_{n,k})²`` for the parameters ``indices``; ``columns`` is ``[K, N, ...]``.
 
     Per-sample vector-Jacobian products under ``vmap``, for parameters outside the factored
-    linear layers (:mod:`._linear_layers`): over the samples, and within each over its ``K``
+    linear layers (:mod:`curvkit._layers.recording`): over the samples, and within each over its ``K``
     columns. Such nested vmaps have met wrong batching rules (PReLU's backward on
     convolution features gave errors of several per cent in torch 2.13, without failing), so their
     result is checked: a random mix ``Σ_k r_k`` of the per-sample products, summed over the

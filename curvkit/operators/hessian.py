@@ -11,9 +11,9 @@ from typing import Any
 from torch import Tensor
 
 from curvkit._engine import Batch
+from curvkit._layers.chain import LayerChain
+from curvkit._model.parameters import normalize_params
 from curvkit.operators._curvature import CurvatureLinearOperator
-from curvkit.operators._differentiation import normalize_params
-from curvkit.operators._layer_chain import LayerChain
 from curvkit.operators._shortcut import AgreementCheck
 
 
@@ -27,7 +27,7 @@ class HessianLinearOperator(CurvatureLinearOperator):
     autograd for one vector, ``vmap``-ed over the columns of a matrix. An ``nn.Sequential`` of
     ``nn.Linear`` layers, convolutions and elementwise activations (MLPs, plain CNNs) has them
     written out instead, the same multiply-adds without an autograd graph of the gradient
-    (:mod:`curvkit.operators._layer_chain`; checked once against reverse over reverse). With
+    (:mod:`curvkit._layers.chain`; checked once against reverse over reverse). With
     ``block_sizes`` the operator is the block-diagonal part of the Hessian over consecutive
     groups of parameters.
 
@@ -83,7 +83,8 @@ class HessianLinearOperator(CurvatureLinearOperator):
     @cached_property
     def _layer_chain(self) -> LayerChain | None:
         """The model as a chain of linear layers and elementwise functions, if it is one."""
-        return LayerChain.of(self._setup.model.model_func, self._setup.model.tensors)
+        model = self._setup.model
+        return LayerChain.of(model.model_func, self._setup.layer_map, len(model.tensors))
 
     @cached_property
     def _chain_check(self) -> AgreementCheck:
@@ -119,7 +120,6 @@ class HessianLinearOperator(CurvatureLinearOperator):
         chain = self._layer_chain
         if chain is None or self._chain_check.failed:
             return general()
-        self._setup.before_batch()
         linearization = self._setup.cached(
             batch, "layer chain", lambda: chain.linearize(batch, self._setup.loss_func)
         )

@@ -66,3 +66,21 @@ def test_flattened_sequence_targets_are_pointed_to_batch_size_fn():
         r"batch_size_fn=lambda X: X\.numel\(\)",
     ):
         list(engine.batches())
+
+
+def test_each_pass_iterates_the_data_once():
+    """tqdm.auto's asyncio base calls iter() in its constructor: the engine hands it an iterator,
+    so that a DataLoader (with workers) starts once per pass, not twice."""
+
+    class Counted(list):
+        iterations = 0
+
+        def __iter__(self):
+            Counted.iterations += 1
+            return super().__iter__()
+
+    data = Counted([(torch.randn(2, 3), torch.randn(2, 1)) for _ in range(3)])
+    for progressbar in (False, True):
+        Counted.iterations = 0
+        batches = list(MiniBatchEngine(data, torch.device("cpu"), progressbar=progressbar).batches())
+        assert len(batches) == 3 and Counted.iterations == 1

@@ -97,7 +97,7 @@ def test_probe_tells_a_wrong_column_path_from_randomness():
 def test_operators_fall_back_to_single_vectors_where_columns_disagree(monkeypatch):
     """A wrong batching rule under vmap (simulated: the columns' J V off by 1 %) makes the operator
     multiply one column at a time, with a warning, so its products are right."""
-    from curvkit.operators._differentiation import ModelFunction
+    from curvkit._model.differentiation import ModelFunction
 
     model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
     data = [(X.double(), y) for X, y in _data()]

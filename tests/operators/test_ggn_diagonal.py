@@ -9,6 +9,7 @@ from torch import nn
 from zoo import make_problem_from_id
 
 from curvkit import FisherMCLinearOperator, GGNLinearOperator
+from curvkit._engine import MiniBatchEngine
 from curvkit.operators.ggn_diagonal import GGNDiagonalLinearOperator, ggn_diagonal
 
 
@@ -237,17 +238,17 @@ FACTORED_CASES = {
     "mlp": (_mlp, (4,), [0, 1, 2, 3]),
     "mlp, weights only": (_mlp, (4,), [0, 2]),
     "mlp, biases only, first weight frozen": (_mlp, (4,), [0, 1]),
-    "shared layer": (_shared, (4,), [2, 3]),
+    "shared layer": (_shared, (4,), [0, 1, 2, 3]),
     "tied outside the layer": (_TiedOutsideTheLayer, (4,), [2, 3]),
     "subclass of nn.Linear": (_subclass, (4,), [2, 3]),
-    "linear on sequences": (_sequence, (2, 4), [2, 3]),
+    "linear on sequences": (_sequence, (2, 4), [0, 1, 2, 3]),
     "forward hook on the layer": (_hooked, (4,), [2, 3]),
     "in-place operation on the output": (_inplace_after, (4,), [0, 1, 2, 3]),
     "rows of a position table": (_PositionTable, (12,), [3, 4]),
     "rows of a buffer table": (partial(_PositionTable, as_buffer=True), (12,), [2, 3]),
     "input handled in place": (_InputHandling, (4,), [0, 1, 2, 3]),
     "no forward-mode derivative": (_WithoutForwardMode, (4,), [0, 1, 2, 3]),
-    "a convolution besides, its bias left out": (_conv, (1, 4, 4), [1, 2]),
+    "a convolution besides, its bias left out": (_conv, (1, 4, 4), [0, 1, 2]),
     "keyword call": (_KeywordCall, (4,), [0, 1, 2, 3]),
     "call whose output is not used": (_MonitoredCall, (4,), [2, 3]),
     "rows are not samples": (_RowsAreNotSamples, (2, 2), [2, 3]),
@@ -257,8 +258,9 @@ FACTORED_CASES = {
 @pytest.mark.parametrize("case", sorted(FACTORED_CASES))
 @pytest.mark.parametrize("mode", ["exact", "mc"])
 def test_factored_linear_layers_match_the_dense_diagonal(case, mode, monkeypatch):
-    """Linear layers applied once to one row per sample skip per-sample gradients; every other
-    case (second call, tied weight, subclass, sequences, rows that are not samples) must not."""
+    """Per-sample layers (linear on rows of samples, called once or twice, convolutions) skip
+    per-sample vjps; every other case (weight used outside the layer, subclass, forward hook, rows
+    that are not samples) must not."""
     module = importlib.import_module("curvkit.operators.ggn_diagonal")  # the name is also the function's
 
     build, input_shape, factored_indices = FACTORED_CASES[case]
@@ -300,17 +302,18 @@ def test_factored_linear_layers_match_the_dense_diagonal(case, mode, monkeypatch
 def test_a_layer_whose_input_was_overwritten_does_not_qualify():
     """Squaring the recorded input would use the overwritten values (autograd refuses such a
     model for the weight's gradient; the factored path never asks autograd for it)."""
-    from curvkit.operators._linear_layers import factored, linear_layers, recording
+    from curvkit._layers.parameters import layer_map
+    from curvkit._layers.recording import per_sample_layers, recording
 
     layer = nn.Linear(4, 3).double()
-    layers = linear_layers(layer, list(layer.parameters()))
+    layers = layer_map(layer, list(layer.parameters())).layers
     for overwrite in (False, True):
         with recording(layers):
             inputs = 3.0 * torch.randn(5, 4, dtype=torch.float64)
             output = layer(inputs)
             if overwrite:
                 inputs.mul_(2.0)
-            assert factored(layers, output, 5, lambda tensor: True) == ([] if overwrite else layers)
+            assert per_sample_layers(layers, output, 5, lambda tensor: True) == ([] if overwrite else layers)
 
 
 @pytest.mark.parametrize("random_layer", [nn.Dropout(0.5), nn.BatchNorm1d(5)], ids=["dropout", "batchnorm"])
@@ -331,3 +334,183 @@ def test_the_model_keeps_no_trace_of_the_factored_pass():
     assert not model.last_input.requires_grad
     assert torch.autograd.forward_ad.unpack_dual(model.last_input).tangent is None
     assert all(not module._forward_hooks for module in model.modules())
+
+
+class _TiedLanguageModel(nn.Module):
+    """Tokens → embedding → linear → head tied to the embedding, sequence output ``[N, V, T]``."""
+
+    def __init__(self, vocabulary: int = 6, width: int = 3):
+        super().__init__()
+        self.embedding = nn.Embedding(vocabulary, width, padding_idx=0)
+        self.hidden = nn.Linear(width, width)
+        self.head = nn.Linear(width, vocabulary)
+        self.head.weight = self.embedding.weight
+
+    def forward(self, tokens):
+        return self.head(torch.tanh(self.hidden(self.embedding(tokens)))).transpose(1, 2)
+
+
+def _pooled_chain():
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1),
+        nn.Softplus(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(3, 2, 2, stride=1, dilation=1),
+        nn.Tanh(),
+        nn.AvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(2, 3),
+    )
+
+
+def _conv3d():
+    return nn.Sequential(
+        nn.Conv3d(1, 2, 2, stride=(1, 2, 1), padding=1), nn.Sigmoid(), nn.Flatten(), nn.LazyLinear(3)
+    )
+
+
+# model, a batch of n inputs, whether it is a layer chain (its columns go back by hand)
+PER_LAYER_CASES = {
+    "tied embedding and head, sequence targets": (
+        _TiedLanguageModel,
+        lambda n: torch.randint(0, 6, (n, 4)),
+        False,
+    ),
+    "chain with pooling and smooth activations": (_pooled_chain, lambda n: torch.randn(n, 2, 4, 4), True),
+    "conv3d, strided": (_conv3d, lambda n: torch.randn(n, 1, 3, 4, 3), True),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PER_LAYER_CASES))
+@pytest.mark.parametrize("mode", ["exact", "mc"])
+def test_every_parameter_goes_through_its_layer_rule(case, mode, monkeypatch):
+    """Embeddings (padding row, repeated tokens), tied weights and convolutions of any dimension:
+    no parameter takes per-sample vjps, chains go back by hand, and the diagonal is exact."""
+    module = importlib.import_module("curvkit.operators.ggn_diagonal")
+    build, inputs, is_chain = PER_LAYER_CASES[case]
+    torch.manual_seed(0)
+    model = build().double()
+    batches = [inputs(n) for n in (3, 4)]
+    model(batches[0].double() if batches[0].is_floating_point() else batches[0])  # lazy layers
+    batches = [X.double() if X.is_floating_point() else X for X in batches]
+    targets = [
+        torch.randint(0, 6, (X.shape[0], 4))
+        if case.startswith("tied")
+        else torch.randint(0, 3, (X.shape[0],))
+        for X in batches
+    ]
+    data = list(zip(batches, targets))
+    params, loss_func = list(model.parameters()), nn.CrossEntropyLoss()
+    monkeypatch.setattr(module, "_sum_of_squared_sample_vjps", lambda *args: pytest.fail("per-sample vjps"))
+    chain_diagonal = module.chain_squared_gradient_sums
+    used_chain = []
+    monkeypatch.setattr(
+        module, "chain_squared_gradient_sums", lambda *args: used_chain.append(1) or chain_diagonal(*args)
+    )
+    diagonal = ggn_diagonal(model, loss_func, params, data, mode=mode, mc_samples=2, seed=3)
+    if mode == "exact":
+        expected = GGNLinearOperator(model, loss_func, params, data)
+    else:
+        expected = FisherMCLinearOperator(model, loss_func, params, data, mc_samples=2, seed=3)
+    torch.testing.assert_close(diagonal, expected.to_dense().diagonal(), rtol=1e-10, atol=1e-14)
+    assert bool(used_chain) == is_chain
+
+
+class _ChangingData:
+    """Data that changes once ``changed`` is set: samples in another order, or a batch fewer."""
+
+    def __init__(self, batches, drop: bool):
+        self.batches, self.drop, self.changed = batches, drop, False
+
+    def __iter__(self):
+        if not self.changed:
+            return iter(self.batches)
+        if self.drop:
+            return iter(self.batches[:-1])
+        return iter([(X.flip(0), y.flip(0)) for X, y in self.batches])
+
+
+@pytest.mark.parametrize("chain", [True, False], ids=["chain", "hooks"])
+@pytest.mark.parametrize("drop", [False, True], ids=["reordered", "a batch fewer"])
+def test_the_probes_second_pass_is_the_diagonals_own(chain, drop, monkeypatch):
+    """One probe pass up front, the diagonal's pass as the second: data that changes between them
+    is refused after the diagonal's pass, naming the batch or the numbers of batches; unchanged
+    data gives the diagonal without the probe, with one pass over the data less than before."""
+    setup_module = importlib.import_module("curvkit.operators._setup")
+    torch.manual_seed(0)
+    model = (_mlp() if chain else _TiedOutsideTheLayer()).double()
+    batches = [(torch.randn(n, 4, dtype=torch.float64), torch.randint(0, 3, (n,))) for n in (3, 4, 5)]
+    params, loss_func = list(model.parameters()), nn.CrossEntropyLoss()
+    data = _ChangingData(batches, drop)
+
+    class ChangeAfterTheFirstPass(setup_module.SharedPassProbe):
+        def __init__(self, *args):
+            super().__init__(*args)
+            data.changed = True
+
+    monkeypatch.setattr(setup_module, "SharedPassProbe", ChangeAfterTheFirstPass)
+    with pytest.raises(
+        RuntimeError, match="data yielded 3 and then 2 batches" if drop else "batch 0 differs"
+    ):
+        ggn_diagonal(model, loss_func, params, data)
+    monkeypatch.undo()
+    iterations = []
+
+    class Counted(_ChangingData):
+        def __iter__(self):
+            iterations.append(1)
+            return super().__iter__()
+
+    counted = Counted(batches, drop)
+    probed = ggn_diagonal(model, loss_func, params, counted)
+    with_probe = len(iterations)
+    iterations.clear()
+    torch.testing.assert_close(
+        probed, ggn_diagonal(model, loss_func, params, counted, check_deterministic=False)
+    )
+    without_probe = len(iterations)
+    iterations.clear()
+    list(MiniBatchEngine(counted, torch.device("cpu")).batches())  # what one pass over the data takes
+    assert with_probe - without_probe == len(iterations)
+
+
+class _NormalizedLanguageModel(_TiedLanguageModel):
+    """The tied model with a LayerNorm (no rule) and a convolution over positions."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.LayerNorm(3)
+        self.mix = nn.Conv1d(3, 3, 2, padding=1)
+        self.first = nn.Linear(4, 4)
+
+    def forward(self, tokens):
+        features = self.norm(self.embedding(tokens))  # [N, T, 3]
+        mixed = torch.tanh(self.mix(features.transpose(1, 2))[..., :-1]).transpose(1, 2)
+        return self.head(torch.tanh(self.hidden(mixed))).transpose(1, 2)
+
+
+@pytest.mark.parametrize("mode", ["exact", "mc"])
+def test_beside_per_sample_vjps_only_layers_without_per_sample_gradients_stay(mode, monkeypatch):
+    """A LayerNorm takes per-sample vjps: then the convolution and the linear layers on sequences
+    (which form per-sample gradients) join it, and so does the embedding tied to the head;
+    the diagonal stays exact."""
+    module = importlib.import_module("curvkit.operators.ggn_diagonal")
+    torch.manual_seed(0)
+    model = _NormalizedLanguageModel().double()
+    data = [(torch.randint(0, 6, (n, 4)), torch.randint(0, 6, (n, 4))) for n in (3, 2)]
+    params = [param for name, param in model.named_parameters() if not name.startswith("first")]
+    per_sample = []
+    original = module._sum_of_squared_sample_vjps
+
+    def recording(model_function, X, columns, indices):
+        per_sample.append(sorted(indices))
+        return original(model_function, X, columns, indices)
+
+    monkeypatch.setattr(module, "_sum_of_squared_sample_vjps", recording)
+    diagonal = ggn_diagonal(model, nn.CrossEntropyLoss(), params, data, mode=mode, mc_samples=2, seed=3)
+    assert per_sample == [list(range(len(params)))] * 2
+    if mode == "exact":
+        expected = GGNLinearOperator(model, nn.CrossEntropyLoss(), params, data)
+    else:
+        expected = FisherMCLinearOperator(model, nn.CrossEntropyLoss(), params, data, mc_samples=2, seed=3)
+    torch.testing.assert_close(diagonal, expected.to_dense().diagonal(), rtol=1e-10, atol=1e-14)

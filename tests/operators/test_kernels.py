@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from curvkit.operators._kernels import differentiable_kernels
+from curvkit._model.kernels import differentiable_kernels
 
 
 @pytest.mark.parametrize(

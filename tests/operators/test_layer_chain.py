@@ -15,8 +15,9 @@ from torch import nn
 from zoo import make_problem_from_id
 
 from curvkit import HessianLinearOperator, reference
-from curvkit.operators._chain_segments import ELEMENTWISE
-from curvkit.operators._layer_chain import LayerChain
+from curvkit._layers.chain import LayerChain
+from curvkit._layers.parameters import layer_map
+from curvkit._layers.segments import ELEMENTWISE
 from curvkit.operators._shortcut import AgreementCheck
 
 
@@ -76,7 +77,7 @@ def test_zoo_chains_match_the_reference(problem_id, cached, unchecked, reference
     vector = torch.randn(operator.shape[0], 1, dtype=problem.dtype)
     matvec = operator @ vector
     if cached:
-        assert any(key == "layer chain" for _, key in operator._setup._cache)
+        assert any(key == "layer chain" for _, key in operator._setup.cache.entries)
         dense = operator.to_dense()
     rtol, atol = (1e-7, 1e-10) if problem.dtype == torch.float64 else (1e-4, 1e-5)
     scale = float(expected.abs().max())
@@ -214,7 +215,8 @@ def _tied():
 )
 def test_other_models_are_no_chains(build):
     model = build()
-    assert LayerChain.of(model, list(model.parameters())) is None
+    params = list(model.parameters())
+    assert LayerChain.of(model, layer_map(model, params), len(params)) is None
 
 
 def test_rows_that_are_not_samples_keep_the_general_path(unchecked):
@@ -430,7 +432,7 @@ def test_pooling_that_is_no_chain(pool):
     """Pooling whose windows are not all one uniform linear map keeps the general path."""
     model = nn.Sequential(nn.Conv2d(1, 2, 3), pool, nn.Flatten(), nn.LazyLinear(3))
     model(torch.randn(1, 1, 8, 8)) if not getattr(pool, "return_indices", False) else None
-    assert LayerChain.of(model, [model[0].weight]) is None
+    assert LayerChain.of(model, layer_map(model, [model[0].weight]), 1) is None
 
 
 def test_a_convolution_bias_whose_output_has_one_position(unchecked):

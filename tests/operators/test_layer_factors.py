@@ -7,8 +7,8 @@ from torch import nn
 from zoo import make_problem, make_problem_from_id
 
 from curvkit import EFLinearOperator, FisherMCLinearOperator, GGNLinearOperator, reference
+from curvkit._layers.parameters import layer_map
 from curvkit.operators._layer_factors import LayerFactorization
-from curvkit.operators._linear_layers import linear_layers
 
 OPERATORS = {"ggn": GGNLinearOperator, "ef": EFLinearOperator, "fisher_mc": FisherMCLinearOperator}
 REFERENCES = {
@@ -51,7 +51,7 @@ def test_factored_products_match_the_reference(problem_id, kind, cached, referen
     factorization = operator._layer_factorization
     assert factorization.applicable and factorization.check.verified_modes is not None
     if cached:
-        assert any(key == "layer factors" for _, key in operator._setup._cache)
+        assert any(key == "layer factors" for _, key in operator._setup.cache.entries)
     expected = reference_of(problem.name, kind)
     scale = expected.detach().abs().max()
     rtol, atol = (1e-7, 1e-10) if problem.dtype == torch.float64 else (1e-4, 1e-5)
@@ -187,4 +187,6 @@ def test_convolutions_that_do_not_factor(convolution):
     model = nn.Sequential(convolution, nn.Flatten(), nn.LazyLinear(3))
     model(torch.randn(1, 2, 6, 6))
     params = list(model.parameters())
-    assert [layer.module for layer in linear_layers(model, params, convolutions=True)] == [model[-1]]
+    found = layer_map(model, params)
+    assert [layer.module for layer in found.layers] == [model[-1]]
+    assert sorted(found.unsupported) == [0, 1]  # the convolution's weight and bias, with why

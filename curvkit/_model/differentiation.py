@@ -5,7 +5,7 @@ CPU time, in gradients, glibc's heap trimming off so that page faults do not blu
 see ``docs/design-notes.md``):
 
 - **Plain autograd where it is faster.** The model is called as it is and differentiated with
-  ``torch.autograd`` (:mod:`._autograd`); ``torch.func`` wraps every intermediate tensor, which
+  ``torch.autograd`` (:mod:`.autograd`); ``torch.func`` wraps every intermediate tensor, which
   costs most on models of many small operations. For one vector: a GGN product took 2.1 / 2.3 /
   1.8 gradients this way against 2.7 / 3.8 / 2.6 through ``torch.func``, a Hessian product 2.4 /
   2.7 / 3.1 against 3.0 / 4.5 / 4.1.
@@ -20,8 +20,8 @@ see ``docs/design-notes.md``):
   ``torch.func.vjp`` of ``torch.func.grad`` (26.1 / 22.8 / 33.4 against 27.4 / 23.7 / 35.4
   through autograd); one Hessian-vector product is reverse over reverse through autograd.
 - GGN, EF and MC-Fisher columns on models whose parameters all sit in ``nn.Linear`` layers and
-  convolutions can skip all of this (:mod:`._layer_factors`), and so can Hessian products of
-  ``nn.Sequential`` chains of such layers and elementwise activations (:mod:`._layer_chain`).
+  convolutions can skip all of this (:mod:`curvkit._layers.jtlj`), and so can Hessian products of
+  ``nn.Sequential`` chains of such layers and elementwise activations (:mod:`curvkit._layers.chain`).
 - Where forward-mode derivatives are missing (custom ``autograd.Function``\ s without ``jvp``,
   operations PyTorch has none for), the first failure switches the model to reverse mode for
   good. Fused attention kernels and the eval-mode fast path of ``nn.MultiheadAttention`` have
@@ -44,15 +44,15 @@ from torch import Tensor, nn
 from torch.func import grad, vjp, vmap
 from torch.func import jvp as forward_jvp
 
-from curvkit._layout import TensorListLayout
-from curvkit.operators._autograd import (
+from curvkit._model.autograd import (
     call_with,
     hessian_products,
+    leaf_uses,
     output_with_tangent,
-    parameter_paths,
     reverse_products,
 )
-from curvkit.operators._kernels import differentiable_kernels
+from curvkit._model.kernels import differentiable_kernels
+from curvkit._model.parameters import ModelParameters
 
 T = TypeVar("T")
 
@@ -72,34 +72,11 @@ class Linearization:
     vjp: Callable[[Tensor], list[Tensor]]
 
 
-def normalize_params(
-    params: Sequence[Tensor] | Mapping[str, Tensor],
-) -> tuple[list[str] | None, list[Tensor]]:
-    if isinstance(params, Mapping):
-        return list(params.keys()), list(params.values())
-    if isinstance(params, Tensor) or not isinstance(params, Sequence):
-        raise ValueError(
-            f"params must be a list of tensors or a dict of named tensors, got {type(params).__name__}."
-        )
-    return None, list(params)
+class ModelFunction(ModelParameters):
+    """``f(X; θ)`` for a subset ``θ`` of a model's parameters, and its derivatives per product.
 
-
-def _module_parameter_names(
-    model: nn.Module, names: list[str] | None, tensors: list[Tensor]
-) -> list[list[str]]:
-    """The names of each tensor in ``model`` (matched by identity, see :func:`parameter_paths`)."""
-    by_identity = parameter_paths(model)
-    found = []
-    for index, tensor in enumerate(tensors):
-        label = f"params[{names[index]!r}]" if names else f"params[{index}]"
-        if id(tensor) not in by_identity:
-            raise ValueError(f"{label} is not a parameter of model_func (compared by identity).")
-        found.append(by_identity[id(tensor)])
-    return found
-
-
-class ModelFunction:
-    """``f(X; θ)`` for a subset ``θ`` of a model's parameters.
+    The parameters themselves (checks, labels, layout, names in the module) are the base's,
+    :class:`.parameters.ModelParameters`.
 
     Args:
         model_func: An ``nn.Module`` or a callable ``X ↦ f(X)``.
@@ -114,36 +91,10 @@ class ModelFunction:
     def __init__(
         self, model_func: Callable[[Tensor], Tensor], params: Sequence[Tensor] | Mapping[str, Tensor]
     ):
-        if not callable(model_func):
-            raise ValueError(f"model_func must be callable, got {type(model_func).__name__}.")
-        names, tensors = normalize_params(params)
-        if not tensors:
-            raise ValueError("params must contain at least one tensor.")
-        first_label: dict[int, str] = {}
-        for index, tensor in enumerate(tensors):
-            label = f"params[{names[index]!r}]" if names else f"params[{index}]"
-            if not isinstance(tensor, Tensor):
-                raise ValueError(f"{label} must be a tensor, got {type(tensor).__name__}.")
-            if id(tensor) in first_label:
-                raise ValueError(f"{label} is the same tensor as {first_label[id(tensor)]}; pass each once.")
-            first_label[id(tensor)] = label
-            if not tensor.requires_grad:
-                raise ValueError(
-                    f"{label} does not require grad; curvature is only defined for trainable parameters."
-                )
-        if len({t.dtype for t in tensors}) > 1 or len({t.device for t in tensors}) > 1:
-            raise ValueError("params must all have the same dtype and device.")
-        self.model_func = model_func
-        self.labels = (
-            [f"params[{n!r}]" for n in names] if names else [f"params[{i}]" for i in range(len(tensors))]
-        )
-        self.tensors = tensors
-        self.layout = TensorListLayout([tensor.shape for tensor in tensors])
-        self.dtype, self.device = tensors[0].dtype, tensors[0].device
+        super().__init__(model_func, params)
         self.is_module = isinstance(model_func, nn.Module)
         self.prefers_forward_mode = _has_convolutions(model_func)
         self.forward_mode_available = True  # until an operation without forward-mode derivative shows up
-        self._aliases = _module_parameter_names(model_func, names, tensors) if self.is_module else None
 
     # ------------------------------------------------------------------ evaluation
     def __call__(self, X: Tensor | Mapping[str, Tensor]) -> Tensor:
@@ -167,8 +118,15 @@ class ModelFunction:
 
         return forward
 
-    def check_all_used(self, X) -> None:
-        """Raise if some parameter does not influence the output on batch ``X``.
+    def check_all_used(self, X) -> Tensor:
+        """Raise if some parameter does not influence the output on batch ``X``; else the output.
+
+        One forward pass and a walk of its autograd graph (:func:`.autograd.leaf_uses`), not a
+        backward pass; a parameter that is no leaf of the graph is looked for by
+        ``torch.autograd.grad``.
+
+        Returns:
+            The output, detached.
 
         Raises:
             ValueError: Naming the unused parameter.
@@ -179,43 +137,20 @@ class ModelFunction:
                 raise ValueError(f"model_func must return a tensor, got {type(output).__name__}.")
             if not output.requires_grad:
                 raise ValueError("model_func's output does not depend on params.")
-            gradients = torch.autograd.grad(output.sum(), self.tensors, allow_unused=True)
-        for label, gradient in zip(self.labels, gradients):
-            if gradient is None:
+            if all(tensor.is_leaf for tensor in self.tensors):
+                uses, _ = leaf_uses(output)
+                used = [id(tensor) in uses or tensor is output for tensor in self.tensors]
+            else:
+                gradients = torch.autograd.grad(output.sum(), self.tensors, allow_unused=True)
+                used = [gradient is not None for gradient in gradients]
+        for label, is_used in zip(self.labels, used):
+            if not is_used:
                 raise ValueError(
                     f"{label} is not used by model_func: its curvature would be zero. Remove it (or, "
                     "if it reaches the output through torch.utils.checkpoint, which curvature "
                     "products do not support, call model_func without activation checkpointing)."
                 )
-
-    def check_unchanged(self) -> None:
-        """Raise if ``params`` no longer describe the model the operator was built for.
-
-        Raises:
-            RuntimeError: If a parameter was replaced in the module (``model.w = nn.Parameter(...)``),
-                changed dtype, device or shape (``model.double()``), or stopped requiring grad.
-        """
-        for index, (label, tensor) in enumerate(zip(self.labels, self.tensors)):
-            if self._aliases is not None and any(
-                self.model_func.get_parameter(name) is not tensor for name in self._aliases[index]
-            ):
-                problem = f"was replaced in model_func (attribute '{self._aliases[index][0]}')"
-            elif (tensor.dtype, tensor.device, tensor.shape) != (
-                self.dtype,
-                self.device,
-                self.layout.shapes[index],
-            ):
-                problem = (
-                    f"is now {tensor.dtype} on {tensor.device} with shape {list(tensor.shape)}, not "
-                    f"{self.dtype} on {self.device} with shape {list(self.layout.shapes[index])}"
-                )
-            elif not tensor.requires_grad:
-                problem = "no longer requires grad"
-            else:
-                continue
-            raise RuntimeError(
-                f"{label} {problem} since the operator was built; build a new operator for the changed model."
-            )
+        return output.detach()
 
     # ------------------------------------------------------------------ derivatives
     def linearize(self, X) -> Linearization:

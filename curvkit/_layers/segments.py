@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional
 
-from curvkit.operators._convolutions import transposed_convolution
+from curvkit._layers.convolution import transposed_convolution
 
 ELEMENTWISE = (
     nn.Identity, nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.Hardtanh, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
@@ -99,6 +99,15 @@ class SegmentRecord:
             gradient = step.slope * gradient
         return gradient
 
+    def transposed(self, cotangent: Tensor, num_columns: int) -> Tensor:
+        """``S'(z)ᵀ γ̇`` for ``γ̇`` ``[N, k·P_out]`` (owned: scaled in place), without curvature terms."""
+        for step in reversed(self.steps):
+            if isinstance(step, _Pool):
+                cotangent = _pool_transposed(step, cotangent, num_columns)
+            else:
+                cotangent = _times(step.slope, cotangent, num_columns, in_place=True)
+        return cotangent
+
     def push(self, tangent: Tensor, num_columns: int) -> tuple[Tensor, list[Tensor | None]]:
         """``S'(z) ż`` for ``ż`` ``[N, k·P_in]``, and the tangents the curvature terms need."""
         saved: list[Tensor | None] = []
@@ -126,8 +135,10 @@ class SegmentRecord:
         return cotangent
 
 
-def run(modules: tuple[nn.Module, ...], values: Tensor) -> tuple[Tensor, SegmentRecord]:
-    """Evaluate the segment on a batch's layer output and record its steps."""
+def run(
+    modules: tuple[nn.Module, ...], values: Tensor, second_derivatives: bool = True
+) -> tuple[Tensor, SegmentRecord]:
+    """Evaluate the segment on a batch's layer output and record its steps (``φ''`` if asked for)."""
     record, pending = SegmentRecord(), []
     for module in (*modules, None):
         if module is not None and type(module) not in MAX_POOLS and type(module) not in AVERAGE_POOLS:
@@ -135,7 +146,7 @@ def run(modules: tuple[nn.Module, ...], values: Tensor) -> tuple[Tensor, Segment
             continue
         # the elementwise modules (and reshapes) since the last pooling, as one φ
         if any(type(step) not in _IDENTITIES for step in pending):
-            values, slope, curvature = _elementwise_derivatives(tuple(pending), values)
+            values, slope, curvature = _elementwise_derivatives(tuple(pending), values, second_derivatives)
             record.steps.append(_Elementwise(slope, curvature))
         else:
             for step in pending:
@@ -203,20 +214,20 @@ def _tuple(value, dims: int) -> tuple[int, ...]:
 
 
 def _elementwise_derivatives(
-    activation: tuple[nn.Module, ...], pre_activation: Tensor
+    activation: tuple[nn.Module, ...], pre_activation: Tensor, second: bool = True
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """``φ(z)``, and ``φ'(z)`` and ``φ''(z)`` flattened per sample, of the composed modules.
 
     Reverse mode, since ``φ`` acts elementwise: ``φ'(z) = ∇_z Σ_i φ(z)_i`` and
     ``φ''(z) = ∇_z Σ_i φ'(z)_i`` (forward mode lacks second derivatives of SiLU and others).
-    ``None`` for a second derivative that is zero.
+    ``None`` for a second derivative that is zero (or not asked for: ``second=False``).
     """
     with torch.enable_grad():
         values = leaf = pre_activation.detach().requires_grad_()
         values = values.clone()  # in-place activations must not overwrite z
         for module in activation:
             values = module(values)
-        piecewise_linear = all(type(module) in PIECEWISE_LINEAR for module in activation)
+        piecewise_linear = not second or all(type(module) in PIECEWISE_LINEAR for module in activation)
         ones = torch.ones_like(values)
         (slope,) = torch.autograd.grad(values, leaf, ones, create_graph=not piecewise_linear)
         curvature = (

@@ -3,7 +3,7 @@
 No function transforms: the model is called as it is, derivatives are taken with
 ``torch.autograd.grad`` (several columns: ``is_grads_batched``) and forward-mode dual numbers
 (``torch.autograd.forward_ad``). Which product uses what, and the measurements behind it, is
-decided in :mod:`._differentiation`.
+decided in :mod:`.differentiation`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch.autograd.forward_ad as forward_ad
 from torch import Tensor
 from torch.func import functional_call
 
-from curvkit.operators._kernels import differentiable_kernels
+from curvkit._model.kernels import differentiable_kernels
 
 
 def require_autograd() -> None:
@@ -161,3 +161,27 @@ def hessian_products(
         return grad_columns(gradient, block, tangents)
 
     return hvp
+
+
+def leaf_uses(output: Tensor) -> tuple[dict[int, int], set]:
+    """The graph's nodes, and for each leaf tensor how many of them consume it.
+
+    Returns:
+        ``{id(leaf): number of consuming nodes}`` and the set of nodes of ``output``'s graph.
+    """
+    uses: dict[int, int] = {}
+    seen, stack = set(), [output.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        for child, _ in node.next_functions:
+            if child is None:
+                continue
+            variable = getattr(child, "variable", None)  # AccumulateGrad: a leaf
+            if variable is not None:
+                uses[id(variable)] = uses.get(id(variable), 0) + 1
+            else:
+                stack.append(child)
+    return uses, seen

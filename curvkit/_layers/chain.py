@@ -26,13 +26,14 @@ These are the multiply-adds of reverse-over-reverse differentiation, without wha
 graph of the gradient adds: the zeros that ReLU's second derivative materializes and adds, a
 separate addition for each sum, per-operation dispatch. The tangents are laid out sample-major,
 ``[N, k·P]`` (``P`` entries per sample), so that ``V_l a_{l-1}`` and ``Σ_n ġ_{l,n} a_{l-1,n}ᵀ``
-are one matrix product (one convolution, one kernel gradient: :mod:`._column_products`) for all
-``k`` columns, and sums are fused into the products (``addmm``). See ``docs/design-notes.md``
-for the benchmark figures.
+are one matrix product (one convolution, one kernel gradient: the rules' column products,
+:mod:`.rule`) for all ``k`` columns, and sums are fused into the products (``addmm``). See
+``docs/design-notes.md`` for the benchmark figures.
 
 The chain is read off the module's type: an ``nn.Sequential`` (nested ones are flattened) of
-``nn.Linear`` layers and convolutions whose columns stack (:func:`._convolutions.factorable`),
-each used once, and between them the modules of a segment (:mod:`._chain_segments`: elementwise
+``nn.Linear`` layers and convolutions of the operator's :class:`.parameters.LayerMap` (their rules
+stack columns),
+each used once, and between them the modules of a segment (:mod:`.segments`: elementwise
 activations, max and average pooling, ``nn.Flatten()``; pooling is a linear map ``P`` once the
 forward pass fixed it, so ``φ_l`` above stands for a composition of ``φ``\ s and ``P``\ s, whose
 tangents and cotangents the segment carries), all of exactly these types and without forward
@@ -51,23 +52,20 @@ import torch
 from torch import Tensor, nn
 
 from curvkit._engine import Batch
+from curvkit._layers.convolution import ConvolutionRule
+from curvkit._layers.linear import LinearRule
+from curvkit._layers.parameters import LayerMap
+from curvkit._layers.rule import LayerRule
+from curvkit._layers.segments import SegmentRecord, admissible, run
 from curvkit.losses import output_gradients, output_hessian_matmat
-from curvkit.operators._chain_segments import SegmentRecord, admissible, run
-from curvkit.operators._column_products import (
-    bias_products,
-    parameter_tangents,
-    propagated,
-    transposed,
-    weight_products,
-)
-from curvkit.operators._convolutions import factorable, input_dims
 
 
 @dataclass(frozen=True)
 class ChainLayer:
-    """A layer of the chain, the segment after it (:mod:`._chain_segments`), its parameters' positions."""
+    """A layer of the chain, the segment after it (:mod:`.segments`), its parameters' positions."""
 
     module: nn.Module
+    rule: type[LayerRule]
     activation: tuple[nn.Module, ...]
     weight_index: int | None
     bias_index: int | None
@@ -81,12 +79,16 @@ class LayerChain:
     layers: tuple[ChainLayer, ...]
 
     @classmethod
-    def of(cls, model_func: object, tensors: list[Tensor]) -> LayerChain | None:
-        """The chain of ``model_func`` with parameters ``tensors``, or ``None`` if it is none."""
-        if type(model_func) is not nn.Sequential or _hooked(model_func):
+    def of(cls, model_func: object, layer_map: LayerMap, num_tensors: int) -> LayerChain | None:
+        """The chain of ``model_func`` whose ``num_tensors`` parameters ``layer_map`` places, or ``None``."""
+        if (
+            type(model_func) is not nn.Sequential
+            or _hooked(model_func)
+            or not layer_map.covers_all(num_tensors)
+        ):
             return None
         modules = list(_flattened(model_func))
-        is_layer = [type(module) is nn.Linear or factorable(module) for module in modules]
+        is_layer = [_chain_rule(module) is not None for module in modules]
         if any(
             not (is_layer[position] or admissible(module)) or _hooked(module)
             for position, module in enumerate(modules)
@@ -98,20 +100,33 @@ class LayerChain:
         own = [id(tensor) for position in starts for tensor in modules[position].parameters()]
         if len(set(own)) < len(own):
             return None  # weights tied between layers: their products would overwrite each other
-        index = {id(tensor): position for position, tensor in enumerate(tensors)}
         layers, covered = [], set()
         for start, stop in zip(starts, [*starts[1:], len(modules)]):
             module = modules[start]
-            weight_index = index.get(id(module.weight))
-            bias_index = None if module.bias is None else index.get(id(module.bias))
-            covered |= {weight_index, bias_index} - {None}
-            layers.append(ChainLayer(module, tuple(modules[start + 1 : stop]), weight_index, bias_index))
-        if covered != set(range(len(tensors))):
-            return None
+            found = layer_map.of(module)
+            indices = {} if found is None else found.indices
+            covered |= set(indices.values())
+            layers.append(
+                ChainLayer(
+                    module,
+                    _chain_rule(module),
+                    tuple(modules[start + 1 : stop]),
+                    indices.get("weight"),
+                    indices.get("bias"),
+                )
+            )
+        if covered != set(range(num_tensors)):
+            return None  # a parameter outside the chain's layers
         return cls(tuple(modules[: starts[0]]), tuple(layers))
 
-    def linearize(self, batch: Batch, loss_func: Callable) -> ChainLinearization | None:
-        """What the batch's products need: its forward pass and gradient.
+    def linearize(
+        self, batch: Batch, loss_func: Callable, gradients: bool = True
+    ) -> ChainLinearization | None:
+        """What the batch's products need: its forward pass and (``gradients``) its gradient.
+
+        Without ``gradients`` (the GGN diagonal: :meth:`ChainLinearization.output_gradients`
+        only), the pass records no second derivatives of the activations and takes no backward
+        pass.
 
         Returns:
             ``None`` if the chain does not apply to the batch (layer inputs whose first axis is
@@ -133,30 +148,34 @@ class LayerChain:
                 values = module(values.clone() if getattr(module, "inplace", False) else values)
             inputs, output_shapes, segments = [], [], []
             for layer in self.layers:
-                if values.ndim != input_dims(layer.module) or values.shape[0] != batch.size:
+                if not layer.rule.stacks_columns(layer.module, values) or values.shape[0] != batch.size:
                     return None
                 inputs.append(values)
                 pre_activation = layer.module(values)
                 output_shapes.append(tuple(pre_activation.shape[1:]))
-                values, segment = run(layer.activation, pre_activation)
+                values, segment = run(layer.activation, pre_activation, second_derivatives=gradients)
                 segments.append(segment)
             output = values
+            layer_gradients: list[Tensor | None] = [None] * len(self.layers)
+            if not gradients:
+                return ChainLinearization(
+                    self, first, inputs, output_shapes, layer_gradients, segments, output, batch, loss_func
+                )
             # backward: the pre-activation gradients g_l (the segments record φ'' ⊙ γ on the way)
             activation_gradient = output_gradients(loss_func, output, batch.y).reshape(batch.size, -1)
-            gradients: list[Tensor | None] = [None] * len(self.layers)
             for position in reversed(range(first, len(self.layers))):
-                gradients[position] = segments[position].gradient(activation_gradient)
+                layer_gradients[position] = segments[position].gradient(activation_gradient)
                 if position > first:
-                    module = self.layers[position].module
-                    activation_gradient = transposed(
+                    module, rule = self.layers[position].module, self.layers[position].rule
+                    activation_gradient = rule.transposed(
                         module,
-                        gradients[position],
+                        layer_gradients[position],
                         module.weight,
                         inputs[position].shape,
                         output_shapes[position],
                     )
         return ChainLinearization(
-            self, first, inputs, output_shapes, gradients, segments, output, batch, loss_func
+            self, first, inputs, output_shapes, layer_gradients, segments, output, batch, loss_func
         )
 
 
@@ -188,6 +207,32 @@ class ChainLinearization:
     batch: Batch
     loss_func: Callable
 
+    def output_gradients(self, columns: Tensor) -> list[Tensor | None]:
+        """``K`` output-space columns ``[K, *f.shape]`` pulled back to each layer's output.
+
+        As :func:`curvkit._layers.recording.output_gradients` gives them, ``[K, N, *z_l.shape]``, for
+        the layers from :attr:`first` on (``None`` below).
+
+        The columns go back together, sample-major ``[N, K·P]``: a layer's ``Wᵀ`` is one product
+        (one transposed convolution of ``N·K`` rows, in chunks) for all of them, each segment one
+        elementwise product or pooling transpose, without autograd.
+        """
+        num_columns, num_samples = columns.shape[:2]
+        cotangent = columns.transpose(0, 1).reshape(num_samples, -1)  # owned: scaled in place
+        result: list[Tensor | None] = [None] * len(self.chain.layers)
+        for position in reversed(range(self.first, len(self.chain.layers))):
+            gradient = self.segments[position].transposed(cotangent, num_columns)
+            result[position] = gradient.view(
+                num_samples, num_columns, *self.output_shapes[position]
+            ).transpose(0, 1)
+            if position > self.first:
+                layer, inputs = self.chain.layers[position], self.inputs[position]
+                stacked_inputs = (num_samples * num_columns, *inputs.shape[1:])
+                cotangent = layer.rule.transposed(
+                    layer.module, gradient, layer.module.weight, stacked_inputs, self.output_shapes[position]
+                ).view(num_samples, -1)
+        return result
+
     def matmat(self, tangents: dict[int, Tensor], memo: dict | None = None) -> dict[int, Tensor]:
         """``∇²L_b V`` for tangents ``{parameter index: [k, *θ_p.shape]}`` (the others are zero).
 
@@ -205,11 +250,15 @@ class ChainLinearization:
         tangents_out: list[Tensor | None] = [None] * len(layers)
         previous = None
         for position in range(start, len(layers)):
-            (weight, bias), module = directions[position], layers[position].module
+            (weight, bias), module, rule = (
+                directions[position],
+                layers[position].module,
+                layers[position].rule,
+            )
             inputs, output_shape = self.inputs[position], self.output_shapes[position]
-            pre_tangent = parameter_tangents(module, inputs, output_shape, weight, bias)
+            pre_tangent = rule.parameter_tangents(module, inputs, output_shape, weight, bias)
             if previous is not None:  # + W_l ȧ_{l-1}
-                pre_tangent = propagated(module, previous, inputs.shape, num_columns, pre_tangent)
+                pre_tangent = rule.propagated(module, previous, inputs.shape, num_columns, pre_tangent)
             previous, saved[position] = self.segments[position].push(pre_tangent, num_columns)
             tangents_out[position] = previous
         # ∇²_f L ȧ_L, then backward
@@ -228,7 +277,7 @@ class ChainLinearization:
             gradient_tangent = self.segments[position].pull(activation_tangent, saved[position], num_columns)
             if weight is not None:  # Σ_n ġ_n a_nᵀ + g_n ȧ_nᵀ
                 input_tangent = tangents_out[position - 1] if position > start else None
-                result[layer.weight_index] = weight_products(
+                result[layer.weight_index] = layer.rule.weight_products(
                     module,
                     inputs,
                     output_shape,
@@ -238,7 +287,9 @@ class ChainLinearization:
                     weight,
                 )
             if bias is not None:
-                result[layer.bias_index] = bias_products(gradient_tangent, num_columns, output_shape)
+                result[layer.bias_index] = layer.rule.bias_products(
+                    gradient_tangent, num_columns, output_shape
+                )
             if position > start:  # γ̇_{l-1} = V_lᵀ g_l + W_lᵀ ġ_l
                 activation_tangent = None
                 if weight is not None:
@@ -247,11 +298,11 @@ class ChainLinearization:
                             weight.shape[1], -1, *weight.shape[3:]
                         )
                     columns_in = (num_samples, num_columns * inputs.shape[1], *inputs.shape[2:])
-                    activation_tangent = transposed(
+                    activation_tangent = layer.rule.transposed(
                         module, self.gradients[position], memo[layer.weight_index], columns_in, output_shape
                     )
                 stacked_inputs = (num_samples * num_columns, *inputs.shape[1:])
-                activation_tangent = transposed(
+                activation_tangent = layer.rule.transposed(
                     module, gradient_tangent, module.weight, stacked_inputs, output_shape, activation_tangent
                 ).view(num_samples, -1)
         return result
@@ -269,3 +320,11 @@ def _flattened(sequential: nn.Sequential):
             yield from _flattened(module)
         else:
             yield module
+
+
+def _chain_rule(module: nn.Module) -> type[LayerRule] | None:
+    """The rule of a layer that may stand in a chain: linear or convolution, supported exactly."""
+    for rule in (LinearRule, ConvolutionRule):
+        if type(module) in rule.module_types and rule.refusal(module) is None:
+            return rule
+    return None
