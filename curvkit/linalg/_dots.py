@@ -27,7 +27,11 @@ BLOCK = 256
 """Entries summed in the working precision before the float64 sum (larger blocks are no faster)."""
 
 SLICE = 2**15
-"""Entries per row converted to float64 at a time by ``row_dots(..., exact=True)``."""
+"""Entries per row converted to float64 at a time by ``row_dots(..., exact=True)`` (fewer for many rows)."""
+
+SLICE_ENTRIES = 2**22
+"""Most entries of all rows together converted at a time: 32 MiB of float64, so that the Gram
+matrix of a wide block (thousands of rows, a sketch) does not convert hundreds of MiB at once."""
 
 
 def _blocks(x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
@@ -53,8 +57,9 @@ def row_dots(rows: Tensor, others: Tensor, exact: bool = False) -> Tensor:
     n = rows.shape[1]
     if exact:
         result = rows.new_zeros(rows.shape[0], others.shape[0], dtype=torch.float64)
-        for start in range(0, n, SLICE):
-            width = min(SLICE, n - start)
+        step = max(BLOCK, min(SLICE, SLICE_ENTRIES // max(rows.shape[0], others.shape[0], 1)))
+        for start in range(0, n, step):
+            width = min(step, n - start)
             piece = rows.narrow(1, start, width).double()
             other_piece = piece if others is rows else others.narrow(1, start, width).double()
             result += piece @ other_piece.T

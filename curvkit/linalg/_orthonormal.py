@@ -13,6 +13,12 @@ is well conditioned in its precision: CholeskyQR2). The Gram matrices are summed
 :math:`n` grows. A block that is still not factorizable (numerically rank deficient) falls back
 to Householder QR.
 
+Blocks that are not tall and skinny (more than :math:`n / 64` rows, the sketches of
+:mod:`curvkit.sketch`: 2,000 rows of length 39,760) go to Householder QR directly (LAPACK's
+blocked ``geqrf`` and ``orgqr``, in the block's dtype): there the float64 Gram matrices cost more
+than the reflectors (measurements in ``docs/design-notes.md``, "Sketched decompositions"), and
+Householder QR needs no retry on rank-deficient blocks.
+
 Fukaya, T., Nakatsukasa, Y., Yanagisawa, Y., & Yamamoto, Y. (2014). CholeskyQR2: A simple and
 communication-avoiding algorithm for computing a tall-skinny QR factorization on a large-scale
 parallel system. Workshop on Latest Advances in Scalable Algorithms for Large-Scale Systems.
@@ -27,6 +33,9 @@ from curvkit.linalg._dots import row_dots
 
 MAX_PASSES = 4
 """CholeskyQR passes before falling back to Householder QR."""
+
+TALL_RATIO = 64
+"""Blocks with more than ``n / TALL_RATIO`` rows of length ``n`` take Householder QR directly."""
 
 
 def orthonormalize_rows_(rows: Tensor) -> Tensor:
@@ -44,6 +53,8 @@ def orthonormalize_rows_(rows: Tensor) -> Tensor:
     num_rows = rows.shape[0]
     if num_rows > rows.shape[1]:
         raise ValueError(f"Cannot orthonormalize {num_rows} vectors of length {rows.shape[1]}.")
+    if num_rows * TALL_RATIO > rows.shape[1]:
+        return householder_rows_(rows)
     identity = torch.eye(num_rows, dtype=torch.float64, device=rows.device)
     R = identity
     for _ in range(MAX_PASSES):
@@ -55,9 +66,20 @@ def orthonormalize_rows_(rows: Tensor) -> Tensor:
         R = factor @ R
         if float((G - identity).abs().max()) <= 0.5:
             return R
-    Q, R_rest = torch.linalg.qr(rows.T)
-    rows.copy_(Q.T)
-    return R_rest.double() @ R
+    return householder_rows_(rows).double() @ R
+
+
+def householder_rows_(rows: Tensor) -> Tensor:
+    r"""Householder QR of the columns ``rows.T``, written back into ``rows``; return ``R`` (float64).
+
+    ``rows.T`` of a row-major block is column-major, LAPACK's layout, so ``geqrf`` takes it
+    without a transposing copy; the reflectors are expanded into :math:`\mathbf{Q}` by
+    ``householder_product`` (``orgqr``). Memory: one more block of the rows' size.
+    """
+    reflectors, tau = torch.geqrf(rows.T)
+    R = reflectors.triu()[: rows.shape[0]].double()
+    rows.copy_(torch.linalg.householder_product(reflectors, tau).T)
+    return R
 
 
 def orthonormalized(X: Tensor) -> Tensor:

@@ -13,6 +13,7 @@ estimate does not depend on the width of the blocks its products are taken in.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterator
 
 import numpy
@@ -62,6 +63,46 @@ def as_generator(seed: Seed, device: torch.device | None = None) -> torch.Genera
     generator = torch.Generator(device=device if device is not None else "cpu")
     generator.manual_seed(int(seed))
     return generator
+
+
+_MASK64 = 2**64 - 1
+
+
+def _mixed(value: int) -> int:
+    """SplitMix64's finalizer: a bijection of 64-bit integers that scatters nearby inputs."""
+    value = (value + 0x9E3779B97F4A7C15) & _MASK64
+    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return value ^ (value >> 31)
+
+
+def purpose_generator(seed: Seed, purpose: str, device: torch.device | None = None) -> torch.Generator:
+    """:func:`as_generator` for one purpose of a routine: an integer seed gives a stream of its own.
+
+    Routines whose results are combined must not share random numbers: a sketch and the error
+    test that certifies it, say, when the caller passes both the same integer. An integer seed
+    is therefore mixed with the name of the purpose (SplitMix64 of the seed plus a checksum of
+    the name) before it seeds the generator, so that equal seeds for different purposes give
+    unrelated streams. A ``torch.Generator`` is used as it is (its stream continues from call
+    to call), and ``None`` draws a fresh seed.
+
+    Args:
+        seed: ``int``, ``torch.Generator`` or ``None``.
+        purpose: A name of the use (``'sketch'``, ``'error test'``).
+        device: Device for a newly built generator. Default: CPU.
+
+    Returns:
+        The generator.
+
+    Raises:
+        TypeError: If ``seed`` is of another type.
+    """
+    if isinstance(seed, torch.Generator) or seed is None:
+        return as_generator(seed, device)
+    if isinstance(seed, bool) or not isinstance(seed, (int, numpy.integer)):
+        raise TypeError(f"seed must be an int, a torch.Generator or None, got {type(seed).__name__}.")
+    mixed = _mixed((int(seed) + (zlib.crc32(purpose.encode()) << 32)) & _MASK64)
+    return as_generator(mixed & (2**63 - 1), device)
 
 
 def _sign_table(dtype: torch.dtype, device: torch.device) -> Tensor:

@@ -1,0 +1,168 @@
+r"""Recoveries of a symmetric operator's eigendecomposition from its sketch :math:`\mathbf{Y} = \mathbf{A}\boldsymbol{\Omega}`.
+
+Each takes the sketch as rows (``[k, n]``, consumed: it becomes the eigenvectors, in place) and
+returns the eigenvalues. All have the form :math:`\mathbf{A} \approx \mathbf{Q}\mathbf{C}\mathbf{Q}^\top`
+with :math:`\mathbf{Q}` an orthonormal basis of :math:`\mathrm{range}(\mathbf{Y})` and a
+symmetrized ``k × k`` core :math:`\mathbf{C}`, whose eigenvectors rotate :math:`\mathbf{Q}`:
+
+- HMT (Halko, Martinsson & Tropp 2011, Alg. 5.3): :math:`\mathbf{C} = \mathbf{Q}^\top\mathbf{A}\mathbf{Q}`,
+  a second pass over the operator;
+- single pass (ibid. §5.5): :math:`\mathbf{C}\,(\mathbf{Q}^\top\boldsymbol\Omega) \approx \mathbf{Q}^\top\mathbf{Y}`
+  in the least-squares sense;
+- Nyström, PSD: the shifted, stable form of Tropp, Yurtsever, Udell & Cevher (2017, Alg. 3);
+- Nyström, indefinite: :math:`\mathbf{Y}(\boldsymbol\Omega^\top\mathbf{Y})^\dagger_\epsilon\mathbf{Y}^\top`
+  with the core's eigenvalues below ``rcond`` times the largest dropped (Nakatsukasa & Park 2023);
+- oversampled: an independent core sketch :math:`\boldsymbol\Psi^\top\mathbf{A}\boldsymbol\Phi`
+  with more columns than :math:`\mathbf{Q}` (Tropp et al. 2017, §4; skerch's ``oversampled_<N>``).
+
+With :math:`\mathbf{Y} = \mathbf{Q}\mathbf{R}`, :math:`\mathbf{Q}^\top\mathbf{Y} = \mathbf{R}` and
+:math:`\boldsymbol\Omega^\top\mathbf{Y} = (\mathbf{Q}^\top\boldsymbol\Omega)^\top\mathbf{R}`: the
+single-pass and Nyström cores need one more product of the basis with :math:`\boldsymbol\Omega`
+(drawn again), no operator product.
+
+Halko, N., Martinsson, P.-G., & Tropp, J. A. (2011). Finding structure with randomness.
+SIAM Review, 53(2). Tropp, J. A., Yurtsever, A., Udell, M., & Cevher, V. (2017). Fixed-rank
+approximation of a positive-semidefinite matrix from streaming data. NeurIPS. Nakatsukasa, Y.,
+& Park, T. (2023). Randomized low-rank approximation for symmetric indefinite matrices. SIAM
+Journal on Matrix Analysis and Applications, 44(3).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+from torch import Tensor
+
+from curvkit.linalg._dots import norms
+from curvkit.linalg._orthonormal import orthonormalize_rows_
+from curvkit.linear_operator import LinearOperator
+from curvkit.sketch._measurements import MeasurementMatrix, blocks, measured_rows, projected
+from curvkit.sketch._small import pinv, rotate_rows_, sorted_eigh, symmetrized
+
+
+def rayleigh_ritz_core(A: LinearOperator, Q_rows: Tensor, width: int) -> Tensor:
+    r""":math:`\mathbf{Q}^\top\mathbf{A}\mathbf{Q}` for an orthonormal basis given as rows, ``width`` products at a time.
+
+    ``A Q`` is never held whole: each block of ``A Q``'s columns is reduced at once, and only the
+    block's rows at and below the diagonal are formed (half the matrix products), the upper
+    triangle mirrored from them.
+    """
+    k = Q_rows.shape[0]
+    C = Q_rows.new_zeros(k, k)
+    for start in range(0, k, width):
+        stop = min(start + width, k)
+        C[start:, start:stop] = Q_rows[start:] @ A.matmat(Q_rows[start:stop].T)
+    lower = C.tril()
+    return (lower + lower.T) - torch.diag_embed(lower.diagonal())
+
+
+def applied_rows(A: LinearOperator, rows: Tensor, width: int) -> Tensor:
+    """``(A X)ᵀ`` for ``X = rows.T``, ``width`` products at a time (a power iteration's pass)."""
+    result = torch.empty_like(rows)
+    for start in range(0, rows.shape[0], width):
+        result[start : start + width] = A.matmat(rows[start : start + width].T).T
+    return result
+
+
+def hmt(
+    A: LinearOperator, Y_rows: Tensor, width: int, by_mag: bool, power_iters: int
+) -> tuple[Tensor, Tensor]:
+    """HMT with ``power_iters`` subspace iterations ``Q ← orth(A Q)`` before the Rayleigh–Ritz step."""
+    Q_rows = Y_rows
+    orthonormalize_rows_(Q_rows)
+    for _ in range(power_iters):
+        Q_rows = applied_rows(A, Q_rows, width)
+        orthonormalize_rows_(Q_rows)
+    values, V = sorted_eigh(rayleigh_ritz_core(A, Q_rows, width), by_mag)
+    return values, rotate_rows_(Q_rows, V)
+
+
+def singlepass(
+    Y_rows: Tensor, omega: MeasurementMatrix, width: int, rcond: float, by_mag: bool
+) -> tuple[Tensor, Tensor]:
+    """One pass: the core ``C = R (QᵀΩ)⁺`` solves ``C QᵀΩ ≈ QᵀY`` with ``rcond``."""
+    Q_rows = Y_rows
+    R = orthonormalize_rows_(Q_rows).to(Q_rows.dtype)
+    C = R @ pinv(projected(Q_rows, omega, width), rcond)
+    values, V = sorted_eigh(symmetrized(C), by_mag)
+    return values, rotate_rows_(Q_rows, V)
+
+
+def nystrom_indefinite(
+    Y_rows: Tensor, omega: MeasurementMatrix, width: int, rcond: float, by_mag: bool
+) -> tuple[Tensor, Tensor]:
+    r"""Nyström with a truncated core: :math:`\mathbf{Q}\,\mathbf{R}\,\mathbf{W}_\epsilon^\dagger\mathbf{R}^\top\mathbf{Q}^\top`.
+
+    The core :math:`\mathbf{W} = \boldsymbol\Omega^\top\mathbf{A}\boldsymbol\Omega` of an
+    indefinite operator can have eigenvalues near zero however well :math:`\mathbf{A}` is
+    captured (positive and negative parts cancel), and its plain inverse then amplifies rounding
+    without bound; eigenvalues of magnitude below ``rcond · max|θ|`` are dropped instead.
+    """
+    Q_rows = Y_rows
+    R = orthonormalize_rows_(Q_rows).to(Q_rows.dtype)
+    theta, V = torch.linalg.eigh(symmetrized(projected(Q_rows, omega, width).T @ R))
+    keep = theta.abs() > rcond * theta.abs().max()
+    RV = R @ V[:, keep]
+    values, V = sorted_eigh((RV / theta[keep]) @ RV.T, by_mag)
+    return values, rotate_rows_(Q_rows, V)
+
+
+def nystrom_psd(
+    Y_rows: Tensor, omega: MeasurementMatrix, width: int, rcond: float, by_mag: bool
+) -> tuple[Tensor, Tensor]:
+    r"""Nyström of a PSD operator, shifted for stability (Tropp et al. 2017, Alg. 3).
+
+    :math:`\mathbf{Y}_\nu = \mathbf{Y} + \nu\boldsymbol\Omega` sketches :math:`\mathbf{A} + \nu\mathbf{I}`,
+    whose core :math:`\mathbf{B} = \boldsymbol\Omega^\top\mathbf{Y}_\nu = \mathbf{L}\mathbf{L}^\top`
+    is positive definite; :math:`\mathbf{A} + \nu\mathbf{I} \approx \mathbf{Q}\mathbf{K}\mathbf{K}^\top\mathbf{Q}^\top`
+    with :math:`\mathbf{K} = \mathbf{R}\mathbf{L}^{-\top}`, and the eigenvalues are
+    :math:`\max(\sigma_i(\mathbf{K})^2 - \nu, 0)`. The shift
+    :math:`\nu = \sqrt{n}\,\varepsilon\,\|\mathbf{Y}\|_F / \sqrt{k}` (an estimate of
+    :math:`\|\mathbf{A}\|_F \ge \|\mathbf{A}\|_2` times Tropp et al.'s factor) is the rounding
+    level of the products. Where the core is not positive definite after all (an operator
+    tagged PSD that is not), the indefinite form is used, with a warning.
+    """
+    n, k = Y_rows.shape[1], Y_rows.shape[0]
+    nu = math.sqrt(n) * torch.finfo(Y_rows.dtype).eps * float(norms(Y_rows).square().sum().sqrt()) / math.sqrt(k)
+    for start, block in blocks(omega, width):
+        Y_rows[start : start + block.shape[1]].add_(block.T, alpha=nu)
+    Q_rows = Y_rows
+    R = orthonormalize_rows_(Q_rows).to(Q_rows.dtype)
+    L, info = torch.linalg.cholesky_ex(symmetrized(projected(Q_rows, omega, width).T @ R))
+    if int(info) != 0:
+        warnings.warn(
+            "recovery_type='nystrom': the operator is tagged positive semi-definite, but its sketched "
+            "core is not; using the form for indefinite operators.",
+            stacklevel=4,
+        )
+        values, V = sorted_eigh(R @ pinv(projected(Q_rows, omega, width).T @ R, rcond) @ R.T, by_mag)
+        return values, rotate_rows_(Q_rows, V)
+    K = torch.linalg.solve_triangular(L.T, R, upper=True, left=False)
+    W, S, _ = torch.linalg.svd(K)
+    return (S.square() - nu).clamp_(min=0), rotate_rows_(Q_rows, W)
+
+
+def oversampled(
+    A: LinearOperator,
+    Y_rows: Tensor,
+    phi: MeasurementMatrix,
+    psi: MeasurementMatrix,
+    width: int,
+    rcond: float,
+    by_mag: bool,
+) -> tuple[Tensor, Tensor]:
+    r"""The core from an independent, larger sketch: :math:`(\boldsymbol\Psi^\top\mathbf{Q})^\dagger\,\boldsymbol\Psi^\top\mathbf{A}\boldsymbol\Phi\,(\mathbf{Q}^\top\boldsymbol\Phi)^\dagger`.
+
+    ``Φ`` and ``Ψ`` have ``N ≥ k`` columns each and are independent of each other and of ``Ω``;
+    the ``N`` products ``A Φ`` are the only ones after the sketch.
+    """
+    Q_rows = Y_rows
+    orthonormalize_rows_(Q_rows)
+    core_sketch = projected(measured_rows(A, phi, width), psi, width).T  # Ψᵀ A Φ, [N, N]
+    left = projected(Q_rows, psi, width).T  # Ψᵀ Q, [N, k]
+    right = projected(Q_rows, phi, width)  # Qᵀ Φ, [k, N]
+    C = pinv(left, rcond) @ core_sketch @ pinv(right, rcond)
+    values, V = sorted_eigh(symmetrized(C), by_mag)
+    return values, rotate_rows_(Q_rows, V)
