@@ -19,12 +19,27 @@ blocked ``geqrf`` and ``orgqr``, in the block's dtype): there the float64 Gram m
 than the reflectors (measurements in ``docs/design-notes.md``, "Sketched decompositions"), and
 Householder QR needs no retry on rank-deficient blocks.
 
+For wide blocks whose basis need not come out orthonormal (a Rayleigh–Ritz step can take the
+Gram matrix of a well-conditioned basis instead), :func:`preconditioned_rows_` costs one
+triangular solve: :math:`\mathbf{Y}\mathbf{R}_s^{-1}` with :math:`\mathbf{R}_s` from the QR
+factorization of a sparse random embedding :math:`\mathbf{S}\mathbf{Y}` (``2m`` rows, 8 random
+signs per column of :math:`\mathbf{S}`), which is well conditioned whatever
+:math:`\kappa(\mathbf{Y})` where :math:`\mathbf{S}` embeds the range of :math:`\mathbf{Y}`
+(randomized preconditioning; Rokhlin & Tygert 2008, Balabanov 2022, Higgins et al. 2023).
+
 Fukaya, T., Nakatsukasa, Y., Yanagisawa, Y., & Yamamoto, Y. (2014). CholeskyQR2: A simple and
 communication-avoiding algorithm for computing a tall-skinny QR factorization on a large-scale
 parallel system. Workshop on Latest Advances in Scalable Algorithms for Large-Scale Systems.
+Rokhlin, V., & Tygert, M. (2008). A fast randomized algorithm for overdetermined linear
+least-squares regression. PNAS, 105(36). Balabanov, O. (2022). Randomized Cholesky QR
+factorizations. arXiv:2210.09953. Higgins, A. J., Szyld, D. B., Boman, E. G., & Yamazaki, I.
+(2023). Analysis of randomized Householder-Cholesky QR factorization with multisketching.
+arXiv:2309.05868.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 from torch import Tensor
@@ -33,6 +48,12 @@ from curvkit.linalg._dots import row_dots
 
 MAX_PASSES = 4
 """CholeskyQR passes before falling back to Householder QR."""
+
+EMBEDDING_NONZEROS = 8
+"""Random signs per column of the sparse embedding of :func:`preconditioned_rows_`."""
+
+EMBEDDING_SEED = 0
+"""The embedding's seed: it changes the basis, not its span, so a fixed seed keeps callers' streams untouched."""
 
 TALL_RATIO = 64
 """Blocks with more than ``n / TALL_RATIO`` rows of length ``n`` take Householder QR directly."""
@@ -87,3 +108,41 @@ def orthonormalized(X: Tensor) -> Tensor:
     rows = X.T.contiguous()
     orthonormalize_rows_(rows)
     return rows.T
+
+
+def sparse_sign_embedding(num_rows: int, dim: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A sparse ``[num_rows, dim]`` CSR matrix with ``EMBEDDING_NONZEROS`` random signs per column.
+
+    Row indices and signs come from a CPU generator seeded with ``EMBEDDING_SEED`` (repeated
+    indices of a column add up, which leaves the embedding's distribution all but unchanged).
+    """
+    generator = torch.Generator().manual_seed(EMBEDDING_SEED)
+    per_column = min(EMBEDDING_NONZEROS, num_rows)
+    row_index = torch.randint(0, num_rows, (per_column * dim,), generator=generator)
+    signs = torch.randint(0, 2, (per_column * dim,), generator=generator).to(dtype).mul_(2).sub_(1)
+    column_index = torch.arange(dim).repeat(per_column)
+    embedding = torch.sparse_coo_tensor(
+        torch.stack([row_index, column_index]), signs, (num_rows, dim), check_invariants=True
+    ).coalesce()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return embedding.to(device).to_sparse_csr()
+
+
+def preconditioned_rows_(rows: Tensor) -> Tensor:
+    r"""``Y ← Y R_s⁻¹`` for the columns ``Y = rows.T`` (in place), with ``R_s`` from a sparse embedding; return ``R_s``.
+
+    The rows keep their span and come out well conditioned but not orthonormal; the caller
+    takes their Gram matrix (or orthonormalizes them further). Small diagonal entries of
+    :math:`\mathbf{R}_s` (below ``ε · max``, a numerically rank-deficient block) are raised to
+    that level, so the solve stays finite. Memory: the sketch, ``[2m, m]``.
+    """
+    num_rows, dim = rows.shape
+    embedding = sparse_sign_embedding(min(2 * num_rows, dim), dim, rows.dtype, rows.device)
+    R = torch.linalg.qr(embedding @ rows.T, mode="r").R
+    diagonal = R.diagonal()
+    floor = torch.finfo(rows.dtype).eps * float(diagonal.abs().max())
+    small = diagonal.abs() < floor
+    diagonal[small] = torch.where(diagonal[small] < 0, -floor, floor).to(diagonal.dtype)
+    torch.linalg.solve_triangular(R.T, rows, upper=False, out=rows)
+    return R

@@ -35,8 +35,8 @@ import warnings
 import torch
 from torch import Tensor
 
-from curvkit.linalg._dots import norms
-from curvkit.linalg._orthonormal import orthonormalize_rows_
+from curvkit.linalg._dots import norms, row_dots
+from curvkit.linalg._orthonormal import orthonormalize_rows_, preconditioned_rows_
 from curvkit.linear_operator import LinearOperator
 from curvkit.sketch._measurements import MeasurementMatrix, blocks, measured_rows, projected
 from curvkit.sketch._small import pinv, rotate_rows_, sorted_eigh, symmetrized
@@ -66,17 +66,54 @@ def applied_rows(A: LinearOperator, rows: Tensor, width: int) -> Tensor:
     return result
 
 
+def well_conditioned_basis_(Y_rows: Tensor) -> Tensor:
+    r"""Turn ``Y_rows`` into a well-conditioned basis ``X`` of its span in place; return ``R₂`` with ``XᵀX = R₂ᵀR₂``.
+
+    Randomized preconditioning (:func:`~curvkit.linalg._orthonormal.preconditioned_rows_`, one
+    triangular solve) and the basis' Gram matrix, whose Cholesky factor :math:`\mathbf{R}_2`
+    the Rayleigh–Ritz step folds into its small matrices instead of solving with it over ``n``:
+    :math:`\mathbf{Q} = \mathbf{X}\mathbf{R}_2^{-1}` is never formed. Where the Gram matrix is
+    not safely factorizable (an embedding that failed), the basis is orthonormalized
+    (Householder) and ``R₂ = I``.
+    """
+    k = Y_rows.shape[0]
+    if 2 * k >= Y_rows.shape[1]:  # not wide: an embedding would not be smaller
+        orthonormalize_rows_(Y_rows)
+        return torch.eye(k, dtype=Y_rows.dtype, device=Y_rows.device)
+    preconditioned_rows_(Y_rows)
+    gram = row_dots(Y_rows, Y_rows)
+    R2, info = torch.linalg.cholesky_ex(gram, upper=True)
+    diagonal = R2.diagonal().abs()
+    if int(info) != 0 or not bool(torch.isfinite(R2).all()) or float(diagonal.max() / diagonal.min()) > MAX_BASIS_CONDITION:
+        orthonormalize_rows_(Y_rows)
+        return torch.eye(k, dtype=Y_rows.dtype, device=Y_rows.device)
+    return R2.to(Y_rows.dtype)
+
+
+MAX_BASIS_CONDITION = 1e3
+"""Largest ratio of ``R₂``'s diagonal entries (an estimate of the basis' condition) folded into the core."""
+
+
 def hmt(
     A: LinearOperator, Y_rows: Tensor, width: int, by_mag: bool, power_iters: int
 ) -> tuple[Tensor, Tensor]:
-    """HMT with ``power_iters`` subspace iterations ``Q ← orth(A Q)`` before the Rayleigh–Ritz step."""
-    Q_rows = Y_rows
-    orthonormalize_rows_(Q_rows)
+    r"""HMT with ``power_iters`` subspace iterations ``Q ← orth(A Q)`` before the Rayleigh–Ritz step.
+
+    The last basis :math:`\mathbf{X}` is only well conditioned (:func:`well_conditioned_basis_`);
+    with :math:`\mathbf{Q} = \mathbf{X}\mathbf{R}_2^{-1}`, the core is
+    :math:`\mathbf{R}_2^{-\top}(\mathbf{X}^\top\mathbf{A}\mathbf{X})\mathbf{R}_2^{-1}` and the
+    eigenvectors :math:`\mathbf{X}(\mathbf{R}_2^{-1}\mathbf{V})`.
+    """
+    X_rows = Y_rows
     for _ in range(power_iters):
-        Q_rows = applied_rows(A, Q_rows, width)
-        orthonormalize_rows_(Q_rows)
-    values, V = sorted_eigh(rayleigh_ritz_core(A, Q_rows, width), by_mag)
-    return values, rotate_rows_(Q_rows, V)
+        orthonormalize_rows_(X_rows)
+        X_rows = applied_rows(A, X_rows, width)
+    R2 = well_conditioned_basis_(X_rows)
+    core = rayleigh_ritz_core(A, X_rows, width)
+    core = torch.linalg.solve_triangular(R2, core, upper=True, left=False)  # X'AX R₂⁻¹
+    core = torch.linalg.solve_triangular(R2.T, core, upper=False)  # R₂⁻ᵀ X'AX R₂⁻¹
+    values, V = sorted_eigh(core, by_mag)
+    return values, rotate_rows_(X_rows, torch.linalg.solve_triangular(R2, V, upper=True))
 
 
 def singlepass(
