@@ -93,7 +93,7 @@ def row_dots(rows: Tensor, others: Tensor, exact: bool = False) -> Tensor:
 
 
 def _wide_gram(rows: Tensor) -> Tensor:
-    """``rows @ rows.T`` of many rows: blocks of rows at and below the diagonal only, mirrored (5/8 of the work)."""
+    """``rows @ rows.T`` of many rows: the blocks at and below the diagonal, mirrored (5/8 of the work)."""
     m, n = rows.shape
     result = rows.new_zeros(m, m, dtype=torch.float64)
     step = -(-m // 4)

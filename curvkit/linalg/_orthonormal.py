@@ -53,7 +53,7 @@ EMBEDDING_NONZEROS = 8
 """Random signs per column of the sparse embedding of :func:`preconditioned_rows_`."""
 
 EMBEDDING_SEED = 0
-"""The embedding's seed: it changes the basis, not its span, so a fixed seed keeps callers' streams untouched."""
+"""The embedding's seed: it changes the basis, not its span; fixed, so callers' streams stay untouched."""
 
 TALL_RATIO = 64
 """Blocks with more than ``n / TALL_RATIO`` rows of length ``n`` take Householder QR directly."""
@@ -130,7 +130,7 @@ def sparse_sign_embedding(num_rows: int, dim: int, dtype: torch.dtype, device: t
 
 
 def preconditioned_rows_(rows: Tensor) -> Tensor:
-    r"""``Y ← Y R_s⁻¹`` for the columns ``Y = rows.T`` (in place), with ``R_s`` from a sparse embedding; return ``R_s``.
+    r"""``Y ← Y R_s⁻¹`` for ``Y = rows.T`` in place, ``R_s`` from a sparse embedding of ``Y``; return ``R_s``.
 
     The rows keep their span and come out well conditioned but not orthonormal; the caller
     takes their Gram matrix (or orthonormalizes them further). Small diagonal entries of

@@ -151,7 +151,7 @@ RECOVERY_TYPES = ("hmt", "nystrom", "singlepass", "oversampled_<N>")
 
 
 def parse_recovery_type(recovery_type: str, outer_dims: int, max_dims: int) -> tuple[str, int]:
-    """``(kind, inner_dims)`` of a recovery type: ``'hmt'``, ``'nystrom'``, ``'singlepass'`` (``inner_dims = 0``) or ``'oversampled_<N>'``.
+    """``(kind, inner_dims)`` of a recovery type (``inner_dims = 0`` but for ``'oversampled_<N>'``).
 
     Raises:
         ValueError: If the type is unknown, or ``N`` is not an integer in ``[outer_dims, max_dims]``.

@@ -29,13 +29,13 @@ def pinv(M: Tensor, rcond: float) -> Tensor:
     ``gels``, ignores ``rcond`` and assumes full rank).
     """
     U, S, Vh = torch.linalg.svd(M, full_matrices=False)
-    keep = S > rcond * S.max() if S.numel() else S > 0
+    keep = rcond * S.max() < S if S.numel() else S > 0
     inverse = torch.where(keep, 1 / torch.where(keep, S, torch.ones_like(S)), torch.zeros_like(S))
     return (Vh.T * inverse) @ U.T
 
 
 def lstsq(M: Tensor, B: Tensor, rcond: float) -> Tensor:
-    r"""The minimum-norm least-squares solution of :math:`\mathbf{M}\mathbf{X} = \mathbf{B}`, regularized by ``rcond``."""
+    r"""The minimum-norm least-squares solution of ``M X = B``, regularized by ``rcond``."""
     return pinv(M, rcond) @ B
 
 
@@ -47,7 +47,7 @@ def sorted_eigh(C: Tensor, by_mag: bool) -> tuple[Tensor, Tensor]:
 
 
 def rotate_rows_(rows: Tensor, V: Tensor) -> Tensor:
-    r"""``rows ← Vᵀ rows`` in place, for a basis stored as rows (:math:`\mathbf{Q} \leftarrow \mathbf{Q}\mathbf{V}`).
+    r"""``rows ← Vᵀ rows`` in place: ``Q ← Q V`` for a basis stored as rows ``Qᵀ``.
 
     The ``[k, n]`` rows are rotated a slice of columns at a time, so the result needs no second
     ``[k, n]`` block.

@@ -1,4 +1,4 @@
-r"""Recoveries of a symmetric operator's eigendecomposition from its sketch :math:`\mathbf{Y} = \mathbf{A}\boldsymbol{\Omega}`.
+r"""Recoveries of a symmetric operator's eigendecomposition from its sketch ``Y = A Ω``.
 
 Each takes the sketch as rows (``[k, n]``, consumed: it becomes the eigenvectors, in place) and
 returns the eigenvalues. All have the form :math:`\mathbf{A} \approx \mathbf{Q}\mathbf{C}\mathbf{Q}^\top`
@@ -7,8 +7,8 @@ symmetrized ``k × k`` core :math:`\mathbf{C}`, whose eigenvectors rotate :math:
 
 - HMT (Halko, Martinsson & Tropp 2011, Alg. 5.3): :math:`\mathbf{C} = \mathbf{Q}^\top\mathbf{A}\mathbf{Q}`,
   a second pass over the operator;
-- single pass (ibid. §5.5): :math:`\mathbf{C}\,(\mathbf{Q}^\top\boldsymbol\Omega) \approx \mathbf{Q}^\top\mathbf{Y}`
-  in the least-squares sense;
+- single pass (ibid. §5.5): :math:`\mathbf{C}\,(\mathbf{Q}^\top\boldsymbol\Omega) \approx
+  \mathbf{Q}^\top\mathbf{Y}` in the least-squares sense;
 - Nyström, PSD: the shifted, stable form of Tropp, Yurtsever, Udell & Cevher (2017, Alg. 3);
 - Nyström, indefinite: :math:`\mathbf{Y}(\boldsymbol\Omega^\top\mathbf{Y})^\dagger_\epsilon\mathbf{Y}^\top`
   with the core's eigenvalues below ``rcond`` times the largest dropped (Nakatsukasa & Park 2023);
@@ -43,7 +43,7 @@ from curvkit.sketch._small import pinv, rotate_rows_, sorted_eigh, symmetrized
 
 
 def rayleigh_ritz_core(A: LinearOperator, Q_rows: Tensor, width: int) -> Tensor:
-    r""":math:`\mathbf{Q}^\top\mathbf{A}\mathbf{Q}` for an orthonormal basis given as rows, ``width`` products at a time.
+    r"""``Qᵀ A Q`` for a basis given as rows ``Qᵀ``, ``width`` products at a time.
 
     ``A Q`` is never held whole: each block of ``A Q``'s columns is reduced at once, and only the
     block's rows at and below the diagonal are formed (half the matrix products), the upper
@@ -67,7 +67,7 @@ def applied_rows(A: LinearOperator, rows: Tensor, width: int) -> Tensor:
 
 
 def well_conditioned_basis_(Y_rows: Tensor) -> Tensor:
-    r"""Turn ``Y_rows`` into a well-conditioned basis ``X`` of its span in place; return ``R₂`` with ``XᵀX = R₂ᵀR₂``.
+    r"""Make ``Y_rows`` a well-conditioned basis ``X`` of its span, in place; return ``R₂``, ``XᵀX = R₂ᵀR₂``.
 
     Randomized preconditioning (:func:`~curvkit.linalg._orthonormal.preconditioned_rows_`, one
     triangular solve) and the basis' Gram matrix, whose Cholesky factor :math:`\mathbf{R}_2`
@@ -84,7 +84,11 @@ def well_conditioned_basis_(Y_rows: Tensor) -> Tensor:
     gram = row_dots(Y_rows, Y_rows)
     R2, info = torch.linalg.cholesky_ex(gram, upper=True)
     diagonal = R2.diagonal().abs()
-    if int(info) != 0 or not bool(torch.isfinite(R2).all()) or float(diagonal.max() / diagonal.min()) > MAX_BASIS_CONDITION:
+    if (
+        int(info) != 0
+        or not bool(torch.isfinite(R2).all())
+        or float(diagonal.max() / diagonal.min()) > MAX_BASIS_CONDITION
+    ):
         orthonormalize_rows_(Y_rows)
         return torch.eye(k, dtype=Y_rows.dtype, device=Y_rows.device)
     return R2.to(Y_rows.dtype)
@@ -130,7 +134,7 @@ def singlepass(
 def nystrom_indefinite(
     Y_rows: Tensor, omega: MeasurementMatrix, width: int, rcond: float, by_mag: bool
 ) -> tuple[Tensor, Tensor]:
-    r"""Nyström with a truncated core: :math:`\mathbf{Q}\,\mathbf{R}\,\mathbf{W}_\epsilon^\dagger\mathbf{R}^\top\mathbf{Q}^\top`.
+    r"""Nyström with a truncated core: ``A ≈ Q R W_ε⁺ Rᵀ Qᵀ``, ``W = Ωᵀ A Ω``.
 
     The core :math:`\mathbf{W} = \boldsymbol\Omega^\top\mathbf{A}\boldsymbol\Omega` of an
     indefinite operator can have eigenvalues near zero however well :math:`\mathbf{A}` is
@@ -153,7 +157,8 @@ def nystrom_psd(
 
     :math:`\mathbf{Y}_\nu = \mathbf{Y} + \nu\boldsymbol\Omega` sketches :math:`\mathbf{A} + \nu\mathbf{I}`,
     whose core :math:`\mathbf{B} = \boldsymbol\Omega^\top\mathbf{Y}_\nu = \mathbf{L}\mathbf{L}^\top`
-    is positive definite; :math:`\mathbf{A} + \nu\mathbf{I} \approx \mathbf{Q}\mathbf{K}\mathbf{K}^\top\mathbf{Q}^\top`
+    is positive definite;
+    :math:`\mathbf{A} + \nu\mathbf{I} \approx \mathbf{Q}\mathbf{K}\mathbf{K}^\top\mathbf{Q}^\top`
     with :math:`\mathbf{K} = \mathbf{R}\mathbf{L}^{-\top}`, and the eigenvalues are
     :math:`\max(\sigma_i(\mathbf{K})^2 - \nu, 0)`. The shift
     :math:`\nu = \sqrt{n}\,\varepsilon\,\|\mathbf{Y}\|_F / \sqrt{k}` (an estimate of
@@ -162,7 +167,12 @@ def nystrom_psd(
     tagged PSD that is not), the indefinite form is used, with a warning.
     """
     n, k = Y_rows.shape[1], Y_rows.shape[0]
-    nu = math.sqrt(n) * torch.finfo(Y_rows.dtype).eps * float(norms(Y_rows).square().sum().sqrt()) / math.sqrt(k)
+    nu = (
+        math.sqrt(n)
+        * torch.finfo(Y_rows.dtype).eps
+        * float(norms(Y_rows).square().sum().sqrt())
+        / math.sqrt(k)
+    )
     for start, block in blocks(omega, width):
         Y_rows[start : start + block.shape[1]].add_(block.T, alpha=nu)
     Q_rows = Y_rows
@@ -190,7 +200,7 @@ def oversampled(
     rcond: float,
     by_mag: bool,
 ) -> tuple[Tensor, Tensor]:
-    r"""The core from an independent, larger sketch: :math:`(\boldsymbol\Psi^\top\mathbf{Q})^\dagger\,\boldsymbol\Psi^\top\mathbf{A}\boldsymbol\Phi\,(\mathbf{Q}^\top\boldsymbol\Phi)^\dagger`.
+    r"""The core from an independent, larger sketch: ``C = (Ψᵀ Q)⁺ (Ψᵀ A Φ) (Qᵀ Φ)⁺``.
 
     ``Φ`` and ``Ψ`` have ``N ≥ k`` columns each and are independent of each other and of ``Ω``;
     the ``N`` products ``A Φ`` are the only ones after the sketch.

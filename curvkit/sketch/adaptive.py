@@ -75,7 +75,7 @@ def adaptive_seigh(
         lop: Symmetric operator ``[n, n]`` (see :func:`~curvkit.sketch.seigh`).
         lop_device: Its device.
         lop_dtype: Its dtype, ``torch.float32`` or ``torch.float64``.
-        rel_err: Target for the estimated :math:`\|\mathbf{A} - \hat{\mathbf{A}}\|_F / \|\mathbf{A}\|_F`, in ``(0, 1)``.
+        rel_err: Target for the estimated ``‖A - Â‖_F / ‖A‖_F``, in ``(0, 1)``.
         max_dims: Most basis vectors (``≤ n``): the sketch stops there whatever its error.
         block_dims: Basis vectors added per step.
         num_test: Gaussian test vectors of the error estimate.
@@ -124,9 +124,13 @@ def adaptive_seigh(
         while Q_rows.shape[0] < max_dims and estimate > target:
             start = Q_rows.shape[0]
             stop = min(start + block_dims, max_dims)
-            new_rows = torch.cat([A.matmat(omega.block(s, min(s + width, stop))).T for s in range(start, stop, width)])
+            new_rows = torch.cat(
+                [A.matmat(omega.block(s, min(s + width, stop))).T for s in range(start, stop, width)]
+            )
             Q_rows = torch.cat([Q_rows, _orthogonalized_(new_rows, Q_rows)])
-            AQ_new = torch.cat([A.matmat(Q_rows[s : min(s + width, stop)].T) for s in range(start, stop, width)], 1)
+            AQ_new = torch.cat(
+                [A.matmat(Q_rows[s : min(s + width, stop)].T) for s in range(start, stop, width)], 1
+            )
             column = Q_rows @ AQ_new  # [stop, b]: C's new columns
             grown = C.new_empty(stop, stop)
             grown[:start, :start] = C

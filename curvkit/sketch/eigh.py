@@ -32,7 +32,7 @@ def seigh(
     power_iters: int = 0,
     progressbar: bool = False,
 ) -> EighResult:
-    r"""Eigendecomposition :math:`\mathbf{A} \approx \mathbf{U}\,\mathrm{diag}(\boldsymbol\lambda)\,\mathbf{U}^\top` of a symmetric operator from random measurements.
+    r"""Eigendecomposition ``A ≈ U diag(λ) Uᵀ`` of a symmetric operator from random measurements.
 
     The operator is measured on a random test matrix :math:`\boldsymbol\Omega \in \mathbb{R}^{n\times k}`
     (``k = outer_dims``), :math:`\mathbf{Y} = \mathbf{A}\boldsymbol\Omega`, in blocks of

@@ -70,7 +70,7 @@ def ssvd(
     *,
     progressbar: bool = False,
 ) -> SVDResult:
-    r"""Thin SVD :math:`\mathbf{A} \approx \mathbf{U}\,\mathrm{diag}(\mathbf{s})\,\mathbf{V}^\top` of any operator from random measurements.
+    r"""Thin SVD ``A ≈ U diag(s) Vᵀ`` of any operator from random measurements.
 
     ``k = outer_dims`` measurements from each side (``'hmt'``: the left ones on the basis of the
     right ones), ``N`` more for ``'oversampled_<N>'``: ``2k`` products, ``2k + N`` for the
