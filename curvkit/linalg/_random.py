@@ -28,6 +28,9 @@ DISTRIBUTIONS = ("rademacher", "normal")
 
 _BITS_PER_WORD = 64
 
+_GROUP_ENTRIES = 2**22
+"""Entries of the columns whose signs are looked up at once (temporaries of a few tens of MB)."""
+
 
 def check_distribution(distribution: str, name: str = "distribution") -> str:
     """Return ``distribution`` if it is one of :data:`DISTRIBUTIONS`.
@@ -158,26 +161,32 @@ class RandomColumns:
         self._signs = _sign_table(dtype, generator.device) if distribution == "rademacher" else None
 
     def block(self, start: int, stop: int) -> Tensor:
-        """Columns ``start, …, stop - 1``: an ``[n, stop - start]`` tensor (a contiguous one, transposed)."""
-        rows = torch.empty(stop - start, self.num_rows, dtype=self.dtype, device=self._draw_device)
-        for row, seed in zip(rows, self._seeds[start:stop]):
-            self._draw(row, seed)
-        return rows.to(self.device).T
+        """Columns ``start, …, stop - 1``: an ``[n, stop - start]`` tensor (a contiguous one, transposed).
 
-    def _draw(self, row: Tensor, seed: int) -> None:
-        generator = self._column_generator.manual_seed(seed)
+        Each column's numbers come from its own seed (one generator call per column); the signs
+        of a whole block are then looked up at once, so the work per column is one draw (a few
+        small operations per column cost more than the draw on a loaded multi-threaded CPU).
+        """
+        rows = torch.empty(stop - start, self.num_rows, dtype=self.dtype, device=self._draw_device)
+        seeds = self._seeds[start:stop]
         if self._signs is None:
-            torch.randn(row.shape, generator=generator, out=row)
-            return
+            for row, seed in zip(rows, seeds):
+                torch.randn(row.shape, generator=self._column_generator.manual_seed(seed), out=row)
+            return rows.to(self.device).T
         num_words = -(-self.num_rows // _BITS_PER_WORD)
-        words = torch.randint(
-            -(2**63), 2**63 - 1, (num_words,), generator=generator, device=row.device, dtype=torch.int64
-        )
-        codes = words.view(torch.uint8).int()  # one byte: the signs of eight entries
+        words = torch.empty(len(seeds), num_words, dtype=torch.int64, device=self._draw_device)
+        for row, seed in zip(words, seeds):
+            generator = self._column_generator.manual_seed(seed)
+            torch.randint(-(2**63), 2**63 - 1, (num_words,), generator=generator, out=row)
         whole = self.num_rows // 8
-        torch.index_select(self._signs, 0, codes[:whole], out=row[: 8 * whole].view(whole, 8))
-        if 8 * whole < self.num_rows:
-            row[8 * whole :] = self._signs[codes[whole], : self.num_rows - 8 * whole]
+        group = max(1, _GROUP_ENTRIES // self.num_rows)  # bounds the temporaries below
+        for first in range(0, len(seeds), group):
+            codes = words[first : first + group].view(torch.uint8).int()  # a byte: eight signs
+            signs = torch.index_select(self._signs, 0, codes[:, :whole].reshape(-1))
+            rows[first : first + group, : 8 * whole] = signs.view(codes.shape[0], 8 * whole)
+            if 8 * whole < self.num_rows:
+                rows[first : first + group, 8 * whole :] = self._signs[codes[:, whole], : self.num_rows % 8]
+        return rows.to(self.device).T
 
     def blocks(self, width: int) -> Iterator[tuple[int, Tensor]]:
         """Consecutive blocks of at most ``width`` columns: ``(start, block)`` pairs."""
