@@ -134,15 +134,14 @@ def preconditioned_rows_(rows: Tensor) -> Tensor:
 
     The rows keep their span and come out well conditioned but not orthonormal; the caller
     takes their Gram matrix (or orthonormalizes them further). Small diagonal entries of
-    :math:`\mathbf{R}_s` (below ``ε · max``, a numerically rank-deficient block) are raised to
-    that level, so the solve stays finite. Memory: the sketch, ``[2m, m]``.
+    :math:`\mathbf{R}_s` (below ``ε · max``, a numerically rank-deficient block; or zero, a zero
+    block) are raised to that level, so the solve stays finite. Memory: the sketch, ``[2m, m]``.
     """
     num_rows, dim = rows.shape
     embedding = sparse_sign_embedding(min(2 * num_rows, dim), dim, rows.dtype, rows.device)
     R = torch.linalg.qr(embedding @ rows.T, mode="r").R
     diagonal = R.diagonal()
-    floor = torch.finfo(rows.dtype).eps * float(diagonal.abs().max())
-    small = diagonal.abs() < floor
-    diagonal[small] = torch.where(diagonal[small] < 0, -floor, floor).to(diagonal.dtype)
+    floor = max(torch.finfo(rows.dtype).eps * float(diagonal.abs().max()), torch.finfo(rows.dtype).tiny)
+    diagonal[diagonal.abs() < floor] = floor  # any invertible R_s preconditions; the span is Y's
     torch.linalg.solve_triangular(R.T, rows, upper=False, out=rows)
     return R

@@ -194,7 +194,9 @@ def scree_bounds(S: Tensor, err_frob: Any) -> tuple[Tensor, Tensor]:
         \frac{\max(t_r - e, 0)^2}{(t_0 + e)^2} \;\le\; \mathrm{scree}(r)
         \;\le\; \frac{(t_r + e)^2}{\max(t_0 - e, 0)^2}
 
-    (Tropp et al. 2019, §6.5; skerch's lower curve leaves out :math:`e`, which is not a bound).
+    (Tropp et al. 2019, §6.5). For a Rayleigh–Ritz approximation (``'hmt'``) the scree is exactly
+    :math:`(e^2 + t_r^2) / (e^2 + t_0^2)`, and skerch's lower curve :math:`t_r^2 / t_0^2` is a bound
+    too; for the one-pass recoveries it is not (``Â = diag(1, 1)`` for ``A = diag(1, 0)``).
 
     Args:
         S: Eigen- or singular values ``[k]``, in non-increasing magnitude.

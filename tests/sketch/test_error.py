@@ -121,3 +121,10 @@ def test_scree_bounds_contain_the_true_curve():
     with pytest.raises(ValueError, match="non-increasing magnitude"):
         scree_bounds(ews.flip(0), err)
     assert bool(torch.isinf(scree_bounds(torch.tensor([1.0]), 2.0)[1]).all())
+
+
+def test_scree_bounds_hold_for_an_approximation_that_is_no_projection():
+    """A = diag(1, 0), Â = diag(1, 1): e = 1, scree(1) = 0. The ratio of tails (skerch's lower curve,
+    exact for HMT's projections) would claim 1/2; the triangle-inequality bound does not."""
+    lower, upper = scree_bounds(torch.tensor([1.0, 1.0], dtype=torch.float64), 1.0)
+    assert float(lower[1]) <= 0.0 <= float(upper[1])
