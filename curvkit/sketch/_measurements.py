@@ -44,6 +44,14 @@ class _SSRFTColumns:
         return self._ssrft.columns(start, stop)
 
 
+def entry_variance(omega: MeasurementMatrix) -> float:
+    """``E[ω_ij²]``: 1 for Rademacher and Gaussian columns, ``1/n`` for the SSRFT's orthonormal ones.
+
+    ``‖A Ω‖_F² ≈ k · E[ω²] · ‖A‖_F²``, so the sketch's own norm estimates the operator's.
+    """
+    return 1.0 / omega._ssrft.shape[0] if isinstance(omega, _SSRFTColumns) else 1.0
+
+
 def check_noise_type(noise_type: str) -> str:
     """``noise_type`` if it is one of :data:`NOISE_TYPES`.
 

@@ -10,8 +10,8 @@ symmetrized ``k × k`` core :math:`\mathbf{C}`, whose eigenvectors rotate :math:
 - single pass (ibid. §5.5): :math:`\mathbf{C}\,(\mathbf{Q}^\top\boldsymbol\Omega) \approx
   \mathbf{Q}^\top\mathbf{Y}` in the least-squares sense;
 - Nyström, PSD: the shifted, stable form of Tropp, Yurtsever, Udell & Cevher (2017, Alg. 3);
-- Nyström, indefinite: :math:`\mathbf{Y}[\boldsymbol\Omega^\top\mathbf{Y}]_r^\dagger\mathbf{Y}^\top`
-  with the core truncated to rank ``r < k`` (Nakatsukasa & Park 2023);
+- Nyström, indefinite: :math:`\mathbf{Y}(\boldsymbol\Omega^\top\mathbf{Y})_S^\dagger\mathbf{Y}^\top`
+  with the core's terms that would exceed the operator's size dropped (Nakatsukasa & Park 2023);
 - oversampled: an independent core sketch :math:`\boldsymbol\Psi^\top\mathbf{A}\boldsymbol\Phi`
   with more columns than :math:`\mathbf{Q}` (Tropp et al. 2017, §4; skerch's ``oversampled_<N>``).
 
@@ -38,7 +38,7 @@ from torch import Tensor
 from curvkit.linalg._dots import norms, row_dots
 from curvkit.linalg._orthonormal import orthonormalize_rows_, preconditioned_rows_
 from curvkit.linear_operator import LinearOperator
-from curvkit.sketch._measurements import MeasurementMatrix, blocks, measured_rows, projected
+from curvkit.sketch._measurements import MeasurementMatrix, blocks, entry_variance, measured_rows, projected
 from curvkit.sketch._small import pinv, rotate_rows_, sorted_eigh, symmetrized
 
 
@@ -131,41 +131,49 @@ def singlepass(
     return values, rotate_rows_(Q_rows, V)
 
 
-CORE_OVERSAMPLING = 5
-"""The truncated Nyström core keeps ``k - ⌈k / CORE_OVERSAMPLING⌉`` eigenvalues: a fifth of the
-sketch is oversampling (Nakatsukasa & Park 2023 need ``k > r`` for their bound)."""
+TERM_BOUND = 3.0
+"""Nyström terms ``(Y v)(Y v)ᵀ / θ`` larger than this times the estimate of ``‖A‖_F`` are dropped."""
 
 
-def truncated_core(R: Tensor, W: Tensor, rcond: float) -> Tensor:
-    r"""``R [W]_r⁺ Rᵀ``: Nyström's core in the basis ``Q`` of ``Y = Q R``, with ``W = Ωᵀ Y`` truncated.
+def truncated_core(R: Tensor, W: Tensor, rcond: float, norm_estimate: float) -> Tensor:
+    r"""``R W_S⁺ Rᵀ``: Nyström's core in the basis ``Q`` of ``Y = Q R``, with ``W = Ωᵀ Y`` truncated.
 
-    ``[W]_r`` keeps the ``r = k - ⌈k / 5⌉`` eigenvalues of largest magnitude, and of those the
-    ones above ``rcond · max|θ|``.
+    With ``W = V Θ Vᵀ``, the approximation is a sum of rank-one terms
+    :math:`(\mathbf{Y}\mathbf{v}_i)(\mathbf{Y}\mathbf{v}_i)^\top / \theta_i`. A term that comes from
+    the operator has norm :math:`\|\mathbf{Y}\mathbf{v}_i\|^2 / |\theta_i| \le \|\mathbf{A}\|_2`
+    (for :math:`\mathbf{A} = \lambda\mathbf{u}\mathbf{u}^\top` it is :math:`|\lambda|`); one whose
+    :math:`\theta_i` is small by cancellation of positive and negative parts is larger, without
+    bound. The set ``S`` keeps the terms of norm at most ``TERM_BOUND · norm_estimate`` (an estimate
+    of :math:`\|\mathbf{A}\|_F`) with :math:`|\theta_i| > \text{rcond} \cdot \max|\theta|`, so the
+    approximation's norm is bounded by ``k · TERM_BOUND`` times the operator's.
     """
     theta, V = torch.linalg.eigh(symmetrized(W))
-    rank = W.shape[0] - math.ceil(W.shape[0] / CORE_OVERSAMPLING)
-    order = theta.abs().argsort(descending=True)[: max(rank, 1)]
-    theta, V = theta[order], V[:, order]
-    keep = theta.abs() > rcond * theta.abs().max()
-    RV = R @ V[:, keep]
-    return (RV / theta[keep]) @ RV.T
+    RV = R @ V
+    term_norms = RV.square().sum(0) / theta.abs().clamp(min=torch.finfo(theta.dtype).tiny)
+    keep = (theta.abs() > rcond * theta.abs().max()) & (term_norms <= TERM_BOUND * norm_estimate)
+    return (RV[:, keep] / theta[keep]) @ RV[:, keep].T
+
+
+def norm_estimate(Y_rows: Tensor, omega: MeasurementMatrix) -> float:
+    """``‖A‖_F`` estimated from the sketch: ``‖A Ω‖_F / (k E[ω²])^{1/2}``."""
+    return float(norms(Y_rows).square().sum().sqrt()) / math.sqrt(Y_rows.shape[0] * entry_variance(omega))
 
 
 def nystrom_indefinite(
     Y_rows: Tensor, omega: MeasurementMatrix, width: int, rcond: float, by_mag: bool
 ) -> tuple[Tensor, Tensor]:
-    r"""Nyström with a truncated core: ``A ≈ Q R [W]_r⁺ Rᵀ Qᵀ``, ``W = Ωᵀ A Ω`` (Nakatsukasa & Park 2023).
+    r"""Nyström with a truncated core: ``A ≈ Q R W_S⁺ Rᵀ Qᵀ``, ``W = Ωᵀ A Ω`` (:func:`truncated_core`).
 
-    The core :math:`\mathbf{W} = \boldsymbol\Omega^\top\mathbf{A}\boldsymbol\Omega` of an
-    indefinite operator can have eigenvalues near zero however well :math:`\mathbf{A}` is
-    captured (positive and negative parts cancel), and its plain inverse then amplifies the
-    sketch's error without bound (100 seeds, ``k = 20``: up to 16 times ``‖A‖_F``). Its best
-    rank-``r`` approximation with ``r < k`` (:func:`truncated_core`) keeps the error within a
-    factor of the best rank-``r`` error; the result has rank at most ``r``.
+    The core of an indefinite operator can have eigenvalues near zero however well :math:`\mathbf{A}`
+    is captured (positive and negative parts cancel), and its plain pseudo-inverse then amplifies
+    the sketch's error without bound (Nakatsukasa & Park 2023; 100 seeds, ``k = 20``: up to 96 times
+    ``‖A‖_F``); the terms that such eigenvalues produce are dropped.
     """
+    estimate = norm_estimate(Y_rows, omega)
     Q_rows = Y_rows
     R = orthonormalize_rows_(Q_rows).to(Q_rows.dtype)
-    values, V = sorted_eigh(truncated_core(R, projected(Q_rows, omega, width).T @ R, rcond), by_mag)
+    core = truncated_core(R, projected(Q_rows, omega, width).T @ R, rcond, estimate)
+    values, V = sorted_eigh(core, by_mag)
     return values, rotate_rows_(Q_rows, V)
 
 
@@ -180,18 +188,13 @@ def nystrom_psd(
     :math:`\mathbf{A} + \nu\mathbf{I} \approx \mathbf{Q}\mathbf{K}\mathbf{K}^\top\mathbf{Q}^\top`
     with :math:`\mathbf{K} = \mathbf{R}\mathbf{L}^{-\top}`, and the eigenvalues are
     :math:`\max(\sigma_i(\mathbf{K})^2 - \nu, 0)`. The shift
-    :math:`\nu = \sqrt{n}\,\varepsilon\,\|\mathbf{Y}\|_F / \sqrt{k}` (an estimate of
-    :math:`\|\mathbf{A}\|_F \ge \|\mathbf{A}\|_2` times Tropp et al.'s factor) is the rounding
+    :math:`\nu = \sqrt{n}\,\varepsilon\,\|\mathbf{A}\|_F` (estimated from the sketch, an upper
+    estimate of Tropp et al.'s :math:`\|\mathbf{A}\|_2`) is the rounding
     level of the products. Where the core is not positive definite after all (an operator
     tagged PSD that is not), the indefinite form is used, with a warning.
     """
-    n, k = Y_rows.shape[1], Y_rows.shape[0]
-    nu = (
-        math.sqrt(n)
-        * torch.finfo(Y_rows.dtype).eps
-        * float(norms(Y_rows).square().sum().sqrt())
-        / math.sqrt(k)
-    )
+    estimate = norm_estimate(Y_rows, omega)
+    nu = math.sqrt(Y_rows.shape[1]) * torch.finfo(Y_rows.dtype).eps * estimate
     for start, block in blocks(omega, width):
         Y_rows[start : start + block.shape[1]].add_(block.T, alpha=nu)
     Q_rows = Y_rows
@@ -203,7 +206,8 @@ def nystrom_psd(
             "core is not; using the form for indefinite operators.",
             stacklevel=4,
         )
-        values, V = sorted_eigh(truncated_core(R, projected(Q_rows, omega, width).T @ R, rcond), by_mag)
+        core = truncated_core(R, projected(Q_rows, omega, width).T @ R, rcond, estimate)
+        values, V = sorted_eigh(core, by_mag)
         return values, rotate_rows_(Q_rows, V)
     K = torch.linalg.solve_triangular(L.T, R, upper=True, left=False)
     W, S, _ = torch.linalg.svd(K)
