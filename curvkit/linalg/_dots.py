@@ -27,7 +27,17 @@ BLOCK = 256
 """Entries summed in the working precision before the float64 sum (larger blocks are no faster)."""
 
 SLICE = 2**15
-"""Entries per row converted to float64 at a time by ``row_dots(..., exact=True)``."""
+"""Entries per row converted to float64 at a time by ``row_dots(..., exact=True)`` (fewer for many rows)."""
+
+WIDE_BLOCK = 4096
+"""Entries per partial sum of a Gram matrix with many rows (see :func:`row_dots`)."""
+
+WIDE_RESULT = 2**16
+"""Result entries above which :func:`row_dots` sums one ``WIDE_BLOCK`` slice at a time."""
+
+SLICE_ENTRIES = 2**22
+"""Most entries of all rows together converted at a time: 32 MiB of float64, so that the Gram
+matrix of a wide block (thousands of rows, a sketch) does not convert hundreds of MiB at once."""
 
 
 def _blocks(x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
@@ -39,6 +49,10 @@ def _blocks(x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
 
 def row_dots(rows: Tensor, others: Tensor, exact: bool = False) -> Tensor:
     r"""``rows @ others.T`` in float64: :math:`\mathbf{R}\mathbf{W}^\top` for rows ``[m, n]`` and ``[p, n]``.
+
+    Results of more than ``WIDE_RESULT`` entries (Gram matrices of sketches) are summed over
+    slices of ``WIDE_BLOCK`` entries instead of ``BLOCK``: the rounding bound is ``WIDE_BLOCK · ε``
+    times the sum of magnitudes, still independent of ``n``, for one matrix product per slice.
 
     Args:
         rows: ``[m, n]`` (any strides, e.g. the transpose of a column block).
@@ -53,13 +67,22 @@ def row_dots(rows: Tensor, others: Tensor, exact: bool = False) -> Tensor:
     n = rows.shape[1]
     if exact:
         result = rows.new_zeros(rows.shape[0], others.shape[0], dtype=torch.float64)
-        for start in range(0, n, SLICE):
-            width = min(SLICE, n - start)
+        step = max(BLOCK, min(SLICE, SLICE_ENTRIES // max(rows.shape[0], others.shape[0], 1)))
+        for start in range(0, n, step):
+            width = min(step, n - start)
             piece = rows.narrow(1, start, width).double()
             other_piece = piece if others is rows else others.narrow(1, start, width).double()
             result += piece @ other_piece.T
     elif n <= BLOCK:
         result = (rows @ others.T).double()
+    elif rows.shape[0] * others.shape[0] > WIDE_RESULT:
+        # thousands of rows: the batched partial sums below would take n / BLOCK result-sized
+        # blocks; one matrix product per slice of WIDE_BLOCK entries, added in float64, instead
+        if others is rows:
+            return _wide_gram(rows)
+        result = rows.new_zeros(rows.shape[0], others.shape[0], dtype=torch.float64)
+        for start in range(0, n, WIDE_BLOCK):
+            result += (rows[:, start : start + WIDE_BLOCK] @ others[:, start : start + WIDE_BLOCK].T).double()
     else:
         blocks, tail = _blocks(rows, 1)  # [m, nb, BLOCK]
         other_blocks, other_tail = _blocks(others, 1)  # [p, nb, BLOCK]
@@ -67,6 +90,20 @@ def row_dots(rows: Tensor, others: Tensor, exact: bool = False) -> Tensor:
         partial = torch.bmm(other_blocks.transpose(0, 1), blocks.permute(1, 2, 0))
         result = partial.sum(0, dtype=torch.float64).T + (tail @ other_tail.T).double()  # tail < BLOCK
     return result.squeeze(1) if vector else result
+
+
+def _wide_gram(rows: Tensor) -> Tensor:
+    """``rows @ rows.T`` of many rows: the blocks at and below the diagonal, mirrored (9/16 of the work)."""
+    m, n = rows.shape
+    result = rows.new_zeros(m, m, dtype=torch.float64)
+    step = -(-m // 8)
+    for top in range(0, m, step):
+        bottom = min(top + step, m)
+        for start in range(0, n, WIDE_BLOCK):
+            piece = rows[:, start : start + WIDE_BLOCK]
+            result[top:bottom, :bottom] += (piece[top:bottom] @ piece[:bottom].T).double()
+    lower = result.tril()
+    return lower + lower.T - torch.diag_embed(lower.diagonal())
 
 
 def column_dots(X: Tensor, Y: Tensor) -> Tensor:

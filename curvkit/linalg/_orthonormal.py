@@ -13,12 +13,33 @@ is well conditioned in its precision: CholeskyQR2). The Gram matrices are summed
 :math:`n` grows. A block that is still not factorizable (numerically rank deficient) falls back
 to Householder QR.
 
+Blocks that are not tall and skinny (more than :math:`n / 64` rows, the sketches of
+:mod:`curvkit.sketch`: 2,000 rows of length 39,760) go to Householder QR directly (LAPACK's
+blocked ``geqrf`` and ``orgqr``, in the block's dtype): there the float64 Gram matrices cost more
+than the reflectors (measurements in ``docs/design-notes.md``, "Sketched decompositions"), and
+Householder QR needs no retry on rank-deficient blocks.
+
+For wide blocks whose basis need not come out orthonormal (a Rayleigh–Ritz step can take the
+Gram matrix of a well-conditioned basis instead), :func:`preconditioned_rows_` costs one
+triangular solve: :math:`\mathbf{Y}\mathbf{R}_s^{-1}` with :math:`\mathbf{R}_s` from the QR
+factorization of a sparse random embedding :math:`\mathbf{S}\mathbf{Y}` (``2m`` rows, 8 random
+signs per column of :math:`\mathbf{S}`), which is well conditioned whatever
+:math:`\kappa(\mathbf{Y})` where :math:`\mathbf{S}` embeds the range of :math:`\mathbf{Y}`
+(randomized preconditioning; Rokhlin & Tygert 2008, Balabanov 2022, Higgins et al. 2023).
+
 Fukaya, T., Nakatsukasa, Y., Yanagisawa, Y., & Yamamoto, Y. (2014). CholeskyQR2: A simple and
 communication-avoiding algorithm for computing a tall-skinny QR factorization on a large-scale
 parallel system. Workshop on Latest Advances in Scalable Algorithms for Large-Scale Systems.
+Rokhlin, V., & Tygert, M. (2008). A fast randomized algorithm for overdetermined linear
+least-squares regression. PNAS, 105(36). Balabanov, O. (2022). Randomized Cholesky QR
+factorizations. arXiv:2210.09953. Higgins, A. J., Szyld, D. B., Boman, E. G., & Yamazaki, I.
+(2023). Analysis of randomized Householder-Cholesky QR factorization with multisketching.
+arXiv:2309.05868.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 from torch import Tensor
@@ -27,6 +48,15 @@ from curvkit.linalg._dots import row_dots
 
 MAX_PASSES = 4
 """CholeskyQR passes before falling back to Householder QR."""
+
+EMBEDDING_NONZEROS = 8
+"""Random signs per column of the sparse embedding of :func:`preconditioned_rows_`."""
+
+EMBEDDING_SEED = 0
+"""The embedding's seed: it changes the basis, not its span; fixed, so callers' streams stay untouched."""
+
+TALL_RATIO = 64
+"""Blocks with more than ``n / TALL_RATIO`` rows of length ``n`` take Householder QR directly."""
 
 
 def orthonormalize_rows_(rows: Tensor) -> Tensor:
@@ -44,6 +74,8 @@ def orthonormalize_rows_(rows: Tensor) -> Tensor:
     num_rows = rows.shape[0]
     if num_rows > rows.shape[1]:
         raise ValueError(f"Cannot orthonormalize {num_rows} vectors of length {rows.shape[1]}.")
+    if num_rows * TALL_RATIO > rows.shape[1]:
+        return householder_rows_(rows)
     identity = torch.eye(num_rows, dtype=torch.float64, device=rows.device)
     R = identity
     for _ in range(MAX_PASSES):
@@ -55,9 +87,20 @@ def orthonormalize_rows_(rows: Tensor) -> Tensor:
         R = factor @ R
         if float((G - identity).abs().max()) <= 0.5:
             return R
-    Q, R_rest = torch.linalg.qr(rows.T)
-    rows.copy_(Q.T)
-    return R_rest.double() @ R
+    return householder_rows_(rows).double() @ R
+
+
+def householder_rows_(rows: Tensor) -> Tensor:
+    r"""Householder QR of the columns ``rows.T``, written back into ``rows``; return ``R`` (float64).
+
+    ``rows.T`` of a row-major block is column-major, LAPACK's layout, so ``geqrf`` takes it
+    without a transposing copy; the reflectors are expanded into :math:`\mathbf{Q}` by
+    ``householder_product`` (``orgqr``). Memory: one more block of the rows' size.
+    """
+    reflectors, tau = torch.geqrf(rows.T)
+    R = reflectors.triu()[: rows.shape[0]].double()
+    rows.copy_(torch.linalg.householder_product(reflectors, tau).T)
+    return R
 
 
 def orthonormalized(X: Tensor) -> Tensor:
@@ -65,3 +108,40 @@ def orthonormalized(X: Tensor) -> Tensor:
     rows = X.T.contiguous()
     orthonormalize_rows_(rows)
     return rows.T
+
+
+def sparse_sign_embedding(num_rows: int, dim: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A sparse ``[num_rows, dim]`` CSR matrix with ``EMBEDDING_NONZEROS`` random signs per column.
+
+    Row indices and signs come from a CPU generator seeded with ``EMBEDDING_SEED`` (repeated
+    indices of a column add up, which leaves the embedding's distribution all but unchanged).
+    """
+    generator = torch.Generator().manual_seed(EMBEDDING_SEED)
+    per_column = min(EMBEDDING_NONZEROS, num_rows)
+    row_index = torch.randint(0, num_rows, (per_column * dim,), generator=generator)
+    signs = torch.randint(0, 2, (per_column * dim,), generator=generator).to(dtype).mul_(2).sub_(1)
+    column_index = torch.arange(dim).repeat(per_column)
+    embedding = torch.sparse_coo_tensor(
+        torch.stack([row_index, column_index]), signs, (num_rows, dim), check_invariants=True
+    ).coalesce()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return embedding.to(device).to_sparse_csr()
+
+
+def preconditioned_rows_(rows: Tensor) -> Tensor:
+    r"""``Y ← Y R_s⁻¹`` for ``Y = rows.T`` in place, ``R_s`` from a sparse embedding of ``Y``; return ``R_s``.
+
+    The rows keep their span and come out well conditioned but not orthonormal; the caller
+    takes their Gram matrix (or orthonormalizes them further). Small diagonal entries of
+    :math:`\mathbf{R}_s` (below ``ε · max``, a numerically rank-deficient block; or zero, a zero
+    block) are raised to that level, so the solve stays finite. Memory: the sketch, ``[2m, m]``.
+    """
+    num_rows, dim = rows.shape
+    embedding = sparse_sign_embedding(min(2 * num_rows, dim), dim, rows.dtype, rows.device)
+    R = torch.linalg.qr(embedding @ rows.T, mode="r").R
+    diagonal = R.diagonal()
+    floor = max(torch.finfo(rows.dtype).eps * float(diagonal.abs().max()), torch.finfo(rows.dtype).tiny)
+    diagonal[diagonal.abs() < floor] = floor  # any invertible R_s preconditions; the span is Y's
+    torch.linalg.solve_triangular(R.T, rows, upper=False, out=rows)
+    return R

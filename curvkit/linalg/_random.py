@@ -13,6 +13,7 @@ estimate does not depend on the width of the blocks its products are taken in.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterator
 
 import numpy
@@ -26,6 +27,9 @@ Seed = int | torch.Generator | None
 DISTRIBUTIONS = ("rademacher", "normal")
 
 _BITS_PER_WORD = 64
+
+_GROUP_ENTRIES = 2**22
+"""Entries of the columns whose signs are looked up at once (temporaries of a few tens of MB)."""
 
 
 def check_distribution(distribution: str, name: str = "distribution") -> str:
@@ -62,6 +66,46 @@ def as_generator(seed: Seed, device: torch.device | None = None) -> torch.Genera
     generator = torch.Generator(device=device if device is not None else "cpu")
     generator.manual_seed(int(seed))
     return generator
+
+
+_MASK64 = 2**64 - 1
+
+
+def _mixed(value: int) -> int:
+    """SplitMix64's finalizer: a bijection of 64-bit integers that scatters nearby inputs."""
+    value = (value + 0x9E3779B97F4A7C15) & _MASK64
+    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return value ^ (value >> 31)
+
+
+def purpose_generator(seed: Seed, purpose: str, device: torch.device | None = None) -> torch.Generator:
+    """:func:`as_generator` for one purpose of a routine: an integer seed gives a stream of its own.
+
+    Routines whose results are combined must not share random numbers: a sketch and the error
+    test that certifies it, say, when the caller passes both the same integer. An integer seed
+    is therefore mixed with the name of the purpose (SplitMix64 of the seed plus a checksum of
+    the name) before it seeds the generator, so that equal seeds for different purposes give
+    unrelated streams. A ``torch.Generator`` is used as it is (its stream continues from call
+    to call), and ``None`` draws a fresh seed.
+
+    Args:
+        seed: ``int``, ``torch.Generator`` or ``None``.
+        purpose: A name of the use (``'sketch'``, ``'error test'``).
+        device: Device for a newly built generator. Default: CPU.
+
+    Returns:
+        The generator.
+
+    Raises:
+        TypeError: If ``seed`` is of another type.
+    """
+    if isinstance(seed, torch.Generator) or seed is None:
+        return as_generator(seed, device)
+    if isinstance(seed, bool) or not isinstance(seed, (int, numpy.integer)):
+        raise TypeError(f"seed must be an int, a torch.Generator or None, got {type(seed).__name__}.")
+    mixed = _mixed((int(seed) + (zlib.crc32(purpose.encode()) << 32)) & _MASK64)
+    return as_generator(mixed & (2**63 - 1), device)
 
 
 def _sign_table(dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -117,26 +161,32 @@ class RandomColumns:
         self._signs = _sign_table(dtype, generator.device) if distribution == "rademacher" else None
 
     def block(self, start: int, stop: int) -> Tensor:
-        """Columns ``start, …, stop - 1``: an ``[n, stop - start]`` tensor (a contiguous one, transposed)."""
-        rows = torch.empty(stop - start, self.num_rows, dtype=self.dtype, device=self._draw_device)
-        for row, seed in zip(rows, self._seeds[start:stop]):
-            self._draw(row, seed)
-        return rows.to(self.device).T
+        """Columns ``start, …, stop - 1``: an ``[n, stop - start]`` tensor (a contiguous one, transposed).
 
-    def _draw(self, row: Tensor, seed: int) -> None:
-        generator = self._column_generator.manual_seed(seed)
+        Each column's numbers come from its own seed (one generator call per column); the signs
+        of a whole block are then looked up at once, so the work per column is one draw (a few
+        small operations per column cost more than the draw on a loaded multi-threaded CPU).
+        """
+        rows = torch.empty(stop - start, self.num_rows, dtype=self.dtype, device=self._draw_device)
+        seeds = self._seeds[start:stop]
         if self._signs is None:
-            torch.randn(row.shape, generator=generator, out=row)
-            return
+            for row, seed in zip(rows, seeds):
+                torch.randn(row.shape, generator=self._column_generator.manual_seed(seed), out=row)
+            return rows.to(self.device).T
         num_words = -(-self.num_rows // _BITS_PER_WORD)
-        words = torch.randint(
-            -(2**63), 2**63 - 1, (num_words,), generator=generator, device=row.device, dtype=torch.int64
-        )
-        codes = words.view(torch.uint8).int()  # one byte: the signs of eight entries
+        words = torch.empty(len(seeds), num_words, dtype=torch.int64, device=self._draw_device)
+        for row, seed in zip(words, seeds):
+            generator = self._column_generator.manual_seed(seed)
+            torch.randint(-(2**63), 2**63 - 1, (num_words,), generator=generator, out=row)
         whole = self.num_rows // 8
-        torch.index_select(self._signs, 0, codes[:whole], out=row[: 8 * whole].view(whole, 8))
-        if 8 * whole < self.num_rows:
-            row[8 * whole :] = self._signs[codes[whole], : self.num_rows - 8 * whole]
+        group = max(1, _GROUP_ENTRIES // self.num_rows)  # bounds the temporaries below
+        for first in range(0, len(seeds), group):
+            codes = words[first : first + group].view(torch.uint8).int()  # a byte: eight signs
+            signs = torch.index_select(self._signs, 0, codes[:, :whole].reshape(-1))
+            rows[first : first + group, : 8 * whole] = signs.view(codes.shape[0], 8 * whole)
+            if 8 * whole < self.num_rows:
+                rows[first : first + group, 8 * whole :] = self._signs[codes[:, whole], : self.num_rows % 8]
+        return rows.to(self.device).T
 
     def blocks(self, width: int) -> Iterator[tuple[int, Tensor]]:
         """Consecutive blocks of at most ``width`` columns: ``(start, block)`` pairs."""

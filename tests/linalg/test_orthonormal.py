@@ -1,0 +1,61 @@
+"""Bases of blocks: CholeskyQR, Householder for wide blocks, randomized preconditioning; seeds per purpose."""
+
+import pytest
+import torch
+
+from curvkit.linalg._dots import row_dots
+from curvkit.linalg._orthonormal import orthonormalize_rows_, preconditioned_rows_
+from curvkit.linalg._random import purpose_generator
+
+
+def ill_conditioned_rows(m, n, rank, decay, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    U = torch.linalg.qr(torch.randn(n, rank, dtype=torch.float64, generator=generator)).Q
+    scales = torch.logspace(0, -decay, rank, dtype=torch.float64)
+    return ((U * scales) @ torch.randn(rank, m, dtype=torch.float64, generator=generator)).T.contiguous()
+
+
+@pytest.mark.parametrize(("m", "n"), [(10, 5000), (300, 4000)])  # CholeskyQR; Householder (m > n / 64)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_orthonormalize_rows_factorizes(m, n, dtype):
+    Y = ill_conditioned_rows(m, n, m, 5).to(dtype)
+    rows = Y.clone()
+    R = orthonormalize_rows_(rows)
+    eps = torch.finfo(dtype).eps
+    assert float((row_dots(rows, rows) - torch.eye(m, dtype=torch.float64)).abs().max()) < 50 * eps * m**0.5
+    assert float((rows.T.double() @ R - Y.T.double()).abs().max()) < 100 * eps * float(Y.abs().max())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    ("rank", "decay"), [(200, 3), (200, 12), (60, 4)]
+)  # condition 1e3, beyond 1/ε, rank deficient
+def test_preconditioned_rows_are_well_conditioned_with_the_same_span(dtype, rank, decay):
+    m, n = 200, 6000
+    Y = ill_conditioned_rows(m, n, rank, decay).to(dtype)
+    rows = Y.clone()
+    R = preconditioned_rows_(rows)
+    singular = torch.linalg.svdvals(rows.double())
+    assert float(singular.max()) < 10
+    if rank == m and decay <= 3:
+        assert float(singular.max() / singular.min()) < 10
+        torch.testing.assert_close(
+            R.T.double() @ rows.double(), Y.double(), atol=1e-4 if dtype == torch.float32 else 1e-12, rtol=0
+        )
+    Q = torch.linalg.qr(rows.T.double()).Q[:, : min(rank, m)]
+    # the leading directions of Y lie in the span of the rows
+    lead = torch.linalg.svd(Y.T.double(), full_matrices=False).U[:, :20]
+    assert float(torch.linalg.matrix_norm(lead - Q @ (Q.T @ lead))) < (
+        1e-3 if dtype == torch.float32 else 1e-10
+    )
+
+
+def test_purpose_generators_differ_for_one_seed_and_repeat():
+    draw = lambda g: torch.randn(5, generator=g)  # noqa: E731
+    assert torch.equal(draw(purpose_generator(3, "sketch")), draw(purpose_generator(3, "sketch")))
+    assert not torch.equal(draw(purpose_generator(3, "sketch")), draw(purpose_generator(3, "error test")))
+    assert not torch.equal(draw(purpose_generator(3, "sketch")), draw(purpose_generator(4, "sketch")))
+    generator = torch.Generator().manual_seed(0)
+    assert purpose_generator(generator, "sketch") is generator
+    with pytest.raises(TypeError, match="seed must be"):
+        purpose_generator("3", "sketch")
