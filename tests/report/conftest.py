@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from curvkit.cli import main
 from curvkit.report.builtin import trained_builtin

@@ -11,14 +11,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from curvkit.report.analyses.dense import dense
-from curvkit.report.analyses.densities import densities
-from curvkit.report.analyses.eigenvalues import eigenvalues
+from curvkit.report.analyses.dense import dense_matrices
+from curvkit.report.analyses.densities import spectral_densities
+from curvkit.report.analyses.eigenvalues import top_eigenvalues
 from curvkit.report.analyses.gradient import loss_and_gradient
-from curvkit.report.analyses.kfac import kfac
-from curvkit.report.analyses.parameters import parameters
-from curvkit.report.analyses.sketch import sketch
-from curvkit.report.analyses.traces import traces
+from curvkit.report.analyses.kfac import kfac_against_ggn
+from curvkit.report.analyses.parameters import parameter_table
+from curvkit.report.analyses.sketch import sketched_eigendecomposition
+from curvkit.report.analyses.traces import trace_estimates
 from curvkit.report.context import AnalysisContext, Findings
 
 
@@ -40,13 +40,17 @@ class Analysis:
 
 
 ANALYSES = (
-    Analysis("parameters", "Parameters per layer", parameters, budgeted=False),
+    Analysis("parameters", "Parameters per layer", parameter_table, budgeted=False),
     Analysis("loss_and_gradient", "Loss and gradient", loss_and_gradient, budgeted=False),
-    Analysis("eigenvalues", "Top eigenvalues of the Hessian and the GGN", eigenvalues, budgeted=True),
-    Analysis("traces", "Traces of the Hessian, the GGN and the empirical Fisher", traces, budgeted=True),
-    Analysis("densities", "Spectral densities of the Hessian and the GGN", densities, budgeted=True),
-    Analysis("kfac", "KFAC against the GGN", kfac, budgeted=True),
-    Analysis("sketch", "Sketched eigendecomposition of the Hessian", sketch, budgeted=True),
-    Analysis("dense", "Dense matrices side by side", dense, budgeted=False),
+    Analysis("eigenvalues", "Top eigenvalues of the Hessian and the GGN", top_eigenvalues, budgeted=True),
+    Analysis(
+        "traces", "Traces of the Hessian, the GGN and the empirical Fisher", trace_estimates, budgeted=True
+    ),
+    Analysis("densities", "Spectral densities of the Hessian and the GGN", spectral_densities, budgeted=True),
+    Analysis("kfac", "KFAC against the GGN", kfac_against_ggn, budgeted=True),
+    Analysis(
+        "sketch", "Sketched eigendecomposition of the Hessian", sketched_eigendecomposition, budgeted=True
+    ),
+    Analysis("dense", "Dense matrices side by side", dense_matrices, budgeted=False),
 )
 """Every analysis, in the order of the page."""

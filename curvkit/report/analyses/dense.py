@@ -27,7 +27,7 @@ MAX_PIXELS = 600
 """Larger matrices are drawn as blocks of entries, each pixel the largest magnitude in its block."""
 
 
-def dense(context: AnalysisContext) -> Findings:
+def dense_matrices(context: AnalysisContext) -> Findings:
     """Form each matrix with ``to_dense()`` (``D`` products each, outside the budget) and draw it.
 
     Besides the heat maps: exact traces, Frobenius norms, top eigenvalues

@@ -59,7 +59,7 @@ def both_densities(A: CountedOperator, allowance: int, seed: int) -> dict[str, A
     }
 
 
-def densities(context: AnalysisContext) -> Findings:
+def spectral_densities(context: AnalysisContext) -> Findings:
     """Spectral densities of the Hessian and the GGN, half the share each (a quarter per scale)."""
     findings = Findings(
         functions=["curvkit.lanczos_approximate_spectrum", "curvkit.lanczos_approximate_log_spectrum"]

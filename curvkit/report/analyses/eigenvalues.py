@@ -58,7 +58,7 @@ def top_eigenpairs(A: CountedOperator, k: int, allowance: int, seed: int) -> dic
     }
 
 
-def eigenvalues(context: AnalysisContext) -> Findings:
+def top_eigenvalues(context: AnalysisContext) -> Findings:
     """Top ``--top-k`` eigenvalues of the Hessian and the GGN (``lanczos_eigsh``), half the share each."""
     findings = Findings(functions=["curvkit.lanczos_eigsh"])
     allowance = context.meter.allowance // len(MATRICES)

@@ -10,7 +10,7 @@ from curvkit.report.figures import COLORS, new_figure, saved
 from curvkit.report.statistics import CONFIDENCE
 
 
-def kfac(context: AnalysisContext) -> Findings:
+def kfac_against_ggn(context: AnalysisContext) -> Findings:
     """KFAC (``KFACLinearOperator``, ``fisher_type='type-2'``) against the GGN.
 
     Half the share goes to KFAC's top eigenvalues (``lanczos_eigsh``), the rest to

@@ -5,7 +5,7 @@ from __future__ import annotations
 from curvkit.report.context import AnalysisContext, Findings, SummaryRow
 
 
-def parameters(context: AnalysisContext) -> Findings:
+def parameter_table(context: AnalysisContext) -> Findings:
     """List every trainable parameter, its layer, shape and size, and whether it is selected.
 
     The selected ones, in this order, are the rows and columns of every curvature matrix.

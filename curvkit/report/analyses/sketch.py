@@ -29,7 +29,7 @@ def seigh_function() -> Any:
     return seigh
 
 
-def sketch(context: AnalysisContext) -> Findings:
+def sketched_eigendecomposition(context: AnalysisContext) -> Findings:
     """``seigh(H, outer_dims=k)`` (HMT, ``2k`` products) and ``apost_error(H, U diag(λ) Uᵀ)``.
 
     The error estimate's test vectors come first out of the share (at most 30, one product with

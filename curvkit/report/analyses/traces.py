@@ -42,7 +42,7 @@ def trace_with_error_bar(A: CountedOperator, allowance: int, seed: int) -> dict[
     }
 
 
-def traces(context: AnalysisContext) -> Findings:
+def trace_estimates(context: AnalysisContext) -> Findings:
     """Trace estimates of the Hessian, GGN and empirical Fisher, a third of the share each."""
     findings = Findings(functions=["curvkit.hutchpp_trace"])
     allowance = context.meter.allowance // len(MATRICES)
