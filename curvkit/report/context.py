@@ -12,6 +12,12 @@ from curvkit.report.problem import Problem
 from curvkit.report.settings import ReportSettings
 
 MATRIX_NAMES = {"hessian": "Hessian", "ggn": "GGN", "ef": "empirical Fisher", "kfac": "KFAC"}
+KFAC_ERROR = "‖GGN − KFAC‖_F / ‖GGN‖_F"
+
+
+def the(name: str) -> str:
+    """``'the Hessian'``, ``'the GGN'``, ``'the empirical Fisher'``, ``'KFAC'``: for the summary's labels."""
+    return MATRIX_NAMES[name] if name == "kfac" else f"the {MATRIX_NAMES[name]}"
 
 
 class NotAvailableError(Exception):
@@ -27,19 +33,34 @@ class NotApplicableError(Exception):
 
 @dataclasses.dataclass
 class Figure:
-    """A PNG in the report's directory and one sentence on how to read it."""
+    """A PNG in the report's directory and one sentence on how to read it.
+
+    Attributes:
+        file: Its file name.
+        caption: The sentence.
+        wide: Whether the page shows it across the full width (several panels).
+    """
 
     file: str
     caption: str
+    wide: bool = False
 
 
 @dataclasses.dataclass
 class SummaryRow:
-    """One line of the page's summary table."""
+    """One line of the page's summary table.
+
+    Attributes:
+        quantity: What it is; an exact value goes into the line of the same ``quantity``.
+        value: The number as text.
+        function: What computed it.
+        exact: Whether it is exact (from a dense matrix) rather than an estimate.
+    """
 
     quantity: str
     value: str
     function: str
+    exact: bool = False
 
 
 @dataclasses.dataclass

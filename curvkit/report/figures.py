@@ -33,7 +33,7 @@ def new_figure(ncols: int = 1, nrows: int = 1, width: float = 5.0, height: float
     return figure, figure.subplots(nrows, ncols, squeeze=False)
 
 
-def saved(context: AnalysisContext, figure: Any, file: str, caption: str) -> Figure:
+def saved(context: AnalysisContext, figure: Any, file: str, caption: str, wide: bool = False) -> Figure:
     """Write ``figure`` to ``file`` (a PNG in the report's directory) and describe it.
 
     Args:
@@ -41,9 +41,10 @@ def saved(context: AnalysisContext, figure: Any, file: str, caption: str) -> Fig
         figure: A matplotlib figure.
         file: File name, ending in ``.png``.
         caption: One sentence on how to read it.
+        wide: Show it across the page's width.
 
     Returns:
         The record the page and ``metrics.json`` list.
     """
     figure.savefig(context.figure_path(file), dpi=DPI)
-    return Figure(file, caption)
+    return Figure(file, caption, wide)

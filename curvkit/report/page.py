@@ -16,11 +16,14 @@ h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom:
 table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.92em; }
 th, td { border: 1px solid #ddd; padding: 0.3em 0.6em; text-align: left; vertical-align: top; }
 th { background: #f4f4f4; }
-figure { margin: 1em 0; } img { max-width: 100%; border: 1px solid #eee; }
+.body { display: flex; flex-wrap: wrap; gap: 1.5em; align-items: flex-start; }
+figure { margin: 0; max-width: 640px; } figure.wide { max-width: 100%; }
+img { max-width: 100%; border: 1px solid #eee; }
 figcaption { color: #444; margin-top: 0.4em; }
 .meta, .functions, .cost { color: #555; font-size: 0.9em; }
 .status { padding: 0.5em 0.8em; border-radius: 4px; background: #fff4e5; }
 .status.failed { background: #fdecea; }
+section.compact { display: inline-block; vertical-align: top; margin-right: 3em; }
 code { background: #f4f4f4; padding: 0 0.2em; }
 """
 
@@ -79,46 +82,65 @@ def command_line(settings: dict[str, Any]) -> str:
 
 
 def _summary(results: list[AnalysisResult]) -> str:
-    rows = ["<table><tr><th>quantity</th><th>value</th><th>computed with</th></tr>"]
+    """Estimates and, where a dense matrix gave it, the exact value of the same quantity side by side."""
+    lines: dict[str, dict[str, Any]] = {}
+    order: list[Any] = []
     for result in results:
         if result.status != "ok":
-            rows.append(
-                f'<tr><td><a href="#{result.key}">{escape(result.title)}</a></td>'
-                f"<td>{escape(result.status)}: {escape(result.message)}</td><td></td></tr>"
-            )
+            order.append(result)
         for row in result.findings.summary:
+            if row.quantity not in lines:
+                lines[row.quantity] = {"key": result.key, "estimate": "", "exact": "", "functions": []}
+                order.append(row.quantity)
+            line = lines[row.quantity]
+            line["exact" if row.exact else "estimate"] = row.value
+            line["functions"].append(row.function)
+    rows = ["<table><tr><th>quantity</th><th>estimate</th><th>exact (dense)</th><th>computed with</th></tr>"]
+    for item in order:
+        if isinstance(item, AnalysisResult):
             rows.append(
-                f'<tr><td><a href="#{result.key}">{escape(row.quantity)}</a></td><td>{escape(row.value)}</td>'
-                f"<td><code>{escape(row.function)}</code></td></tr>"
+                f'<tr><td><a href="#{item.key}">{escape(item.title)}</a></td>'
+                f'<td colspan="2">{escape(item.status)}: {escape(item.message)}</td><td></td></tr>'
             )
+            continue
+        line = lines[item]
+        functions = "<br>".join(f"<code>{escape(function)}</code>" for function in line["functions"])
+        rows.append(
+            f'<tr><td><a href="#{line["key"]}">{escape(item)}</a></td><td>{escape(line["estimate"])}</td>'
+            f"<td>{escape(line['exact'])}</td><td>{functions}</td></tr>"
+        )
     rows.append("</table>")
     return "\n".join(rows)
 
 
 def _section(result: AnalysisResult, folder: Path) -> str:
     findings = result.findings
-    parts = [f'<section id="{result.key}">', f"<h2>{escape(result.title)}</h2>"]
+    compact = ' class="compact"' if result.status == "ok" and not findings.figures else ""
+    parts = [f'<section id="{result.key}"{compact}>', f"<h2>{escape(result.title)}</h2>"]
     if result.status != "ok":
         kind = "failed" if result.status == "failed" else "other"
         parts.append(f'<p class="status {kind}"><b>{escape(result.status)}</b>: {escape(result.message)}</p>')
-    for figure in findings.figures:
-        data = base64.b64encode((folder / figure.file).read_bytes()).decode("ascii")
-        parts.append(
-            f'<figure><img src="data:image/png;base64,{data}" data-file="{escape(figure.file)}" '
-            f'alt="{escape(figure.caption)}"><figcaption>{escape(figure.caption)}</figcaption></figure>'
-        )
     for note in findings.notes:
         parts.append(f'<p class="status">{escape(note)}</p>')
+    parts.append('<div class="body">')
+    for figure in findings.figures:
+        data = base64.b64encode((folder / figure.file).read_bytes()).decode("ascii")
+        wide = ' class="wide"' if figure.wide else ""
+        parts.append(
+            f'<figure{wide}><img src="data:image/png;base64,{data}" data-file="{escape(figure.file)}" '
+            f'alt="{escape(figure.caption)}"><figcaption>{escape(figure.caption)}</figcaption></figure>'
+        )
     if findings.table:
         header, *rows = findings.table
         parts.append("<table><tr>" + "".join(f"<th>{escape(cell)}</th>" for cell in header) + "</tr>")
         parts += ["<tr>" + "".join(f"<td>{escape(cell)}</td>" for cell in row) + "</tr>" for row in rows]
         parts.append("</table>")
+    parts.append("</div>")
     if findings.functions:
         names = ", ".join(f"<code>{escape(name)}</code>" for name in findings.functions)
         parts.append(f'<p class="functions">Computed with {names}.</p>')
-    parts.append(
-        f'<p class="cost">{result.products:,} products with curvature operators, {result.seconds:.1f} s.</p>'
-    )
+    if result.products:
+        cost = f"{result.products:,} products with curvature operators, {result.seconds:.1f} s."
+        parts.append(f'<p class="cost">{cost}</p>')
     parts.append("</section>")
     return "\n".join(parts)

@@ -41,7 +41,7 @@ class Browser:
         timeout: Seconds any single wait may take.
     """
 
-    def __init__(self, executable: str, width: int = 1100, height: int = 1500, timeout: float = 60.0):
+    def __init__(self, executable: str, width: int = 1100, height: int = 1800, timeout: float = 60.0):
         self._timeout = timeout
         self._profile = tempfile.TemporaryDirectory(prefix="curvkit-chromium-")
         to_browser, self._commands = os.pipe()

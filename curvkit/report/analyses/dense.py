@@ -9,12 +9,14 @@ import torch
 from torch import Tensor
 
 from curvkit.report.context import (
+    KFAC_ERROR,
     MATRIX_NAMES,
     AnalysisContext,
     Findings,
     NotApplicableError,
     SummaryRow,
     by_matrix,
+    the,
 )
 from curvkit.report.figures import new_figure, saved
 
@@ -54,17 +56,16 @@ def dense_matrices(context: AnalysisContext) -> Findings:
             "top_eigenvalues": torch.linalg.eigvalsh(exact).flip(0)[:k].tolist(),
         }
         numbers = findings.numbers[name]
+        exact = {"exact": True, "function": "to_dense + torch.linalg"}
         findings.summary.append(
-            SummaryRow(
-                f"{MATRIX_NAMES[name]}, exact: largest eigenvalue, trace",
-                f"{numbers['top_eigenvalues'][0]:.6g}, {numbers['trace']:.6g}",
-                "to_dense + torch.linalg",
-            )
+            SummaryRow(f"largest eigenvalue of {the(name)}", f"{numbers['top_eigenvalues'][0]:.6g}", **exact)
         )
+        if name != "kfac":
+            findings.summary.append(SummaryRow(f"trace of {the(name)}", f"{numbers['trace']:.6g}", **exact))
     if "kfac" in matrices and "ggn" in matrices:
         error = _relative_error(matrices["ggn"], matrices["kfac"])
         findings.numbers["kfac_relative_error"] = error
-        findings.summary.append(SummaryRow("‖GGN − KFAC‖_F / ‖GGN‖_F, exact", f"{error:.3g}", "to_dense"))
+        findings.summary.append(SummaryRow(KFAC_ERROR, f"{error:.3g}", "to_dense", exact=True))
     findings.table = [["matrix", "trace", "Frobenius norm", "largest eigenvalues"]] + [
         [
             MATRIX_NAMES[name],
@@ -110,7 +111,7 @@ def _heat_maps(context: AnalysisContext, matrices: dict[str, Tensor]) -> Any:
         "layers), its color the logarithm of the magnitude (the largest in the block) on a scale shared by "
         "all panels" + (": KFAC keeps only blocks on the diagonal." if "kfac" in matrices else ".")
     )
-    return saved(context, figure, "dense_matrices.png", caption)
+    return saved(context, figure, "dense_matrices.png", caption, wide=True)
 
 
 def _block_max(magnitudes: Tensor, block: int) -> numpy.ndarray:

@@ -96,6 +96,7 @@ def spectral_densities(context: AnalysisContext) -> Findings:
             "The height of a curve is the fraction of eigenvalues near that value (smoothed Lanczos "
             "quadrature): left over the eigenvalues themselves, right over their magnitudes on a log "
             "axis, where the bulk near zero and the few large outliers show side by side.",
+            wide=True,
         )
     )
     return findings

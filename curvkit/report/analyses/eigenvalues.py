@@ -8,7 +8,7 @@ import torch
 
 from curvkit import lanczos_eigsh
 from curvkit.report.budget import BudgetTooSmallError, CountedOperator
-from curvkit.report.context import MATRIX_NAMES, AnalysisContext, Findings, SummaryRow, by_matrix
+from curvkit.report.context import MATRIX_NAMES, AnalysisContext, Findings, SummaryRow, by_matrix, the
 from curvkit.report.figures import COLORS, new_figure, saved
 
 MATRICES = ["hessian", "ggn"]
@@ -84,15 +84,20 @@ def top_eigenvalues(context: AnalysisContext) -> Findings:
         )
         findings.summary.append(
             SummaryRow(
-                f"largest eigenvalue of the {MATRIX_NAMES[name]}",
+                f"largest eigenvalue of {the(name)}",
                 f"{values[0]:.6g} (residual {result['residual_norms'][0]:.1e})",
                 "curvkit.lanczos_eigsh",
             )
         )
-    findings.table = [["matrix", "i", "eigenvalue", "residual ‖Au − θu‖"]] + [
-        [MATRIX_NAMES[name], str(i + 1), f"{value:.6g}", f"{residual:.2e}"]
-        for name, result in results.items()
-        for i, (value, residual) in enumerate(zip(result["eigenvalues"], result["residual_norms"]))
+    header = ["i"] + [f"{MATRIX_NAMES[name]}: {column}" for name in results for column in ("θᵢ", "‖Au − θu‖")]
+    findings.table = [header] + [
+        [str(i + 1)]
+        + [
+            text
+            for result in results.values()
+            for text in (f"{result['eigenvalues'][i]:.6g}", f"{result['residual_norms'][i]:.1e}")
+        ]
+        for i in range(k)
     ]
     ax.set_xlabel("i (largest first)")
     ax.set_ylabel("eigenvalue θᵢ")

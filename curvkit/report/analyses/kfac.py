@@ -5,7 +5,7 @@ from __future__ import annotations
 from curvkit.report.a_posteriori import certified_relative_error, error_plan
 from curvkit.report.analyses.eigenvalues import top_eigenpairs
 from curvkit.report.budget import BudgetTooSmallError
-from curvkit.report.context import AnalysisContext, Findings, NotAvailableError, SummaryRow
+from curvkit.report.context import KFAC_ERROR, AnalysisContext, Findings, NotAvailableError, SummaryRow
 from curvkit.report.figures import COLORS, new_figure, saved
 from curvkit.report.statistics import CONFIDENCE
 
@@ -45,7 +45,7 @@ def kfac_against_ggn(context: AnalysisContext) -> Findings:
         low, high = error["interval"]
         findings.summary.append(
             SummaryRow(
-                "‖GGN − KFAC‖_F / ‖GGN‖_F",
+                KFAC_ERROR,
                 f"{error['relative_error']:.3g} ({CONFIDENCE:.0%}: {low:.3g} to {high:.3g})",
                 "apost_error",
             )

@@ -6,7 +6,7 @@ from typing import Any
 
 from curvkit import hutchpp_trace
 from curvkit.report.budget import BudgetTooSmallError, CountedOperator
-from curvkit.report.context import MATRIX_NAMES, AnalysisContext, Findings, SummaryRow, by_matrix
+from curvkit.report.context import MATRIX_NAMES, AnalysisContext, Findings, SummaryRow, by_matrix, the
 from curvkit.report.figures import COLORS, new_figure, saved
 from curvkit.report.statistics import CONFIDENCE, mean_with_error_bar
 
@@ -58,7 +58,7 @@ def trace_estimates(context: AnalysisContext) -> Findings:
         ax.errorbar(result["estimate"], row, xerr=result["error_bar"], fmt="o", color=COLORS[name], capsize=4)
         findings.summary.append(
             SummaryRow(
-                f"trace of the {MATRIX_NAMES[name]}",
+                f"trace of {the(name)}",
                 f"{result['estimate']:.6g} ± {result['error_bar']:.2g} ({CONFIDENCE:.0%})",
                 "curvkit.hutchpp_trace",
             )
