@@ -93,7 +93,8 @@ def main() -> None:
         "before each run); `python -m curvkit report` in a fresh process, the built-in models on one "
         "thread (`curvkit report` sets it for them); KFAC and sketches not available in this version.",
         "",
-        "| run | seconds | load before | training + imports | eigenvalues | traces | densities | dense |",
+        "| run | seconds | load before | start-up, training, page | eigenvalues | traces | densities "
+        "| dense |",
         "|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     with tempfile.TemporaryDirectory() as directory:

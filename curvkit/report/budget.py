@@ -54,14 +54,6 @@ class ProductMeter:
         """Products left (``None``: no limit)."""
         return None if self.allowance is None else self.allowance - self.used
 
-    def require(self, products: int, what: str) -> None:
-        """Raise :class:`BudgetTooSmallError` unless ``products`` more fit in the allowance."""
-        if self.left is not None and products > self.left:
-            raise BudgetTooSmallError(
-                f"{what} needs {products} products, its share of the budget has {self.left} left; "
-                "raise --budget."
-            )
-
     def charge(self, products: int) -> None:
         """Count ``products`` more.
 
