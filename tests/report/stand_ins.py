@@ -1,6 +1,6 @@
 """Test doubles with the public signatures of ``KFACLinearOperator`` and ``curvkit.sketch``'s two functions.
 
-They let the report's KFAC and sketch analyses be tested before those land (issues 14 and 15):
+They let the report's KFAC and sketch analyses be tested before those are implemented:
 the numbers are those of the doubles, and the tests check what the report makes of them. They
 are not KFAC or a sketching library: ``BlockDiagonalGGN`` is the dense GGN with the blocks
 between different parameter tensors zeroed (block-diagonal, as KFAC is), ``seigh`` a plain
