@@ -3,7 +3,8 @@
 A test module subclasses :class:`LinearOperatorContract` and provides two fixtures,
 ``operator`` and ``dense`` (the matrix it must equal, a float64 tensor if possible); it then
 inherits every check of products with vectors, matrices, NumPy arrays and tensor lists,
-transposes, algebra and SciPy export.
+transposes, algebra and SciPy export. A module whose cases build ``(operator, dense)`` pairs
+writes ``TestContract = contract_on_cases(CASES)`` instead (:func:`contract_on_cases`).
 """
 
 import warnings
@@ -138,3 +139,31 @@ class LinearOperatorContract:
         assert [tuple(t.shape) for t in transposed] == [tuple(shape) for shape in in_layout.shapes]
         transposed, _ = in_layout.flatten_user_list(transposed, name="transposed")
         assert_close(transposed.reshape(-1), (dense.T @ w.to(dense))[:, 0], operator)
+
+
+def contract_on_cases(cases: dict | None = None) -> type:
+    """:class:`LinearOperatorContract` on ``(operator, dense)`` pairs from a ``case`` fixture.
+
+    Args:
+        cases: Builders of the pairs by name; the class gets a ``case`` fixture over them. With
+            ``None``, the module defines its own ``case`` fixture.
+    """
+
+    class CaseContract(LinearOperatorContract):
+        @pytest.fixture
+        def operator(self, case):
+            return case[0]
+
+        @pytest.fixture
+        def dense(self, case):
+            return case[1]
+
+    if cases is not None:
+
+        @pytest.fixture(params=sorted(cases), scope="class")
+        @classmethod
+        def case(cls, request):
+            return cases[request.param]()
+
+        CaseContract.case = case
+    return CaseContract

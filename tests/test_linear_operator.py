@@ -5,7 +5,7 @@ import re
 import numpy
 import pytest
 import torch
-from contract import LinearOperatorContract
+from contract import contract_on_cases
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.sparse.linalg import aslinearoperator, cg, eigsh, lsmr
@@ -81,19 +81,7 @@ CASES = {
 }
 
 
-@pytest.fixture(params=sorted(CASES), scope="module")
-def case(request):
-    return CASES[request.param]()
-
-
-class TestContract(LinearOperatorContract):
-    @pytest.fixture
-    def operator(self, case):
-        return case[0]
-
-    @pytest.fixture
-    def dense(self, case):
-        return case[1]
+TestContract = contract_on_cases(CASES)
 
 
 def test_structural_tags_travel_by_rule():

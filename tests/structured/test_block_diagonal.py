@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from contract import LinearOperatorContract
+from contract import contract_on_cases
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from structured_factors import matrix, place_blocks, positive, psd
@@ -49,19 +49,7 @@ CASES = {
 }
 
 
-@pytest.fixture(params=sorted(CASES), scope="module")
-def case(request):
-    return CASES[request.param]()
-
-
-class TestContract(LinearOperatorContract):
-    @pytest.fixture
-    def operator(self, case):
-        return case[0]
-
-    @pytest.fixture
-    def dense(self, case):
-        return case[1]
+TestContract = contract_on_cases(CASES)
 
 
 def test_tags_and_closed_forms():

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from contract import LinearOperatorContract
+from contract import contract_on_cases
 from structured_factors import matrix, positive, psd
 
 from curvkit.structured import EigenKroneckerLinearOperator
@@ -44,14 +44,7 @@ def case(request):
     return EigenKroneckerLinearOperator(eigenvalues, left, right), _dense(eigenvalues, left, right)
 
 
-class TestContract(LinearOperatorContract):
-    @pytest.fixture
-    def operator(self, case):
-        return case[0]
-
-    @pytest.fixture
-    def dense(self, case):
-        return case[1]
+TestContract = contract_on_cases()
 
 
 def test_kfac_eigenvalues_give_the_kronecker_product():

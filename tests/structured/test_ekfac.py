@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from contract import LinearOperatorContract
+from contract import contract_on_cases
 from structured_factors import kfac_blocks, kfac_dense, kfac_factors, kfac_params, kfac_reference
 
 from curvkit.structured import EigenCorrectedKroneckerLinearOperator, KroneckerFactoredLinearOperator
@@ -68,14 +68,7 @@ def case(request):
     return CASES[request.param]()
 
 
-class TestContract(LinearOperatorContract):
-    @pytest.fixture
-    def operator(self, case):
-        return case[0]
-
-    @pytest.fixture
-    def dense(self, case):
-        return case[1]
+TestContract = contract_on_cases()
 
 
 def test_eigendecomposed_kfac_is_kfac():

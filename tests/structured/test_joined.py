@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from contract import LinearOperatorContract
+from contract import contract_on_cases
 from structured_factors import joined_order, matrix, psd
 
 from curvkit.linear_operator import DenseLinearOperator
@@ -26,19 +26,7 @@ CASES = {
 }
 
 
-@pytest.fixture(params=sorted(CASES), scope="module")
-def case(request):
-    return CASES[request.param]()
-
-
-class TestContract(LinearOperatorContract):
-    @pytest.fixture
-    def operator(self, case):
-        return case[0]
-
-    @pytest.fixture
-    def dense(self, case):
-        return case[1]
+TestContract = contract_on_cases(CASES)
 
 
 def test_linear_layer_with_bias_is_kronecker_of_the_augmented_input():

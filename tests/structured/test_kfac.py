@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from contract import LinearOperatorContract
+from contract import contract_on_cases
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from structured_factors import (
@@ -41,14 +41,7 @@ def case(request):
     return _kfac(request.param)
 
 
-class TestContract(LinearOperatorContract):
-    @pytest.fixture
-    def operator(self, case):
-        return case[0]
-
-    @pytest.fixture
-    def dense(self, case):
-        return case[1]
+TestContract = contract_on_cases()
 
 
 def test_structure():

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from contract import LinearOperatorContract
+from contract import contract_on_cases
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from structured_factors import dense, matrix, positive, psd
@@ -29,14 +29,7 @@ def case(request):
     return KroneckerLinearOperator(left, right, psd=is_psd), dense_matrix
 
 
-class TestContract(LinearOperatorContract):
-    @pytest.fixture
-    def operator(self, case):
-        return case[0]
-
-    @pytest.fixture
-    def dense(self, case):
-        return case[1]
+TestContract = contract_on_cases()
 
 
 def test_tags(case):
