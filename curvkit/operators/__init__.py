@@ -5,14 +5,19 @@ from curvkit.operators.ggn import GGNLinearOperator
 from curvkit.operators.ggn_diagonal import GGNDiagonalLinearOperator, ggn_diagonal
 from curvkit.operators.hessian import HessianLinearOperator
 from curvkit.operators.jacobian import JacobianLinearOperator, TransposedJacobianLinearOperator
+from curvkit.operators.kfac import FisherType, KFACInverseLinearOperator, KFACLinearOperator, KFACType
 
 __all__ = [
     "EFLinearOperator",
     "FisherMCLinearOperator",
+    "FisherType",
     "GGNDiagonalLinearOperator",
     "GGNLinearOperator",
     "HessianLinearOperator",
     "JacobianLinearOperator",
+    "KFACInverseLinearOperator",
+    "KFACLinearOperator",
+    "KFACType",
     "TransposedJacobianLinearOperator",
     "ggn_diagonal",
 ]
