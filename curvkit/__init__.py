@@ -31,6 +31,7 @@ from curvkit.linalg import (
 from curvkit.linear_operator import LinearOperator, as_linear_operator
 from curvkit.operators import (
     EFLinearOperator,
+    EKFACLinearOperator,
     FisherMCLinearOperator,
     FisherType,
     GGNDiagonalLinearOperator,
@@ -59,6 +60,7 @@ __all__ = [
     "CGInverseLinearOperator",
     "DiagonalLinearOperator",
     "EFLinearOperator",
+    "EKFACLinearOperator",
     "EigenKroneckerLinearOperator",
     "FisherMCLinearOperator",
     "FisherType",

@@ -3,8 +3,7 @@ r"""KFAC of a model on a data set: its factors in one pass, its algebra from :mo
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -12,55 +11,22 @@ from torch import Tensor, nn
 from curvkit._boundary import as_integer
 from curvkit.linear_operator import LinearOperator
 from curvkit.losses import SUPPORTED_LOSSES, check_unweighted, is_supported, reduction_of
+from curvkit.operators._kfac_arguments import (
+    LOSS_AVERAGES,
+    FisherType,
+    KFACType,
+    choice,
+    positions_per_example,
+)
 from curvkit.operators._kfac_factors import factor_sums
 from curvkit.operators._kfac_plan import BlockPlan, block_plans
 from curvkit.operators._setup import ModelDataSetup
 from curvkit.structured import KroneckerBlock, KroneckerFactoredLinearOperator
-from curvkit.structured.block_diagonal import BlockDiagonalLinearOperator
 
+if TYPE_CHECKING:
+    from curvkit.operators.kfac_inverse import KFACInverseLinearOperator
 
-class FisherType(str, Enum):
-    """KFAC's ``fisher_type`` (curvlinops 3.x's names); plain strings are accepted as well."""
-
-    TYPE2 = "type-2"
-    MC = "mc"
-    EMPIRICAL = "empirical"
-    FORWARD_ONLY = "forward-only"
-
-
-class KFACType(str, Enum):
-    """KFAC's ``kfac_approx`` for weight-sharing layers (Eschenhagen et al. 2023)."""
-
-    EXPAND = "expand"
-    REDUCE = "reduce"
-
-
-LOSS_AVERAGES = (None, "batch", "batch+sequence")
-_STATE_FORMAT = "curvkit.KFACLinearOperator/1"
-
-
-def _choice(value: object, choices: type[Enum], name: str) -> str:
-    """``value`` (a string or one of ``choices``) as its string.
-
-    Raises:
-        ValueError: Naming ``name`` and the choices.
-    """
-    allowed = [member.value for member in choices]
-    found = value.value if isinstance(value, choices) else value
-    if not isinstance(found, str) or found not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}.")
-    return found
-
-
-def positions_per_example(loss_func: Callable, output: Tensor) -> int:
-    """Loss terms per example besides the likelihood's own axis (a sequence's positions).
-
-    Cross-entropy's class axis is axis 1, MSE's and BCE's the last (curvlinops' convention).
-    """
-    if output.ndim <= 2:
-        return 1
-    classes = output.shape[1] if isinstance(loss_func, nn.CrossEntropyLoss) else output.shape[-1]
-    return output[0].numel() // classes
+__all__ = ["FisherType", "KFACLinearOperator", "KFACType"]
 
 
 class KFACLinearOperator(LinearOperator):
@@ -134,6 +100,9 @@ class KFACLinearOperator(LinearOperator):
             ``'empirical'``.
     """
 
+    _STATE_FORMAT = "curvkit.KFACLinearOperator/1"
+    _FACTORED: type[LinearOperator] = KroneckerFactoredLinearOperator
+
     def __init__(
         self,
         model_func: nn.Module,
@@ -154,8 +123,8 @@ class KFACLinearOperator(LinearOperator):
         num_data: int | None = None,
         batch_size_fn: Callable | None = None,
     ):
-        self._fisher_type = _choice(fisher_type, FisherType, "fisher_type")
-        self._kfac_approx = _choice(kfac_approx, KFACType, "kfac_approx")
+        self._fisher_type = choice(fisher_type, FisherType, "fisher_type")
+        self._kfac_approx = choice(kfac_approx, KFACType, "kfac_approx")
         self._mc_samples = as_integer(mc_samples, "mc_samples", 1)
         self._seed = as_integer(seed, "seed")
         if self._fisher_type != "mc" and self._mc_samples != 1:
@@ -262,6 +231,7 @@ class KFACLinearOperator(LinearOperator):
             self._reduction,
         )
         self._probe = None  # compared once, with the first factor pass
+        self._loss_divisor = divisor
         tensors = self._setup.model.tensors
         blocks = []
         for plan, block_sums in zip(self._plans, sums):
@@ -322,7 +292,9 @@ class KFACLinearOperator(LinearOperator):
         cache: bool = True,
         retry_double_precision: bool = True,
     ) -> KFACInverseLinearOperator:
-        """The damped inverse (see :class:`KFACInverseLinearOperator`)."""
+        """The damped inverse (see :class:`~curvkit.KFACInverseLinearOperator`)."""
+        from curvkit.operators.kfac_inverse import KFACInverseLinearOperator  # it imports this module
+
         return KFACInverseLinearOperator(
             self,
             damping,
@@ -340,7 +312,7 @@ class KFACLinearOperator(LinearOperator):
         Unlike curvlinops', it holds no copy of the model's parameters: save the model yourself.
         """
         return {
-            "format": _STATE_FORMAT,
+            "format": self._STATE_FORMAT,
             "loss_type": type(self._setup.loss_func).__name__,
             "loss_reduction": self._reduction,
             "seed": self._seed,
@@ -360,11 +332,11 @@ class KFACLinearOperator(LinearOperator):
             ValueError: If it is not a KFAC state dict, or its loss or settings differ from this one's.
         """
         self._check_state(state_dict)
-        factored = type(self.factored).from_state_dict(state_dict["factors"], list(self._setup.model.tensors))
+        factored = self._FACTORED.from_state_dict(state_dict["factors"], list(self._setup.model.tensors))
         self._factored = factored
 
     def _check_state(self, state_dict: Any) -> None:
-        if not isinstance(state_dict, dict) or state_dict.get("format") != _STATE_FORMAT:
+        if not isinstance(state_dict, dict) or state_dict.get("format") != self._STATE_FORMAT:
             raise ValueError(f"state_dict must be a {type(self).__name__}'s state_dict.")
         mine = {
             "loss_type": type(self._setup.loss_func).__name__,
@@ -401,7 +373,7 @@ class KFACLinearOperator(LinearOperator):
 
         The loss is rebuilt from its stored type and reduction; no pass over the data computes factors.
         """
-        if not isinstance(state_dict, dict) or state_dict.get("format") != _STATE_FORMAT:
+        if not isinstance(state_dict, dict) or state_dict.get("format") != cls._STATE_FORMAT:
             raise ValueError(f"state_dict must be a {cls.__name__}'s state_dict.")
         losses = {loss.__name__: loss for loss in SUPPORTED_LOSSES}
         loss_func = losses[state_dict["loss_type"]](reduction=state_dict["loss_reduction"])
@@ -423,67 +395,3 @@ class KFACLinearOperator(LinearOperator):
         operator.load_state_dict(state_dict)
         operator._probe = None
         return operator
-
-
-class KFACInverseLinearOperator(LinearOperator):
-    r"""The inverse of damped KFAC (or EKFAC), block by block; the same as ``kfac.inverse(...)``.
-
-    See :meth:`curvkit.structured.KroneckerFactoredLinearOperator.inverse` (and
-    :mod:`curvkit.structured.kfac_inverse`) for the three kinds of damping and where they
-    depart from curvlinops: ``damping`` added to both factors (or a pair ``(δ_A, δ_G)``),
-    Martens & Grosse's π split (``use_heuristic_damping``), or exact damping ``(G ⊗ A + δ I)⁻¹``
-    through the factors' float64 eigendecompositions (``use_exact_damping``; the only kind for
-    EKFAC). Factors are inverted by Cholesky (float64 retry) at first use and kept if ``cache``.
-
-    Raises:
-        TypeError: If ``kfac`` is not a KFAC or EKFAC operator.
-        ValueError: For a negative or non-finite damping, or incompatible options.
-    """
-
-    def __init__(
-        self,
-        kfac: KFACLinearOperator,
-        damping: float | tuple[float, float] = 0.0,
-        use_heuristic_damping: bool = False,
-        min_damping: float = 1e-8,
-        use_exact_damping: bool = False,
-        cache: bool = True,
-        retry_double_precision: bool = True,
-    ):
-        if not isinstance(kfac, KFACLinearOperator):
-            raise TypeError(
-                f"kfac must be a KFACLinearOperator or EKFACLinearOperator, got {type(kfac).__name__}."
-            )
-        self._inverse: BlockDiagonalLinearOperator = kfac.factored.inverse(
-            damping, use_heuristic_damping, min_damping, use_exact_damping, cache, retry_double_precision
-        )
-        super().__init__(
-            kfac.shape,
-            dtype=kfac.dtype,
-            device=kfac.device,
-            psd=True,
-            in_layout=kfac.in_layout,
-            out_layout=kfac.out_layout,
-        )
-
-    def _matmat(self, X: Tensor) -> Tensor:
-        return self._inverse._matmat(X)
-
-    def to_dense(self, chunk_size: int = 256) -> Tensor:
-        return self._inverse.to_dense(chunk_size)
-
-    @property
-    def trace(self) -> Tensor:
-        return self._inverse.trace()
-
-    @property
-    def det(self) -> Tensor:
-        return self._inverse.det()
-
-    @property
-    def logdet(self) -> Tensor:
-        return self._inverse.logdet()
-
-    @property
-    def frobenius_norm(self) -> Tensor:
-        return self._inverse.frobenius_norm()
