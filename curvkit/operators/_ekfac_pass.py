@@ -65,6 +65,8 @@ def _add_block(
         if holder.is_embedding:
             tokens = inputs.reshape(inputs.shape[0], -1).expand(num_columns, -1, -1)  # [K, N, R]
             if not holder.transposed:  # an input-major table: tokens stand for one-hot rows
+                if layer.module.padding_idx is not None:  # its row receives no gradient
+                    g = g * (tokens != layer.module.padding_idx).unsqueeze(-1).to(g.dtype)
                 rows_side.append(tokens)
                 columns_side.append(g)
                 continue
