@@ -5,7 +5,7 @@ import sys
 
 import pytest
 import torch
-from test_kfac import F64, classification_data
+from kfac_problems import F64, classification_data
 from torch import nn
 
 from curvkit import KFACInverseLinearOperator, KFACLinearOperator

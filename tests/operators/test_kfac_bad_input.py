@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from test_kfac import classification_data, mlp_classifier
+from kfac_problems import classification_data, mlp_classifier
 from torch import nn
 
 from curvkit import KFACLinearOperator

@@ -3,34 +3,11 @@
 import pytest
 import torch
 from kfac_formulas import calls, concatenated, expand, output_columns, rows
-from test_kfac import F64, batches, block
+from kfac_problems import F64, VOCABULARY, block, language_problem
 from torch import nn
 from torch.nn import functional
 
 from curvkit import KFACLinearOperator
-
-VOCABULARY, WIDTH, LENGTH = 6, 4, 5
-
-
-class LanguageModel(nn.Module):
-    """Tokens ``[N, T]`` → embedding → tanh → head; logits ``[N, V, T]``; the head tied or not."""
-
-    def __init__(self, tied: bool):
-        super().__init__()
-        self.embedding = nn.Embedding(VOCABULARY, WIDTH, padding_idx=0)
-        self.head = nn.Linear(WIDTH, VOCABULARY)
-        if tied:
-            self.head.weight = self.embedding.weight
-
-    def forward(self, tokens):
-        return self.head(torch.tanh(self.embedding(tokens))).transpose(1, 2)
-
-
-def language_problem(tied: bool):
-    torch.manual_seed(4)
-    model = LanguageModel(tied).double()
-    tokens = lambda n, g: torch.randint(0, VOCABULARY, (n, LENGTH), generator=g)  # noqa: E731
-    return model, nn.CrossEntropyLoss(), batches((2, 3), tokens, tokens)
 
 
 def embedding_rows(model, loss_func, data, fisher_type):

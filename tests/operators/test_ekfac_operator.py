@@ -3,8 +3,7 @@
 import pytest
 import torch
 from contract import LinearOperatorContract
-from test_kfac import F64, block, classification_data, mlp_classifier, sequence_problem
-from test_kfac_sharing import language_problem
+from kfac_problems import F64, block, classification_data, language_problem, mlp_classifier, sequence_problem
 from torch import nn
 
 from curvkit import EKFACLinearOperator, KFACInverseLinearOperator

@@ -1,48 +1,24 @@
 """KFACLinearOperator against dense ground truth: where KFAC is exact, and its defining formulas."""
 
-import itertools
-
 import pytest
 import torch
 from contract import LinearOperatorContract
 from kfac_formulas import concatenated, layer_block, output_columns
+from kfac_problems import (
+    F64,
+    block,
+    classification_data,
+    conv_problem,
+    deep_linear,
+    mlp_classifier,
+    offsets,
+    regression_data,
+    sequence_problem,
+)
 from torch import nn
 
 from curvkit import FisherType, KFACLinearOperator, KFACType
 from curvkit.reference import empirical_fisher_matrix, ggn_matrix
-
-F64 = torch.float64
-
-
-def batches(sizes, make_x, make_y, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    return [(make_x(n, generator), make_y(n, generator)) for n in sizes]
-
-
-def offsets(params):
-    ends = list(itertools.accumulate(p.numel() for p in params))
-    return [slice(end - p.numel(), end) for p, end in zip(params, ends)]
-
-
-def block(matrix, params, first, last=None):
-    spans = offsets(params)
-    return matrix[spans[first].start : spans[last if last is not None else first].stop][
-        :, spans[first].start : spans[last if last is not None else first].stop
-    ]
-
-
-def deep_linear(dtype=F64):
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(4, 5), nn.Linear(5, 3), nn.Linear(3, 2)).to(dtype)
-
-
-def regression_data(sizes, dtype=F64, inputs=4, outputs=2):
-    data = batches(
-        sizes,
-        lambda n, g: torch.randn(n, inputs, generator=g, dtype=F64),
-        lambda n, g: torch.randn(n, outputs, generator=g, dtype=F64),
-    )
-    return [(X.to(dtype), y.to(dtype)) for X, y in data]
 
 
 @pytest.mark.parametrize("sizes", [(1,), (1, 1, 1), (3, 5, 2)], ids=["one", "single-datum-batches", "three"])
@@ -73,19 +49,6 @@ def test_type2_on_a_deep_linear_network_is_the_ggn_block_diagonal(sizes, separat
     assert (dense * (1 - mask)).abs().max() == 0
 
 
-def mlp_classifier(dtype=F64):
-    torch.manual_seed(1)
-    return nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)).to(dtype)
-
-
-def classification_data(sizes, dtype=F64):
-    return batches(
-        sizes,
-        lambda n, g: torch.randn(n, 4, generator=g, dtype=dtype),
-        lambda n, g: torch.randint(0, 3, (n,), generator=g),
-    )
-
-
 @pytest.mark.parametrize(
     "fisher_type, reference", [("type-2", ggn_matrix), ("empirical", empirical_fisher_matrix)]
 )
@@ -102,31 +65,6 @@ def test_bias_blocks_are_exact_and_weight_blocks_the_kronecker_formula(fisher_ty
     for index, module in zip((0, 2, 4), (model[0], model[2], model[4])):
         expected = layer_block(model, loss_func, data, module, fisher_type, "expand")
         torch.testing.assert_close(block(dense, params, index), expected, rtol=1e-10, atol=1e-12)
-
-
-class SequenceModel(nn.Module):
-    """Linear layers on ``[N, T, in]``, a layer used twice; output ``[N, C, T]`` for cross-entropy."""
-
-    def __init__(self, cross_entropy: bool):
-        super().__init__()
-        self.first, self.shared, self.head = nn.Linear(3, 4), nn.Linear(4, 4), nn.Linear(4, 3)
-        self.cross_entropy = cross_entropy
-
-    def forward(self, x):
-        hidden = self.shared(torch.tanh(self.shared(torch.tanh(self.first(x)))))
-        output = self.head(torch.tanh(hidden))
-        return output.transpose(1, 2) if self.cross_entropy else output
-
-
-def sequence_problem(loss: str):
-    torch.manual_seed(2)
-    model = SequenceModel(loss == "ce").double()
-    make_y = {
-        "ce": lambda n, g: torch.randint(0, 3, (n, 5), generator=g),
-        "mse": lambda n, g: torch.randn(n, 5, 3, generator=g, dtype=F64),
-    }[loss]
-    data = batches((2, 3), lambda n, g: torch.randn(n, 5, 3, generator=g, dtype=F64), make_y)
-    return model, nn.CrossEntropyLoss() if loss == "ce" else nn.MSELoss(), data
 
 
 @pytest.mark.parametrize("approx", ["expand", "reduce"])
@@ -149,20 +87,6 @@ def test_sequences_and_a_layer_used_twice_follow_expand_and_reduce(approx, fishe
     for first, module in zip((0, 2, 4), (model.first, model.shared, model.head)):
         expected = layer_block(model, loss_func, data, module, fisher_type, approx, joined=True)
         torch.testing.assert_close(block(dense, params, first, first + 1), expected, rtol=1e-9, atol=1e-12)
-
-
-def conv_problem(dims: int):
-    torch.manual_seed(3)
-    conv = nn.Conv2d(2, 3, 3, stride=2, padding=1) if dims == 2 else nn.Conv1d(2, 3, 3, padding=2, dilation=2)
-    model = nn.Sequential(conv, nn.ReLU(), nn.Flatten(), nn.LazyLinear(3)).double()
-    shape = (2, 6, 5) if dims == 2 else (2, 7)
-    model(torch.zeros(1, *shape, dtype=F64))
-    data = batches(
-        (3, 2),
-        lambda n, g: torch.randn(n, *shape, generator=g, dtype=F64),
-        lambda n, g: torch.randint(0, 3, (n,), generator=g),
-    )
-    return model, nn.CrossEntropyLoss(), data
 
 
 @pytest.mark.parametrize("approx", ["expand", "reduce"])
