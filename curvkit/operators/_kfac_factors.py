@@ -11,8 +11,8 @@ Scaling. The batch's ``S`` carries the batch loss's scale ``c_b`` (``1/K_b`` for
 ``K_b`` terms); the output sides are accumulated times ``K_b`` (the per-term sums) and divided
 by ``K = Σ_b K_b`` at the end, so the factors are those of the full data set's loss, however
 the data is split (as the engine weights the other operators' batches). Input sides are divided
-by their number of index triples. Every sum, counts included, goes through
-:meth:`curvkit._engine.MiniBatchEngine.sum_over_batches`.
+by their number of rows (``(sample, row)`` pairs; the ``K`` columns of a triple cancel). Every
+sum, counts included, goes through :meth:`curvkit._engine.MiniBatchEngine.sum_over_batches`.
 """
 
 from __future__ import annotations
@@ -27,10 +27,20 @@ from torch import Tensor
 from curvkit._engine import Batch
 from curvkit._engine.determinism import SharedPassProbe
 from curvkit._layers.parameters import Layer
-from curvkit._layers.recording import output_gradients, recording, traced_forward
+from curvkit._layers.recording import (
+    autograd_leaves,
+    dual_numbers,
+    output_gradients,
+    recording,
+    traced_forward,
+)
 from curvkit._output_factor import output_factor, seeded
 from curvkit.operators._kfac_plan import BlockPlan, Holder
 from curvkit.operators._setup import ModelDataSetup
+
+TRACINGS = (autograd_leaves, dual_numbers)
+"""Autograd leaves first: their graph walk costs less than dual numbers' second forward pass
+(MLP batch of the benchmark: 1.2 against 3.9 ms, one thread)."""
 
 PATCH_ENTRIES = 2**22
 """Most entries of a convolution's unfolded patches formed at once (chunks of samples)."""
@@ -42,7 +52,7 @@ class FactorSums:
 
     output: Tensor | None = None  # [rows, rows]; None for 'forward-only' (identity)
     input: Tensor | None = None  # [cols, cols], or [V] diagonal; None for a bias alone
-    count: float = 0.0  # index triples of the input side
+    count: float = 0.0  # (sample, row) pairs of the input side
 
 
 def _add(total: Tensor | None, value: Tensor) -> Tensor:
@@ -98,32 +108,30 @@ class BatchFactors:
         for holder, inputs, gradients in uses:
             layer = holder.layer
             g = None if gradients is None else layer.rule.output_rows(layer.module, gradients)  # [K, N, R, o]
-            if g is not None:
-                gram = _gram(g).mul_(self.loss_weight)
-                if holder.transposed:  # an embedding's gradients lie along a [V, d] block's input side
-                    sums.input = _add(sums.input, gram)
-                else:
-                    sums.output = _add(sums.output, gram)
+            if g is not None and holder.transposed:
+                # an embedding's gradients lie along a [V, d] block's input side, which is counted
+                # per (sample, row), not per column: hence 1/K (module docstring of _kfac_plan)
+                sums.input = _add(sums.input, _gram(g).mul_(self.loss_weight / self.num_columns))
+            elif g is not None:
+                sums.output = _add(sums.output, _gram(g).mul_(self.loss_weight))
             if plan.bias_only:
                 continue
             if holder.is_embedding:
-                rows = inputs.numel() * self.num_columns
                 if holder.transposed and g is None:
                     continue  # 'forward-only': its inputs lie along the output side, an identity
                 counts = layer.rule.index_counts(layer.module, inputs).to(layer.module.weight.dtype)
-                counts = counts * self.num_columns
-                if holder.transposed:
-                    sums.output = _add(sums.output, torch.diag(counts))
+                if holder.transposed:  # one-hot rows, the same for every column
+                    sums.output = _add(sums.output, torch.diag(counts * self.num_columns))
                 else:
                     sums.input = _add(sums.input, counts)
-                sums.count += rows
+                sums.count += inputs.numel()
                 continue
             for samples in _sample_chunks(layer, inputs):
                 rows = _input_rows(layer, inputs, samples)  # [n, R, in]
                 if plan.joined:
                     rows = _joined(rows)
-                sums.input = _add(sums.input, _gram(rows).mul_(self.num_columns))
-                sums.count += rows.shape[0] * rows.shape[1] * self.num_columns
+                sums.input = _add(sums.input, _gram(rows))
+                sums.count += rows.shape[0] * rows.shape[1]
         return sums
 
     def _reduced(self, plan: BlockPlan, uses: list[tuple[Holder, Tensor, Tensor | None]]) -> FactorSums:
@@ -150,8 +158,7 @@ class BatchFactors:
             mean = input_sum / rows_per_sample
             if plan.joined:
                 mean = _joined(mean)
-            sums.input = _gram(mean).mul_(self.num_columns)
-            sums.count = mean.shape[0] * self.num_columns
+            sums.input, sums.count = _gram(mean), mean.shape[0]
         return sums
 
 
@@ -184,7 +191,7 @@ def recorded_pass(
     def batch_result(batch: Batch) -> list[Tensor]:
         with recording(layers):
             output, per_sample = traced_forward(
-                model, model.model_func, batch.X, batch.size, layers, traced[0]
+                model, model.model_func, batch.X, batch.size, layers, traced[0], TRACINGS
             )
             check_per_sample(layers, per_sample)
             traced[0] = False
