@@ -239,10 +239,10 @@ class KFACLinearOperator(LinearOperator):
                 dim = plan.output_dim(tensors)
                 output = torch.eye(dim, dtype=self.dtype, device=self.device)
             else:
-                output = block_sums.output / divisor
+                output = block_sums.output.div_(divisor)  # the engine's sums: ours to scale
             inputs = None
             if not plan.bias_only and block_sums.input is not None:
-                inputs = block_sums.input / max(block_sums.count, 1.0)
+                inputs = block_sums.input.div_(max(block_sums.count, 1.0))
             blocks.append(KroneckerBlock(plan.params, output, inputs, input_major=plan.input_major))
         return KroneckerFactoredLinearOperator(list(tensors), blocks)
 
