@@ -18,6 +18,7 @@ from kfac_problems import (
 from torch import nn
 
 from curvkit import FisherType, KFACLinearOperator, KFACType
+from curvkit.operators import _kfac_factors as kfac_factors
 from curvkit.reference import empirical_fisher_matrix, ggn_matrix
 
 
@@ -175,3 +176,20 @@ class TestContract(LinearOperatorContract):
         return ggn * torch.block_diag(
             *[torch.ones(s.stop - s.start, s.stop - s.start, dtype=F64) for s in spans]
         )
+
+
+@pytest.mark.parametrize("approx", ["expand", "reduce"])
+@pytest.mark.parametrize("dims", [1, 2])
+def test_chunks_of_samples_give_the_same_factors(approx, dims, monkeypatch):
+    """Patches and per-sample Gram products formed a few samples at a time add up to the whole."""
+    model, loss_func, data = conv_problem(dims)
+    params = list(model.parameters())
+
+    def dense():
+        return KFACLinearOperator(
+            model, loss_func, params, data, fisher_type="type-2", kfac_approx=approx
+        ).to_dense()
+
+    whole = dense()
+    monkeypatch.setattr(kfac_factors, "PATCH_ENTRIES", 1)
+    torch.testing.assert_close(dense(), whole, rtol=1e-12, atol=1e-14)
