@@ -15,8 +15,6 @@ from pathlib import Path
 import pytest
 
 REFERENCE = Path(__file__).parents[1] / "docs" / "api_reference.txt"
-# Documented, not implemented yet: each comes with its own issue (DESIGN.md: KFAC/EKFAC).
-PLANNED = {"curvkit.KFACLinearOperator"}
 
 
 def _closing_parenthesis(text: str, start: int) -> int:
@@ -77,8 +75,8 @@ def test_the_reference_was_parsed():
 
 @pytest.mark.parametrize(
     "path, method, expected",
-    [entry for entry in SIGNATURES if entry[0] not in PLANNED],
-    ids=[f"{path}.{method or ''}" for path, method, _ in SIGNATURES if path not in PLANNED],
+    SIGNATURES,
+    ids=[f"{path}.{method or ''}" for path, method, _ in SIGNATURES],
 )
 def test_documented_signature(path, method, expected):
     target = resolve(path)
@@ -96,10 +94,3 @@ def test_documented_signature(path, method, expected):
         if p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
     ]
     assert not extra_required
-
-
-@pytest.mark.parametrize("path", sorted(PLANNED))
-def test_planned_names_are_still_missing(path):
-    """Keeps ``PLANNED`` honest: whoever implements one of them must remove it from the list."""
-    with pytest.raises(AttributeError):
-        resolve(path)

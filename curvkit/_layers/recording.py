@@ -237,6 +237,7 @@ def traced_forward(
     batch_size: int,
     layers: list[Layer],
     traced: bool = True,
+    tracings: tuple[Callable, ...] = TRACINGS,
 ) -> tuple[Tensor, list[Layer]]:
     """The output with its graph, and the ``layers`` that are per sample on this batch.
 
@@ -246,14 +247,15 @@ def traced_forward(
     network ``model`` calls (it selects the kernels, :func:`differentiable_kernels`).
     ``traced=False`` skips the tracing (with dual numbers it costs a pass of zero tangents) and
     takes every layer input with ``N`` samples as computed from the batch: for a model whose
-    layers were seen to be on an earlier batch.
+    layers were seen to be on an earlier batch. ``tracings``: the ways to try, in order (KFAC
+    takes autograd leaves first: a dual-number pass of a linear layer costs a second forward).
     """
     if not traced and layers:
         with torch.enable_grad(), differentiable_kernels(module):
             output = model(X)
             return output, per_sample_layers(layers, output, batch_size, lambda tensor: True)
     with torch.enable_grad(), differentiable_kernels(module):
-        for tracing in TRACINGS if layers else ():
+        for tracing in tracings if layers else ():
             try:
                 with tracing(X) as (traced_X, from_batch):
                     output = model(traced_X)

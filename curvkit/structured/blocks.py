@@ -186,11 +186,15 @@ def assembled(core: LinearOperator, where: Placement) -> LinearOperator:
 def kronecker_operator(
     where: Placement, output_factor: Tensor, input_factor: Tensor | None
 ) -> LinearOperator:
-    """``G ⊗ A`` (or ``A ⊗ G``, or ``G ⊗ [1]``) on the block's parameters; factors declared PSD."""
+    """``G ⊗ A`` (or ``A ⊗ G``, or ``G ⊗ [1]``) on the block's parameters.
+
+    The factors must be checked and symmetrized already (:class:`.kfac.KroneckerFactoredLinearOperator`
+    does); they are declared PSD.
+    """
     if input_factor is None:
         input_factor = torch.ones(1, dtype=output_factor.dtype, device=output_factor.device)
     left, right = where.ordered(output_factor, input_factor)
-    return assembled(KroneckerLinearOperator(left, right, psd=True), where)
+    return assembled(KroneckerLinearOperator(left, right, psd=True, checked=True), where)
 
 
 def eigen_operator(where: Placement, block: EigenKroneckerBlock) -> LinearOperator:

@@ -256,6 +256,32 @@ class EigenvalueCorrections:
             total += rotated.square().sum(0).to(torch.float64)
         self._accumulate(block, total, scale)
 
+    @property
+    def basis(self) -> EigenCorrectedKroneckerLinearOperator:
+        """The eigenbasis and blocks the corrections are accumulated in."""
+        return self._basis
+
+    @property
+    def sums(self) -> list[Tensor]:
+        """The accumulated sums (float64), one per block: to be reduced across batches or processes."""
+        return self._sums
+
+    def add_sums(self, sums: Sequence[Tensor], *, scale: float = 1.0) -> None:
+        """Add ``scale`` times sums accumulated elsewhere over the same basis (:attr:`sums` of another).
+
+        Raises:
+            ValueError: If there is not one sum of each block's shape per block.
+        """
+        if len(sums) != len(self._sums) or any(
+            not isinstance(total, Tensor) or total.shape != mine.shape
+            for total, mine in zip(sums, self._sums)
+        ):
+            raise ValueError(
+                f"sums must hold one tensor per block, of shapes {[list(t.shape) for t in self._sums]}."
+            )
+        for block, total in enumerate(sums):
+            self._accumulate(block, total.to(torch.float64), scale)
+
     def result(self) -> EigenCorrectedKroneckerLinearOperator:
         """EKFAC with the accumulated eigenvalues (in the basis' dtype and device).
 

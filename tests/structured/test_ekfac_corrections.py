@@ -99,6 +99,22 @@ def test_batches_add_up():
     torch.testing.assert_close(halves.result().to_dense(), whole.result().to_dense(), rtol=1e-12, atol=1e-14)
 
 
+def test_sums_of_separate_accumulators_add_up():
+    """Per-batch accumulators reduced with ``add_sums`` (as across processes) equal one accumulator."""
+    kfac = KroneckerFactoredLinearOperator(kfac_params(), kfac_blocks(kfac_factors()))
+    whole, total = kfac.eigenvalue_corrections(), kfac.eigenvalue_corrections()
+    inputs, _ = _batch(torch.float64)
+    for part in (slice(0, 3), slice(3, N)):
+        batch = EigenvalueCorrections(total.basis)
+        for index, (g, a) in enumerate(inputs):
+            whole.add(index, g[part], None if a is None else a[part], scale=1 / N)
+            batch.add(index, g[part], None if a is None else a[part], scale=2.0)
+        total.add_sums(batch.sums, scale=1 / (2 * N))
+    torch.testing.assert_close(total.result().to_dense(), whole.result().to_dense(), rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="sums must hold one tensor per block"):
+        total.add_sums(total.sums[:-1])
+
+
 def _single_weight(out_features, in_features, seed=0):
     G, A = psd(out_features, seed), psd(in_features, seed + 1)
     return KroneckerFactoredLinearOperator(

@@ -1,0 +1,322 @@
+r"""KFAC's factor pass: one forward and one backward pass per batch, all factors at once.
+
+Per batch, the layers' uses are recorded (:func:`curvkit._layers.recording.recording`), the
+output factor ``S`` (``[K, *output.shape]``, :mod:`curvkit._output_factor`) is pulled back to
+every use's output in one batched backward pass (gradients of the layer outputs only: no
+parameter gradient is formed), and each block's two sides are accumulated with one matrix
+product each (:mod:`._kfac_plan` for what feeds which side). Nothing per sample is formed
+beyond what the rules' row views give (a convolution's patches, in chunks of samples).
+
+Scaling. The batch's ``S`` carries the batch loss's scale ``c_b`` (``1/K_b`` for a mean over
+``K_b`` terms); the output sides are accumulated times ``K_b`` (the per-term sums) and divided
+by ``K = Σ_b K_b`` at the end, so the factors are those of the full data set's loss, however
+the data is split (as the engine weights the other operators' batches). Input sides are divided
+by their number of rows (``(sample, row)`` pairs; the ``K`` columns of a triple cancel). Every
+sum, counts included, goes through :meth:`curvkit._engine.MiniBatchEngine.sum_over_batches`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from curvkit._engine import Batch
+from curvkit._engine.determinism import SharedPassProbe
+from curvkit._layers.parameters import Layer
+from curvkit._layers.recording import (
+    autograd_leaves,
+    dual_numbers,
+    output_gradients,
+    recording,
+    traced_forward,
+)
+from curvkit._output_factor import output_factor, seeded
+from curvkit.operators._kfac_plan import BlockPlan, Holder
+from curvkit.operators._setup import ModelDataSetup
+
+TRACINGS = (autograd_leaves, dual_numbers)
+"""Autograd leaves first: their graph walk costs less than dual numbers' second forward pass
+(MLP batch of the benchmark: 1.2 against 3.9 ms, one thread)."""
+
+PATCH_ENTRIES = 2**22
+"""Most entries of a convolution's unfolded patches formed at once (chunks of samples)."""
+
+
+@dataclass
+class FactorSums:
+    """One block's accumulated sides for one batch (or the data set)."""
+
+    output: Tensor | None = None  # [rows, rows]; None for 'forward-only' (identity)
+    input: Tensor | None = None  # [cols, cols], or [V] diagonal; None for a bias alone
+    count: float = 0.0  # (sample, row) pairs of the input side
+
+
+def _add(total: Tensor | None, value: Tensor) -> Tensor:
+    return value if total is None else total.add_(value)
+
+
+class GramBuffers:
+    """Where each batch's Gram matrices ``Σ_i x_i x_iᵀ`` are written.
+
+    One buffer per block side and pass, reused from batch to batch (the engine adds them into its
+    sums, copying the first).
+    A fresh ``[2048, 2048]`` result per batch took 10 ms against 4 ms written into a buffer (the
+    benchmark CNN's linear layer, one thread: page faults of the new memory).
+    """
+
+    def __init__(self):
+        self._buffers: dict[tuple, Tensor] = {}
+
+    def add(self, key: tuple, total: Tensor | None, rows: Tensor, alpha: float = 1.0) -> Tensor:
+        """``total + alpha Σ_i x_i x_iᵀ`` over the rows of ``rows [..., d]``.
+
+        In place; into the buffer ``key`` if ``total`` is ``None``.
+        """
+        flat = rows.reshape(-1, rows.shape[-1])
+        if total is not None:
+            return total.addmm_(flat.T, flat, alpha=alpha)
+        size = (flat.shape[1], flat.shape[1])
+        buffer = self._buffers.get(key)
+        if buffer is None or buffer.shape != size or buffer.dtype != flat.dtype:
+            buffer = self._buffers[key] = flat.new_empty(size)
+        return buffer.addmm_(flat.T, flat, beta=0.0, alpha=alpha)  # beta=0: the old entries are ignored
+
+
+def _input_rows(layer: Layer, inputs: Tensor, samples: slice) -> Tensor:
+    return layer.rule.input_rows(layer.module, inputs[samples])
+
+
+def _joined(rows: Tensor) -> Tensor:
+    return torch.cat([rows, rows.new_ones(*rows.shape[:-1], 1)], dim=-1)
+
+
+def _sample_chunks(layer: Layer, inputs: Tensor) -> list[slice]:
+    """Slices of samples whose input rows fit :data:`PATCH_ENTRIES` (a convolution's patches).
+
+    Linear layers' rows are views of their inputs: one chunk.
+    """
+    kernel = getattr(layer.module, "kernel_size", None)
+    if kernel is None:
+        return [slice(None)]
+    per_sample = inputs[0].numel() * math.prod(kernel)
+    step = max(1, PATCH_ENTRIES // max(per_sample, 1))
+    return [slice(start, start + step) for start in range(0, inputs.shape[0], step)]
+
+
+class BatchFactors:
+    """Accumulates each block's sides over the uses of one batch.
+
+    Args:
+        kfac_approx: ``'expand'`` or ``'reduce'``.
+        num_columns: ``K``, the columns of the output factor (1 for 'forward-only': no gradients,
+            the output sides are identities).
+        loss_weight: ``K_b`` for a mean loss, ``1`` for a sum: the gradient sides' weight.
+        grams: The pass's buffers.
+    """
+
+    def __init__(self, kfac_approx: str, num_columns: int, loss_weight: float, grams: GramBuffers):
+        self.reduce, self.num_columns, self.loss_weight = kfac_approx == "reduce", num_columns, loss_weight
+        self.grams = grams
+
+    def block(
+        self, index: int, plan: BlockPlan, uses: list[tuple[Holder, Tensor, Tensor | None]]
+    ) -> FactorSums:
+        """Block ``index``'s sums over ``uses``: ``(holder, inputs, output gradients [K, *out] or None)``."""
+        sums = FactorSums()
+        reduce = self.reduce and not plan.input_major and not any(h.is_embedding for h, _, _ in uses)
+        if reduce:
+            return self._reduced(index, plan, uses)
+        gram = self.grams.add
+        for holder, inputs, gradients in uses:
+            layer = holder.layer
+            g = None if gradients is None else layer.rule.output_rows(layer.module, gradients)  # [K, N, R, o]
+            if g is not None and holder.transposed:
+                # an embedding's gradients lie along a [V, d] block's input side, which is counted
+                # per (sample, row), not per column: hence 1/K (module docstring of _kfac_plan)
+                sums.input = gram((index, "input"), sums.input, g, self.loss_weight / self.num_columns)
+            elif g is not None:
+                sums.output = gram((index, "output"), sums.output, g, self.loss_weight)
+            if plan.bias_only:
+                continue
+            if holder.is_embedding:
+                if holder.transposed and g is None:
+                    continue  # 'forward-only': its inputs lie along the output side, an identity
+                counts = layer.rule.index_counts(layer.module, inputs).to(layer.module.weight.dtype)
+                if holder.transposed:  # one-hot rows, the same for every column
+                    sums.output = _add(sums.output, torch.diag(counts * self.num_columns))
+                else:
+                    sums.input = _add(sums.input, counts)
+                sums.count += inputs.numel()
+                continue
+            for samples in _sample_chunks(layer, inputs):
+                rows = _input_rows(layer, inputs, samples)  # [n, R, in]
+                if plan.joined:
+                    rows = _joined(rows)
+                sums.input = gram((index, "input"), sums.input, rows)
+                sums.count += rows.shape[0] * rows.shape[1]
+        return sums
+
+    def _reduced(
+        self, index: int, plan: BlockPlan, uses: list[tuple[Holder, Tensor, Tensor | None]]
+    ) -> FactorSums:
+        """KFAC-reduce: per sample, gradients summed and inputs averaged over the rows of all uses."""
+        sums = FactorSums()
+        gradient_sum, input_sum, rows_per_sample = None, None, 0
+        for holder, inputs, gradients in uses:
+            layer = holder.layer
+            if gradients is not None:
+                g = layer.rule.output_rows(layer.module, gradients).sum(2)  # [K, N, out]
+                gradient_sum = _add(gradient_sum, g)
+            if plan.bias_only:
+                continue
+            parts = []
+            for samples in _sample_chunks(layer, inputs):
+                rows = _input_rows(layer, inputs, samples)
+                parts.append(rows.sum(1))
+                positions = rows.shape[1]
+            input_sum = _add(input_sum, torch.cat(parts))
+            rows_per_sample += positions
+        if gradient_sum is not None:
+            sums.output = self.grams.add((index, "output"), None, gradient_sum, self.loss_weight)
+        if input_sum is not None:
+            mean = input_sum / rows_per_sample
+            if plan.joined:
+                mean = _joined(mean)
+            sums.input = self.grams.add((index, "input"), None, mean)
+            sums.count = mean.shape[0]
+        return sums
+
+
+Uses = list[tuple[Holder, Tensor, "Tensor | None"]]
+"""Per block: ``(holder, inputs, output gradients [K, *output.shape] or None)`` of every use."""
+
+
+def recorded_pass(
+    setup: ModelDataSetup,
+    plans: list[BlockPlan],
+    fisher_type: str,
+    mc_samples: int,
+    seed: int,
+    probe: SharedPassProbe | None,
+    per_batch: Callable[[Batch, int, list[Uses]], list[Tensor]],
+    desc: str,
+) -> list[Tensor]:
+    """``Σ_b per_batch(b, K, uses of each block)`` over the data (the engine's sum, unweighted).
+
+    Per batch: one recorded forward pass, the output factor ``S`` (``K`` columns; ``K = 1`` and
+    no backward pass for 'forward-only') pulled back to every use in one backward pass. The
+    first batch is traced to check that every layer is used per sample; later batches record
+    the same layers without the tracing (:func:`curvkit._layers.recording.traced_forward`).
+    """
+    model = setup.model
+    generator = seeded(seed, model.device)
+    layers = _plan_layers(plans)
+    traced = [True]
+
+    def batch_result(batch: Batch) -> list[Tensor]:
+        with recording(layers):
+            output, per_sample = traced_forward(
+                model, model.model_func, batch.X, batch.size, layers, traced[0], TRACINGS
+            )
+            check_per_sample(layers, per_sample)
+            traced[0] = False
+            if probe is not None:
+                probe.record(batch, setup.batch_tensors(batch, output.detach()))
+            if fisher_type == "forward-only":
+                num_columns, gradients = 1, [[None] * len(layer.uses) for layer in layers]
+            else:
+                columns = output_factor(
+                    fisher_type, setup.loss_func, output.detach(), batch, generator, mc_samples
+                )
+                num_columns, gradients = columns.shape[0], output_gradients(layers, output, columns)
+            del output  # and with it the graph, before the factors' products
+            of_layer = {id(layer): list(zip(layer.uses, grads)) for layer, grads in zip(layers, gradients)}
+            uses = [
+                [
+                    (holder, use.inputs.detach(), grad)
+                    for holder in plan.holders
+                    for use, grad in of_layer[id(holder.layer)]
+                ]
+                for plan in plans
+            ]
+            return per_batch(batch, num_columns, uses)
+
+    totals = setup.engine.sum_over_batches(batch_result, "sum", desc=desc)
+    if probe is not None:
+        probe.finish()
+    return totals
+
+
+def factor_sums(
+    setup: ModelDataSetup,
+    plans: list[BlockPlan],
+    fisher_type: str,
+    kfac_approx: str,
+    mc_samples: int,
+    seed: int,
+    probe: SharedPassProbe | None,
+    reduction: str,
+) -> tuple[list[FactorSums], float]:
+    """Each block's sides summed over the data set, and the loss's divisor ``K`` (``1`` for a sum)."""
+    model, grams = setup.model, GramBuffers()
+
+    def per_batch(batch: Batch, num_columns: int, uses: list[Uses]) -> list[Tensor]:
+        loss_weight = loss_weight_of(batch, reduction)
+        accumulator = BatchFactors(kfac_approx, num_columns, loss_weight, grams)
+        result = []
+        for index, (plan, plan_uses) in enumerate(zip(plans, uses)):
+            result += _flat(accumulator.block(index, plan, plan_uses), model)
+        return [*result, torch.tensor(loss_weight, dtype=torch.float64, device=model.device)]
+
+    totals = recorded_pass(setup, plans, fisher_type, mc_samples, seed, probe, per_batch, "KFAC factors")
+    divisor = float(totals[-1]) if reduction == "mean" else 1.0
+    sums = []
+    for index in range(len(plans)):
+        output, inputs, count = totals[3 * index : 3 * index + 3]
+        output = None if output.numel() == 0 else output
+        sums.append(FactorSums(output, None if inputs.numel() == 0 else inputs, float(count)))
+    return sums, divisor
+
+
+def loss_weight_of(batch: Batch, reduction: str) -> float:
+    """``K_b`` for a mean loss (its sides are accumulated per term), ``1`` for a sum."""
+    return float(batch.loss_terms) if reduction == "mean" else 1.0
+
+
+def _flat(sums: FactorSums, model) -> list[Tensor]:
+    """A block's sums as three tensors (empty ones for absent sides), for the engine's sum."""
+    empty = torch.empty(0, dtype=model.dtype, device=model.device)
+    return [
+        empty if sums.output is None else sums.output,
+        empty if sums.input is None else sums.input,
+        torch.tensor(sums.count, dtype=torch.float64, device=model.device),
+    ]
+
+
+def _plan_layers(plans: list[BlockPlan]) -> list[Layer]:
+    layers: list[Layer] = []
+    for plan in plans:
+        for holder in plan.holders:
+            if all(layer is not holder.layer for layer in layers):
+                layers.append(holder.layer)
+    return layers
+
+
+def check_per_sample(layers: list[Layer], per_sample: list[Layer]) -> None:
+    """Raise unless every layer was found per sample in the traced pass.
+
+    Raises:
+        NotImplementedError: Naming the first layer that is not.
+    """
+    for layer in layers:
+        if all(layer is not other for other in per_sample):
+            raise NotImplementedError(
+                f"KFAC: layer '{layer.name}' ({type(layer.module).__name__}) is not used per sample in "
+                "the forward pass: each call must take an input with the batch's samples on the first "
+                "axis, computed from the batch, and its parameters must enter the output only "
+                "through such calls (no functional use of them elsewhere, no forward hooks)."
+            )

@@ -1,0 +1,177 @@
+"""KFACLinearOperator against dense ground truth: where KFAC is exact, and its defining formulas."""
+
+import pytest
+import torch
+from contract import LinearOperatorContract
+from kfac_formulas import concatenated, layer_block, output_columns
+from kfac_problems import (
+    F64,
+    block,
+    classification_data,
+    conv_problem,
+    deep_linear,
+    mlp_classifier,
+    offsets,
+    regression_data,
+    sequence_problem,
+)
+from torch import nn
+
+from curvkit import FisherType, KFACLinearOperator, KFACType
+from curvkit.reference import empirical_fisher_matrix, ggn_matrix
+
+
+@pytest.mark.parametrize("sizes", [(1,), (1, 1, 1), (3, 5, 2)], ids=["one", "single-datum-batches", "three"])
+@pytest.mark.parametrize("separate", [True, False], ids=["separate", "joined"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_type2_on_a_deep_linear_network_is_the_ggn_block_diagonal(sizes, separate, reduction):
+    model, loss_func = deep_linear(), nn.MSELoss(reduction=reduction)
+    data, params = regression_data(sizes), list(model.parameters())
+    kfac = KFACLinearOperator(
+        model,
+        loss_func,
+        params,
+        data,
+        fisher_type="type-2",
+        separate_weight_and_bias=separate,
+        loss_average=None if reduction == "sum" else "batch",
+    )
+    ggn, dense = ggn_matrix(model, loss_func, params, data), kfac.to_dense()
+    groups = [(i,) for i in range(len(params))] if separate else [(0, 1), (2, 3), (4, 5)]
+    for group in groups:
+        torch.testing.assert_close(
+            block(dense, params, group[0], group[-1]),
+            block(ggn, params, group[0], group[-1]),
+            rtol=1e-10,
+            atol=1e-12,
+        )
+    mask = torch.block_diag(*[torch.ones(block(ggn, params, g[0], g[-1]).shape, dtype=F64) for g in groups])
+    assert (dense * (1 - mask)).abs().max() == 0
+
+
+@pytest.mark.parametrize(
+    "fisher_type, reference", [("type-2", ggn_matrix), ("empirical", empirical_fisher_matrix)]
+)
+def test_bias_blocks_are_exact_and_weight_blocks_the_kronecker_formula(fisher_type, reference):
+    """A bias alone has the per-sample gradient covariance itself as its block (no Kronecker step)."""
+    model, loss_func = mlp_classifier(), nn.CrossEntropyLoss()
+    data, params = classification_data((3, 5, 2)), list(model.parameters())
+    kfac = KFACLinearOperator(model, loss_func, params, data, fisher_type=fisher_type)
+    exact, dense = reference(model, loss_func, params, data), kfac.to_dense()
+    for index in (1, 3, 5):
+        torch.testing.assert_close(
+            block(dense, params, index), block(exact, params, index), rtol=1e-10, atol=1e-12
+        )
+    for index, module in zip((0, 2, 4), (model[0], model[2], model[4])):
+        expected = layer_block(model, loss_func, data, module, fisher_type, "expand")
+        torch.testing.assert_close(block(dense, params, index), expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("approx", ["expand", "reduce"])
+@pytest.mark.parametrize("fisher_type", ["type-2", "empirical"])
+@pytest.mark.parametrize("loss", ["ce", "mse"])
+def test_sequences_and_a_layer_used_twice_follow_expand_and_reduce(approx, fisher_type, loss):
+    model, loss_func, data = sequence_problem(loss)
+    params = list(model.parameters())
+    kfac = KFACLinearOperator(
+        model,
+        loss_func,
+        params,
+        data,
+        fisher_type=fisher_type,
+        kfac_approx=approx,
+        loss_average="batch+sequence",
+        separate_weight_and_bias=False,
+    )
+    dense = kfac.to_dense()
+    for first, module in zip((0, 2, 4), (model.first, model.shared, model.head)):
+        expected = layer_block(model, loss_func, data, module, fisher_type, approx, joined=True)
+        torch.testing.assert_close(block(dense, params, first, first + 1), expected, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("approx", ["expand", "reduce"])
+@pytest.mark.parametrize("dims", [1, 2])
+def test_convolutions_follow_expand_and_reduce(approx, dims):
+    model, loss_func, data = conv_problem(dims)
+    params = list(model.parameters())
+    kfac = KFACLinearOperator(model, loss_func, params, data, fisher_type="type-2", kfac_approx=approx)
+    dense = kfac.to_dense()
+    torch.testing.assert_close(
+        block(dense, params, 0),
+        layer_block(model, loss_func, data, model[0], "type-2", approx),
+        rtol=1e-9,
+        atol=1e-12,
+    )
+    bias = layer_block(model, loss_func, data, model[0], "type-2", approx, bias=True)
+    torch.testing.assert_close(block(dense, params, 1), bias, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("sizes", [(10,), (3, 5, 2)], ids=["one", "three"])
+def test_mc_converges_to_type2(sizes):
+    model, loss_func = mlp_classifier(), nn.CrossEntropyLoss()
+    data, params = classification_data(sizes), list(model.parameters())
+    exact = KFACLinearOperator(model, loss_func, params, data, fisher_type="type-2").to_dense()
+
+    def error(samples):
+        mc = KFACLinearOperator(
+            model,
+            loss_func,
+            params,
+            data,
+            fisher_type=FisherType.MC,
+            mc_samples=samples,
+            check_deterministic=False,
+        )
+        return ((mc.to_dense() - exact).norm() / exact.norm()).item()
+
+    few, many = error(1), error(3000)
+    assert many < 0.06 and many < few / 4
+
+
+def test_forward_only_has_identity_output_factors():
+    model, loss_func = mlp_classifier(), nn.CrossEntropyLoss()
+    data, params = classification_data((3, 5)), list(model.parameters())
+    kfac = KFACLinearOperator(model, loss_func, params, data, fisher_type="forward-only")
+    X, _ = concatenated(data)
+    dense = kfac.to_dense()
+    torch.testing.assert_close(block(dense, params, 0), torch.kron(torch.eye(6, dtype=F64), X.T @ X / len(X)))
+    torch.testing.assert_close(block(dense, params, 5), torch.eye(3, dtype=F64))
+
+
+def test_enums_and_strings_give_the_same_operator():
+    model, loss_func = mlp_classifier(), nn.CrossEntropyLoss()
+    data, params = classification_data((4,)), list(model.parameters())
+    by_name = KFACLinearOperator(model, loss_func, params, data, fisher_type="type-2", kfac_approx="reduce")
+    by_enum = KFACLinearOperator(
+        model, loss_func, params, data, fisher_type=FisherType.TYPE2, kfac_approx=KFACType.REDUCE
+    )
+    torch.testing.assert_close(by_name.to_dense(), by_enum.to_dense(), rtol=0, atol=0)
+
+
+def test_output_columns_factor_the_loss_hessian():
+    """The formulas' own ground truth: ``Σ_k s_k s_kᵀ`` is each sample's Hessian block."""
+    output, y = torch.randn(3, 4, dtype=F64), torch.tensor([0, 3, 1])
+    columns = output_columns(nn.CrossEntropyLoss(), output, y, "type-2")
+    probabilities = output.softmax(1)
+    for n in range(3):
+        expected = (torch.diag(probabilities[n]) - torch.outer(probabilities[n], probabilities[n])) / 3
+        torch.testing.assert_close(columns[:, n].T @ columns[:, n], expected)
+
+
+class TestContract(LinearOperatorContract):
+    """The deep linear network's type-2 KFAC, whose dense ground truth is the GGN's block diagonal."""
+
+    @pytest.fixture(params=[F64, torch.float32], ids=["f64", "f32"])
+    def operator(self, request):
+        model, data = deep_linear(request.param), regression_data((3, 2), request.param)
+        return KFACLinearOperator(model, nn.MSELoss(), list(model.parameters()), data, fisher_type="type-2")
+
+    @pytest.fixture
+    def dense(self):
+        model, data = deep_linear(), regression_data((3, 2))
+        params = list(model.parameters())
+        ggn = ggn_matrix(model, nn.MSELoss(), params, data)
+        spans = offsets(params)
+        return ggn * torch.block_diag(
+            *[torch.ones(s.stop - s.start, s.stop - s.start, dtype=F64) for s in spans]
+        )
