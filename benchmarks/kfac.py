@@ -10,8 +10,10 @@ multiple of one plain-autograd gradient over the same data, timed in the same pr
 - **cached product** ``KFAC @ v`` and ``KFAC @ V`` (16 columns) once the factors exist, and in the
   same rounds the per-layer factor multiplications it consists of: ``G_l W_l A_lᵀ`` (and
   ``G_l b_l``) on the same input's per-layer views, with factors of the same shapes;
-- **EKFAC** ('mc', one sample): the factors' eigendecompositions and the eigenvalue-correction
-  pass over the data, timed apart;
+- **EKFAC** ('mc', one sample): all of it (``compute_eigenvalue_correction()`` on a fresh
+  operator: factor pass, eigendecompositions, correction pass), the eigendecompositions of
+  computed factors timed apart, and the correction pass as the difference, per round, of the
+  first and the factor pass ('mc' row) and the eigendecompositions;
 - **memory**: the extra peak memory of the factor pass over that of one gradient (separate process,
   measured like ``products.py``);
 - **accuracy**: ``KFAC @ V`` (``V`` of 4 columns, float64) of curvkit against curvlinops', largest
@@ -208,7 +210,7 @@ def table(problem: str, runs: dict[str, list[dict]], agreement: dict) -> list[st
         "|---|---:|---|---:|---:|---:|---:|",
     ]
     names = [*factor_settings(problem), "product", "floor", f"product k={COLUMNS}", f"floor k={COLUMNS}"]
-    for name in [*names, "EKFAC eigendecompositions", "EKFAC correction pass"]:
+    for name in [*names, "EKFAC, all", "EKFAC eigendecompositions", "EKFAC correction pass"]:
         mine, other = ratios(ours, name), ratios(theirs, name)
         bp_name = backpack_row(problem, name)
         bp = ratios(backpack, bp_name) if bp_name else []
