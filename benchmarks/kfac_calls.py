@@ -90,6 +90,42 @@ def floor(shapes: list[tuple[int, int]], vector: torch.Tensor):
     return run
 
 
+def factor_floor(model: nn.Module, loss_func: nn.Module, data):
+    """The 'empirical' factors' arithmetic in plain torch, as a call: a gradient (hooks keep each
+    layer's input and output gradient), then per layer and batch the Gram matrices ``aᵀa`` of the
+    inputs (patches for a convolution) and ``gᵀg`` of the output gradients. An upper bound of the
+    floor: KFAC needs no weight gradients.
+    """
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+
+    def rows(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(layer, nn.Conv2d):  # [N, C·k·k, positions] → [N · positions, C·k·k]
+            x = nn.functional.unfold(x, layer.kernel_size, layer.dilation, layer.padding, layer.stride)
+            return x.transpose(1, 2).flatten(end_dim=1)
+        return x.flatten(end_dim=-2)
+
+    def run():
+        records = {}
+
+        def keep(layer, inputs, output):
+            records[layer] = [inputs[0].detach()]
+            output.register_hook(lambda g: records[layer].append(g.movedim(1, -1) if g.ndim > 2 else g))
+
+        handles = [layer.register_forward_hook(keep) for layer in layers]
+        sums = {}
+        for X, y in data:
+            loss_func(model(X), y).backward()
+            for layer, (a, g) in records.items():
+                a, g = rows(layer, a), g.flatten(end_dim=-2)
+                grams = (a.T @ a, g.T @ g)
+                sums[layer] = grams if layer not in sums else [s + t for s, t in zip(sums[layer], grams)]
+        for handle in handles:
+            handle.remove()
+        return sums
+
+    return run
+
+
 def eigendecompositions(library: str, build, build_ekfac):
     """The eigendecompositions of freshly computed 'mc' factors (computed untimed), as a call."""
     if library == "curvlinops":  # EKFAC's own step; it pops the factors, hence a fresh operator
@@ -114,6 +150,7 @@ def worker_calls(args, model, loss_func, params, data) -> dict:
     build = kfac_builder(args.library, model, loss_func, params, data)
     for label, kwargs in factor_settings(args.problem).items():
         calls[label] = lambda kwargs=kwargs: lambda: build(**kwargs).compute_kronecker_factors()
+    calls["factor floor"] = lambda: factor_floor(model, loss_func, data)
     operator = build(fisher_type="type-2")
     operator.compute_kronecker_factors()
     generator = torch.Generator().manual_seed(1)
@@ -123,7 +160,7 @@ def worker_calls(args, model, loss_func, params, data) -> dict:
     for name, x in (("product", vector), (f"product k={COLUMNS}", matrix)):
         bare = floor(shapes, x)
         calls[name] = lambda x=x: lambda: [operator @ x for _ in range(PRODUCT_CALLS)]
-        calls[name.replace("product", "floor")] = lambda bare=bare: (
+        calls[name.replace("product", "product floor")] = lambda bare=bare: (
             lambda: [bare() for _ in range(PRODUCT_CALLS)]
         )
     ekfac = kfac_builder(args.library, model, loss_func, params, data, "EKFACLinearOperator")
@@ -147,7 +184,7 @@ def run_time(args) -> dict:
             function()
             elapsed = clock() - start
             if round_index > 0 or args.quick:
-                times[name].append(elapsed / (PRODUCT_CALLS if name.startswith(("product", "floor")) else 1))
+                times[name].append(elapsed / (PRODUCT_CALLS if name.startswith("product") else 1))
     if "EKFAC, all" in times:  # the correction pass: what EKFAC adds to the factors and their eigenbases
         steps = zip(times["EKFAC, all"], times["factors 'mc'"], times["EKFAC eigendecompositions"])
         times["EKFAC correction pass"] = [total - factors - eigen for total, factors, eigen in steps]

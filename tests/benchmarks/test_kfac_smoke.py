@@ -20,7 +20,7 @@ def test_kfac_benchmark_quick_run():
         assert f"### {problem}" in completed.stdout
     rows = [line.strip("|").split("|") for line in completed.stdout.splitlines() if line.startswith("| ")]
     rows = [[cell.strip() for cell in row] for row in rows if not row[0].strip().startswith(("×", "---"))]
-    assert len(rows) == 2 * 11 + 1  # the CNN has the 'reduce' row too
+    assert len(rows) == 2 * 12 + 1  # the CNN has the 'reduce' row too
     for row in rows:
         float(row[1])  # curvkit's figure is a number
         assert row[3] == row[5] == "–"  # curvlinops and BackPACK: not asked for
