@@ -76,14 +76,43 @@ class GramBuffers:
 
         In place; into the buffer ``key`` if ``total`` is ``None``.
         """
+        # per sample where the rows outnumber the features: a product [d, R] @ [R, d] per sample
+        # is efficient then (a second convolution's [144, 64] patches were 1.6× slower that way)
+        if rows.ndim >= 3 and rows.stride(-1) != 1 and rows.shape[-2] >= rows.shape[-1]:
+            return self._add_per_sample(key, total, rows, alpha)
         flat = rows.reshape(-1, rows.shape[-1])
         if total is not None:
             return total.addmm_(flat.T, flat, alpha=alpha)
-        size = (flat.shape[1], flat.shape[1])
-        buffer = self._buffers.get(key)
-        if buffer is None or buffer.shape != size or buffer.dtype != flat.dtype:
-            buffer = self._buffers[key] = flat.new_empty(size)
+        buffer = self._buffer(key, flat)
         return buffer.addmm_(flat.T, flat, beta=0.0, alpha=alpha)  # beta=0: the old entries are ignored
+
+    def _buffer(self, key: tuple, like: Tensor) -> Tensor:
+        size = (like.shape[-1], like.shape[-1])
+        buffer = self._buffers.get(key)
+        if buffer is None or buffer.shape != size or buffer.dtype != like.dtype:
+            buffer = self._buffers[key] = like.new_empty(size)
+        return buffer
+
+    def _add_per_sample(self, key: tuple, total: Tensor | None, rows: Tensor, alpha: float) -> Tensor:
+        """:meth:`add` for rows whose features are not contiguous.
+
+        A convolution's patches and output gradients are transposed views of ``[B, d, R]``:
+        ``Σ_b X_b X_bᵀ`` by batched products on that layout avoids the copy a ``[B·R, d]``
+        matrix needs (1.07 against 1.8 ms for the benchmark CNN's first convolution, one
+        thread), in chunks whose ``[b, d, d]`` products stay small.
+        """
+        columns = rows.reshape(-1, *rows.shape[-2:]).transpose(1, 2)  # [B, d, R]
+        dim = columns.shape[1]
+        step = max(1, PATCH_ENTRIES // (dim * dim))
+        result = total
+        for start in range(0, columns.shape[0], step):
+            chunk = columns[start : start + step]
+            products = torch.bmm(chunk, chunk.transpose(1, 2))
+            if result is None:
+                result = torch.sum(products, 0, out=self._buffer(key, products)).mul_(alpha)
+            else:
+                result.add_(products.sum(0), alpha=alpha)
+        return result
 
 
 def _input_rows(layer: Layer, inputs: Tensor, samples: slice) -> Tensor:

@@ -18,6 +18,7 @@ from kfac_problems import (
 from torch import nn
 
 from curvkit import FisherType, KFACLinearOperator, KFACType
+from curvkit.operators import _kfac_factors as kfac_factors
 from curvkit.reference import empirical_fisher_matrix, ggn_matrix
 
 
@@ -175,3 +176,36 @@ class TestContract(LinearOperatorContract):
         return ggn * torch.block_diag(
             *[torch.ones(s.stop - s.start, s.stop - s.start, dtype=F64) for s in spans]
         )
+
+
+@pytest.mark.parametrize("approx", ["expand", "reduce"])
+@pytest.mark.parametrize("dims", [1, 2])
+def test_chunks_of_samples_give_the_same_factors(approx, dims, monkeypatch):
+    """Patches and per-sample Gram products formed a few samples at a time add up to the whole."""
+    model, loss_func, data = conv_problem(dims)
+    params = list(model.parameters())
+
+    def dense():
+        return KFACLinearOperator(
+            model, loss_func, params, data, fisher_type="type-2", kfac_approx=approx
+        ).to_dense()
+
+    whole = dense()
+    monkeypatch.setattr(kfac_factors, "PATCH_ENTRIES", 1)
+    torch.testing.assert_close(dense(), whole, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("approx", ["expand", "reduce"])
+def test_conv3d_of_depth_one_is_the_conv2d(approx):
+    """A ``Conv3d`` with kernel ``(1, 3, 3)`` on inputs of depth 1 is a ``Conv2d``: the same factors."""
+    model2d, loss_func, data = conv_problem(2)  # Conv2d(2, 3, 3, stride=2, padding=1) first
+    deep = nn.Conv3d(2, 3, (1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)).double()
+    with torch.no_grad():
+        deep.weight.copy_(model2d[0].weight.unsqueeze(2))
+        deep.bias.copy_(model2d[0].bias)
+    model3d = nn.Sequential(deep, nn.ReLU(), nn.Flatten(), model2d[3])
+    data3d = [(X.unsqueeze(2), y) for X, y in data]
+    kwargs = {"fisher_type": "type-2", "kfac_approx": approx}
+    expected = KFACLinearOperator(model2d, loss_func, list(model2d.parameters()), data, **kwargs).to_dense()
+    actual = KFACLinearOperator(model3d, loss_func, list(model3d.parameters()), data3d, **kwargs).to_dense()
+    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-13)
