@@ -63,9 +63,9 @@ class GramBuffers:
     """Where each batch's Gram matrices ``Σ_i x_i x_iᵀ`` are written.
 
     One buffer per block side and pass, reused from batch to batch (the engine adds them into its
-    sums, copying the first).
-    A fresh ``[2048, 2048]`` result per batch took 10 ms against 4 ms written into a buffer (the
-    benchmark CNN's linear layer, one thread: page faults of the new memory).
+    sums, copying the first). A fresh ``[2048, 2048]`` result per batch took 10 ms against 4 ms
+    written into a buffer (the benchmark CNN's linear layer, one thread: page faults of the new
+    memory).
     """
 
     def __init__(self):
