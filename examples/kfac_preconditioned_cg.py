@@ -28,17 +28,17 @@ from curvkit import GGNLinearOperator, KFACLinearOperator
 from curvkit.linalg import conjugate_gradient, damped
 
 torch.manual_seed(0)
-torch.set_default_dtype(torch.float64)
 NUM_SAMPLES, IN_FEATURES, HIDDEN, OUT_FEATURES = 256, 10, 16, 3
 DAMPING, TOLERANCE = 1e-4, 1e-6
 
 # %%
 # Data with features on scales from 0.1 to 10 around a common offset, and a small MLP.
 
-X = torch.randn(NUM_SAMPLES, IN_FEATURES) * torch.logspace(-1, 1, IN_FEATURES) + 3.0
-y = torch.randn(NUM_SAMPLES, OUT_FEATURES)
+scales = torch.logspace(-1, 1, IN_FEATURES, dtype=torch.float64)
+X = torch.randn(NUM_SAMPLES, IN_FEATURES, dtype=torch.float64) * scales + 3.0
+y = torch.randn(NUM_SAMPLES, OUT_FEATURES, dtype=torch.float64)
 data = [(X[:128], y[:128]), (X[128:], y[128:])]
-model = nn.Sequential(nn.Linear(IN_FEATURES, HIDDEN), nn.Tanh(), nn.Linear(HIDDEN, OUT_FEATURES))
+model = nn.Sequential(nn.Linear(IN_FEATURES, HIDDEN), nn.Tanh(), nn.Linear(HIDDEN, OUT_FEATURES)).double()
 loss_func = nn.MSELoss()
 params = list(model.parameters())
 
@@ -58,7 +58,7 @@ preconditioners = {
 # CG from zero on one right-hand side, counting iterations until the residual has shrunk by
 # ``TOLERANCE`` relative to ``b``.
 
-b = torch.randn(ggn.shape[0], 1)
+b = torch.randn(ggn.shape[0], 1, dtype=torch.float64)
 iterations, residuals = {}, {}
 for name, preconditioner in preconditioners.items():
     count = [0]
