@@ -91,11 +91,11 @@ def main() -> None:
         "",
         f"{os.cpu_count()} CPU cores shared with other processes (load average over 1, 5, 15 minutes "
         "before each run); `python -m curvkit report` in a fresh process, the built-in models on one "
-        "thread (`curvkit report` sets it for them); KFAC and sketches not available in this version.",
+        "thread (`curvkit report` sets it for them).",
         "",
         "| run | seconds | load before | start-up, training, page | eigenvalues | traces | densities "
-        "| dense |",
-        "|---|---:|---|---:|---:|---:|---:|---:|",
+        "| KFAC | sketch | dense |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     with tempfile.TemporaryDirectory() as directory:
         for run in range(args.runs):
@@ -105,7 +105,8 @@ def main() -> None:
             rest = seconds - sum(analyses.values())
             lines.append(
                 f"| {run + 1} | {seconds:.1f} | {before} | {rest:.1f} | {analyses['eigenvalues']:.1f} | "
-                f"{analyses['traces']:.1f} | {analyses['densities']:.1f} | {analyses['dense']:.1f} |"
+                f"{analyses['traces']:.1f} | {analyses['densities']:.1f} | {analyses['kfac']:.1f} | "
+                f"{analyses['sketch']:.1f} | {analyses['dense']:.1f} |"
             )
             print(lines[-1], flush=True)
     if args.install:
