@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from curvkit import (
     EFLinearOperator,
@@ -90,8 +91,13 @@ def _compute(data: list, process_group: object | None) -> dict[str, torch.Tensor
 
 
 def _products(rank: int, world_size: int) -> dict:
-    _, _, _, batches = _problem()
-    return _compute([batches[index] for index in SHARDS[world_size][rank]], dist.group.WORLD)
+    model, loss_func, params, batches = _problem()
+    shard = [batches[index] for index in SHARDS[world_size][rank]]
+    results = _compute(shard, dist.group.WORLD)
+    wrapped = DistributedDataParallel(model)
+    ggn = GGNLinearOperator(wrapped, loss_func, params, shard, process_group=dist.group.WORLD)
+    results["GGN, DDP-wrapped model"] = ggn @ _vectors(ggn.shape[0], 1)[0]
+    return results
 
 
 class _FailingData(list):
@@ -221,12 +227,15 @@ QUANTITIES = [
     "trace",
     "top eigenvalues",
     "seigh",
+    "GGN, DDP-wrapped model",
 ]
+SAME_AS = {"GGN, DDP-wrapped model": "GGN"}
+"""Quantities computed otherwise in one process."""
 
 
 @pytest.mark.parametrize("quantity", QUANTITIES)
 def test_every_rank_gets_what_one_process_gets_on_all_data(ranks, one_process, quantity):
-    expected = one_process[quantity]
+    expected = one_process[SAME_AS.get(quantity, quantity)]
     for rank, results in enumerate(ranks):
         assert results[quantity].shape == expected.shape, f"rank {rank}"
         torch.testing.assert_close(results[quantity], expected, rtol=1e-10, atol=1e-12, msg=f"rank {rank}")
