@@ -100,6 +100,10 @@ class LocalReduction:
         """``rows`` as they are."""
         return rows
 
+    def minimum(self, value: int, step: str) -> int:
+        """``value`` (the smallest over the ranks in data-parallel runs)."""
+        return value
+
     def share_failure(self, step: str, error: BaseException) -> None:
         """Nothing to share: the caller raises ``error`` as it is."""
 
@@ -202,6 +206,10 @@ class ProcessGroupReduction(LocalReduction):
         for tensor in tensors:
             tensor.copy_(packed[offset : offset + tensor.numel()].view_as(tensor))
             offset += tensor.numel()
+
+    def minimum(self, value: int, step: str) -> int:
+        """The smallest ``value`` over the ranks (read off a status exchange)."""
+        return int(min(self.exchange(step, rows=float(value)).column("rows")))
 
     def gather_rows(self, rows: Tensor, counts: list[int]) -> Tensor:
         """Every rank's ``rows`` stacked in rank order; ``counts``: each rank's number of rows.

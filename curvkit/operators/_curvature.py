@@ -117,6 +117,9 @@ class CurvatureLinearOperator(LinearOperator):
         """What this operator computes beyond model and loss, compared across ranks."""
         return type(self).__name__
 
+    def _agreed_width(self, width: int) -> int:
+        return self._setup.reduction.minimum(width, "the memory budget's block width")
+
     @property
     def num_data(self) -> int:
         """Total number of samples ``N``."""

@@ -82,6 +82,9 @@ class JacobianLinearOperator(LinearOperator):
         if check_deterministic:
             self._setup.check_deterministic(self)
 
+    def _agreed_width(self, width: int) -> int:
+        return self._setup.reduction.minimum(width, "the memory budget's block width")
+
     def _matmat(self, X: Tensor) -> Tensor:
         tangents = self._setup.model.layout.columns_to_list(X)
 

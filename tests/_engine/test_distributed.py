@@ -87,6 +87,7 @@ def _compute(data: list, process_group: object | None) -> dict[str, torch.Tensor
     results["trace"] = hutchinson_trace(ggn, 5, seed=0)
     results["top eigenvalues"] = lanczos_eigsh(hessian, k=2, seed=0)[0]
     results["seigh"] = seigh(ggn, ggn.device, ggn.dtype, 6, seed=0)[0]
+    results["dense GGN"] = ggn.to_dense()
     return results
 
 
@@ -97,6 +98,9 @@ def _products(rank: int, world_size: int) -> dict:
     wrapped = DistributedDataParallel(model)
     ggn = GGNLinearOperator(wrapped, loss_func, params, shard, process_group=dist.group.WORLD)
     results["GGN, DDP-wrapped model"] = ggn @ _vectors(ggn.shape[0], 1)[0]
+    # budgets that allow different block widths per rank: the ranks must agree on one
+    ggn.memory_budget = 1 if rank == 0 else 2**30
+    results["dense GGN, memory budget"] = ggn.to_dense()
     return results
 
 
@@ -228,8 +232,9 @@ QUANTITIES = [
     "top eigenvalues",
     "seigh",
     "GGN, DDP-wrapped model",
+    "dense GGN, memory budget",
 ]
-SAME_AS = {"GGN, DDP-wrapped model": "GGN"}
+SAME_AS = {"GGN, DDP-wrapped model": "GGN", "dense GGN, memory budget": "dense GGN"}
 """Quantities computed otherwise in one process."""
 
 
