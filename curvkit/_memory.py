@@ -3,13 +3,15 @@
 On CUDA devices, the caching allocator's peak of allocated bytes (its peak statistic is reset
 for the measurement). On the CPU, the high-water mark of the process's resident set on Linux
 (``VmHWM``, reset by writing ``5`` to ``/proc/self/clear_refs``), which counts the pages a
-computation touches beyond those resident before; memory the C allocator keeps from earlier
-frees is reused without being counted, so the figure is that of the process's growth. Where
+computation touches beyond those resident before (the C allocator's free memory is returned
+to the system first, so that its reuse is counted). Where
 neither is available (other systems), nothing is measured.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 from pathlib import Path
 from types import TracebackType
 
@@ -24,6 +26,16 @@ def _resident_kib(field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise OSError(f"{field} missing from {_STATUS}")
+
+
+def _release_free_heap() -> None:
+    """Return the C allocator's free memory to the system (glibc's ``malloc_trim``), where it can.
+
+    Memory freed earlier but kept by the allocator would be reused without growing the resident
+    set, and the measured computation would seem to need none.
+    """
+    with contextlib.suppress(OSError, AttributeError):  # not glibc
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def measurable(device: torch.device) -> bool:
@@ -60,6 +72,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._start = torch.cuda.memory_allocated(self.device)
         else:
+            _release_free_heap()
             _CLEAR_REFS.write_text("5")
             self._start = 1024 * _resident_kib("VmRSS")
         return self

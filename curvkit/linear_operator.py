@@ -248,14 +248,14 @@ class LinearOperator:
             return X.new_zeros(expected)
         multiply = self._rmatmat if transpose else self._matmat
         with torch.no_grad():
-            if (
-                self._memory_budget is not None
-                and self._budget_columns is None
-                and X.shape[1] > PROBE_COLUMNS
-            ):
+            unmeasured = self._memory_budget is not None and self._budget_columns is None
+            num_blocks = self._num_blocks(X.shape[1])
+            if unmeasured and X.shape[1] > PROBE_COLUMNS:
                 result = self._probed(multiply, X.detach(), expected)
+            elif num_blocks == 1:  # called here, not in a helper: warnings' stack levels count on it
+                result = self._checked(multiply(X.detach()), expected)
             else:
-                result = self._in_blocks(multiply, X.detach(), expected)
+                result = self._in_blocks(multiply, X.detach(), num_blocks, expected)
         if (X.requires_grad and torch.is_grad_enabled()) or may_carry_tangent(X):
             result = AdjointBackward.apply(self, transpose, X, result)
         return result
@@ -276,17 +276,23 @@ class LinearOperator:
             first = self._checked(multiply(X[:, :PROBE_COLUMNS]), (expected[0], PROBE_COLUMNS))
         per_column = max(peak.bytes / PROBE_COLUMNS, 1.0)
         self._budget_columns = self._agreed_width(max(int(self._memory_budget // per_column), 1))
-        rest = self._in_blocks(multiply, X[:, PROBE_COLUMNS:], (expected[0], expected[1] - PROBE_COLUMNS))
-        return torch.cat([first, rest], dim=1)
+        rest, expected_rest = X[:, PROBE_COLUMNS:], (expected[0], expected[1] - PROBE_COLUMNS)
+        num_blocks = self._num_blocks(rest.shape[1])
+        if num_blocks == 1:
+            return torch.cat([first, self._checked(multiply(rest), expected_rest)], dim=1)
+        return torch.cat([first, self._in_blocks(multiply, rest, num_blocks, expected_rest)], dim=1)
 
     def _agreed_width(self, width: int) -> int:
         """The budget's block width; data-parallel operators take the smallest over their ranks."""
         return width
 
-    def _in_blocks(self, multiply: Any, X: Tensor, expected: tuple[int, int]) -> Tensor:
-        """``multiply`` on balanced blocks of ``X``'s columns, at most :meth:`_column_limit` wide.
+    def _num_blocks(self, num_columns: int) -> int:
+        """``⌈k / limit⌉`` blocks for ``k`` columns, with :meth:`_column_limit` (1 without one)."""
+        limit = self._column_limit()
+        return 1 if limit is None else -(-num_columns // limit)
 
-        ``k`` columns go in ``⌈k / limit⌉`` blocks of nearly equal width (no lone remainder column).
+    def _in_blocks(self, multiply: Any, X: Tensor, num_blocks: int, expected: tuple[int, int]) -> Tensor:
+        """``multiply`` on ``num_blocks`` balanced blocks of ``X``'s columns (no lone remainder column).
 
         The columns are handled as the rows of ``Xᵀ``: ``X`` is transposed once (unless it is
         already stored column by column), each block is a view of its rows, and each block's
@@ -294,10 +300,6 @@ class LinearOperator:
         row-major ``X`` into contiguous column blocks and concatenating their results instead
         costs two strided copies per block.
         """
-        limit = self._column_limit()
-        num_blocks = 1 if limit is None else -(-X.shape[1] // limit)
-        if num_blocks == 1:
-            return self._checked(multiply(X), expected)
         columns = X if X.stride(0) == 1 else X.T.contiguous().T
         result_rows = X.new_empty(expected[1], expected[0])
         start = 0
@@ -432,15 +434,14 @@ class LinearOperator:
             raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}.")
         dtype = self.dtype or torch.get_default_dtype()
         num_columns = self.shape[1]
-        blocks = []
+        # written block by block into the result: no second copy of the matrix for a concatenation
+        dense = torch.zeros(self.shape, dtype=dtype, device=self.device)
         for start in range(0, num_columns, chunk_size):
             stop = min(start + chunk_size, num_columns)
             identity_block = torch.zeros(num_columns, stop - start, dtype=dtype, device=self.device)
             identity_block[start:stop].fill_diagonal_(1.0)
-            blocks.append(self._product(identity_block, transpose=False))
-        return (
-            torch.cat(blocks, dim=1) if blocks else torch.zeros(self.shape, dtype=dtype, device=self.device)
-        )
+            dense[:, start:stop] = self._product(identity_block, transpose=False)
+        return dense
 
     def to_scipy(self) -> ScipyLinearOperator:
         """A ``scipy.sparse.linalg.LinearOperator`` view (for ``eigsh``, ``cg``, ``lsmr``, ...).
