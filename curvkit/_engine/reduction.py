@@ -23,6 +23,7 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 from torch import Tensor
@@ -48,21 +49,29 @@ class DistributedError(RuntimeError):
     """Another rank failed, or the ranks disagree about what they compute."""
 
 
-def _code(text: str) -> float:
+def code(text: str) -> float:
     """A text as a number that a float64 holds exactly (CRC-32)."""
     return float(zlib.crc32(text.encode()))
+
+
+@lru_cache(maxsize=8)
+def position_weights(length: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``1 … 2`` in ``length`` steps, kept for the next use (a few lengths at most)."""
+    return torch.linspace(1.0, 2.0, length, dtype=dtype, device=device)
 
 
 def checksum(tensor: Tensor | None) -> float:
     """A number that differs, almost surely, between two different tensors (0 for ``None``).
 
-    A position-weighted sum, so that a permutation of the entries changes it.
+    A position-weighted sum (so that a permutation of the entries changes it), one reduction in
+    the tensor's own dtype: equal tensors give equal sums on every rank.
     """
     if tensor is None or tensor.numel() == 0:
         return 0.0
-    flat = tensor.detach().reshape(-1).to(torch.float64)
-    weights = torch.linspace(1.0, 2.0, flat.numel(), dtype=torch.float64, device=flat.device)
-    return float(torch.dot(flat, weights))
+    flat = tensor.detach().reshape(-1)
+    if flat.dtype not in (torch.float32, torch.float64):
+        flat = flat.to(torch.float64)
+    return float(torch.dot(flat, position_weights(flat.numel(), flat.dtype, flat.device)))
 
 
 @dataclass(frozen=True)
@@ -90,7 +99,7 @@ class LocalReduction:
     def exchange(self, step: str, **fields: float) -> Status:
         """This rank's status alone (see :meth:`ProcessGroupReduction.exchange`)."""
         row = [float(fields.get(field, 0.0)) for field in STATUS_FIELDS]
-        row[STATUS_FIELDS.index("step")] = _code(step)
+        row[STATUS_FIELDS.index("step")] = code(step)
         return Status(torch.tensor([row], dtype=torch.float64))
 
     def all_reduce(self, tensors: list[Tensor]) -> None:
@@ -147,12 +156,16 @@ class ProcessGroupReduction(LocalReduction):
         nccl = backend == "nccl"
         self._device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
 
-    def exchange(self, step: str, failure: str | None = None, **fields: float) -> Status:
+    def exchange(
+        self, step: str, failure: str | None = None, signature: str | None = None, **fields: float
+    ) -> Status:
         """All-gather every rank's status; raise on every rank if one failed or the ranks disagree.
 
         Args:
             step: What the ranks are about to do (ranks at different steps are an error).
             failure: This rank's error message, if it failed.
+            signature: What this rank computes, if it matters at this step (compared by a code;
+                the texts are gathered for the message if they differ).
             **fields: This rank's numbers (:data:`STATUS_FIELDS`; missing ones are 0).
 
         Returns:
@@ -163,7 +176,7 @@ class ProcessGroupReduction(LocalReduction):
                 rank, if the ranks are at different steps or compute different things
                 (``signature``) or send different sizes.
         """
-        fields = {**fields, "failed": float(failure is not None)}
+        fields = {**fields, "failed": float(failure is not None), "signature": code(signature or "")}
         row = LocalReduction.exchange(self, step, **fields).table.to(self._device)
         gathered = [torch.empty_like(row) for _ in range(self.world_size)]
         self._dist.all_gather(gathered, row, group=self.group)
@@ -188,6 +201,10 @@ class ProcessGroupReduction(LocalReduction):
                 agree = max(values) - min(values) <= 1e-6 * scale
             else:
                 agree = len(set(values)) == 1
+            if not agree and field == "signature":
+                texts = [None] * self.world_size
+                self._dist.all_gather_object(texts, signature, group=self.group)
+                values = [f"rank {rank}: {text}" for rank, text in enumerate(texts)]
             if not agree:
                 raise _shared(
                     DistributedError(
