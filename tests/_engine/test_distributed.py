@@ -254,9 +254,12 @@ def failures(tmp_path_factory) -> list[dict]:
 @pytest.mark.parametrize(
     "scenario, expected",
     [
-        ("operator type", "built different computations"),
-        ("fisher_type", "built different computations"),
-        ("parameter shapes", "built different computations"),
+        ("operator type", "rank 1: HessianLinearOperator"),
+        ("fisher_type", "rank 1: EFLinearOperator, fisher_type empirical"),
+        (
+            "parameter shapes",
+            "torch.float64; parameters [(6, 4), (6,), (3, 6), (3,)]",
+        ),
         ("empty shard", "data is empty on rank 1"),
         ("num_data", "num_data is 99"),
         ("raises during a pass", "the shard's file went missing"),
