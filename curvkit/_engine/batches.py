@@ -50,6 +50,9 @@ class Batch:
         loss_terms: Number ``K_b`` of terms ``reduction='mean'`` averages over (see the module
             docstring); counted on the batch as ``data`` yields it, before it moves to the
             device, so that the count costs no device synchronization for data on the host.
+        global_index: Position of the batch in the data of all ranks (the batches of lower ranks
+            first; ``index`` in one process); the MC-Fisher's targets are drawn per
+            ``global_index``, so that sharding does not change them.
     """
 
     index: int
@@ -58,8 +61,6 @@ class Batch:
     size: int
     loss_terms: float | None = None  # None only in the batch handed to the counting function
     global_index: int = 0
-    """Position of the batch in the data of all ranks (the batches of lower ranks first); the
-    MC-Fisher's targets are drawn per ``global_index``, so that sharding does not change them."""
 
 
 def _to_device(X: Any, device: torch.device) -> Any:
