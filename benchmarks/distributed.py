@@ -92,6 +92,7 @@ def _worker(
         results[name] = {"cpu": statistics.median(cpu), "wall": statistics.median(wall)}
     Path(out, f"rank{rank}.json").write_text(json.dumps(results))
     if group is not None:
+        dist.barrier()  # no rank tears down the group while the other still uses it
         dist.destroy_process_group()
 
 

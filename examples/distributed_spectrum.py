@@ -58,6 +58,7 @@ def main() -> None:
         print(f"Hutch++ trace estimate: {float(trace):.6e}")
         print("spectral density:", " ".join(f"{x:.4e}:{p:.4e}" for x, p in zip(grid, density)))
     if launched:
+        dist.barrier()  # no rank tears down the group while another still uses it
         dist.destroy_process_group()
 
 

@@ -46,10 +46,13 @@ def build_report(settings: ReportSettings, progressbar: bool = True) -> Path:
     initialized = launch.join_process_group(settings.device)
     try:
         if launch.rank() == 0:
-            return _build_report(settings, progressbar)
-        with TemporaryDirectory() as scratch:  # other ranks compute alike but write nothing
-            _build_report(dataclasses.replace(settings, out=Path(scratch)), progressbar=False)
-            return settings.out / PAGE_FILE
+            index = _build_report(settings, progressbar)
+        else:
+            with TemporaryDirectory() as scratch:  # other ranks compute alike but write nothing
+                _build_report(dataclasses.replace(settings, out=Path(scratch)), progressbar=False)
+            index = settings.out / PAGE_FILE
+        dist.barrier()  # no rank tears down the group while another still uses it
+        return index
     finally:
         if initialized:
             dist.destroy_process_group()

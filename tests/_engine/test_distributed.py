@@ -183,6 +183,7 @@ def _worker(rank: int, world_size: int, port: int, task: str, out: str) -> None:
         torch.save(result, Path(out) / f"rank{rank}.pt")
     finally:
         if task != "failures":
+            dist.barrier()  # no rank tears down the group while another still uses it
             dist.destroy_process_group()
 
 
