@@ -26,7 +26,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
-import torch
 from torch import Generator, Tensor, einsum
 
 from curvkit._engine import Batch
@@ -157,8 +156,3 @@ def gradient_outer_product(gradients: Tensor, batch_loss_scale: float) -> Output
         return factor * result.reshape(tangents.shape)
 
     return OutputCurvature(apply, lambda: gradients * factor**0.5)
-
-
-def seeded(seed: int, device: torch.device) -> Generator:
-    """A generator for ``'mc'`` draws, seeded anew for each pass over the data."""
-    return torch.Generator(device=device).manual_seed(seed)

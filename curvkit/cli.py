@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-from curvkit.report import ReportInputError, ReportSettings, build_report
+from curvkit.report import ReportInputError, ReportSettings, build_report, launch
 from curvkit.report.settings import DEFAULT_BUDGET, DTYPES, QUICK_BUDGET
 
 EXIT_BAD_INPUT = 2
@@ -94,5 +94,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ReportInputError as error:
         print(f"curvkit report: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    print(f"The report is in {index.resolve()}")
+    if launch.rank() == 0:  # under torchrun, rank 0 wrote it
+        print(f"The report is in {index.resolve()}")
     return 0

@@ -20,6 +20,10 @@ from torch import Tensor
 from curvkit._boundary import as_integer, as_tensor, real_scalar, scipy_view, to_numpy, torch_dtype_of
 from curvkit._differentiable import AdjointBackward, may_carry_tangent
 from curvkit._layout import TensorListLayout
+from curvkit._memory import PeakMemory, measurable
+
+PROBE_COLUMNS = 2
+"""Columns of the product that measures what a column costs under a :attr:`LinearOperator.memory_budget`."""
 
 
 def _with_index(device: torch.device) -> torch.device:
@@ -79,6 +83,8 @@ class LinearOperator:
 
     __array_ufunc__ = None  # let ``ndarray @ A`` fall through to ``A.__rmatmul__``
     _max_columns: int | None = None
+    _memory_budget: int | None = None
+    _budget_columns: int | None = None  # the block width the budget allows, found by the probe
 
     def __init__(
         self,
@@ -175,16 +181,47 @@ class LinearOperator:
         self._max_columns = None if value is None else as_integer(value, "max_columns", minimum=1)
 
     @property
+    def memory_budget(self) -> int | None:
+        """Bytes a product may use beyond its input and result (``None``: no budget).
+
+        With a budget, the first product with more than :data:`PROBE_COLUMNS` columns multiplies
+        its first :data:`PROBE_COLUMNS` columns alone and measures the peak memory they add
+        (:mod:`curvkit._memory`: the allocator's peak on CUDA, the resident set's high-water
+        mark on Linux CPUs); that peak, over the probe's width, is taken as the cost of a column
+        (fixed costs included, so it errs on the safe side), and this and every later product
+        go in blocks of at most ``budget // cost`` columns (at least one). Wide products —
+        ``to_dense()``, the sketches, block Lanczos, the estimators' blocks of random vectors
+        (:attr:`columns_per_product`) — then stay within the budget. :attr:`max_columns`, if
+        smaller, still applies. Setting the budget again measures again.
+
+        Raises:
+            ValueError: If set to anything but a positive integer or ``None``.
+            RuntimeError: On a product with a budget, where peak memory cannot be measured.
+        """
+        return self._memory_budget
+
+    @memory_budget.setter
+    def memory_budget(self, value: int | None) -> None:
+        self._memory_budget = None if value is None else as_integer(value, "memory_budget", minimum=1)
+        self._budget_columns = None
+
+    def _column_limit(self) -> int | None:
+        """The smaller of :attr:`max_columns` and the budget's block width (``None``: no limit)."""
+        limits = [limit for limit in (self._max_columns, self._budget_columns) if limit is not None]
+        return min(limits) if limits else None
+
+    @property
     def columns_per_product(self) -> int | None:
         """Most columns that a product with this operator, or with one it is built from, takes at once.
 
-        The operator's :attr:`max_columns`, or, for an operator built from others (sums,
+        The operator's :attr:`max_columns` (or the block width its :attr:`memory_budget` allows,
+        once measured, if smaller), or, for an operator built from others (sums,
         scalings, products, transposes), the smallest limit among it and them; ``None`` if
         nothing is limited. The randomized routines of :mod:`curvkit.linalg` draw and multiply
         their random vectors in blocks of this width, so that ``A.max_columns`` bounds their
         memory too.
         """
-        return self.max_columns
+        return self._column_limit()
 
     def __repr__(self) -> str:
         dtype = str(self.dtype).removeprefix("torch.")
@@ -210,15 +247,49 @@ class LinearOperator:
         if X.shape[1] == 0:  # nothing to multiply: no pass over data, no empty vmap
             return X.new_zeros(expected)
         multiply = self._rmatmat if transpose else self._matmat
-        num_blocks = 1 if self._max_columns is None else -(-X.shape[1] // self._max_columns)
         with torch.no_grad():
-            if num_blocks == 1:
+            unmeasured = self._memory_budget is not None and self._budget_columns is None
+            num_blocks = self._num_blocks(X.shape[1])
+            if unmeasured and X.shape[1] > PROBE_COLUMNS:
+                result = self._probed(multiply, X.detach(), expected)
+            elif num_blocks == 1:  # called here, not in a helper: warnings' stack levels count on it
                 result = self._checked(multiply(X.detach()), expected)
             else:
                 result = self._in_blocks(multiply, X.detach(), num_blocks, expected)
         if (X.requires_grad and torch.is_grad_enabled()) or may_carry_tangent(X):
             result = AdjointBackward.apply(self, transpose, X, result)
         return result
+
+    def _probed(self, multiply: Any, X: Tensor, expected: tuple[int, int]) -> Tensor:
+        """The product, its first :data:`PROBE_COLUMNS` columns measured to set the budget's width.
+
+        Raises:
+            RuntimeError: If peak memory cannot be measured on the operator's device.
+        """
+        device = X.device
+        if not measurable(device):
+            raise RuntimeError(
+                f"memory_budget is set, but peak memory cannot be measured on {device} here (CUDA, "
+                "or a CPU under Linux). Set max_columns instead."
+            )
+        with PeakMemory(device) as peak:
+            first = self._checked(multiply(X[:, :PROBE_COLUMNS]), (expected[0], PROBE_COLUMNS))
+        per_column = max(peak.bytes / PROBE_COLUMNS, 1.0)
+        self._budget_columns = self._agreed_width(max(int(self._memory_budget // per_column), 1))
+        rest, expected_rest = X[:, PROBE_COLUMNS:], (expected[0], expected[1] - PROBE_COLUMNS)
+        num_blocks = self._num_blocks(rest.shape[1])
+        if num_blocks == 1:
+            return torch.cat([first, self._checked(multiply(rest), expected_rest)], dim=1)
+        return torch.cat([first, self._in_blocks(multiply, rest, num_blocks, expected_rest)], dim=1)
+
+    def _agreed_width(self, width: int) -> int:
+        """The budget's block width; data-parallel operators take the smallest over their ranks."""
+        return width
+
+    def _num_blocks(self, num_columns: int) -> int:
+        """``⌈k / limit⌉`` blocks for ``k`` columns, with :meth:`_column_limit` (1 without one)."""
+        limit = self._column_limit()
+        return 1 if limit is None else -(-num_columns // limit)
 
     def _in_blocks(self, multiply: Any, X: Tensor, num_blocks: int, expected: tuple[int, int]) -> Tensor:
         """``multiply`` on ``num_blocks`` balanced blocks of ``X``'s columns (no lone remainder column).
@@ -363,15 +434,14 @@ class LinearOperator:
             raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}.")
         dtype = self.dtype or torch.get_default_dtype()
         num_columns = self.shape[1]
-        blocks = []
+        # written block by block into the result: no second copy of the matrix for a concatenation
+        dense = torch.zeros(self.shape, dtype=dtype, device=self.device)
         for start in range(0, num_columns, chunk_size):
             stop = min(start + chunk_size, num_columns)
             identity_block = torch.zeros(num_columns, stop - start, dtype=dtype, device=self.device)
             identity_block[start:stop].fill_diagonal_(1.0)
-            blocks.append(self._product(identity_block, transpose=False))
-        return (
-            torch.cat(blocks, dim=1) if blocks else torch.zeros(self.shape, dtype=dtype, device=self.device)
-        )
+            dense[:, start:stop] = self._product(identity_block, transpose=False)
+        return dense
 
     def to_scipy(self) -> ScipyLinearOperator:
         """A ``scipy.sparse.linalg.LinearOperator`` view (for ``eigsh``, ``cg``, ``lsmr``, ...).

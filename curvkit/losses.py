@@ -338,6 +338,21 @@ def sampled_output_gradients(
     return scale * gradients.masked_fill(ignored.unsqueeze(2), 0.0)
 
 
+_SEED_STRIDE = 0x9E3779B97F4A7C15
+"""Odd 64-bit constant (the golden ratio's fraction) that spreads the batches' seeds apart."""
+
+
+def batch_generator(seed: int, batch_index: int, device: torch.device) -> Generator:
+    """The generator that draws the sampled targets of batch ``batch_index`` (counted from 0).
+
+    Each batch has its own seed, ``seed`` for the first, so that the draws depend on the batch's
+    position in the data only, not on which process iterates it (data-parallel products over
+    shards give the draws of one process on all the data).
+    """
+    batch_seed = seed if batch_index == 0 else (seed + batch_index * _SEED_STRIDE) % 2**64
+    return torch.Generator(device=device).manual_seed(batch_seed)
+
+
 def sample_targets(
     loss_func: LossFunction, output: Tensor, observed: Tensor, mc_samples: int, generator: Generator
 ) -> Tensor:

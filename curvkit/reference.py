@@ -39,7 +39,7 @@ from torch.func import grad, jacrev, vmap
 
 from curvkit._model.autograd import call_with, parameter_paths
 from curvkit._model.kernels import differentiable_kernels
-from curvkit.losses import sample_targets
+from curvkit.losses import batch_generator, sample_targets
 
 Params = Sequence[Tensor] | Mapping[str, Tensor]
 Batch = tuple[Tensor | Mapping[str, Tensor], Tensor]
@@ -333,8 +333,9 @@ def fisher_mc_matrix(
 
     with :math:`s` as in :func:`empirical_fisher_matrix` and :math:`\ell` the negative
     log-likelihood of the model's predictive distribution (cross-entropy's label smoothing left
-    out). A generator seeded with ``seed`` draws the targets batch by batch, in the order
-    ``data`` yields them, via :func:`curvkit.losses.sample_targets`. In expectation over the
+    out). Each batch's targets are drawn, via :func:`curvkit.losses.sample_targets`, from the
+    generator of ``seed`` and the batch's position in ``data``
+    (:func:`curvkit.losses.batch_generator`). In expectation over the
     targets this is the GGN (for cross-entropy, with class indices or normalized probabilities).
 
     Args:
@@ -352,14 +353,14 @@ def fisher_mc_matrix(
     output, theta = _flat_model(model_func, params)
     batches = _load(data, batch_size_fn)
     X_all, y_all = _concatenated(batches)
-    generator = torch.Generator(theta.device).manual_seed(seed)
     fisher = torch.zeros(theta.numel(), theta.numel(), dtype=theta.dtype, device=theta.device)
     with differentiable_kernels(model_func):
         scale = _scale(loss_func, output(theta, X_all).detach(), y_all)
         likelihood = _without_smoothing(loss_func)
-        for X, y in batches:
+        for index, (X, y) in enumerate(batches):
             if _num_loss_terms(loss_func, y, y) == 0:
                 continue  # every target ignored: no loss, nothing drawn (as the operators do)
+            generator = batch_generator(seed, index, theta.device)
             targets = sample_targets(loss_func, output(theta, X).detach(), y, mc_samples, generator)
             per_target = vmap(partial(_per_sample_gradients, output, likelihood, theta, X))
             grads = per_target(targets).flatten(end_dim=1)

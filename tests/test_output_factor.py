@@ -13,9 +13,8 @@ from curvkit._output_factor import (
     factor_rank,
     output_curvature,
     output_factor,
-    seeded,
 )
-from curvkit.losses import num_loss_terms
+from curvkit.losses import batch_generator, num_loss_terms
 
 LOSSES = {
     "mse": (nn.MSELoss(), lambda n: torch.randn(n, 3, dtype=torch.float64)),
@@ -39,7 +38,7 @@ def test_the_factor_squares_to_the_matrix(fisher_type, loss_name):
     """``Λ V = S (Sᵀ V)`` sample by sample, with ``K`` = :func:`factor_rank` columns."""
     loss_func, output, batch = _batch(loss_name)
     curvature = output_curvature(
-        fisher_type, loss_func, output, batch, seeded(1, output.device), mc_samples=2
+        fisher_type, loss_func, output, batch, batch_generator(1, 0, output.device), mc_samples=2
     )
     factor = curvature.factor()
     assert factor.shape == (factor_rank(fisher_type, loss_func, output, 2), *output.shape)
@@ -50,9 +49,9 @@ def test_the_factor_squares_to_the_matrix(fisher_type, loss_name):
 
 def test_mc_draws_follow_the_seed_and_forward_only_has_no_factor():
     loss_func, output, batch = _batch("ce")
-    first = output_factor("mc", loss_func, output, batch, seeded(5, output.device), 3)
-    again = output_factor("mc", loss_func, output, batch, seeded(5, output.device), 3)
-    other = output_factor("mc", loss_func, output, batch, seeded(6, output.device), 3)
+    first = output_factor("mc", loss_func, output, batch, batch_generator(5, 0, output.device), 3)
+    again = output_factor("mc", loss_func, output, batch, batch_generator(5, 0, output.device), 3)
+    other = output_factor("mc", loss_func, output, batch, batch_generator(6, 0, output.device), 3)
     assert torch.equal(first, again) and not torch.equal(first, other)
     assert output_factor("forward-only", loss_func, output, batch) is None
     assert factor_rank("forward-only", loss_func, output) is None
@@ -83,8 +82,10 @@ def test_mc_is_the_mean_of_the_sampled_gradients_outer_products(loss_name):
 
     loss_func, output, batch = _batch(loss_name)
     mc_samples = 3
-    curvature = output_curvature("mc", loss_func, output, batch, seeded(2, output.device), mc_samples)
-    targets = sample_targets(loss_func, output, batch.y, mc_samples, seeded(2, output.device))
+    curvature = output_curvature(
+        "mc", loss_func, output, batch, batch_generator(2, 0, output.device), mc_samples
+    )
+    targets = sample_targets(loss_func, output, batch.y, mc_samples, batch_generator(2, 0, output.device))
     gradients = sampled_output_gradients(loss_func, output, targets, batch.y, batch.loss_terms)
     scale = batch_loss_scale(loss_func, output, batch.y, batch.loss_terms)
     dense = torch.einsum("mnc,mnd->ncd", gradients, gradients) / (scale * mc_samples)

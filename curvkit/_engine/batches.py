@@ -10,9 +10,12 @@ rule, so however the data is split into batches, the result is the full-data mat
 accumulated in the same pass as the weighted sum, which is divided by it at the end: no extra
 pass over the data.
 
-The sums over batches are the seam for data-parallel products: a distributed engine shards
-the batches across processes and all-reduces the partial sums (and ``K``) in
-:meth:`sum_over_batches`.
+The batch loop is separate from how its partial results are combined: the engine accumulates
+``Σ_b w_b R_b`` and ``K`` over its own batches and hands them to its reduction
+(:mod:`curvkit._engine.reduction`), which adds them over the ranks of a process group in
+data-parallel runs (each rank iterating its own shard) or leaves them as they are. Every pass of
+a product goes through :meth:`MiniBatchEngine.sum_over_batches` or
+:meth:`MiniBatchEngine.concatenate_over_batches`, so no product can forget the reduction.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from tqdm.auto import tqdm
 
 from curvkit._boundary import as_integer
 from curvkit._engine.finite import DATA_HINT, check_finite, named_inputs
+from curvkit._engine.reduction import LocalReduction, checksum
 
 BatchInput = Tensor | Mapping[str, Tensor]
 
@@ -39,13 +43,16 @@ class Batch:
     """One mini-batch on the operator's device.
 
     Attributes:
-        index: Position of the batch in the iteration order.
+        index: Position of the batch in this process's iteration order.
         X: Model input (a tensor or a dict of tensors).
         y: Targets.
         size: Number of samples ``N_b``.
         loss_terms: Number ``K_b`` of terms ``reduction='mean'`` averages over (see the module
             docstring); counted on the batch as ``data`` yields it, before it moves to the
             device, so that the count costs no device synchronization for data on the host.
+        global_index: Position of the batch in the data of all ranks (the batches of lower ranks
+            first; ``index`` in one process); the MC-Fisher's targets are drawn per
+            ``global_index``, so that sharding does not change them.
     """
 
     index: int
@@ -53,6 +60,7 @@ class Batch:
     y: Tensor
     size: int
     loss_terms: float | None = None  # None only in the batch handed to the counting function
+    global_index: int = 0
 
 
 def _to_device(X: Any, device: torch.device) -> Any:
@@ -107,6 +115,9 @@ class MiniBatchEngine:
             :meth:`concatenate_over_batches` (the products' guard: the model must not have
             changed, the cache must be current; :meth:`ModelDataSetup.before_batch`), so that
             no product path has to remember it.
+        reduction: How partial results are combined (:mod:`curvkit._engine.reduction`): in this
+            process (default), or over the ranks of a process group, each iterating its own
+            shard ``data``; then ``num_data`` is the number of samples of all shards together.
 
     Raises:
         ValueError: If ``data`` is not re-iterable (e.g. a generator) or ``num_data`` is not
@@ -123,6 +134,7 @@ class MiniBatchEngine:
         progressbar: bool = False,
         loss_terms: Callable[[Batch], float] | None = None,
         before_batch: Callable[[], None] | None = None,
+        reduction: LocalReduction | None = None,
     ):
         if not isinstance(data, Iterable) or isinstance(data, (Tensor, str)):
             raise ValueError(f"data must be an iterable of (X, y) mini-batches, got {type(data).__name__}.")
@@ -142,6 +154,10 @@ class MiniBatchEngine:
         self._num_data_given = num_data is not None  # only a given one is checked against passes
         self._loss_terms = loss_terms or (lambda batch: float(batch.size))
         self._before_batch = before_batch or (lambda: None)
+        self.reduction = reduction or LocalReduction()
+        self._shard_samples: int | None = None  # samples of this rank's shard (data-parallel only)
+        self.sample_offset = 0  # samples of the lower ranks' shards
+        self.batch_offset = 0  # batches of the lower ranks' shards
         self.num_passes = 0  # passes started, so that per-pass checks (the cache's) know a new one
         self.batches_in_last_pass = 0  # of the last completed pass (the determinism probe compares)
         self._checked_batches = 0  # batches 0, 1, ... below this were found finite
@@ -203,25 +219,70 @@ class MiniBatchEngine:
                 self._checked_batches = index + 1
             num_samples += size
             loss_terms = self._loss_terms(Batch(index, X, y, size))
-            yield Batch(index, _to_device(X, self.device), _to_device(y, self.device), size, loss_terms)
+            X, y = _to_device(X, self.device), _to_device(y, self.device)
+            yield Batch(index, X, y, size, loss_terms, self.batch_offset + index)
         if index < 0:
-            raise ValueError("data is empty: it yielded no mini-batch.")
+            raise ValueError(f"data is empty{self._on_rank()}: it yielded no mini-batch.")
         self.batches_in_last_pass = index + 1
-        if self._num_data_given and num_samples != self._num_data:
+        if self._shard_samples is not None and num_samples != self._shard_samples:
+            raise ValueError(
+                f"data{self._on_rank()} yielded {self._shard_samples} samples when the operator was "
+                f"built, but {num_samples} in this pass. The data must not change between passes."
+            )
+        if not self.reduction.distributed and self._num_data_given and num_samples != self._num_data:
             raise ValueError(
                 f"num_data is {self._num_data}, but data yielded {num_samples} samples in this pass. "
                 "Pass the number of samples data holds (or None to count them)."
             )
 
+    def _on_rank(self) -> str:
+        """`` on rank r`` in data-parallel runs, for messages."""
+        return f" on rank {self.reduction.rank}" if self.reduction.distributed else ""
+
     @property
     def num_data(self) -> int:
-        """Total number of samples ``N`` (one pass over ``data`` the first time, unless given)."""
+        """Total number of samples ``N`` (one pass over ``data`` the first time, unless given).
+
+        In data-parallel runs, the samples of all ranks' shards (counted by :meth:`join`).
+        """
         if self._num_data is None:
             num_data = sum(self.batch_size(X) for X, _ in self.data)
             if num_data == 0:
-                raise ValueError("data is empty: it contains no samples.")
+                raise ValueError(f"data is empty{self._on_rank()}: it contains no samples.")
             self._num_data = num_data
         return self._num_data
+
+    def join(self, signature: str) -> None:
+        """Count this rank's shard and agree with the other ranks (data-parallel runs only).
+
+        One pass over ``data`` reading batch sizes; then the ranks exchange their counts and a
+        code of ``signature`` (what they compute: it must be the same on every rank), and each
+        learns ``N`` and how many samples and batches lie before its shard.
+
+        Raises:
+            DistributedError: On every rank, if the signatures differ.
+            ValueError: On every rank, if a given ``num_data`` is not the total of the shards.
+        """
+        if not self.reduction.distributed:
+            return
+        sizes = [self.batch_size(X) for X, _ in self.data]
+        status = self.reduction.exchange(
+            "building the operator",
+            signature=signature,
+            samples=float(sum(sizes)),
+            batches=float(len(sizes)),
+        )
+        samples, batches = status.column("samples"), status.column("batches")
+        rank = self.reduction.rank
+        total = int(sum(samples))
+        if self._num_data_given and total != self._num_data:
+            raise ValueError(
+                f"num_data is {self._num_data}, but the shards of the {len(samples)} ranks hold {total} "
+                f"samples ({[int(count) for count in samples]} by rank). Pass the number of samples of "
+                "all shards together (or None to count them)."
+            )
+        self._num_data, self._shard_samples = total, int(samples[rank])
+        self.sample_offset, self.batch_offset = int(sum(samples[:rank])), int(sum(batches[:rank]))
 
     def sum_over_batches(
         self,
@@ -229,6 +290,7 @@ class MiniBatchEngine:
         reduction: str,
         desc: str | None = None,
         out: list[Tensor] | None = None,
+        inputs: Tensor | None = None,
     ) -> Tensor | list[Tensor]:
         """``Σ_b w_b batch_result(b)`` with ``w_b = K_b / K`` (``'mean'``) or ``1`` (``'sum'``).
 
@@ -236,12 +298,38 @@ class MiniBatchEngine:
         the sum is accumulated in place, in the same structure: in new tensors, or in ``out``
         (tensors of the results' shapes, say views of one preallocated matrix) if given. The
         sum records no autograd graph. Batches without loss terms (``K_b = 0``: every target
-        ignored) are skipped; their loss is not defined.
+        ignored) are skipped; their loss is not defined. In data-parallel runs the local sums
+        and ``K`` are added over the ranks (:mod:`curvkit._engine.reduction`); ``inputs``, the
+        vectors the sum multiplies, must then be the same on every rank (checked).
 
         Raises:
             ValueError: If no batch has a loss term.
+            DistributedError: If another rank failed in this pass, or the ranks multiply
+                different ``inputs``.
         """
-        total, num_terms, structure = None, 0.0, None
+        if not self.reduction.distributed:
+            total, num_terms, is_list = self._local_sum(batch_result, reduction, desc, out)
+            if total is None:
+                raise ValueError("No batch of data has a loss term (every target is ignored).")
+        else:
+            total, num_terms, is_list = self._reduced_sum(batch_result, reduction, desc, out, inputs)
+        if reduction == "mean":
+            for accumulated in total:
+                accumulated.div_(num_terms)
+        return total if is_list else total[0]
+
+    def _local_sum(
+        self,
+        batch_result: Callable[[Batch], Tensor | list[Tensor]],
+        reduction: str,
+        desc: str | None,
+        out: list[Tensor] | None,
+    ) -> tuple[list[Tensor] | None, float, bool]:
+        """This process's ``Σ_b K_b R_b`` (or ``Σ_b R_b``), ``Σ_b K_b``, whether results are lists.
+
+        The sum is ``None`` if no batch has loss terms.
+        """
+        total, num_terms, is_list = None, 0.0, True
         for batch in self.batches(desc):
             weight = batch.loss_terms if reduction == "mean" else 1.0
             if weight == 0.0:
@@ -249,7 +337,7 @@ class MiniBatchEngine:
             num_terms += weight
             self._before_batch()
             result = batch_result(batch)
-            structure = type(result)
+            is_list = isinstance(result, list)
             parts = result if isinstance(result, list) else [result]
             with torch.no_grad():  # sums of results, not functions of them
                 if total is not None:
@@ -261,19 +349,68 @@ class MiniBatchEngine:
                     total = out
                     for accumulated, part in zip(total, parts):
                         torch.mul(part, weight, out=accumulated)
-        if total is None:
-            raise ValueError("No batch of data has a loss term (every target is ignored).")
-        if reduction == "mean":
-            for accumulated in total:
-                accumulated.div_(num_terms)
-        return total if structure is list else total[0]
+        return total, num_terms, is_list
+
+    def _reduced_sum(
+        self,
+        batch_result: Callable[[Batch], Tensor | list[Tensor]],
+        reduction: str,
+        desc: str | None,
+        out: list[Tensor] | None,
+        inputs: Tensor | None,
+    ) -> tuple[list[Tensor], float, bool]:
+        """The local sums added over the ranks: a status exchange, then one all-reduce."""
+        step = f"a product of {desc}" if desc else "a sum over batches"
+        try:
+            total, num_terms, is_list = self._local_sum(batch_result, reduction, desc, out)
+            if total is None and out is not None:  # no loss term in this shard: it adds nothing
+                total = out
+                for accumulated in total:
+                    accumulated.zero_()
+            if total is None:
+                raise ValueError(
+                    f"No batch of data{self._on_rank()} has a loss term (every target is ignored)."
+                )
+        except Exception as error:
+            self.reduction.share_failure(step, error)
+            raise
+        status = self.reduction.exchange(
+            step,
+            loss_terms=num_terms,
+            size=float(sum(part.numel() for part in total)),
+            checksum=checksum(inputs),
+        )
+        num_terms = status.total("loss_terms")
+        if num_terms == 0:
+            raise ValueError("No batch of data on any rank has a loss term (every target is ignored).")
+        with torch.no_grad():
+            self.reduction.all_reduce(total)
+        return total, num_terms, is_list
 
     def concatenate_over_batches(
-        self, batch_result: Callable[[Batch], Tensor], desc: str | None = None
+        self, batch_result: Callable[[Batch], Tensor], desc: str | None = None, inputs: Tensor | None = None
     ) -> Tensor:
-        """Stack per-batch results along the first axis (the Jacobian's row blocks)."""
-        results = []
-        for batch in self.batches(desc):
-            self._before_batch()
-            results.append(batch_result(batch))
-        return torch.cat(results)
+        """Stack per-batch results along the first axis (the Jacobian's row blocks).
+
+        In data-parallel runs every rank gets the rows of all ranks, those of lower ranks first
+        (an all-gather); ``inputs`` as for :meth:`sum_over_batches`.
+        """
+        step = f"a product of {desc}" if desc else "a concatenation over batches"
+        try:
+            results = []
+            for batch in self.batches(desc):
+                self._before_batch()
+                results.append(batch_result(batch))
+            rows = torch.cat(results)
+        except Exception as error:
+            self.reduction.share_failure(step, error)
+            raise
+        if not self.reduction.distributed:
+            return rows
+        status = self.reduction.exchange(
+            step,
+            rows=float(rows.shape[0]),
+            size=float(rows[0].numel() if rows.shape[0] else 0),
+            checksum=checksum(inputs),
+        )
+        return self.reduction.gather_rows(rows, [int(count) for count in status.column("rows")])

@@ -10,7 +10,6 @@ passes over the data and two products with the same vector and requires them to 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from functools import lru_cache
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +18,7 @@ from torch.nn.modules.dropout import _DropoutNd
 
 from curvkit._engine.batches import Batch, MiniBatchEngine
 from curvkit._engine.finite import MODEL_HINT, check_finite
+from curvkit._engine.reduction import position_weights
 
 
 def random_modules_in_train_mode(model: nn.Module) -> list[str]:
@@ -55,23 +55,17 @@ def _fingerprint(tensors: list[Tensor]) -> Tensor:
 
     Equal data gives equal fingerprints; a permutation changes the weighted sum, a sign flip the
     sum. Each statistic is one reduction over the tensor as it is (``torch.dot`` with weights kept
-    per length, :func:`_position_weights`), without float64 copies (docs/design-notes.md, "The
-    probes' cost").
+    per length, :func:`~curvkit._engine.reduction.position_weights`), without float64 copies
+    (docs/design-notes.md, "The probes' cost").
     """
     values = []
     for tensor in tensors:
         flat = tensor.detach().reshape(-1)
         if flat.dtype not in (torch.float32, torch.float64):  # integers, half precision
             flat = flat.to(torch.float64)
-        weights = _position_weights(flat.numel(), flat.dtype, flat.device)
+        weights = position_weights(flat.numel(), flat.dtype, flat.device)
         values.append(torch.stack([flat.sum(), torch.dot(weights, flat), torch.dot(flat, flat)]).double())
     return torch.cat(values) if values else torch.zeros(0, dtype=torch.float64)
-
-
-@lru_cache(maxsize=8)
-def _position_weights(length: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """``1 … 2`` in ``length`` steps, kept for the probe's next pass (a few lengths at most)."""
-    return torch.linspace(1.0, 2.0, length, dtype=dtype, device=device)
 
 
 def check_deterministic(

@@ -51,6 +51,10 @@ class CurvatureLinearOperator(LinearOperator):
             output-space factors) after the first product, so that repeated products
             (Lanczos, CG, sketches, ``to_dense``) skip the forward pass. Costs memory of the
             order of all batches' activations and their backward graph. Default: ``False``.
+        process_group: ``None`` (default: this process only), or a ``torch.distributed`` process
+            group such as ``torch.distributed.group.WORLD``: then ``data`` is this rank's shard
+            and every product is summed over the ranks, so that each rank gets the full-data
+            matrix's (docs/distributed.md).
 
     Raises:
         ValueError: For invalid arguments; each message names the argument.
@@ -75,6 +79,7 @@ class CurvatureLinearOperator(LinearOperator):
         num_data: int | None = None,
         batch_size_fn: Callable | None = None,
         cache_batches: bool = False,
+        process_group: object | None = None,
     ):
         if loss_func is None:
             raise ValueError(f"loss_func is required for {type(self).__name__}; got None.")
@@ -88,6 +93,8 @@ class CurvatureLinearOperator(LinearOperator):
             num_data=num_data,
             batch_size_fn=batch_size_fn,
             cache_batches=cache_batches,
+            process_group=process_group,
+            signature=self._signature(),
         )
         layout = self._setup.model.layout
         if shape is not None and tuple(shape) != (layout.dim, layout.dim):
@@ -105,6 +112,13 @@ class CurvatureLinearOperator(LinearOperator):
         )
         if check_deterministic:
             self._setup.check_deterministic(self)
+
+    def _signature(self) -> str:
+        """What this operator computes beyond model and loss, compared across ranks."""
+        return type(self).__name__
+
+    def _agreed_width(self, width: int) -> int:
+        return self._setup.reduction.minimum(width, "the memory budget's block width")
 
     @property
     def num_data(self) -> int:
@@ -130,5 +144,6 @@ class CurvatureLinearOperator(LinearOperator):
             self._reduction,
             desc=type(self).__name__,
             out=layout.split_rows(rows),
+            inputs=X,
         )
         return rows.T

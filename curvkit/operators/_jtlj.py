@@ -19,6 +19,7 @@ from torch import Tensor
 
 from curvkit._engine import Batch
 from curvkit._output_factor import OutputCurvature, factor_rank, output_curvature
+from curvkit.losses import batch_generator
 from curvkit.operators._curvature import CurvatureLinearOperator
 from curvkit.operators._layer_factors import LayerFactorization
 
@@ -38,6 +39,9 @@ class JTLJLinearOperator(CurvatureLinearOperator):
     _fisher_type: str
     """Which ``Λ`` (:data:`curvkit._output_factor.FISHER_TYPES`)."""
 
+    def _signature(self) -> str:
+        return f"{type(self).__name__}, fisher_type {self._fisher_type}, mc_samples {self._mc_samples()}"
+
     def _mc_samples(self) -> int:
         """``M``, the targets drawn per sample for ``'mc'``."""
         return 1
@@ -49,9 +53,10 @@ class JTLJLinearOperator(CurvatureLinearOperator):
         )
 
     def _output_curvature(self, batch: Batch, output: Tensor, state: Any) -> OutputCurvature:
-        """``Λ`` for the batch at ``output`` (``state``: :meth:`_start_product`'s generator, if any)."""
+        """``Λ`` for the batch at ``output`` (``state``: :meth:`_start_product`'s seed, if any)."""
+        generator = None if state is None else batch_generator(state, batch.global_index, output.device)
         return output_curvature(
-            self._fisher_type, self._setup.loss_func, output, batch, state, self._mc_samples()
+            self._fisher_type, self._setup.loss_func, output, batch, generator, self._mc_samples()
         )
 
     def _batch_matmat(self, batch: Batch, tangents: list[Tensor], state: Any) -> list[Tensor]:

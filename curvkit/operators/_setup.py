@@ -13,11 +13,13 @@ from warnings import warn
 
 import torch
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
 
 from curvkit._engine import Batch, MiniBatchEngine
 from curvkit._engine import check_deterministic as probe_determinism
 from curvkit._engine.determinism import SharedPassProbe, random_modules_in_train_mode
 from curvkit._engine.finite import MODEL_HINT, check_finite, named_inputs
+from curvkit._engine.reduction import LocalReduction, reduction_for
 from curvkit._layers.parameters import LayerMap, layer_map
 from curvkit._model.autograd import require_autograd
 from curvkit._model.differentiation import Linearization, ModelFunction
@@ -49,6 +51,12 @@ class ModelDataSetup:
             after its first use, so later products skip the forward pass. Costs memory of the
             order of the forward activations (plus their backward graph) of *all* batches; the
             Hessian keeps one graph for single vectors and one for columns if both are used.
+        process_group: ``None`` (this process only), or a ``torch.distributed`` process group:
+            then ``data`` is this rank's shard, products are summed over the ranks (every rank
+            gets the full-data result), and the ranks must build the same operator
+            (docs/distributed.md).
+        signature: What the operator computes beyond model and loss (its class, ``fisher_type``,
+            seed, ...), compared across the ranks of ``process_group``.
 
     Raises:
         ValueError: If ``loss_func`` is given but not callable, or the first batch's targets do
@@ -67,7 +75,32 @@ class ModelDataSetup:
         num_data: int | None = None,
         batch_size_fn: Callable | None = None,
         cache_batches: bool = False,
+        process_group: object | None = None,
+        signature: str = "",
     ):
+        self.reduction: LocalReduction = reduction_for(process_group)
+        with self.reduction.failures_shared("building the operator"):
+            self._build(
+                model_func, loss_func, params, data, progressbar, num_data, batch_size_fn, cache_batches
+            )
+        loss = f"{type(loss_func).__name__}({getattr(loss_func, 'reduction', '')})"
+        shapes = [tuple(tensor.shape) for tensor in self.model.tensors]
+        self.engine.join(f"{signature}; {loss}; {self.model.dtype}; parameters {shapes}")
+
+    def _build(
+        self,
+        model_func: Callable,
+        loss_func: Callable | None,
+        params: Sequence[Tensor] | Mapping[str, Tensor],
+        data: Iterable,
+        progressbar: bool,
+        num_data: int | None,
+        batch_size_fn: Callable | None,
+        cache_batches: bool,
+    ) -> None:
+        """The constructor's work on this rank (its failures are shared with the other ranks)."""
+        if isinstance(model_func, DistributedDataParallel):  # the products differentiate the module
+            model_func = model_func.module
         if isinstance(loss_func, type):
             raise ValueError(
                 f"loss_func must be a loss instance such as {loss_func.__name__}(), got the class itself."
@@ -85,6 +118,7 @@ class ModelDataSetup:
             progressbar=progressbar,
             loss_terms=None if loss_func is None else partial(_loss_terms, loss_func),
             before_batch=self.before_batch,
+            reduction=self.reduction,
         )
         self.cache_batches = cache_batches
         self.cache = BatchCache(self.model, cache_batches)
@@ -216,7 +250,8 @@ class ModelDataSetup:
         (:meth:`batch_tensors` with its output) and calls ``finish()`` after its pass.
         """
         self._probed_determinism = True
-        return SharedPassProbe(self.engine, self.model.model_func, self.batch_tensors)
+        with self.reduction.failures_shared("the determinism probe"):
+            return SharedPassProbe(self.engine, self.model.model_func, self.batch_tensors)
 
     def check_deterministic(self, operator: LinearOperator | None = None) -> None:
         """Run the determinism probe (:mod:`curvkit._engine.determinism`); no operator: model, data.
@@ -227,6 +262,10 @@ class ModelDataSetup:
         single vectors (a wrong batching rule under ``torch.func.vmap``), it multiplies one column
         at a time from then on (``max_columns = 1``), with a warning.
         """
+        with self.reduction.failures_shared("the determinism probe"):
+            self._check_deterministic(operator)
+
+    def _check_deterministic(self, operator: LinearOperator | None) -> None:
         self._probed_determinism = True
         if operator is not None and self.model.is_module and self.model.forward_mode_available:
             first = next(iter(self.engine.batches()), None)

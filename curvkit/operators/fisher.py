@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from torch import Generator, Tensor
+from torch import Tensor
 
 from curvkit._boundary import as_integer
-from curvkit._output_factor import seeded
 from curvkit.losses import check_supported, check_unweighted
 from curvkit.operators._jtlj import JTLJLinearOperator
 
@@ -53,6 +52,7 @@ class EFLinearOperator(JTLJLinearOperator):
         num_data: int | None = None,
         batch_size_fn: Callable | None = None,
         cache_batches: bool = False,
+        process_group: object | None = None,
     ):
         check_unweighted(loss_func, "EFLinearOperator")
         super().__init__(
@@ -66,6 +66,7 @@ class EFLinearOperator(JTLJLinearOperator):
             num_data=num_data,
             batch_size_fn=batch_size_fn,
             cache_batches=cache_batches,
+            process_group=process_group,
         )
 
     _fisher_type = "empirical"
@@ -81,15 +82,16 @@ class FisherMCLinearOperator(JTLJLinearOperator):
 
     with ``ℓ = -log q`` and the scaling ``T`` of :class:`EFLinearOperator`; in expectation over
     the samples it equals the GGN. The operator is one deterministic draw: every product
-    re-seeds a generator with ``seed`` and draws the targets batch by batch, so batches must
-    come in the same order each time (no shuffling). Create instances with different seeds
-    for independent draws.
+    draws each batch's targets from a generator seeded by ``seed`` and the batch's position
+    (:func:`curvkit.losses.batch_generator`), so batches must come in the same order each time
+    (no shuffling), and data-parallel products over shards draw what one process draws on all
+    the data. Create instances with different seeds for independent draws.
 
     Args:
         seed: Seed of the generator that draws the targets. Default: ``2147483647``.
         mc_samples: Number of samples ``M`` per data point. Default: ``1``.
         model_func, loss_func, params, data, progressbar, check_deterministic, num_data,
-            batch_size_fn, cache_batches: As for
+            batch_size_fn, cache_batches, process_group: As for
             :class:`~curvkit.operators._curvature.CurvatureLinearOperator` (the reference's
             signature has ``seed`` and ``mc_samples`` where the others have ``shape``).
 
@@ -118,6 +120,7 @@ class FisherMCLinearOperator(JTLJLinearOperator):
         num_data: int | None = None,
         batch_size_fn: Callable | None = None,
         cache_batches: bool = False,
+        process_group: object | None = None,
     ):
         check_supported(loss_func, "FisherMCLinearOperator")
         self._seed, self._num_mc_samples = as_integer(seed, "seed"), as_integer(mc_samples, "mc_samples", 1)
@@ -131,13 +134,17 @@ class FisherMCLinearOperator(JTLJLinearOperator):
             num_data=num_data,
             batch_size_fn=batch_size_fn,
             cache_batches=cache_batches,
+            process_group=process_group,
         )
 
     _fisher_type = "mc"
 
-    def _start_product(self) -> Generator:
-        # with caching, the first product's draw is kept: the same one a re-seeded generator gives
-        return seeded(self._seed, self.device)
+    def _signature(self) -> str:
+        return f"{super()._signature()}, seed {self._seed}"
+
+    def _start_product(self) -> int:
+        # with caching, the first product's draw is kept: the same one the batch's seed gives
+        return self._seed
 
     def _mc_samples(self) -> int:
         return self._num_mc_samples

@@ -17,8 +17,8 @@ from curvkit._layers.diagonal import chain_squared_gradient_sums, squared_gradie
 from curvkit._layers.recording import output_gradients, recording, traced_forward
 from curvkit._model.autograd import paths_agree
 from curvkit._model.kernels import differentiable_kernels
-from curvkit._output_factor import output_factor, seeded
-from curvkit.losses import check_supported, reduction_of
+from curvkit._output_factor import output_factor
+from curvkit.losses import batch_generator, check_supported, reduction_of
 from curvkit.operators._setup import ModelDataSetup
 from curvkit.structured import DiagonalLinearOperator
 
@@ -36,6 +36,7 @@ def ggn_diagonal(
     check_deterministic: bool = True,
     num_data: int | None = None,
     batch_size_fn: Callable | None = None,
+    process_group: object | None = None,
 ) -> Tensor:
     r"""The diagonal of the GGN, ``diag(Σ_b w_b J_bᵀ Λ_b J_b)``, without forming the matrix.
 
@@ -79,6 +80,9 @@ def ggn_diagonal(
             the diagonal's own), as the operators do. Default: ``True``.
         num_data: Number of samples (computed if ``None``).
         batch_size_fn: Batch size of a dict input.
+        process_group: ``None`` (default: this process only), or a ``torch.distributed`` process
+            group: then ``data`` is this rank's shard and the diagonal is summed over the ranks,
+            each getting the full-data diagonal (docs/distributed.md).
 
     Returns:
         The diagonal, shape ``[D]``.
@@ -107,11 +111,25 @@ def ggn_diagonal(
         progressbar=progressbar,
         num_data=num_data,
         batch_size_fn=batch_size_fn,
+        process_group=process_group,
+        signature=f"ggn_diagonal, mode {mode}, mc_samples {mc_samples}, seed {seed}",
     )
-    model = setup.model
+    with setup.reduction.failures_shared("ggn_diagonal"):
+        return _ggn_diagonal(setup, loss_func, mode, mc_samples, seed, check_deterministic)
+
+
+def _ggn_diagonal(
+    setup: ModelDataSetup,
+    loss_func: Callable,
+    mode: str,
+    mc_samples: int,
+    seed: int,
+    check_deterministic: bool,
+) -> Tensor:
+    """:func:`ggn_diagonal` on a built setup (on every rank of its process group)."""
+    model, model_func = setup.model, setup.model.model_func
     # model and data (there is no product to compare); the second pass is the diagonal's own
     probe = setup.shared_pass_probe() if check_deterministic else None
-    generator = seeded(seed, model.device)
     fisher_type = "type-2" if mode == "exact" else "mc"
     # the first batch is traced to tell which layers are per sample; later ones record those only
     layers, traced = setup.layer_map.layers, [True]
@@ -120,6 +138,7 @@ def ggn_diagonal(
 
     def batch_diagonal(batch: Batch) -> Tensor:
         nonlocal layers
+        generator = batch_generator(seed, batch.global_index, model.device)
         linearization = None if chain is None else chain.linearize(batch, loss_func, gradients=False)
         if linearization is not None:  # a chain of linear layers: the columns go back by hand
             if probe is not None:
@@ -147,7 +166,11 @@ def ggn_diagonal(
         # detached: the per-sample path may leave a graph on its result
         return torch.cat([squares[index].flatten() for index in range(len(model.tensors))]).detach()
 
-    diagonal = setup.engine.sum_over_batches(batch_diagonal, reduction_of(loss_func), desc="GGN diagonal")
+    # into a given zero vector: a shard without loss terms then adds zeros in data-parallel runs
+    diagonal = model.tensors[0].new_zeros(model.layout.dim)
+    setup.engine.sum_over_batches(
+        batch_diagonal, reduction_of(loss_func), desc="GGN diagonal", out=[diagonal]
+    )
     if probe is not None:
         probe.finish()
     return diagonal

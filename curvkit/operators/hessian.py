@@ -35,7 +35,7 @@ class HessianLinearOperator(CurvatureLinearOperator):
         block_sizes: Numbers of consecutive parameter tensors that form one diagonal block,
             summing to the number of parameter tensors; ``None`` (default) for the full Hessian.
         model_func, loss_func, params, data, progressbar, check_deterministic, shape, num_data,
-            batch_size_fn, cache_batches: As for
+            batch_size_fn, cache_batches, process_group: As for
             :class:`~curvkit.operators._curvature.CurvatureLinearOperator`.
 
     Example:
@@ -64,6 +64,7 @@ class HessianLinearOperator(CurvatureLinearOperator):
         batch_size_fn: Callable | None = None,
         block_sizes: Sequence[int] | None = None,
         cache_batches: bool = False,
+        process_group: object | None = None,
     ):
         num_tensors = len(normalize_params(params)[1])  # checks params before it is counted
         self._blocks = None if block_sizes is None else _blocks_of(block_sizes, num_tensors)
@@ -78,7 +79,11 @@ class HessianLinearOperator(CurvatureLinearOperator):
             num_data=num_data,
             batch_size_fn=batch_size_fn,
             cache_batches=cache_batches,
+            process_group=process_group,
         )
+
+    def _signature(self) -> str:
+        return f"{type(self).__name__}, blocks {self._blocks}"
 
     @cached_property
     def _layer_chain(self) -> LayerChain | None:

@@ -35,6 +35,9 @@ class JacobianLinearOperator(LinearOperator):
         num_data: Number of samples ``N`` (computed with one pass if ``None``).
         batch_size_fn: Maps ``X`` to its batch size; required if ``X`` is a dict.
         cache_batches: Keep each batch's linearization after the first product.
+        process_group: ``None`` (default: this process only), or a ``torch.distributed`` process
+            group: then ``data`` is this rank's shard, ``J V`` is gathered from all ranks (rows
+            of lower ranks first) and ``Jᵀ W`` summed over them (docs/distributed.md).
 
     Raises:
         ValueError: For invalid arguments, naming the argument.
@@ -52,6 +55,7 @@ class JacobianLinearOperator(LinearOperator):
         num_data: int | None = None,
         batch_size_fn: Callable | None = None,
         cache_batches: bool = False,
+        process_group: object | None = None,
     ):
         self._setup = ModelDataSetup(
             model_func,
@@ -62,6 +66,8 @@ class JacobianLinearOperator(LinearOperator):
             num_data=num_data,
             batch_size_fn=batch_size_fn,
             cache_batches=cache_batches,
+            process_group=process_group,
+            signature=type(self).__name__,
         )
         model, engine = self._setup.model, self._setup.engine
         first_output = self._setup.first_output
@@ -76,6 +82,9 @@ class JacobianLinearOperator(LinearOperator):
         if check_deterministic:
             self._setup.check_deterministic(self)
 
+    def _agreed_width(self, width: int) -> int:
+        return self._setup.reduction.minimum(width, "the memory budget's block width")
+
     def _matmat(self, X: Tensor) -> Tensor:
         tangents = self._setup.model.layout.columns_to_list(X)
 
@@ -89,11 +98,11 @@ class JacobianLinearOperator(LinearOperator):
                 )
             return jvp.reshape(jvp.shape[0], -1).T
 
-        return self._setup.engine.concatenate_over_batches(batch_rows, desc=type(self).__name__)
+        return self._setup.engine.concatenate_over_batches(batch_rows, desc=type(self).__name__, inputs=X)
 
     def _rmatmat(self, X: Tensor) -> Tensor:
         layout = self._setup.model.layout
-        offset = 0
+        offset = self._setup.engine.sample_offset * self._outputs_per_sample  # this shard's rows
 
         def batch_product(batch):
             nonlocal offset
@@ -105,7 +114,7 @@ class JacobianLinearOperator(LinearOperator):
 
         rows = X.new_empty(X.shape[1], layout.dim)  # accumulated in place, as for curvature products
         self._setup.engine.sum_over_batches(
-            batch_product, "sum", desc=f"{type(self).__name__}ᵀ", out=layout.split_rows(rows)
+            batch_product, "sum", desc=f"{type(self).__name__}ᵀ", out=layout.split_rows(rows), inputs=X
         )
         return rows.T
 
@@ -130,6 +139,7 @@ class TransposedJacobianLinearOperator(TransposedLinearOperator):
         num_data: int | None = None,
         batch_size_fn: Callable | None = None,
         cache_batches: bool = False,
+        process_group: object | None = None,
     ):
         super().__init__(
             JacobianLinearOperator(
@@ -141,5 +151,6 @@ class TransposedJacobianLinearOperator(TransposedLinearOperator):
                 num_data=num_data,
                 batch_size_fn=batch_size_fn,
                 cache_batches=cache_batches,
+                process_group=process_group,
             )
         )

@@ -161,7 +161,7 @@ class AnalysisContext:
         if name == "kfac":
             return _kfac_operator(p)
         kind = {"hessian": HessianLinearOperator, "ggn": GGNLinearOperator, "ef": EFLinearOperator}[name]
-        return kind(*common, batch_size_fn=p.batch_size_fn)
+        return kind(*common, batch_size_fn=p.batch_size_fn, process_group=p.process_group)
 
     def figure_path(self, file: str) -> Path:
         return self.out / file
@@ -173,6 +173,8 @@ def _kfac_operator(problem: Problem) -> LinearOperator:
     Raises:
         NotAvailableError: If this curvkit has no ``KFACLinearOperator``.
     """
+    if problem.process_group is not None:  # its factors would be this rank's shard's
+        raise NotAvailableError("KFACLinearOperator over sharded data (torchrun)")
     try:
         from curvkit import KFACLinearOperator
     except ImportError:

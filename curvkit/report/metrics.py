@@ -45,7 +45,7 @@ def metrics(settings: ReportSettings, problem: Problem, results: list[AnalysisRe
                 "description": problem.description,
                 "num_parameters": problem.dim,
                 "num_data": problem.num_data,
-                "num_batches": len(problem.data),
+                "num_batches": problem.num_batches,
                 "device": str(problem.device),
                 "dtype": str(problem.dtype).removeprefix("torch."),
                 "layers": [{"layer": layer, "entries": entries} for layer, entries in problem.layers],

@@ -28,6 +28,9 @@ class Problem:
             order: the curvature matrices' rows and columns.
         all_param_names: Every trainable parameter's name, selected or not.
         description: One sentence on the model, data and training, for the page.
+        process_group: ``None``, or (under ``torchrun``, :mod:`curvkit.report.launch`) the
+            process group over whose ranks the data is sharded: ``data`` is this rank's shard.
+        totals: Samples and batches of all ranks' shards (``None``: ``data`` is all the data).
     """
 
     name: str
@@ -37,6 +40,8 @@ class Problem:
     params: dict[str, Tensor]
     all_param_names: list[str]
     description: str
+    process_group: Any = None
+    totals: tuple[int, int] | None = None
 
     @property
     def device(self) -> torch.device:
@@ -53,8 +58,13 @@ class Problem:
 
     @property
     def num_data(self) -> int:
-        """Number of samples (the first axis of every input, summed over the batches)."""
-        return sum(batch_size(X) for X, _ in self.data)
+        """Number of samples (the first axis of every input, summed over the batches of all ranks)."""
+        return self.totals[0] if self.totals else sum(batch_size(X) for X, _ in self.data)
+
+    @property
+    def num_batches(self) -> int:
+        """Number of batches (of all ranks)."""
+        return self.totals[1] if self.totals else len(self.data)
 
     @property
     def param_list(self) -> list[Tensor]:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
+from tempfile import TemporaryDirectory
 
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from curvkit.report import launch
 from curvkit.report.analyses import ANALYSES, Analysis
 from curvkit.report.analyses.dense import MAX_DENSE_DIM
 from curvkit.report.budget import ProductMeter, share_of
@@ -37,7 +41,28 @@ def build_report(settings: ReportSettings, progressbar: bool = True) -> Path:
     """
     settings = settings.checked()
     require_matplotlib()
+    if not launch.launched():
+        return _build_report(settings, progressbar)
+    initialized = launch.join_process_group(settings.device)
+    try:
+        if launch.rank() == 0:
+            index = _build_report(settings, progressbar)
+        else:
+            with TemporaryDirectory() as scratch:  # other ranks compute alike but write nothing
+                _build_report(dataclasses.replace(settings, out=Path(scratch)), progressbar=False)
+            index = settings.out / PAGE_FILE
+        dist.barrier()  # no rank tears down the group while another still uses it
+        return index
+    finally:
+        if initialized:
+            dist.destroy_process_group()
+
+
+def _build_report(settings: ReportSettings, progressbar: bool) -> Path:
+    """:func:`build_report` on this process (its shard of the data under ``torchrun``)."""
     problem = load_problem(settings, progressbar)
+    if launch.launched():
+        problem = launch.sharded(problem)
     out = settings.out
     out.mkdir(parents=True, exist_ok=True)
     _remove_previous_figures(out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from curvkit.report.context import AnalysisContext, Findings, SummaryRow
+from curvkit.report.launch import all_reduced
 from curvkit.report.problem import batch_size
 
 
@@ -29,6 +30,7 @@ def loss_and_gradient(context: AnalysisContext) -> Findings:
         for total, grad in zip(gradient, grads):
             if grad is not None:
                 total += weight * grad.double()
+    all_reduced([loss, *gradient], problem.process_group)  # shards under torchrun
     norms = {}
     for name, grad in zip(problem.params, gradient):
         layer = name.rpartition(".")[0] or "(model)"
