@@ -34,7 +34,8 @@ from curvkit._layers.recording import (
     recording,
     traced_forward,
 )
-from curvkit._output_factor import output_factor, seeded
+from curvkit._output_factor import output_factor
+from curvkit.losses import batch_generator
 from curvkit.operators._kfac_plan import BlockPlan, Holder
 from curvkit.operators._setup import ModelDataSetup
 
@@ -242,7 +243,6 @@ def recorded_pass(
     the same layers without the tracing (:func:`curvkit._layers.recording.traced_forward`).
     """
     model = setup.model
-    generator = seeded(seed, model.device)
     layers = _plan_layers(plans)
     traced = [True]
 
@@ -258,6 +258,8 @@ def recorded_pass(
             if fisher_type == "forward-only":
                 num_columns, gradients = 1, [[None] * len(layer.uses) for layer in layers]
             else:
+                # each batch's draws from (seed, its position in the data): the same on any number of ranks
+                generator = batch_generator(seed, batch.global_index, model.device)
                 columns = output_factor(
                     fisher_type, setup.loss_func, output.detach(), batch, generator, mc_samples
                 )

@@ -65,6 +65,7 @@ class EKFACLinearOperator(KFACLinearOperator):
         num_per_example_loss_terms: int | None = None,
         num_data: int | None = None,
         batch_size_fn: Callable | None = None,
+        process_group: object | None = None,
         max_entries: int = 2**24,
     ):
         if getattr(fisher_type, "value", fisher_type) == "forward-only":
@@ -90,6 +91,7 @@ class EKFACLinearOperator(KFACLinearOperator):
             num_per_example_loss_terms=num_per_example_loss_terms,
             num_data=num_data,
             batch_size_fn=batch_size_fn,
+            process_group=process_group,
         )
 
     def compute_eigenvalue_correction(self) -> None:

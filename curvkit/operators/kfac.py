@@ -90,6 +90,11 @@ class KFACLinearOperator(LinearOperator):
             data's positions per example (the scale is counted from the loss).
         num_data: Number of samples (counted if ``None``).
         batch_size_fn: Batch size of a dict input.
+        process_group: ``None`` (this process only), or a ``torch.distributed`` process group:
+            ``data`` is this rank's shard, and the factors' sums and loss-term counts are added
+            over the ranks, so every rank gets the factors of all the data; ``'mc'`` draws each
+            batch's targets from ``seed`` and the batch's position, as one process would
+            (docs/distributed.md).
 
     Raises:
         ValueError: For an unsupported loss, an unknown ``fisher_type`` / ``kfac_approx`` /
@@ -122,6 +127,7 @@ class KFACLinearOperator(LinearOperator):
         num_per_example_loss_terms: int | None = None,
         num_data: int | None = None,
         batch_size_fn: Callable | None = None,
+        process_group: object | None = None,
     ):
         self._fisher_type = choice(fisher_type, FisherType, "fisher_type")
         self._kfac_approx = choice(kfac_approx, KFACType, "kfac_approx")
@@ -152,6 +158,11 @@ class KFACLinearOperator(LinearOperator):
             progressbar=progressbar,
             num_data=num_data,
             batch_size_fn=batch_size_fn,
+            process_group=process_group,
+            signature=(
+                f"{type(self).__name__}, fisher_type {self._fisher_type}, kfac_approx {self._kfac_approx}, "
+                f"mc_samples {self._mc_samples}, seed {self._seed}, separate_weight_and_bias {self._separate}"
+            ),
         )
         layout = self._setup.model.layout
         if shape is not None and tuple(shape) != (layout.dim, layout.dim):

@@ -173,8 +173,6 @@ def _kfac_operator(problem: Problem) -> LinearOperator:
     Raises:
         NotAvailableError: If this curvkit has no ``KFACLinearOperator``.
     """
-    if problem.process_group is not None:  # its factors would be this rank's shard's
-        raise NotAvailableError("KFACLinearOperator over sharded data (torchrun)")
     try:
         from curvkit import KFACLinearOperator
     except ImportError:
@@ -187,6 +185,7 @@ def _kfac_operator(problem: Problem) -> LinearOperator:
         problem.data,
         fisher_type="type-2",
         loss_average=None if reduction == "sum" else "batch",
+        process_group=problem.process_group,
     )
 
 

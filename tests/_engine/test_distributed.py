@@ -24,10 +24,12 @@ from torch.nn.parallel import DistributedDataParallel
 
 from curvkit import (
     EFLinearOperator,
+    EKFACLinearOperator,
     FisherMCLinearOperator,
     GGNLinearOperator,
     HessianLinearOperator,
     JacobianLinearOperator,
+    KFACLinearOperator,
     ggn_diagonal,
 )
 from curvkit.linalg import hutchinson_trace, lanczos_eigsh
@@ -88,6 +90,15 @@ def _compute(data: list, process_group: object | None) -> dict[str, torch.Tensor
     results["top eigenvalues"] = lanczos_eigsh(hessian, k=2, seed=0)[0]
     results["seigh"] = seigh(ggn, ggn.device, ggn.dtype, 6, seed=0)[0]
     results["dense GGN"] = ggn.to_dense()
+    for fisher_type in ("type-2", "mc", "empirical"):
+        kfac = KFACLinearOperator(
+            model, loss_func, params, data, fisher_type=fisher_type, seed=5, process_group=process_group
+        )
+        results[f"KFAC {fisher_type}"] = kfac.to_dense()
+    ekfac = EKFACLinearOperator(
+        model, loss_func, params, data, fisher_type="empirical", process_group=process_group
+    )
+    results["EKFAC"] = ekfac.to_dense()
     return results
 
 
@@ -234,6 +245,10 @@ QUANTITIES = [
     "seigh",
     "GGN, DDP-wrapped model",
     "dense GGN, memory budget",
+    "KFAC type-2",
+    "KFAC mc",
+    "KFAC empirical",
+    "EKFAC",
 ]
 SAME_AS = {"GGN, DDP-wrapped model": "GGN", "dense GGN, memory budget": "dense GGN"}
 """Quantities computed otherwise in one process."""

@@ -48,7 +48,9 @@ def test_kfac_wiring(monkeypatch, problem, settings):
     stand_ins.install(monkeypatch)
     result = run("kfac", problem, settings)
     assert result.status == "ok", result.message
-    assert stand_ins.BlockDiagonalGGN.created == [{"fisher_type": "type-2", "loss_average": "batch"}]
+    assert stand_ins.BlockDiagonalGGN.created == [
+        {"fisher_type": "type-2", "loss_average": "batch", "process_group": None}
+    ]
     assert result.products <= share_of("kfac", 1000)
     block_diagonal = stand_ins.BlockDiagonalGGN(
         problem.model, problem.loss_function, problem.param_list, problem.data
