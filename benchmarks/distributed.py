@@ -1,4 +1,4 @@
-"""Data-parallel products: a Hessian and a GGN matvec with 1 and 2 processes on the same total data.
+"""Data-parallel products: Hessian and GGN matvecs, KFAC's factors, with 1 and 2 processes on the same data.
 
 For the MLP and the CNN of ``benchmarks/products.py`` (float32, the same batches), each
 configuration runs in fresh processes (``torch.multiprocessing`` spawn, gloo on the CPU, one
@@ -9,9 +9,11 @@ thread each):
   status exchange and the all-reduce alone;
 - ``2 processes``: each rank iterates every second batch, products all-reduced.
 
-Each timed product starts after a barrier. Per product: the CPU time of each rank
+The timed calls: a Hessian and a GGN matvec, and a ``KFACLinearOperator`` (``'mc'``) built and
+its factors computed (one pass over the shard, factors all-reduced). Each timed call starts
+after a barrier. Per call: the CPU time of each rank
 (``time.process_time``; the table gives the larger of the two ranks) and the wall time; the
-median over ``--repeats`` products after one warm-up, then the median over ``--rounds`` rounds
+median over ``--repeats`` calls after one warm-up, then the median over ``--rounds`` rounds
 that alternate the configurations (so that they see the same drifts in load). On a machine with
 2 cores shared with other work, CPU time is the robust figure; the wall time of 2 processes also
 waits for the other rank and for the core it shares.
@@ -50,9 +52,12 @@ sys.path.insert(0, os.path.dirname(__file__))
 from measure import MemoryProbe
 from problems import PROBLEM_LABELS, make_problem
 
-from curvkit import GGNLinearOperator, HessianLinearOperator
+from curvkit import GGNLinearOperator, HessianLinearOperator, KFACLinearOperator
 
 OPERATORS = {"Hessian": HessianLinearOperator, "GGN": GGNLinearOperator}
+KFAC_ROW = "KFAC factors ('mc')"
+ROWS = [*OPERATORS, KFAC_ROW]
+"""The timed calls: a matvec of each operator, and KFAC built and its factors computed."""
 CONFIGURATIONS = {  # label: (processes, with a process group)
     "1 process": (1, False),
     "1 process, group of 1": (1, True),
@@ -77,16 +82,14 @@ def _worker(
     model, loss_func, params, data = make_problem(problem, torch.device("cpu"), quick)
     shard = data[rank::world]
     results = {}
-    for name, cls in OPERATORS.items():
-        operator = cls(model, loss_func, params, shard, check_deterministic=False, process_group=group)
-        vector = torch.randn(operator.shape[1], generator=torch.Generator().manual_seed(0))
-        operator @ vector  # warm-up
+    for name, call in _timed_calls(model, loss_func, params, shard, group).items():
+        call()  # warm-up
         cpu, wall = [], []
         for _ in range(repeats):
             if group is not None:
                 dist.barrier()
             cpu_start, wall_start = time.process_time(), time.perf_counter()
-            operator @ vector
+            call()
             cpu.append(time.process_time() - cpu_start)
             wall.append(time.perf_counter() - wall_start)
         results[name] = {"cpu": statistics.median(cpu), "wall": statistics.median(wall)}
@@ -94,6 +97,24 @@ def _worker(
     if group is not None:
         dist.barrier()  # no rank tears down the group while the other still uses it
         dist.destroy_process_group()
+
+
+def _timed_calls(model, loss_func, params, shard, group) -> dict:
+    """Per row of :data:`ROWS`: a function doing its work once on this rank's shard."""
+    calls = {}
+    for name, cls in OPERATORS.items():
+        operator = cls(model, loss_func, params, shard, check_deterministic=False, process_group=group)
+        vector = torch.randn(operator.shape[1], generator=torch.Generator().manual_seed(0))
+        calls[name] = lambda operator=operator, vector=vector: operator @ vector
+
+    def kfac_factors() -> None:
+        kfac = KFACLinearOperator(
+            model, loss_func, params, shard, check_deterministic=False, fisher_type="mc", process_group=group
+        )
+        kfac.compute_kronecker_factors()
+
+    calls[KFAC_ROW] = kfac_factors
+    return calls
 
 
 def _free_port() -> int:
@@ -113,9 +134,7 @@ def measure(problem: str, configuration: str, repeats: int, quick: bool) -> dict
             start_method="spawn",
         )
         ranks = [json.loads(Path(out, f"rank{rank}.json").read_text()) for rank in range(world)]
-    return {
-        name: {key: max(rank[name][key] for rank in ranks) for key in ("cpu", "wall")} for name in OPERATORS
-    }
+    return {name: {key: max(rank[name][key] for rank in ranks) for key in ("cpu", "wall")} for name in ROWS}
 
 
 MEMORY_PROBLEM = "MLP 64-32-10 (2,410 parameters), 1 batch of 2,048 samples, CE, float32"
@@ -186,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         "## Data-parallel products: 1 and 2 processes, same total data",
         "",
         f"torch {torch.__version__}, CPU, gloo, 1 thread per process, float32; per configuration the "
-        f"median of {repeats} matvecs after a warm-up, median over {rounds} alternating rounds. "
+        f"median of {repeats} calls after a warm-up, median over {rounds} alternating rounds. "
         "CPU time: the larger of the ranks' process CPU times; wall: the larger wall time "
         "(after a barrier).",
         "",
@@ -199,10 +218,10 @@ def main(argv: list[str] | None = None) -> int:
         lines += [
             f"### {problem}: {PROBLEM_LABELS[problem]}",
             "",
-            "| operator | configuration | CPU ms per rank | × 1 process | wall ms | × 1 process |",
+            "| call | configuration | CPU ms per rank | × 1 process | wall ms | × 1 process |",
             "|---|---|---:|---:|---:|---:|",
         ]
-        for name in OPERATORS:
+        for name in ROWS:
             base = {
                 key: statistics.median(s[name][key] for s in samples["1 process"]) for key in ("cpu", "wall")
             }
