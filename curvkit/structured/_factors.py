@@ -45,15 +45,37 @@ def is_symmetric(factor: Tensor) -> bool:
     return factor.ndim == 1 or torch.equal(factor, factor.T)
 
 
+SYMMETRIZE_TILE = 512
+"""Side of the tiles :func:`symmetrize_` pairs up (two ``512²`` float32 tiles stay in cache)."""
+
+
 def symmetrized(factor: Tensor) -> Tensor:
-    """``(F + Fᵀ) / 2``: factors summed over batches in floating point are symmetric only to rounding."""
-    # one copy of the transpose, then in place: bitwise symmetric (addition commutes), and 1.5×
-    # faster than (F + Fᵀ) / 2 on a 2049² factor (one thread)
-    return (
-        factor
-        if factor.ndim == 1
-        else factor.T.clone(memory_format=torch.contiguous_format).add_(factor).mul_(0.5)
-    )
+    """``(F + Fᵀ) / 2``: factors summed over batches in floating point are symmetric only to rounding.
+
+    On a copy of ``factor`` (a plain copy: :func:`symmetrize_` does the transposing in cache).
+    """
+    if factor.ndim == 1:
+        return factor
+    return symmetrize_(factor.clone(memory_format=torch.contiguous_format))
+
+
+def symmetrize_(factor: Tensor) -> Tensor:
+    """``F ← (F + Fᵀ) / 2`` in place, bitwise symmetric (addition commutes), ``factor`` returned.
+
+    Tile pair by tile pair (:data:`SYMMETRIZE_TILE`): a transposed copy of a whole ``2049²``
+    factor reads it across cache lines and took 5–9 ms against 0.5 ms this way (one thread),
+    and a new ``[n, n]`` tensor costs page faults.
+    """
+    tile = SYMMETRIZE_TILE
+    for start in range(0, factor.shape[0], tile):
+        rows = slice(start, start + tile)
+        for other in range(0, start, tile):
+            lower, upper = factor[rows, other : other + tile], factor[other : other + tile, rows]
+            lower.add_(upper.T).mul_(0.5)
+            upper.copy_(lower.T)
+        diagonal = factor[rows, rows]
+        diagonal.copy_(diagonal + diagonal.T).mul_(0.5)
+    return factor
 
 
 def transposed(factor: Tensor | None) -> Tensor | None:
