@@ -121,10 +121,10 @@ def test_factors_are_symmetrized_copies_unless_handed_over(copy):
     assert (stored is not given and torch.equal(given, G)) if copy else stored.data_ptr() == given.data_ptr()
 
 
-@pytest.mark.parametrize("size", [1, 2, 3, 4, 7, 8, 9, 70, 130])
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 7, 8, 9])
 @pytest.mark.parametrize("layout", ["contiguous", "transposed"])
 def test_symmetrize_in_tiles_by_the_mean_or_the_lower_triangle(monkeypatch, size, layout):
-    monkeypatch.setattr(factors_module, "SYMMETRIZE_TILE", 3 if size < 10 else 65)  # partial edge tiles
+    monkeypatch.setattr(factors_module, "SYMMETRIZE_TILE", 3)  # several tile pairs, partial edge tiles
     F = torch.randn(size, size, generator=torch.Generator().manual_seed(size))
     F = F.T if layout == "transposed" else F
     expected = (F + F.T) / 2
