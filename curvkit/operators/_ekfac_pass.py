@@ -36,12 +36,16 @@ def correction_sums(
 ) -> list[Tensor]:
     """``Σ_b K_b Σ_{k,n} (Q_Gᵀ W_{k,n} Q_A)²`` per block (float64; ``K_b = 1`` for a sum)."""
 
-    def per_batch(batch: Batch, num_columns: int, uses: list[Uses]) -> list[Tensor]:
+    def per_batch(
+        batch: Batch, num_columns: int, uses: list[Uses], total: list[Tensor] | None
+    ) -> list[Tensor]:
         corrections = EigenvalueCorrections(basis, max_entries=max_entries)
         weight = loss_weight_of(batch, reduction)
         for index, (plan, plan_uses) in enumerate(zip(plans, uses)):
             _add_block(corrections, index, plan, plan_uses, num_columns, weight)
-        return corrections.sums
+        if total is None:
+            return corrections.sums
+        return [sum_so_far.add_(batch_sum) for sum_so_far, batch_sum in zip(total, corrections.sums)]
 
     return recorded_pass(setup, plans, fisher_type, mc_samples, seed, None, per_batch, "EKFAC corrections")
 

@@ -12,7 +12,9 @@ Scaling. The batch's ``S`` carries the batch loss's scale ``c_b`` (``1/K_b`` for
 by ``K = Σ_b K_b`` at the end, so the factors are those of the full data set's loss, however
 the data is split (as the engine weights the other operators' batches). Input sides are divided
 by their number of rows (``(sample, row)`` pairs; the ``K`` columns of a triple cancel). Every
-sum, counts included, goes through :meth:`curvkit._engine.MiniBatchEngine.sum_over_batches`.
+sum, counts included, goes through the engine
+(:meth:`curvkit._engine.MiniBatchEngine.accumulate_over_batches`: the Gram products are added
+into the data set's sums by ``addmm``, no per-batch result is copied or added).
 """
 
 from __future__ import annotations
@@ -38,10 +40,14 @@ from curvkit._output_factor import output_factor
 from curvkit.losses import batch_generator
 from curvkit.operators._kfac_plan import BlockPlan, Holder
 from curvkit.operators._setup import ModelDataSetup
+from curvkit.structured._factors import symmetrize_
 
 TRACINGS = (autograd_leaves, dual_numbers)
 """Autograd leaves first: their graph walk costs less than dual numbers' second forward pass
 (MLP batch of the benchmark: 1.2 against 3.9 ms, one thread)."""
+
+GRAM_STRIP = 256
+"""Rows of a Gram matrix's strips (:func:`add_gram`), for factors of at least twice as many."""
 
 PATCH_ENTRIES = 2**22
 """Most entries of a convolution's unfolded patches formed at once (chunks of samples)."""
@@ -60,60 +66,50 @@ def _add(total: Tensor | None, value: Tensor) -> Tensor:
     return value if total is None else total.add_(value)
 
 
-class GramBuffers:
-    """Where each batch's Gram matrices ``Σ_i x_i x_iᵀ`` are written.
+def add_gram(total: Tensor | None, rows: Tensor, alpha: float = 1.0) -> Tensor:
+    """``total + alpha Σ_i x_i x_iᵀ`` over the rows of ``rows [..., d]``; in place (new if no ``total``).
 
-    One buffer per block side and pass, reused from batch to batch (the engine adds them into its
-    sums, copying the first). A fresh ``[2048, 2048]`` result per batch took 10 ms against 4 ms
-    written into a buffer (the benchmark CNN's linear layer, one thread: page faults of the new
-    memory).
+    The pass adds every batch's products into the data set's sums (``addmm``), so no per-batch
+    Gram matrix is formed and then added. Only the lower triangle is kept up to date (the
+    upper one may hold anything): :func:`factor_sums` mirrors it at the end.
     """
+    # per sample where the rows outnumber the features: a product [d, R] @ [R, d] per sample
+    # is efficient then (a second convolution's [144, 64] patches were 1.6× slower that way)
+    if rows.ndim >= 3 and rows.stride(-1) != 1 and rows.shape[-2] >= rows.shape[-1]:
+        return _add_gram_per_sample(total, rows, alpha)
+    flat = rows.reshape(-1, rows.shape[-1])
+    dim, beta = flat.shape[-1], 0.0 if total is None else 1.0  # beta=0: new entries are ignored
+    total = flat.new_empty((dim, dim)) if total is None else total
+    if dim < 2 * GRAM_STRIP:
+        return total.addmm_(flat.T, flat, beta=beta, alpha=alpha)
+    # the lower triangle by strips of rows, each up to its diagonal tile: 62% of the flops for
+    # the benchmark CNN's 2049² input factor, and 2.0 against 4.6 ms (one thread; the whole
+    # product was slow on that size), 0.68 against 0.95 ms for the MLP's 785²
+    for start in range(0, dim, GRAM_STRIP):
+        end = min(start + GRAM_STRIP, dim)
+        total[start:end, :end].addmm_(flat[:, start:end].T, flat[:, :end], beta=beta, alpha=alpha)
+    return total
 
-    def __init__(self):
-        self._buffers: dict[tuple, Tensor] = {}
 
-    def add(self, key: tuple, total: Tensor | None, rows: Tensor, alpha: float = 1.0) -> Tensor:
-        """``total + alpha Σ_i x_i x_iᵀ`` over the rows of ``rows [..., d]``.
+def _add_gram_per_sample(total: Tensor | None, rows: Tensor, alpha: float) -> Tensor:
+    """:func:`add_gram` for rows whose features are not contiguous.
 
-        In place; into the buffer ``key`` if ``total`` is ``None``.
-        """
-        # per sample where the rows outnumber the features: a product [d, R] @ [R, d] per sample
-        # is efficient then (a second convolution's [144, 64] patches were 1.6× slower that way)
-        if rows.ndim >= 3 and rows.stride(-1) != 1 and rows.shape[-2] >= rows.shape[-1]:
-            return self._add_per_sample(key, total, rows, alpha)
-        flat = rows.reshape(-1, rows.shape[-1])
-        if total is not None:
-            return total.addmm_(flat.T, flat, alpha=alpha)
-        buffer = self._buffer(key, flat)
-        return buffer.addmm_(flat.T, flat, beta=0.0, alpha=alpha)  # beta=0: the old entries are ignored
-
-    def _buffer(self, key: tuple, like: Tensor) -> Tensor:
-        size = (like.shape[-1], like.shape[-1])
-        buffer = self._buffers.get(key)
-        if buffer is None or buffer.shape != size or buffer.dtype != like.dtype:
-            buffer = self._buffers[key] = like.new_empty(size)
-        return buffer
-
-    def _add_per_sample(self, key: tuple, total: Tensor | None, rows: Tensor, alpha: float) -> Tensor:
-        """:meth:`add` for rows whose features are not contiguous.
-
-        A convolution's patches and output gradients are transposed views of ``[B, d, R]``:
-        ``Σ_b X_b X_bᵀ`` by batched products on that layout avoids the copy a ``[B·R, d]``
-        matrix needs (1.07 against 1.8 ms for the benchmark CNN's first convolution, one
-        thread), in chunks whose ``[b, d, d]`` products stay small.
-        """
-        columns = rows.reshape(-1, *rows.shape[-2:]).transpose(1, 2)  # [B, d, R]
-        dim = columns.shape[1]
-        step = max(1, PATCH_ENTRIES // (dim * dim))
-        result = total
-        for start in range(0, columns.shape[0], step):
-            chunk = columns[start : start + step]
-            products = torch.bmm(chunk, chunk.transpose(1, 2))
-            if result is None:
-                result = torch.sum(products, 0, out=self._buffer(key, products)).mul_(alpha)
-            else:
-                result.add_(products.sum(0), alpha=alpha)
-        return result
+    A convolution's patches and output gradients are transposed views of ``[B, d, R]``:
+    ``Σ_b X_b X_bᵀ`` by batched products on that layout avoids the copy a ``[B·R, d]`` matrix
+    needs (1.07 against 1.8 ms for the benchmark CNN's first convolution, one thread), in
+    chunks whose ``[b, d, d]`` products stay small.
+    """
+    columns = rows.reshape(-1, *rows.shape[-2:]).transpose(1, 2)  # [B, d, R]
+    dim = columns.shape[1]
+    step = max(1, PATCH_ENTRIES // (dim * dim))
+    for start in range(0, columns.shape[0], step):
+        chunk = columns[start : start + step]
+        products = torch.bmm(chunk, chunk.transpose(1, 2))
+        if total is None:
+            total = torch.sum(products, 0).mul_(alpha)
+        else:
+            total.add_(products.sum(0), alpha=alpha)
+    return total
 
 
 def _input_rows(layer: Layer, inputs: Tensor, samples: slice) -> Tensor:
@@ -145,31 +141,27 @@ class BatchFactors:
         num_columns: ``K``, the columns of the output factor (1 for 'forward-only': no gradients,
             the output sides are identities).
         loss_weight: ``K_b`` for a mean loss, ``1`` for a sum: the gradient sides' weight.
-        grams: The pass's buffers.
     """
 
-    def __init__(self, kfac_approx: str, num_columns: int, loss_weight: float, grams: GramBuffers):
+    def __init__(self, kfac_approx: str, num_columns: int, loss_weight: float):
         self.reduce, self.num_columns, self.loss_weight = kfac_approx == "reduce", num_columns, loss_weight
-        self.grams = grams
 
-    def block(
-        self, index: int, plan: BlockPlan, uses: list[tuple[Holder, Tensor, Tensor | None]]
-    ) -> FactorSums:
-        """Block ``index``'s sums over ``uses``: ``(holder, inputs, output gradients [K, *out] or None)``."""
-        sums = FactorSums()
+    def add_block(
+        self, sums: FactorSums, plan: BlockPlan, uses: list[tuple[Holder, Tensor, Tensor | None]]
+    ) -> None:
+        """Add a block's terms to ``sums``; ``uses``: ``(holder, inputs, output gradients or None)``."""
         reduce = self.reduce and not plan.input_major and not any(h.is_embedding for h, _, _ in uses)
         if reduce:
-            return self._reduced(index, plan, uses)
-        gram = self.grams.add
+            return self._add_reduced(sums, plan, uses)
         for holder, inputs, gradients in uses:
             layer = holder.layer
             g = None if gradients is None else layer.rule.output_rows(layer.module, gradients)  # [K, N, R, o]
             if g is not None and holder.transposed:
                 # an embedding's gradients lie along a [V, d] block's input side, which is counted
                 # per (sample, row), not per column: hence 1/K (module docstring of _kfac_plan)
-                sums.input = gram((index, "input"), sums.input, g, self.loss_weight / self.num_columns)
+                sums.input = add_gram(sums.input, g, self.loss_weight / self.num_columns)
             elif g is not None:
-                sums.output = gram((index, "output"), sums.output, g, self.loss_weight)
+                sums.output = add_gram(sums.output, g, self.loss_weight)
             if plan.bias_only:
                 continue
             if holder.is_embedding:
@@ -186,15 +178,14 @@ class BatchFactors:
                 rows = _input_rows(layer, inputs, samples)  # [n, R, in]
                 if plan.joined:
                     rows = _joined(rows)
-                sums.input = gram((index, "input"), sums.input, rows)
+                sums.input = add_gram(sums.input, rows)
                 sums.count += rows.shape[0] * rows.shape[1]
-        return sums
+        return None
 
-    def _reduced(
-        self, index: int, plan: BlockPlan, uses: list[tuple[Holder, Tensor, Tensor | None]]
-    ) -> FactorSums:
+    def _add_reduced(
+        self, sums: FactorSums, plan: BlockPlan, uses: list[tuple[Holder, Tensor, Tensor | None]]
+    ) -> None:
         """KFAC-reduce: per sample, gradients summed and inputs averaged over the rows of all uses."""
-        sums = FactorSums()
         gradient_sum, input_sum, rows_per_sample = None, None, 0
         for holder, inputs, gradients in uses:
             layer = holder.layer
@@ -211,14 +202,13 @@ class BatchFactors:
             input_sum = _add(input_sum, torch.cat(parts))
             rows_per_sample += positions
         if gradient_sum is not None:
-            sums.output = self.grams.add((index, "output"), None, gradient_sum, self.loss_weight)
+            sums.output = add_gram(sums.output, gradient_sum, self.loss_weight)
         if input_sum is not None:
             mean = input_sum / rows_per_sample
             if plan.joined:
                 mean = _joined(mean)
-            sums.input = self.grams.add((index, "input"), None, mean)
-            sums.count = mean.shape[0]
-        return sums
+            sums.input = add_gram(sums.input, mean)
+            sums.count += mean.shape[0]
 
 
 Uses = list[tuple[Holder, Tensor, "Tensor | None"]]
@@ -232,10 +222,13 @@ def recorded_pass(
     mc_samples: int,
     seed: int,
     probe: SharedPassProbe | None,
-    per_batch: Callable[[Batch, int, list[Uses]], list[Tensor]],
+    per_batch: Callable[[Batch, int, list[Uses], list[Tensor] | None], list[Tensor]],
     desc: str,
 ) -> list[Tensor]:
-    """``Σ_b per_batch(b, K, uses of each block)`` over the data (the engine's sum, unweighted).
+    """The sums that ``per_batch(b, K, uses of each block, sums so far)`` accumulates over the data.
+
+    ``per_batch`` adds batch ``b``'s terms into the sums so far (``None`` at the first batch:
+    it returns new ones), unweighted (:meth:`curvkit._engine.MiniBatchEngine.accumulate_over_batches`).
 
     Per batch: one recorded forward pass, the output factor ``S`` (``K`` columns; ``K = 1`` and
     no backward pass for 'forward-only') pulled back to every use in one backward pass. The
@@ -246,7 +239,7 @@ def recorded_pass(
     layers = _plan_layers(plans)
     traced = [True]
 
-    def batch_result(batch: Batch) -> list[Tensor]:
+    def batch_result(batch: Batch, total: list[Tensor] | None) -> list[Tensor]:
         with recording(layers):
             output, per_sample = traced_forward(
                 model, model.model_func, batch.X, batch.size, layers, traced[0], TRACINGS
@@ -274,9 +267,9 @@ def recorded_pass(
                 ]
                 for plan in plans
             ]
-            return per_batch(batch, num_columns, uses)
+            return per_batch(batch, num_columns, uses, total)
 
-    totals = setup.engine.sum_over_batches(batch_result, "sum", desc=desc)
+    totals = setup.engine.accumulate_over_batches(batch_result, desc=desc)
     if probe is not None:
         probe.finish()
     return totals
@@ -293,29 +286,51 @@ def factor_sums(
     reduction: str,
 ) -> tuple[list[FactorSums], float]:
     """Each block's sides summed over the data set, and the loss's divisor ``K`` (``1`` for a sum)."""
-    model, grams = setup.model, GramBuffers()
+    model = setup.model
 
-    def per_batch(batch: Batch, num_columns: int, uses: list[Uses]) -> list[Tensor]:
+    def per_batch(
+        batch: Batch, num_columns: int, uses: list[Uses], total: list[Tensor] | None
+    ) -> list[Tensor]:
         loss_weight = loss_weight_of(batch, reduction)
-        accumulator = BatchFactors(kfac_approx, num_columns, loss_weight, grams)
-        result = []
-        for index, (plan, plan_uses) in enumerate(zip(plans, uses)):
-            result += _flat(accumulator.block(index, plan, plan_uses), model)
-        return [*result, torch.tensor(loss_weight, dtype=torch.float64, device=model.device)]
+        accumulator = BatchFactors(kfac_approx, num_columns, loss_weight)
+        blocks = [FactorSums() if total is None else _sides(total, index) for index in range(len(plans))]
+        for sums, plan, plan_uses in zip(blocks, plans, uses):
+            accumulator.add_block(sums, plan, plan_uses)  # the sides in place
+        batch_total = [
+            *(tensor for sums in blocks for tensor in _flat(sums, model)),
+            torch.tensor(loss_weight, dtype=torch.float64, device=model.device),
+        ]
+        if total is None:
+            return batch_total
+        # the counts and the loss's terms are this batch's: added; a side is the total itself
+        return [old.add_(new) if new.ndim == 0 else new for old, new in zip(total, batch_total)]
 
     totals = recorded_pass(setup, plans, fisher_type, mc_samples, seed, probe, per_batch, "KFAC factors")
     divisor = float(totals[-1]) if reduction == "mean" else 1.0
     sums = []
     for index in range(len(plans)):
         output, inputs, count = totals[3 * index : 3 * index + 3]
-        output = None if output.numel() == 0 else output
-        sums.append(FactorSums(output, None if inputs.numel() == 0 else inputs, float(count)))
+        output, inputs = (_mirrored(side) for side in (output, inputs))
+        sums.append(FactorSums(output, inputs, float(count)))
     return sums, divisor
+
+
+def _mirrored(side: Tensor) -> Tensor | None:
+    """A side as :func:`add_gram` left it, made exactly symmetric from its lower triangle (or ``None``)."""
+    if side.numel() == 0:
+        return None
+    return symmetrize_(side, mean=False) if side.ndim == 2 else side
 
 
 def loss_weight_of(batch: Batch, reduction: str) -> float:
     """``K_b`` for a mean loss (its sides are accumulated per term), ``1`` for a sum."""
     return float(batch.loss_terms) if reduction == "mean" else 1.0
+
+
+def _sides(total: list[Tensor], index: int) -> FactorSums:
+    """Block ``index``'s sides in the flat sums so far (absent ones as ``None``), its count left at 0."""
+    output, inputs = total[3 * index : 3 * index + 2]
+    return FactorSums(None if output.numel() == 0 else output, None if inputs.numel() == 0 else inputs)
 
 
 def _flat(sums: FactorSums, model) -> list[Tensor]:

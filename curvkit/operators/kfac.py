@@ -255,7 +255,9 @@ class KFACLinearOperator(LinearOperator):
             if not plan.bias_only and block_sums.input is not None:
                 inputs = block_sums.input.div_(max(block_sums.count, 1.0))
             blocks.append(KroneckerBlock(plan.params, output, inputs, input_major=plan.input_major))
-        return KroneckerFactoredLinearOperator(list(tensors), blocks)
+        return KroneckerFactoredLinearOperator(
+            list(tensors), blocks, copy=False
+        )  # the pass's own sums, exactly symmetric
 
     @property
     def factored(self) -> LinearOperator:

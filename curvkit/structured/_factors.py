@@ -45,15 +45,46 @@ def is_symmetric(factor: Tensor) -> bool:
     return factor.ndim == 1 or torch.equal(factor, factor.T)
 
 
+SYMMETRIZE_TILE = 256
+"""Side of the tiles :func:`symmetrize_` pairs up (a tile pair stays in cache; on a ``2049²``
+factor 256 mirrored in 3.3 ms, 512 in 3.6, 128 in 3.9, 64 in 7.7, one thread)."""
+
+
 def symmetrized(factor: Tensor) -> Tensor:
-    """``(F + Fᵀ) / 2``: factors summed over batches in floating point are symmetric only to rounding."""
-    # one copy of the transpose, then in place: bitwise symmetric (addition commutes), and 1.5×
-    # faster than (F + Fᵀ) / 2 on a 2049² factor (one thread)
-    return (
-        factor
-        if factor.ndim == 1
-        else factor.T.clone(memory_format=torch.contiguous_format).add_(factor).mul_(0.5)
-    )
+    """``(F + Fᵀ) / 2``: factors summed over batches in floating point are symmetric only to rounding.
+
+    On a copy of ``factor`` (a plain copy: :func:`symmetrize_` does the transposing in cache).
+    """
+    if factor.ndim == 1:
+        return factor
+    return symmetrize_(factor.clone(memory_format=torch.contiguous_format))
+
+
+def symmetrize_(factor: Tensor, mean: bool = True) -> Tensor:
+    """``F ← (F + Fᵀ) / 2`` in place, bitwise symmetric (addition commutes), ``factor`` returned.
+
+    ``mean=False`` mirrors the lower triangle onto the upper one instead (the triangle
+    ``torch.linalg.eigh`` reads; the upper one is not read, so it may hold anything): for sums
+    that are formed in the lower triangle only. Tile pair by tile pair
+    (:data:`SYMMETRIZE_TILE`): a transposed copy of a whole ``2049²`` factor reads it across
+    cache lines (5–9 ms against 5 for the mean and 3 for the mirror this way, one thread),
+    and a new ``[n, n]`` tensor costs page faults.
+    """
+    tile = SYMMETRIZE_TILE
+    for start in range(0, factor.shape[0], tile):
+        rows = slice(start, start + tile)
+        for other in range(0, start, tile):
+            lower, upper = factor[rows, other : other + tile], factor[other : other + tile, rows]
+            if mean:
+                lower.add_(upper.T).mul_(0.5)
+            upper.copy_(lower.T)
+        diagonal = factor[rows, rows]
+        if mean:
+            diagonal.copy_(diagonal + diagonal.T).mul_(0.5)
+        else:
+            lower_part = torch.ones(diagonal.shape, dtype=torch.bool, device=factor.device).tril_()
+            diagonal.copy_(torch.where(lower_part, diagonal, diagonal.T))
+    return factor
 
 
 def transposed(factor: Tensor | None) -> Tensor | None:

@@ -16,6 +16,24 @@ def test_weighted_sums_reproduce_the_full_data_mean_and_sum():
     assert torch.isclose(engine.sum_over_batches(lambda batch: batch.X.sum(), "sum"), values.sum())
 
 
+def test_accumulated_sums_add_every_batch_in_place_after_the_first():
+    """``accumulate(batch, total)`` starts the sums at the first batch and adds into them after."""
+    values = torch.arange(10.0)
+    batches = [(values[:3], None), (values[3:8], None), (values[8:], None)]
+    guarded = []
+    engine = MiniBatchEngine(batches, torch.device("cpu"), before_batch=lambda: guarded.append(True))
+    seen = []
+
+    def accumulate(batch, total):
+        seen.append(total)
+        terms = [batch.X.sum(), batch.X.square().sum()]
+        return terms if total is None else [t.add_(term) for t, term in zip(total, terms)]
+
+    total = engine.accumulate_over_batches(accumulate)
+    assert torch.equal(total[0], values.sum()) and torch.equal(total[1], values.square().sum())
+    assert seen[0] is None and all(later[0] is total[0] for later in seen[1:]) and len(guarded) == 3
+
+
 def test_loss_terms_weight_the_batches_and_empty_batches_are_skipped():
     """Batch means over kept entries (here: the non-negative ones) combine to the kept mean."""
     values = torch.tensor([1.0, -1.0, 3.0, -1.0, -1.0, 5.0, 6.0])

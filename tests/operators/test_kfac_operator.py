@@ -50,6 +50,30 @@ def test_type2_on_a_deep_linear_network_is_the_ggn_block_diagonal(sizes, separat
     assert (dense * (1 - mask)).abs().max() == 0
 
 
+@pytest.mark.parametrize("approx", ["expand", "reduce"])
+def test_gram_matrices_in_strips_give_the_ggn_blocks_exactly_symmetric(approx, monkeypatch):
+    """Wide factors are summed in strips of their lower triangle, then mirrored: still the GGN's blocks."""
+    monkeypatch.setattr(kfac_factors, "GRAM_STRIP", 2)  # factors of 4 to 6 rows: strips of 2 and 1
+    model, loss_func = deep_linear(), nn.MSELoss()
+    data, params = regression_data((3, 5, 2)), list(model.parameters())
+    kfac = KFACLinearOperator(
+        model,
+        loss_func,
+        params,
+        data,
+        fisher_type="type-2",
+        kfac_approx=approx,
+        separate_weight_and_bias=False,
+    )
+    ggn, dense = ggn_matrix(model, loss_func, params, data), kfac.to_dense()
+    for first, last in [(0, 1), (2, 3), (4, 5)]:
+        expected = block(ggn, params, first, last)
+        torch.testing.assert_close(block(dense, params, first, last), expected, rtol=1e-10, atol=1e-12)
+    factors = [f for b in kfac.factored.blocks for f in (b.output_factor, b.input_factor) if f is not None]
+    assert all(torch.equal(factor, factor.T) for factor in factors)
+    assert any(factor.shape[0] >= 4 for factor in factors)  # some were summed in strips
+
+
 @pytest.mark.parametrize(
     "fisher_type, reference", [("type-2", ggn_matrix), ("empirical", empirical_fisher_matrix)]
 )

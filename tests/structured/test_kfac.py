@@ -29,6 +29,7 @@ from structured_factors import (
 )
 
 from curvkit.structured import KroneckerBlock, KroneckerFactoredLinearOperator
+from curvkit.structured import _factors as factors_module
 
 
 def _kfac(dtype=torch.float64, seed=0):
@@ -105,6 +106,38 @@ def test_factors_are_symmetrized_and_take_the_parameters_dtype():
         [torch.zeros(3, dtype=torch.float32)], [KroneckerBlock((0,), G)]
     )
     assert in_float32.dtype == torch.float32 and in_float32.blocks[0].output_factor.dtype == torch.float32
+
+
+@pytest.mark.parametrize("copy", [True, False])
+def test_factors_are_symmetrized_copies_unless_handed_over(copy):
+    G = torch.randn(5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    G = G + G.T if not copy else G  # handed over: exactly symmetric, the caller's promise
+    given = G.clone()
+    operator = KroneckerFactoredLinearOperator(
+        [torch.zeros(5, dtype=torch.float64)], [KroneckerBlock((0,), given)], copy=copy
+    )
+    stored = operator.blocks[0].output_factor
+    assert torch.equal(stored, (G + G.T) / 2)
+    assert (stored is not given and torch.equal(given, G)) if copy else stored.data_ptr() == given.data_ptr()
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 7, 8, 9])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+def test_symmetrize_in_tiles_by_the_mean_or_the_lower_triangle(monkeypatch, size, layout):
+    monkeypatch.setattr(factors_module, "SYMMETRIZE_TILE", 3)  # several tile pairs, partial edge tiles
+    F = torch.randn(size, size, generator=torch.Generator().manual_seed(size))
+    F = F.T if layout == "transposed" else F
+    expected = (F + F.T) / 2
+    result = factors_module.symmetrize_(F.clone())
+    assert torch.equal(result, expected) and torch.equal(result, result.T)
+    assert torch.equal(factors_module.symmetrized(F), expected)
+    lower = F.tril()
+    assert torch.equal(factors_module.symmetrize_(F.clone(), mean=False), lower + lower.tril(-1).T)
+
+
+def test_copy_must_be_a_bool():
+    with pytest.raises(TypeError, match="copy must be a bool"):
+        KroneckerFactoredLinearOperator([torch.zeros(2)], [KroneckerBlock((0,), torch.eye(2))], copy=1)
 
 
 def test_shapes_instead_of_parameters():
