@@ -111,13 +111,23 @@ def column_dots(X: Tensor, Y: Tensor) -> Tensor:
 
     The entrywise products are formed ``SLICE`` rows at a time, so that they stay in cache
     instead of making a ``[n, k]`` temporary (2.7 times faster at ``n = 1.1 · 10⁷``, ``k = 16``).
+    Blocks come in two layouts: ``[n, k]`` row-major (a product's result) or the transpose of
+    ``[k, n]`` rows (random vectors, bases). A slice of the other operand is copied into the
+    layout of ``X`` first (in cache): multiplying across layouts strides through memory, and
+    took 1.7 times as long.
     """
     if X.shape[0] <= BLOCK:
         return (X * Y).sum(0).double()
+    by_rows = X.shape[1] > 1 and X.stride(0) == 1  # X is the transpose of contiguous rows
     result = X.new_zeros(X.shape[1], dtype=torch.float64)
     for start in range(0, X.shape[0], SLICE):
-        blocks, tail = _blocks(X[start : start + SLICE] * Y[start : start + SLICE], 0)  # [nb, BLOCK, k]
-        result += blocks.sum(1).sum(0, dtype=torch.float64) + tail.sum(0).double()
+        x, y = X[start : start + SLICE], Y[start : start + SLICE]
+        if by_rows:
+            blocks, tail = _blocks(x.T * y.T.contiguous(), 1)  # [k, nb, BLOCK]
+            result += blocks.sum(2).sum(1, dtype=torch.float64) + tail.sum(1).double()
+        else:
+            blocks, tail = _blocks(x * y.contiguous(), 0)  # [nb, BLOCK, k]
+            result += blocks.sum(1).sum(0, dtype=torch.float64) + tail.sum(0).double()
     return result
 
 

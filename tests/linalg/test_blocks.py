@@ -57,6 +57,24 @@ def test_rademacher_columns_are_signs_in_the_requested_dtype(dtype):
     assert abs(float(block.double().mean())) < 4 / (1001 * 50) ** 0.5
 
 
+@pytest.mark.parametrize("num_rows", [1, 15, 16, 17, 31, 33, 64, 65, 1000])
+def test_rademacher_signs_are_the_same_in_every_dtype(num_rows):
+    """The bits become signs in integers of the dtype's width: the same signs for every width."""
+    blocks = [
+        random_block(num_rows, 3, "rademacher", torch.Generator().manual_seed(5), dtype, None).double()
+        for dtype in (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+    ]
+    for block in blocks[1:]:
+        assert torch.equal(block, blocks[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int8])
+def test_rademacher_columns_in_an_integer_dtype_are_the_same_signs(dtype):
+    signs = random_block(100, 3, "rademacher", torch.Generator().manual_seed(5), dtype, None)
+    floats = random_block(100, 3, "rademacher", torch.Generator().manual_seed(5), torch.float32, None)
+    assert signs.dtype == dtype and torch.equal(signs.float(), floats)
+
+
 def test_normal_columns_have_unit_variance_and_zero_mean():
     block = random_block(20_000, 8, "normal", torch.Generator().manual_seed(0), torch.float64, None)
     assert torch.allclose(block.var(dim=0), torch.ones(8, dtype=torch.float64), atol=0.05)
