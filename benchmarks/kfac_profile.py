@@ -32,15 +32,15 @@ from problems import make_problem
 PHASES = (  # (label, a function on the stack)
     ("constructor: first-batch probe", "ModelDataSetup._probe_first_batch"),
     ("constructor: other", "KFACLinearOperator.__init__"),
-    ("factor checks and symmetrization", "ParameterBlocks.__init__"),
-    ("Gram products", "GramBuffers.add"),
+    ("symmetrization", "symmetrize_"),
+    ("factor checks", "ParameterBlocks.__init__"),
+    ("Gram products", "add_gram"),
     ("input rows (unfolding)", "_input_rows"),
     ("backward to the layer outputs", "output_gradients"),
     ("output factor (sampling, loss Hessian)", "output_factor"),
     ("forward", "ModelFunction.__call__"),
     ("finiteness checks", "nonfinite"),
-    ("engine: the first batch's copy of its sums", "sum_over_batches.<locals>.<listcomp>"),
-    ("engine: the other batches' sums, the rest", "MiniBatchEngine"),
+    ("engine: the batch loop, the rest", "MiniBatchEngine"),
 )
 
 

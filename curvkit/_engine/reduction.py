@@ -45,6 +45,10 @@ _SHARED = "_curvkit_shared_across_ranks"
 """Attribute that marks an exception every rank already knows of (no second exchange for it)."""
 
 
+PACK_LIMIT = 2**20
+"""Entries from which a tensor is all-reduced on its own rather than packed with the others."""
+
+
 class DistributedError(RuntimeError):
     """Another rank failed, or the ranks disagree about what they compute."""
 
@@ -214,13 +218,29 @@ class ProcessGroupReduction(LocalReduction):
         return status
 
     def all_reduce(self, tensors: list[Tensor]) -> None:
-        """Sum ``tensors`` over the ranks, in place, in one collective (packed into one buffer)."""
-        if not tensors:
+        """Sum ``tensors`` over the ranks, in place.
+
+        Small tensors travel packed into one buffer (one collective for a product's pieces);
+        tensors of at least :data:`PACK_LIMIT` entries (KFAC's factors) are reduced as they are,
+        without the two copies that packing costs. A group of one rank has nothing to add.
+        """
+        if not tensors or self.world_size == 1:
             return
-        packed = torch.cat([tensor.reshape(-1) for tensor in tensors]).to(self._device)
+        packed_tensors = []
+        for tensor in tensors:
+            if tensor.numel() < PACK_LIMIT:
+                packed_tensors.append(tensor)
+                continue
+            on_device = tensor.contiguous().to(self._device)
+            self._dist.all_reduce(on_device, group=self.group)
+            if on_device.data_ptr() != tensor.data_ptr():
+                tensor.copy_(on_device)
+        if not packed_tensors:
+            return
+        packed = torch.cat([tensor.reshape(-1) for tensor in packed_tensors]).to(self._device)
         self._dist.all_reduce(packed, group=self.group)
         offset = 0
-        for tensor in tensors:
+        for tensor in packed_tensors:
             tensor.copy_(packed[offset : offset + tensor.numel()].view_as(tensor))
             offset += tensor.numel()
 

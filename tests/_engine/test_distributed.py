@@ -32,6 +32,7 @@ from curvkit import (
     KFACLinearOperator,
     ggn_diagonal,
 )
+from curvkit._engine.reduction import PACK_LIMIT
 from curvkit.linalg import hutchinson_trace, lanczos_eigsh
 from curvkit.sketch import seigh
 
@@ -112,6 +113,11 @@ def _products(rank: int, world_size: int) -> dict:
     # budgets that allow different block widths per rank: the ranks must agree on one
     ggn.memory_budget = 1 if rank == 0 else 2**30
     results["dense GGN, memory budget"] = ggn.to_dense()
+    # one tensor above the packing limit (reduced on its own, a non-contiguous view) and two below
+    large = torch.full((PACK_LIMIT + 2, 2), float(rank + 1), dtype=torch.float64)[:, 0]
+    small = [torch.full((3,), 10.0 * (rank + 1)), torch.full((2, 2), -float(rank))]
+    ggn._setup.reduction.all_reduce([small[0], large, small[1]])
+    results["all-reduced pieces"] = [large[:4].clone(), float(large.sum()), *small]
     return results
 
 
@@ -260,6 +266,17 @@ def test_every_rank_gets_what_one_process_gets_on_all_data(ranks, one_process, q
     for rank, results in enumerate(ranks):
         assert results[quantity].shape == expected.shape, f"rank {rank}"
         torch.testing.assert_close(results[quantity], expected, rtol=1e-10, atol=1e-12, msg=f"rank {rank}")
+
+
+def test_all_reduce_sums_packed_and_large_tensors_in_place(ranks):
+    world_size = len(ranks)
+    rank_sum = world_size * (world_size + 1) / 2  # Σ_r (r + 1)
+    for results in ranks:
+        large_head, large_sum, small_vector, small_matrix = results["all-reduced pieces"]
+        assert torch.equal(large_head, torch.full((4,), rank_sum, dtype=torch.float64))
+        assert large_sum == rank_sum * (PACK_LIMIT + 2)
+        assert torch.equal(small_vector, torch.full((3,), 10.0 * rank_sum))
+        assert torch.equal(small_matrix, torch.full((2, 2), -(rank_sum - world_size)))
 
 
 @pytest.fixture(scope="module")
