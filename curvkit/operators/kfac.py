@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from curvkit._boundary import as_integer
 from curvkit.linear_operator import LinearOperator
 from curvkit.losses import SUPPORTED_LOSSES, check_unweighted, is_supported, reduction_of
+from curvkit.operators._closed_forms import HeldClosedForms
 from curvkit.operators._kfac_arguments import (
     LOSS_AVERAGES,
     FisherType,
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 __all__ = ["FisherType", "KFACLinearOperator", "KFACType"]
 
 
-class KFACLinearOperator(LinearOperator):
+class KFACLinearOperator(HeldClosedForms, LinearOperator):
     r"""Kronecker-factored approximate curvature (KFAC) of the GGN / Fisher of a model on data.
 
     Per layer (``nn.Linear`` with any leading dimensions, ``nn.Conv1d/2d/3d``, ``nn.Embedding``),
@@ -269,32 +270,9 @@ class KFACLinearOperator(LinearOperator):
             self._factored = self._computed()
         return self._factored
 
-    # ----------------------------------------------------------------- products and closed forms
-    def _matmat(self, X: Tensor) -> Tensor:
-        return self.factored._matmat(X)
-
-    def to_dense(self, chunk_size: int = 256) -> Tensor:
-        return self.factored.to_dense(chunk_size)
-
     @property
-    def trace(self) -> Tensor:
-        """``tr`` from the factors (``tr G · tr A`` per block)."""
-        return self.factored.trace()
-
-    @property
-    def det(self) -> Tensor:
-        """``det`` from the factors (float64 inside; 0 for a singular factor)."""
-        return self.factored.det()
-
-    @property
-    def logdet(self) -> Tensor:
-        """``log det`` from the factors' float64 eigenvalues (``-inf`` where a factor is singular)."""
-        return self.factored.logdet()
-
-    @property
-    def frobenius_norm(self) -> Tensor:
-        """``‖·‖_F`` from the factors (``‖G‖_F ‖A‖_F`` per block)."""
-        return self.factored.frobenius_norm()
+    def _held(self) -> LinearOperator:
+        return self.factored
 
     def inverse(
         self,

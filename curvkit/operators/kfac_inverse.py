@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from torch import Tensor
-
 from curvkit.linear_operator import LinearOperator
+from curvkit.operators._closed_forms import HeldClosedForms
 from curvkit.operators.kfac import KFACLinearOperator
 from curvkit.structured.block_diagonal import BlockDiagonalLinearOperator
 
 
-class KFACInverseLinearOperator(LinearOperator):
+class KFACInverseLinearOperator(HeldClosedForms, LinearOperator):
     r"""The inverse of damped KFAC (or EKFAC), block by block; the same as ``kfac.inverse(...)``.
 
     See :meth:`curvkit.structured.KroneckerFactoredLinearOperator.inverse` (and
@@ -50,24 +49,6 @@ class KFACInverseLinearOperator(LinearOperator):
             out_layout=kfac.out_layout,
         )
 
-    def _matmat(self, X: Tensor) -> Tensor:
-        return self._inverse._matmat(X)
-
-    def to_dense(self, chunk_size: int = 256) -> Tensor:
-        return self._inverse.to_dense(chunk_size)
-
     @property
-    def trace(self) -> Tensor:
-        return self._inverse.trace()
-
-    @property
-    def det(self) -> Tensor:
-        return self._inverse.det()
-
-    @property
-    def logdet(self) -> Tensor:
-        return self._inverse.logdet()
-
-    @property
-    def frobenius_norm(self) -> Tensor:
-        return self._inverse.frobenius_norm()
+    def _held(self) -> LinearOperator:
+        return self._inverse
