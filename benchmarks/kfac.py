@@ -29,8 +29,8 @@ steps) after a warm-up round and reports medians over the rounds; the table give
 
 Usage::
 
-    python benchmarks/kfac.py --cpu-time --curvlinops-python /tmp/v-kron-cl/bin/python \\
-        --backpack-python /tmp/v-backpack/bin/python --output benchmarks/results/kfac.md
+    python benchmarks/kfac.py --cpu-time --curvlinops-python CURVLINOPS_VENV/bin/python \\
+        --backpack-python BACKPACK_VENV/bin/python --output benchmarks/results/kfac.md
     python benchmarks/kfac.py --quick     # smoke run: curvkit only, data / 8, one round, in-process
 
 curvlinops and BackPACK are dev-only (curvkit does not depend on them); each runs in its own

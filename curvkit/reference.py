@@ -17,7 +17,7 @@ order. ``data`` yields mini-batches ``(X, y)``; ``X`` is a tensor or a dict of t
 axis: the references concatenate the batches, so an entry shared by a batch's samples is not
 supported here, while the operators accept it).
 
-Empirical Fisher and MC-Fisher follow the scaling convention of ``DESIGN.md``: per-sample
+Empirical Fisher and MC-Fisher follow curvkit's scaling convention: per-sample
 gradients :math:`g_n` are those of the per-sample loss *summed* over its terms, and a
 ``'mean'`` reduction contributes a factor :math:`1/T`, where :math:`T` is the total number of
 averaged terms (the output's ``numel`` for MSE and BCE-with-logits; the number of class-index

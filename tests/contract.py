@@ -1,4 +1,4 @@
-"""One contract test suite for every linear operator (STYLE.md, point 10).
+"""One contract test suite for every linear operator.
 
 A test module subclasses :class:`LinearOperatorContract` and provides two fixtures,
 ``operator`` and ``dense`` (the matrix it must equal, a float64 tensor if possible); it then
