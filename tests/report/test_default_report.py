@@ -35,16 +35,18 @@ def spectra(dense) -> dict[str, torch.Tensor]:
 def test_every_analysis_ran_or_says_why(default_report):
     _, metrics = default_report
     statuses = {key: analysis["status"] for key, analysis in metrics["analyses"].items()}
-    expected_ok = {"parameters", "loss_and_gradient", "eigenvalues", "traces", "densities", "dense"}
+    # every analysis of this curvkit (builds without KFAC or the sketches: tests/report/test_analyses.py)
+    expected_ok = {
+        "parameters",
+        "loss_and_gradient",
+        "eigenvalues",
+        "traces",
+        "densities",
+        "kfac",
+        "sketch",
+        "dense",
+    }
     assert {key for key, status in statuses.items() if status == "ok"} >= expected_ok
-    kfac = metrics["analyses"]["kfac"]
-    if not hasattr(curvkit, "KFACLinearOperator"):
-        assert kfac["status"] == "not available"
-        assert "KFACLinearOperator is not available in this version" in kfac["message"]
-    sketch = metrics["analyses"]["sketch"]
-    if not _has_sketch():
-        assert sketch["status"] == "not available"
-        assert "curvkit.sketch" in sketch["message"]
 
 
 def test_settings_and_problem_are_recorded(default_report):
@@ -74,8 +76,7 @@ def test_budget_is_kept(default_report):
     for key, used in budget["used"].items():
         assert used <= int(1000 * SHARES[key]) == budget["shares"][key]
         assert used == metrics["analyses"][key]["products"]
-    dense_matrices = 4 if hasattr(curvkit, "KFACLinearOperator") else 3
-    assert budget["outside_budget"] == {"dense": dense_matrices * 2410}  # D products per dense matrix
+    assert budget["outside_budget"] == {"dense": 4 * 2410}  # D products per dense matrix
 
 
 def test_loss_and_gradient(default_report, default_problem_float64):
@@ -153,12 +154,8 @@ def test_dense_numbers(default_report, dense, spectra):
 
 
 def test_kfac_against_dense(default_report, default_problem_float64, dense):
-    """KFAC's exact error and its apost_error interval against a dense computation, once KFAC is in."""
+    """KFAC's exact error and its apost_error interval against a dense computation."""
     _, metrics = default_report
-    if not hasattr(curvkit, "KFACLinearOperator"):
-        assert metrics["analyses"]["dense"]["numbers"]["kfac"]["status"] == "not available"
-        assert any("KFACLinearOperator" in note for note in metrics["analyses"]["dense"]["notes"])
-        return
     model, loss_function, params, data = default_problem_float64
     kfac = curvkit.KFACLinearOperator(model, loss_function, params, data, fisher_type="type-2").to_dense()
     exact = (torch.linalg.matrix_norm(dense["ggn"] - kfac) / torch.linalg.matrix_norm(dense["ggn"])).item()
@@ -170,31 +167,19 @@ def test_kfac_against_dense(default_report, default_problem_float64, dense):
         numpy.abs(numpy.array(eigen["eigenvalues"]) - top)
         <= numpy.array(eigen["residual_norms"]) + FLOAT32_SLACK * top[0]
     )
-    if _has_sketch():
-        low, high = reported["relative_error"]["interval"]
-        assert low <= exact <= high
+    low, high = reported["relative_error"]["interval"]
+    assert low <= exact <= high
 
 
 def test_sketch_against_dense(default_report, dense, spectra):
     """Weyl: each sketched eigenvalue is within ‖H − sketch‖₂ ≤ ‖H − sketch‖_F of the exact one."""
     _, metrics = default_report
-    if not _has_sketch():
-        return  # test_every_analysis_ran_or_says_why checks the message
     numbers = metrics["analyses"]["sketch"]["numbers"]
     sketched = numpy.sort(
         numpy.concatenate([numbers["eigenvalues"], numpy.zeros(2410 - numbers["outer_dims"])])
     )[::-1]
     bound = numbers["relative_error"]["interval"][1] * torch.linalg.matrix_norm(dense["hessian"]).item()
     assert numpy.all(numpy.abs(sketched - spectra["hessian"].numpy()) <= bound)
-
-
-def _has_sketch() -> bool:
-    try:
-        from curvkit.sketch.a_posteriori import apost_error  # noqa: F401
-        from curvkit.sketch.algorithms import seigh  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def _integral(values: numpy.ndarray, grid: numpy.ndarray) -> float:
