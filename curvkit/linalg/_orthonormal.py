@@ -110,23 +110,40 @@ def orthonormalized(X: Tensor) -> Tensor:
     return rows.T
 
 
-def sparse_sign_embedding(num_rows: int, dim: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+def sparse_sign_embedding(
+    num_rows: int, dim: int, dtype: torch.dtype, device: torch.device, transposed: bool = False
+) -> Tensor:
     """A sparse ``[num_rows, dim]`` CSR matrix with ``EMBEDDING_NONZEROS`` random signs per column.
 
     Row indices and signs come from a CPU generator seeded with ``EMBEDDING_SEED`` (repeated
     indices of a column add up, which leaves the embedding's distribution all but unchanged).
+    ``transposed`` gives the same matrix transposed, ``[dim, num_rows]``, as CSR.
     """
     generator = torch.Generator().manual_seed(EMBEDDING_SEED)
     per_column = min(EMBEDDING_NONZEROS, num_rows)
     row_index = torch.randint(0, num_rows, (per_column * dim,), generator=generator)
     signs = torch.randint(0, 2, (per_column * dim,), generator=generator).to(dtype).mul_(2).sub_(1)
     column_index = torch.arange(dim).repeat(per_column)
-    embedding = torch.sparse_coo_tensor(
-        torch.stack([row_index, column_index]), signs, (num_rows, dim), check_invariants=True
-    ).coalesce()
+    indices, shape = torch.stack([row_index, column_index]), (num_rows, dim)
+    if transposed:
+        indices, shape = indices.flip(0), shape[::-1]
+    embedding = torch.sparse_coo_tensor(indices, signs, shape, check_invariants=True).coalesce()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         return embedding.to(device).to_sparse_csr()
+
+
+def embedded(rows: Tensor, num_rows: int) -> Tensor:
+    r"""``S Y`` for ``Y = rows.T`` and the ``[num_rows, n]`` :func:`sparse_sign_embedding` ``S``.
+
+    On the CPU as :math:`(\mathbf{Y}^\top\mathbf{S}^\top)^\top`: the CPU kernel of
+    ``S @ rows.T`` first copies the column-major ``Y`` into rows of its own (a transposing copy
+    of the whole block, slower than the product), while ``rows @ Sᵀ`` reads the rows as they are.
+    """
+    dim = rows.shape[1]
+    if rows.device.type == "cpu":
+        return (rows @ sparse_sign_embedding(num_rows, dim, rows.dtype, rows.device, transposed=True)).T
+    return sparse_sign_embedding(num_rows, dim, rows.dtype, rows.device) @ rows.T
 
 
 def preconditioned_rows_(rows: Tensor) -> Tensor:
@@ -138,8 +155,7 @@ def preconditioned_rows_(rows: Tensor) -> Tensor:
     block) are raised to that level, so the solve stays finite. Memory: the sketch, ``[2m, m]``.
     """
     num_rows, dim = rows.shape
-    embedding = sparse_sign_embedding(min(2 * num_rows, dim), dim, rows.dtype, rows.device)
-    R = torch.linalg.qr(embedding @ rows.T, mode="r").R
+    R = torch.linalg.qr(embedded(rows, min(2 * num_rows, dim)), mode="r").R
     diagonal = R.diagonal()
     floor = max(torch.finfo(rows.dtype).eps * float(diagonal.abs().max()), torch.finfo(rows.dtype).tiny)
     diagonal[diagonal.abs() < floor] = floor  # any invertible R_s preconditions; the span is Y's

@@ -23,7 +23,16 @@ DTYPES = (torch.float32, torch.float64)
 """The dtypes the sketches compute in (QR, eigh and SVD need one of them)."""
 
 DEFAULT_BLOCKSIZE = 256
-"""Measurements per product when neither ``meas_blocksize`` nor the operator's ``max_columns`` is set."""
+"""Most measurements per product when neither ``meas_blocksize`` nor the operator's ``max_columns`` is set."""
+
+DEFAULT_BLOCK_ENTRIES = 2**21
+"""Entries of a default block of measurements (8 MiB in float32), fewer columns for longer ones.
+
+A curvature product's temporaries are a few times its block. Kept under glibc's threshold for
+mapping allocations afresh (32 MiB at most), they are reused from one product to the next; above
+it, every product's pages are mapped and zero-filled again, which made the sketch tutorial's
+products half again as slow in blocks of 256 (``docs/benchmarks.md``, "Sketch tutorial").
+"""
 
 
 def checked_dtype(dtype: Any, name: str) -> torch.dtype:
@@ -131,16 +140,16 @@ def check_outer_dims(outer_dims: Any, operator: LinearOperator, name: str = "out
 def block_width(operator: LinearOperator, meas_blocksize: Any, num_columns: int) -> int:
     """Measurements per product: ``meas_blocksize``, capped by the operator's ``columns_per_product``.
 
-    ``None`` takes the operator's limit, or :data:`DEFAULT_BLOCKSIZE` where it has none (a
-    curvature product's memory grows with its columns). The random matrix is the same for every
-    width.
+    ``None`` takes the operator's limit, or where it has none (a curvature product's memory grows
+    with its columns) :data:`DEFAULT_BLOCK_ENTRIES` entries' worth of columns, at least one and at
+    most :data:`DEFAULT_BLOCKSIZE`. The random matrix is the same for every width.
 
     Raises:
         ValueError: If ``meas_blocksize`` is not ``None`` or a positive integer.
     """
     limit = operator.columns_per_product
     if meas_blocksize is None:
-        width = limit or DEFAULT_BLOCKSIZE
+        width = limit or min(DEFAULT_BLOCKSIZE, max(1, DEFAULT_BLOCK_ENTRIES // max(operator.shape)))
     else:
         width = as_integer(meas_blocksize, "meas_blocksize", minimum=1)
         width = min(width, limit or width)

@@ -45,17 +45,24 @@ from curvkit.sketch._small import pinv, rotate_rows_, sorted_eigh, symmetrized
 def rayleigh_ritz_core(A: LinearOperator, Q_rows: Tensor, width: int) -> Tensor:
     r"""``Qᵀ A Q`` for a basis given as rows ``Qᵀ``, ``width`` products at a time.
 
-    ``A Q`` is never held whole: each block of ``A Q``'s columns is reduced at once, and only the
-    block's rows at and below the diagonal are formed (half the matrix products), the upper
-    triangle mirrored from them.
+    ``A Q`` is never held whole: it is formed in blocks of ``max(width, k / CORE_BLOCKS)``
+    columns (products ``width`` at a time), each reduced at once, and only a block's rows at and
+    below the diagonal are formed (about half the matrix products), the upper triangle mirrored
+    from them. Blocks wider than a product keep the matrix products efficient where the products
+    are narrow.
     """
     k = Q_rows.shape[0]
+    step = max(width, -(-k // CORE_BLOCKS))
     C = Q_rows.new_zeros(k, k)
-    for start in range(0, k, width):
-        stop = min(start + width, k)
-        C[start:, start:stop] = Q_rows[start:] @ A.matmat(Q_rows[start:stop].T)
+    for start in range(0, k, step):
+        stop = min(start + step, k)
+        C[start:, start:stop] = Q_rows[start:] @ applied_rows(A, Q_rows[start:stop], width).T
     lower = C.tril()
     return (lower + lower.T) - torch.diag_embed(lower.diagonal())
+
+
+CORE_BLOCKS = 8
+"""Blocks of ``A Q``'s columns in :func:`rayleigh_ritz_core` (at most; 9/16 of a full matrix product)."""
 
 
 def applied_rows(A: LinearOperator, rows: Tensor, width: int) -> Tensor:

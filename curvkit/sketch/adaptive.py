@@ -81,7 +81,8 @@ def adaptive_seigh(
         num_test: Gaussian test vectors of the error estimate.
         seed: ``int``, ``torch.Generator`` or ``None``; the sketch and the test take independent streams.
         noise_type: ``'rademacher'``, ``'gaussian'`` or ``'ssrft'``, for the sketch.
-        meas_blocksize: Columns per product (``None``: the operator's limit, else 256).
+        meas_blocksize: Columns per product (``None``: the operator's limit, else
+            2²¹ entries' worth, 1 to 256).
         by_mag: Sort by descending magnitude (else value).
         progressbar: Show one progress bar for the run, counting products.
 

@@ -60,7 +60,8 @@ def seigh(
     :math:`\sigma_{j>k}` to :math:`\sigma_{j>k}^{2q+1}` relative terms (Halko et al., §4.5).
 
     Memory: one ``[k, n]`` block (the basis, returned as the eigenvectors, transposed) plus, for
-    Householder QR, a second one while it runs, plus ``meas_blocksize`` columns of products;
+    Householder QR, a second one while it runs, plus ``meas_blocksize`` columns of products
+    (``'hmt'``: ``max(meas_blocksize, k / 8)``, an eighth of the basis at most, for its core);
     ``'oversampled_<N>'`` keeps ``A Φ`` (``[N, n]``) too. ``Ω`` is drawn a block at a time, again
     where a recovery needs it twice, and is the same matrix for every ``meas_blocksize``.
 
@@ -78,7 +79,7 @@ def seigh(
         lstsq_rcond: Singular values (eigenvalues for Nyström's core) below ``lstsq_rcond``
             times the largest count as zero in the recoveries' pseudo-inverses.
         meas_blocksize: Columns per product. ``None``: the operator's ``columns_per_product``
-            (``max_columns``), else 256.
+            (``max_columns``), else as many as fill 2²¹ entries (8 MiB in float32), 1 to 256.
         by_mag: Sort by descending magnitude (else descending value).
         power_iters: Subspace iterations for ``'hmt'``.
         progressbar: Show one progress bar for the run, counting products.

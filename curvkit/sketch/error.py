@@ -78,7 +78,8 @@ def apost_error(
         num_meas: Number of test vectors ``s``.
         seed: ``int``, ``torch.Generator`` or ``None``.
         noise_type: ``'gaussian'`` or ``'rademacher'``.
-        meas_blocksize: Test vectors per product (``None``: the operators' limit, else 256).
+        meas_blocksize: Test vectors per product (``None``: the operators'
+            limit, else 2²¹ entries' worth, 1 to 256).
         progressbar: Show one progress bar for the run, counting products with ``lop1``.
 
     Returns:

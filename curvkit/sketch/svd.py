@@ -89,7 +89,8 @@ def ssvd(
         recovery_type: ``'hmt'``, ``'nystrom'``, ``'singlepass'`` or ``'oversampled_<N>'``
             (``k ≤ N ≤ min(m, n)``).
         lstsq_rcond: Relative threshold of the recoveries' pseudo-inverses.
-        meas_blocksize: Columns per product (``None``: the operator's limit, else 256).
+        meas_blocksize: Columns per product (``None``: the operator's limit, else
+            2²¹ entries' worth, 1 to 256).
         progressbar: Show one progress bar for the run, counting products.
 
     Returns:

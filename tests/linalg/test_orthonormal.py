@@ -4,7 +4,12 @@ import pytest
 import torch
 
 from curvkit.linalg._dots import row_dots
-from curvkit.linalg._orthonormal import orthonormalize_rows_, preconditioned_rows_
+from curvkit.linalg._orthonormal import (
+    embedded,
+    orthonormalize_rows_,
+    preconditioned_rows_,
+    sparse_sign_embedding,
+)
 from curvkit.linalg._random import purpose_generator
 
 
@@ -48,6 +53,17 @@ def test_preconditioned_rows_are_well_conditioned_with_the_same_span(dtype, rank
     assert float(torch.linalg.matrix_norm(lead - Q @ (Q.T @ lead))) < (
         1e-3 if dtype == torch.float32 else 1e-10
     )
+
+
+def test_sparse_embedding_has_its_signs_per_column_and_embeds_rows_in_either_orientation():
+    S = sparse_sign_embedding(30, 500, torch.float64, torch.device("cpu")).to_dense()
+    nonzeros = (S != 0).sum(0)
+    assert int(nonzeros.max()) <= 8 and int(nonzeros.min()) >= 1
+    torch.testing.assert_close(
+        sparse_sign_embedding(30, 500, torch.float64, torch.device("cpu"), transposed=True).to_dense(), S.T
+    )
+    rows = torch.randn(12, 500, dtype=torch.float64)
+    torch.testing.assert_close(embedded(rows, 30), S @ rows.T, atol=1e-12, rtol=0)
 
 
 def test_purpose_generators_differ_for_one_seed_and_repeat():

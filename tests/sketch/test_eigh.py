@@ -13,8 +13,10 @@ from spectra import (
     tail,
 )
 
+from curvkit import DiagonalLinearOperator
 from curvkit.linear_operator import DenseLinearOperator
 from curvkit.sketch import seigh
+from curvkit.sketch._operator import block_width
 
 RECOVERIES = ["hmt", "nystrom", "singlepass", "oversampled_60"]
 NOISES = ["rademacher", "gaussian", "ssrft"]
@@ -192,6 +194,16 @@ def test_max_columns_of_the_operator_bounds_the_blocks():
     seigh(op, "cpu", torch.float64, 10, meas_blocksize=16)
     assert max(seen) == 4
     seigh(foreign, "cpu", torch.float64, 10, meas_blocksize=3)
+
+
+@pytest.mark.parametrize(
+    ("n", "max_columns", "expected"), [(100, None, 256), (2**20, None, 2), (2**23, None, 1), (2**20, 5, 5)]
+)
+def test_default_blocks_hold_a_bounded_number_of_entries(n, max_columns, expected):
+    op = DiagonalLinearOperator(torch.ones(n))
+    op.max_columns = max_columns
+    assert block_width(op, None, 1000) == expected
+    assert block_width(op, 3, 1000) == min(3, max_columns or 3)
 
 
 @pytest.mark.parametrize(
