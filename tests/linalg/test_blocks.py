@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import re
+import warnings
 from functools import partial
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 import torch
 from linalg_matrices import CountingOperator, low_rank_plus_noise, random_symmetric
 
+import curvkit.linalg._random as random_module
 from curvkit import DiagonalLinearOperator, IdentityLinearOperator
 from curvkit.linalg import (
     hutchinson_diag,
@@ -55,6 +57,19 @@ def test_rademacher_columns_are_signs_in_the_requested_dtype(dtype):
     gram = block.double().T @ block.double() / 1001
     assert (gram - torch.eye(50, dtype=torch.float64)).abs().max() < 0.2
     assert abs(float(block.double().mean())) < 4 / (1001 * 50) ** 0.5
+
+
+@pytest.mark.parametrize("sign_slice", [1, 64, 200])
+@pytest.mark.parametrize("num_rows", [31, 64, 1000, 1030])
+def test_rademacher_signs_do_not_depend_on_the_slices_they_are_written_in(monkeypatch, num_rows, sign_slice):
+    whole = random_block(num_rows, 3, "rademacher", torch.Generator().manual_seed(5), torch.float32, None)
+    monkeypatch.setattr(random_module, "SIGN_SLICE", sign_slice)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an out= slice of the wrong size warns before it is resized
+        sliced = random_block(
+            num_rows, 3, "rademacher", torch.Generator().manual_seed(5), torch.float32, None
+        )
+    assert torch.equal(sliced, whole)
 
 
 @pytest.mark.parametrize("num_rows", [1, 15, 16, 17, 31, 33, 64, 65, 1000])
