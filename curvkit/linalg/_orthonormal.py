@@ -66,7 +66,9 @@ def orthonormalize_rows_(rows: Tensor) -> Tensor:
     :math:`\mathbf{Y} = \mathbf{Q}\mathbf{R}` and :math:`\mathbf{R}` upper triangular, as a
     float64 ``[m, m]`` tensor. A pass stops the repetition once the Gram matrix of its input
     deviates from the identity by at most ``1/2`` (then its output is orthonormal to the
-    working precision). Memory: the rows, plus a float64 slice of them (``row_dots``).
+    working precision). Only the first Gram matrix is exact (``row_dots(..., exact=True)``):
+    later ones are of rows close to orthonormal, whose block sums lose nothing that matters.
+    Memory: the rows, plus a float64 slice of them (``row_dots``).
 
     Raises:
         ValueError: If ``rows`` has more rows than columns.
@@ -78,8 +80,8 @@ def orthonormalize_rows_(rows: Tensor) -> Tensor:
         return householder_rows_(rows)
     identity = torch.eye(num_rows, dtype=torch.float64, device=rows.device)
     R = identity
-    for _ in range(MAX_PASSES):
-        G = row_dots(rows, rows, exact=True)
+    for repetition in range(MAX_PASSES):
+        G = row_dots(rows, rows, exact=repetition == 0)
         factor, info = torch.linalg.cholesky_ex(G, upper=True)
         if int(info) != 0 or not bool(torch.isfinite(factor).all()):
             break

@@ -215,12 +215,20 @@ class RandomColumns:
         of a whole block are then looked up at once, so the work per column is one draw (a few
         small operations per column cost more than the draw on a loaded multi-threaded CPU).
         """
-        rows = torch.empty(stop - start, self.num_rows, dtype=self.dtype, device=self._draw_device)
+        return self._drawn_rows(start, stop).to(self.device).T
+
+    def _drawn_rows(self, start: int, stop: int, out: Tensor | None = None) -> Tensor:
+        """The block's columns as rows ``[stop - start, n]`` on the generator's device (in ``out``)."""
+        rows = (
+            torch.empty(stop - start, self.num_rows, dtype=self.dtype, device=self._draw_device)
+            if out is None
+            else out
+        )
         seeds = self._seeds[start:stop]
         if self.distribution == "normal":
             for row, seed in zip(rows, seeds):
                 torch.randn(row.shape, generator=self._column_generator.manual_seed(seed), out=row)
-            return rows.to(self.device).T
+            return rows
         num_words = -(-self.num_rows // _BITS_PER_WORD)
         words = torch.empty(len(seeds), num_words, dtype=torch.int64, device=self._draw_device)
         for row, seed in zip(words, seeds):
@@ -232,12 +240,31 @@ class RandomColumns:
             signs = rows.new_empty(rows.shape, dtype=torch.float32)
             _signs_from_bits_(signs, words)
             rows.copy_(signs)
-        return rows.to(self.device).T
+        return rows
+
+    def draw_into(self, rows: Tensor, start: int) -> Tensor:
+        """Write columns ``start, …, start + len(rows) - 1`` into the rows ``[len, n]``; return them.
+
+        Lets a routine draw test vectors into memory it holds anyway (the rows that their
+        products will replace), instead of a block of their own.
+        """
+        if rows.device == self._draw_device:
+            return self._drawn_rows(start, start + rows.shape[0], out=rows)
+        return rows.copy_(self._drawn_rows(start, start + rows.shape[0]))
 
     def blocks(self, width: int) -> Iterator[tuple[int, Tensor]]:
-        """Consecutive blocks of at most ``width`` columns: ``(start, block)`` pairs."""
+        """Consecutive blocks of at most ``width`` columns: ``(start, block)`` pairs.
+
+        The blocks are drawn into one buffer: a block is overwritten by the next, so a caller
+        that keeps one past its turn clones it. (A fresh block of ``10⁷``-long columns costs
+        its pages as much again as drawing it: the allocator maps blocks that large anew.)
+        """
+        buffer = None
         for start in range(0, self.num_columns, width):
-            yield start, self.block(start, min(start + width, self.num_columns))
+            stop = min(start + width, self.num_columns)
+            if buffer is None:
+                buffer = torch.empty(stop - start, self.num_rows, dtype=self.dtype, device=self.device)
+            yield start, self.draw_into(buffer[: stop - start], start).T
 
 
 def block_width(A: LinearOperator, num_columns: int) -> int:

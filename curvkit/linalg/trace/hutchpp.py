@@ -28,7 +28,8 @@ def range_basis(
 ) -> tuple[Tensor, Tensor]:
     """An orthonormal basis ``Q`` of ``range(A S)`` for a random ``[n, basis_dim]`` sketch ``S``.
 
-    ``S`` is drawn and multiplied in blocks; ``Q`` is stored as rows, orthonormalized in place.
+    ``S`` is drawn in blocks into the rows of ``Q`` that their products then replace; ``Q`` is
+    stored as rows, orthonormalized in place.
 
     Returns:
         ``Qᵀ`` (``[basis_dim, n]``) and ``Tr(Qᵀ A Q)`` (float64), at the cost of ``2 · basis_dim``
@@ -37,8 +38,10 @@ def range_basis(
     dtype, n = working_dtype(A), A.shape[0]
     width = block_width(A, basis_dim)
     Q_rows = torch.empty(basis_dim, n, dtype=dtype, device=A.device)
-    for start, S in RandomColumns(n, basis_dim, distribution, generator, dtype, A.device).blocks(width):
-        Q_rows[start : start + S.shape[1]] = A.matmat(S).T
+    S = RandomColumns(n, basis_dim, distribution, generator, dtype, A.device)
+    for start in range(0, basis_dim, width):
+        rows = Q_rows[start : start + width]  # S's columns, replaced by their products
+        rows.copy_(A.matmat(S.draw_into(rows, start).T).T)
     orthonormalize_rows_(Q_rows)
     trace = torch.zeros((), dtype=torch.float64, device=A.device)
     for start in range(0, basis_dim, width):
