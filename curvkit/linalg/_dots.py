@@ -137,8 +137,9 @@ def _row_pair_dots(rows: Tensor, others: Tensor) -> Tensor:
     """``(rows * others).sum(1)`` of contiguous ``[k, n]`` rows, in float64, from ``BLOCK``-long dots.
 
     Each row's blocks are a batch of ``1 × BLOCK`` by ``BLOCK × 1`` matrix products: the block
-    sums come straight from the kernel, without the entrywise products in memory (twice as fast
-    as multiplying slices and summing them).
+    sums come straight from the kernel, without the entrywise products in memory (faster than
+    multiplying slices and summing them: ``docs/benchmarks.md``, "The linear algebra at 10⁷
+    parameters").
     """
     k, n = rows.shape
     main = n - n % BLOCK

@@ -30,8 +30,9 @@ DEFAULT_BLOCK_ENTRIES = 2**21
 
 A curvature product's temporaries are a few times its block. Kept under glibc's threshold for
 mapping allocations afresh (32 MiB at most), they are reused from one product to the next; above
-it, every product's pages are mapped and zero-filled again, which made the sketch tutorial's
-products half again as slow in blocks of 256 (``docs/benchmarks.md``, "Sketch tutorial").
+it, every product's pages are mapped and zero-filled again (measured on the sketch tutorial:
+``docs/design-notes.md``, "Sketched decompositions"). The block's memory no longer grows with
+the operator's size either.
 """
 
 
