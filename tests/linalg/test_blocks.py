@@ -47,6 +47,9 @@ def test_any_block_of_columns_is_the_same_slice(distribution, num_rows):
         assert torch.equal(columns.block(start, stop), whole[:, start:stop])
     # each block is drawn into the buffer of the one before: kept blocks are clones
     assert torch.equal(torch.cat([block.clone() for _, block in columns.blocks(4)], dim=1), whole)
+    assert len({block.data_ptr() for _, block in columns.blocks(4)}) == 1
+    rows = torch.empty(5, num_rows, dtype=torch.float64)
+    assert torch.equal(columns.draw_into(rows, 2).T, whole[:, 2:7])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
