@@ -42,17 +42,17 @@ from curvkit.sketch._measurements import MeasurementMatrix, blocks, entry_varian
 from curvkit.sketch._small import pinv, rotate_rows_, sorted_eigh, symmetrized
 
 
-def rayleigh_ritz_core(A: LinearOperator, Q_rows: Tensor, width: int) -> Tensor:
+def rayleigh_ritz_core(A: LinearOperator, Q_rows: Tensor, width: int, widen: bool) -> Tensor:
     r"""``Qᵀ A Q`` for a basis given as rows ``Qᵀ``, ``width`` products at a time.
 
-    ``A Q`` is never held whole: it is formed in blocks of ``max(width, k / CORE_BLOCKS)``
-    columns (products ``width`` at a time), each reduced at once, and only a block's rows at and
-    below the diagonal are formed (about half the matrix products), the upper triangle mirrored
-    from them. Blocks wider than a product keep the matrix products efficient where the products
-    are narrow.
+    ``A Q`` is never held whole: it is formed in blocks of ``width`` columns, or with ``widen``
+    (no bound on the columns set by the caller) of ``max(width, k / CORE_BLOCKS)`` columns
+    (products still ``width`` at a time), which keeps the matrix products efficient where the
+    products are narrow. Each block is reduced at once, and only its rows at and below the
+    diagonal are formed (about half the matrix products), the upper triangle mirrored from them.
     """
     k = Q_rows.shape[0]
-    step = max(width, -(-k // CORE_BLOCKS))
+    step = max(width, -(-k // CORE_BLOCKS)) if widen else width
     C = Q_rows.new_zeros(k, k)
     for start in range(0, k, step):
         stop = min(start + step, k)
@@ -106,9 +106,11 @@ MAX_BASIS_CONDITION = 1e3
 
 
 def hmt(
-    A: LinearOperator, Y_rows: Tensor, width: int, by_mag: bool, power_iters: int
+    A: LinearOperator, Y_rows: Tensor, width: int, widen: bool, by_mag: bool, power_iters: int
 ) -> tuple[Tensor, Tensor]:
     r"""HMT with ``power_iters`` subspace iterations ``Q ← orth(A Q)`` before the Rayleigh–Ritz step.
+
+    ``widen``: the core may take ``A Q`` in blocks wider than ``width`` (:func:`rayleigh_ritz_core`).
 
     The last basis :math:`\mathbf{X}` is only well conditioned (:func:`well_conditioned_basis_`);
     with :math:`\mathbf{Q} = \mathbf{X}\mathbf{R}_2^{-1}`, the core is
@@ -120,7 +122,7 @@ def hmt(
         orthonormalize_rows_(X_rows)
         X_rows = applied_rows(A, X_rows, width)
     R2 = well_conditioned_basis_(X_rows)
-    core = rayleigh_ritz_core(A, X_rows, width)
+    core = rayleigh_ritz_core(A, X_rows, width, widen)
     core = torch.linalg.solve_triangular(R2, core, upper=True, left=False)  # X'AX R₂⁻¹
     core = torch.linalg.solve_triangular(R2.T, core, upper=False)  # R₂⁻ᵀ X'AX R₂⁻¹
     values, V = sorted_eigh(core, by_mag)

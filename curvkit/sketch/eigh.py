@@ -123,7 +123,8 @@ def seigh(
     with product_progress(A, progressbar, "seigh", num_products) as A:
         Y_rows = measured_rows(A, omega, width)
         if kind == "hmt":
-            values, U_rows = _symmetric.hmt(A, Y_rows, width, by_mag, power_iters)
+            widen = meas_blocksize is None and A.columns_per_product is None  # no bound set
+            values, U_rows = _symmetric.hmt(A, Y_rows, width, widen, by_mag, power_iters)
         elif kind == "singlepass":
             values, U_rows = _symmetric.singlepass(Y_rows, omega, width, rcond, by_mag)
         elif kind == "nystrom":

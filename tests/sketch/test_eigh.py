@@ -13,6 +13,8 @@ from spectra import (
     tail,
 )
 
+import curvkit.sketch._operator as operator_module
+import curvkit.sketch._symmetric as symmetric
 from curvkit import DiagonalLinearOperator
 from curvkit.linear_operator import DenseLinearOperator
 from curvkit.sketch import seigh
@@ -194,6 +196,31 @@ def test_max_columns_of_the_operator_bounds_the_blocks():
     seigh(op, "cpu", torch.float64, 10, meas_blocksize=16)
     assert max(seen) == 4
     seigh(foreign, "cpu", torch.float64, 10, meas_blocksize=3)
+
+
+@pytest.mark.parametrize(
+    ("meas_blocksize", "max_columns", "widest"), [(2, None, 2), (None, 3, 3), (None, None, 5)]
+)
+def test_the_hmt_core_holds_no_more_columns_than_the_caller_allows(
+    monkeypatch, meas_blocksize, max_columns, widest
+):
+    """A bound on the columns (``meas_blocksize``, ``max_columns``) bounds the core's blocks of
+    ``A Q`` too; without one they are ``k / 8`` wide however narrow the products (here 1 column)."""
+    monkeypatch.setattr(operator_module, "DEFAULT_BLOCK_ENTRIES", 1)
+    seen = []
+    original = symmetric.applied_rows
+    monkeypatch.setattr(
+        symmetric,
+        "applied_rows",
+        lambda A, rows, width: seen.append(rows.shape[0]) or original(A, rows, width),
+    )
+    A, _ = symmetric_matrix("fast_decay")
+    op = operator(A)
+    op.max_columns = max_columns
+    ews = seigh(op, "cpu", torch.float64, 40, seed=0, meas_blocksize=meas_blocksize)[0]
+    assert max(seen) == widest
+    reference = seigh(operator(A), "cpu", torch.float64, 40, seed=0, meas_blocksize=40)
+    torch.testing.assert_close(ews, reference[0], atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize(
