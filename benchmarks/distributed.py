@@ -49,7 +49,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(__file__))
-from measure import MemoryProbe
+from measure import MemoryProbe, publish
 from problems import PROBLEM_LABELS, make_problem
 
 from curvkit import GGNLinearOperator, HessianLinearOperator, KFACLinearOperator
@@ -235,10 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     lines.append(
         f"1-minute load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end."
     )
-    table = "\n".join(lines)
-    print(table)
-    if args.output:
-        Path(args.output).write_text(table + "\n")
+    publish(lines, args.output)
     return 0
 
 

@@ -32,10 +32,9 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
-from measure import STEADY_MALLOC, synchronize
+from measure import STEADY_MALLOC, publish, synchronize
 from problems import PROBLEM_LABELS, PROBLEMS, gradient_function, make_problem
 
 ROUNDS = 5
@@ -176,10 +175,7 @@ def main() -> int:
                 theirs.append(spawn(args.backpack_python, "backpack", problem, args))
         cells = [summary(ours, "exact"), summary(theirs, "exact"), summary(ours, "mc"), summary(theirs, "mc")]
         lines.append(f"| {PROBLEM_LABELS[problem]} | " + " | ".join(cells) + f" | {summary(ours, 'probe')} |")
-    text = "\n".join(lines)
-    print(text)
-    if args.output:
-        Path(args.output).write_text(text + "\n")
+    publish(lines, args.output)
     return 0
 
 

@@ -51,7 +51,7 @@ from pathlib import Path
 
 import torch
 from kfac_calls import COLUMNS, ROUNDS, factor_settings, run_accuracy, run_memory, run_time
-from measure import STEADY_MALLOC
+from measure import STEADY_MALLOC, publish
 from problems import PROBLEM_LABELS, make_problem
 
 PROBLEMS = ("mlp", "cnn")  # BackPACK and curvlinops' KFAC have no rule for the transformer's layers
@@ -318,10 +318,7 @@ def main() -> int:
         f"Benchmark wall time: {time.perf_counter() - start:.0f} s; 1-minute load average {load:.1f} at the "
         f"start, {os.getloadavg()[0]:.1f} at the end."
     )
-    text = "\n".join(lines)
-    print(text)
-    if args.output:
-        Path(args.output).write_text(text + "\n")
+    publish(lines, args.output)
     return 0
 
 

@@ -101,3 +101,11 @@ class MemoryProbe:
         )
         del result
         return peak - before
+
+
+def publish(lines: list[str], output: str | None) -> None:
+    """Print a benchmark's result table, and write it to ``output`` if given (``--output``)."""
+    text = "\n".join(lines)
+    print(text)
+    if output:
+        Path(output).write_text(text + "\n")

@@ -46,7 +46,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from measure import STEADY_MALLOC, MemoryProbe, median_time, synchronize
+from measure import STEADY_MALLOC, MemoryProbe, median_time, publish, synchronize
 from problems import PROBLEM_LABELS, PROBLEMS, gradient_function, make_problem
 
 NUM_COLUMNS = 16
@@ -413,10 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     lines.append("")
     lines.append(f"Benchmark wall time: {elapsed:.0f} s.{load}")
-    text = "\n".join(lines)
-    print(text)
-    if args.output:
-        Path(args.output).write_text(text + "\n")
+    publish(lines, args.output)
     return 0
 
 
