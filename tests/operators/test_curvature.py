@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from contract import LinearOperatorContract, assert_close
+from contract import assert_close, contract_on_cases
 from scipy.sparse.linalg import cg, eigsh
 from zoo import SMALL_PROBLEM_IDS, make_problem_from_id
 
@@ -292,14 +292,7 @@ def case(request, reference_of):
     return build(kind, problem), reference_of(problem_id, kind)
 
 
-class TestOperatorContract(LinearOperatorContract):
-    @pytest.fixture
-    def operator(self, case):
-        return case[0]
-
-    @pytest.fixture
-    def dense(self, case):
-        return case[1]
+TestOperatorContract = contract_on_cases()  # over the module's own ``case`` fixture
 
 
 def test_float32_problem_accepts_float64_numpy_with_one_warning():

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from contract import LinearOperatorContract
+from contract import contract_on_cases
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from zoo import SMALL_PROBLEM_IDS, make_problem_from_id
@@ -85,14 +85,7 @@ def case(request, reference_of):
     return build(problem), reference_of(request.param, "jacobian")
 
 
-class TestJacobianContract(LinearOperatorContract):
-    @pytest.fixture
-    def operator(self, case):
-        return case[0]
-
-    @pytest.fixture
-    def dense(self, case):
-        return case[1]
+TestJacobianContract = contract_on_cases()  # over the module's own ``case`` fixture
 
 
 @pytest.mark.parametrize("columns", [None, 3], ids=["vector", "matrix"])
