@@ -362,7 +362,7 @@ class MiniBatchEngine:
     ) -> tuple[list[Tensor], float, bool]:
         """The local sums added over the ranks: a status exchange, then one all-reduce."""
         step = f"a product of {desc}" if desc else "a sum over batches"
-        try:
+        with self.reduction.failure_told(step):
             total, num_terms, is_list = self._local_sum(batch_result, reduction, desc, out)
             if total is None and out is not None:  # no loss term in this shard: it adds nothing
                 total = out
@@ -372,9 +372,6 @@ class MiniBatchEngine:
                 raise ValueError(
                     f"No batch of data{self._on_rank()} has a loss term (every target is ignored)."
                 )
-        except Exception as error:
-            self.reduction.share_failure(step, error)
-            raise
         status = self.reduction.exchange(
             step,
             loss_terms=num_terms,
@@ -406,16 +403,13 @@ class MiniBatchEngine:
             DistributedError: If another rank failed in this pass.
         """
         step = f"a pass of {desc}" if desc else "a sum over batches"
-        try:
+        with self.reduction.failure_told(step):
             total = None
             for batch in self.batches(desc):
                 self._before_batch()
                 total = accumulate(batch, total)
             if total is None:
                 raise ValueError(f"data{self._on_rank()} has no batch.")
-        except Exception as error:
-            self.reduction.share_failure(step, error)
-            raise
         if self.reduction.distributed:
             self.reduction.exchange(step, size=float(sum(part.numel() for part in total)))
             with torch.no_grad():
@@ -431,15 +425,12 @@ class MiniBatchEngine:
         (an all-gather); ``inputs`` as for :meth:`sum_over_batches`.
         """
         step = f"a product of {desc}" if desc else "a concatenation over batches"
-        try:
+        with self.reduction.failure_told(step):
             results = []
             for batch in self.batches(desc):
                 self._before_batch()
                 results.append(batch_result(batch))
             rows = torch.cat(results)
-        except Exception as error:
-            self.reduction.share_failure(step, error)
-            raise
         if not self.reduction.distributed:
             return rows
         status = self.reduction.exchange(

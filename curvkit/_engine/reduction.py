@@ -121,6 +121,18 @@ class LocalReduction:
         """Nothing to share: the caller raises ``error`` as it is."""
 
     @contextmanager
+    def failure_told(self, step: str) -> Iterator[None]:
+        """Run this rank's part of ``step``; tell the other ranks of an exception before it propagates.
+
+        (:meth:`share_failure`.) Nothing is exchanged if all goes well.
+        """
+        try:
+            yield
+        except BaseException as error:
+            self.share_failure(step, error)
+            raise
+
+    @contextmanager
     def failures_shared(self, step: str) -> Iterator[None]:
         """Nothing to share: exceptions propagate as they are."""
         yield
@@ -270,11 +282,8 @@ class ProcessGroupReduction(LocalReduction):
         of the same size, so a rank that failed before one of them meets the others there, and
         they all raise there.
         """
-        try:
+        with self.failure_told(step):
             yield
-        except BaseException as error:
-            self.share_failure(step, error)
-            raise
         self.exchange(step)
 
     def share_failure(self, step: str, error: BaseException) -> None:
