@@ -75,15 +75,16 @@ def _signs_from_bits_(rows: Tensor, words: Tensor) -> None:
     whole = num_entries // bits
     integers = words.view(integer)
     main = rows[:, : whole * bits].view(integer).unflatten(1, (whole, bits))
+
+    def signs_(piece: Tensor, piece_integers: Tensor) -> Tensor:
+        torch.bitwise_left_shift(piece_integers.unsqueeze(-1), shifts, out=piece)
+        return piece.bitwise_and_(sign).bitwise_xor_(minus_one)  # sign bit inverted, the rest 1.0's
+
     step = max(1, SIGN_SLICE // (rows.shape[0] * bits))  # words per slice: three passes in cache
     for start in range(0, whole, step):
-        stop = min(start + step, whole)
-        piece = main[:, start:stop]
-        torch.bitwise_left_shift(integers[:, start:stop].unsqueeze(-1), shifts, out=piece)
-        piece.bitwise_and_(sign).bitwise_xor_(minus_one)  # sign bit inverted, the rest those of 1.0
+        signs_(main[:, start : start + step], integers[:, start : min(start + step, whole)])
     if whole * bits < num_entries:
-        last = torch.bitwise_left_shift(integers[:, whole].unsqueeze(-1), shifts)
-        last.bitwise_and_(sign).bitwise_xor_(minus_one)
+        last = signs_(main.new_empty(rows.shape[0], bits), integers[:, whole])
         rows[:, whole * bits :] = last[:, : num_entries - whole * bits].view(rows.dtype)
 
 

@@ -41,6 +41,9 @@ from curvkit.linear_operator import LinearOperator
 from curvkit.sketch._measurements import MeasurementMatrix, blocks, entry_variance, measured_rows, projected
 from curvkit.sketch._small import pinv, rotate_rows_, sorted_eigh, symmetrized
 
+CORE_BLOCKS = 8
+"""Blocks of ``A Q``'s columns in :func:`rayleigh_ritz_core` (at most; 9/16 of a full matrix product)."""
+
 
 def rayleigh_ritz_core(A: LinearOperator, Q_rows: Tensor, width: int, widen: bool) -> Tensor:
     r"""``Qᵀ A Q`` for a basis given as rows ``Qᵀ``, ``width`` products at a time.
@@ -59,10 +62,6 @@ def rayleigh_ritz_core(A: LinearOperator, Q_rows: Tensor, width: int, widen: boo
         C[start:, start:stop] = Q_rows[start:] @ applied_rows(A, Q_rows[start:stop], width).T
     lower = C.tril()
     return (lower + lower.T) - torch.diag_embed(lower.diagonal())
-
-
-CORE_BLOCKS = 8
-"""Blocks of ``A Q``'s columns in :func:`rayleigh_ritz_core` (at most; 9/16 of a full matrix product)."""
 
 
 def applied_rows(A: LinearOperator, rows: Tensor, width: int) -> Tensor:
