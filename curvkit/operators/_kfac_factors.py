@@ -6,6 +6,11 @@ every use's output in one batched backward pass (gradients of the layer outputs 
 parameter gradient is formed), and each block's two sides are accumulated with one matrix
 product each (:mod:`._kfac_plan` for what feeds which side). Nothing per sample is formed
 beyond what the rules' row views give (a convolution's patches, in chunks of samples).
+A layer chain (``nn.Sequential`` of linear layers, convolutions and elementwise segments:
+:class:`curvkit._layers.chain.LayerChain`) takes the chain's own pass instead: a forward pass
+without autograd graph and the columns pulled back by hand, one transposed product per layer
+for all ``K`` columns (a batched autograd pass loops over the columns of a convolution's
+transpose); the factors are the same.
 
 Scaling. The batch's ``S`` carries the batch loss's scale ``c_b`` (``1/K_b`` for a mean over
 ``K_b`` terms); the output sides are accumulated times ``K_b`` (the per-term sums) and divided
@@ -28,6 +33,7 @@ from torch import Tensor
 
 from curvkit._engine import Batch
 from curvkit._engine.determinism import SharedPassProbe
+from curvkit._layers.chain import ChainLinearization, LayerChain
 from curvkit._layers.parameters import Layer
 from curvkit._layers.recording import (
     autograd_leaves,
@@ -73,6 +79,7 @@ def add_gram(total: Tensor | None, rows: Tensor, alpha: float = 1.0) -> Tensor:
     Gram matrix is formed and then added. Only the lower triangle is kept up to date (the
     upper one may hold anything): :func:`factor_sums` mirrors it at the end.
     """
+    rows = _leading_in_memory_order(rows)
     # per sample where the rows outnumber the features: a product [d, R] @ [R, d] per sample
     # is efficient then (a second convolution's [144, 64] patches were 1.6× slower that way)
     if rows.ndim >= 3 and rows.stride(-1) != 1 and rows.shape[-2] >= rows.shape[-1]:
@@ -89,6 +96,18 @@ def add_gram(total: Tensor | None, rows: Tensor, alpha: float = 1.0) -> Tensor:
         end = min(start + GRAM_STRIP, dim)
         total[start:end, :end].addmm_(flat[:, start:end].T, flat[:, :end], beta=beta, alpha=alpha)
     return total
+
+
+def _leading_in_memory_order(rows: Tensor) -> Tensor:
+    """``rows`` with the axes before the last two ordered by stride, largest first.
+
+    The Gram matrix sums over them in any order; so ordered, they merge without a copy where
+    memory allows (a chain's output gradients ``[K, N, …]`` are a view of ``[N, K, …]``).
+    """
+    if rows.ndim <= 3:
+        return rows
+    leading = sorted(range(rows.ndim - 2), key=lambda axis: -rows.stride(axis))
+    return rows.permute(*leading, rows.ndim - 2, rows.ndim - 1)
 
 
 def _add_gram_per_sample(total: Tensor | None, rows: Tensor, alpha: float) -> Tensor:
@@ -234,28 +253,37 @@ def recorded_pass(
     no backward pass for 'forward-only') pulled back to every use in one backward pass. The
     first batch is traced to check that every layer is used per sample; later batches record
     the same layers without the tracing (:func:`curvkit._layers.recording.traced_forward`).
+    A batch that a layer chain of the model takes goes through the chain instead (module docstring).
     """
     model = setup.model
     layers = _plan_layers(plans)
     traced = [True]
+    chain = LayerChain.of(model.model_func, setup.layer_map, len(model.tensors)) if model.is_module else None
+
+    def columns_of(batch: Batch, output: Tensor) -> Tensor | None:
+        """The output factor ``S`` ``[K, *output.shape]`` (``None`` for 'forward-only')."""
+        if probe is not None:
+            probe.record(batch, setup.batch_tensors(batch, output))
+        if fisher_type == "forward-only":
+            return None
+        # each batch's draws from (seed, its position in the data): the same on any number of ranks
+        generator = batch_generator(seed, batch.global_index, model.device)
+        return output_factor(fisher_type, setup.loss_func, output, batch, generator, mc_samples)
 
     def batch_result(batch: Batch, total: list[Tensor] | None) -> list[Tensor]:
+        linearization = None if chain is None else chain.linearize(batch, setup.loss_func, gradients=False)
+        if linearization is not None:
+            return per_batch(batch, *_chain_uses(plans, chain, linearization, columns_of), total)
         with recording(layers):
             output, per_sample = traced_forward(
                 model, model.model_func, batch.X, batch.size, layers, traced[0], TRACINGS
             )
             check_per_sample(layers, per_sample)
             traced[0] = False
-            if probe is not None:
-                probe.record(batch, setup.batch_tensors(batch, output.detach()))
-            if fisher_type == "forward-only":
+            columns = columns_of(batch, output.detach())
+            if columns is None:
                 num_columns, gradients = 1, [[None] * len(layer.uses) for layer in layers]
             else:
-                # each batch's draws from (seed, its position in the data): the same on any number of ranks
-                generator = batch_generator(seed, batch.global_index, model.device)
-                columns = output_factor(
-                    fisher_type, setup.loss_func, output.detach(), batch, generator, mc_samples
-                )
                 num_columns, gradients = columns.shape[0], output_gradients(layers, output, columns)
             del output  # and with it the graph, before the factors' products
             of_layer = {id(layer): list(zip(layer.uses, grads)) for layer, grads in zip(layers, gradients)}
@@ -341,6 +369,37 @@ def _flat(sums: FactorSums, model) -> list[Tensor]:
         empty if sums.input is None else sums.input,
         torch.tensor(sums.count, dtype=torch.float64, device=model.device),
     ]
+
+
+def _chain_uses(
+    plans: list[BlockPlan],
+    chain: LayerChain,
+    linearization: ChainLinearization,
+    columns_of: Callable[[Batch, Tensor], Tensor | None],
+) -> tuple[int, list[Uses]]:
+    """``K`` and each block's uses from a chain's pass: its layers' inputs, the columns pulled back by hand.
+
+    A chain uses each layer once, per sample (:class:`curvkit._layers.chain.LayerChain`), so
+    its forward pass (no autograd graph) gives every input, and
+    :meth:`~curvkit._layers.chain.ChainLinearization.output_gradients` the output gradients:
+    one transposed product per layer for all ``K`` columns, where a batched autograd pass
+    loops over the columns of a convolution's transpose.
+    """
+    columns = columns_of(linearization.batch, linearization.output)
+    gradients = [None] * len(chain.layers) if columns is None else linearization.output_gradients(columns)
+    position = {id(layer.module): index for index, layer in enumerate(chain.layers)}
+    uses = [
+        [
+            (
+                holder,
+                linearization.inputs[position[id(holder.layer.module)]],
+                gradients[position[id(holder.layer.module)]],
+            )
+            for holder in plan.holders
+        ]
+        for plan in plans
+    ]
+    return (1 if columns is None else columns.shape[0]), uses
 
 
 def _plan_layers(plans: list[BlockPlan]) -> list[Layer]:

@@ -233,3 +233,28 @@ def test_conv3d_of_depth_one_is_the_conv2d(approx):
     expected = KFACLinearOperator(model2d, loss_func, list(model2d.parameters()), data, **kwargs).to_dense()
     actual = KFACLinearOperator(model3d, loss_func, list(model3d.parameters()), data3d, **kwargs).to_dense()
     torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-13)
+
+
+class _NotAChain(nn.Sequential):
+    """The same modules, but not an ``nn.Sequential`` itself: the factor pass records it with hooks."""
+
+
+@pytest.mark.parametrize("fisher_type", ["type-2", "mc", "empirical", "forward-only"])
+@pytest.mark.parametrize("approx", ["expand", "reduce"])
+@pytest.mark.parametrize("problem", ["mlp", "conv1d", "conv2d"])
+def test_chain_pass_gives_the_recorded_pass_factors(problem, approx, fisher_type, monkeypatch):
+    """A layer chain's pass (forward without a graph, columns pulled back by hand) matches the hooks'."""
+    if problem == "mlp":
+        model, loss_func, data = mlp_classifier(), nn.CrossEntropyLoss(), classification_data((3, 2))
+    else:
+        model, loss_func, data = conv_problem(int(problem[-2]))
+    chain_batches = []
+    original = kfac_factors._chain_uses
+    monkeypatch.setattr(kfac_factors, "_chain_uses", lambda *args: chain_batches.append(1) or original(*args))
+    kwargs = {"fisher_type": fisher_type, "kfac_approx": approx, "seed": 5}
+    params = list(model.parameters())
+    chained = KFACLinearOperator(model, loss_func, params, data, **kwargs).to_dense()
+    assert len(chain_batches) == len(data)
+    recorded = KFACLinearOperator(_NotAChain(*model), loss_func, params, data, **kwargs).to_dense()
+    assert len(chain_batches) == len(data)
+    torch.testing.assert_close(chained, recorded, rtol=1e-12, atol=1e-14)
