@@ -39,6 +39,7 @@ PHASES = (  # (label, a function on the stack)
     ("backward to the layer outputs", "output_gradients"),
     ("output factor (sampling, loss Hessian)", "output_factor"),
     ("forward", "ModelFunction.__call__"),
+    ("forward (layer chain, no autograd graph)", "LayerChain.linearize"),
     ("finiteness checks", "nonfinite"),
     ("engine: the batch loop, the rest", "MiniBatchEngine"),
 )
