@@ -4,7 +4,8 @@ Per batch, the GGN, the Monte-Carlo Fisher and the empirical Fisher differ only 
 block-diagonal over samples, and each has a factor ``Λ_n = S_n S_nᵀ`` of ``K`` columns:
 
 - ``'type-2'`` (GGN): ``Λ = ∇²_f L_b``, factored in closed form
-  (:func:`curvkit.losses.output_hessian_sqrt`, ``K`` = output entries per sample);
+  (:func:`curvkit.losses.output_hessian_sqrt`, ``K`` = output entries per sample, ``C − 1`` per
+  position for cross-entropy over ``C`` classes);
 - ``'mc'`` (MC-Fisher): ``S = [g̃_1 … g̃_M] / √(c_b M)`` with ``g̃_m = c_b ∇_f (−log q(ỹ_m | f))`` at
   targets ``ỹ_m`` drawn from the model's predictive distribution (``K = M``);
 - ``'empirical'`` (EF): the same with the observed targets and ``M = 1``;
@@ -31,6 +32,7 @@ from torch import Generator, Tensor, einsum
 from curvkit._engine import Batch
 from curvkit.losses import (
     batch_loss_scale,
+    hessian_sqrt_columns,
     is_supported,
     output_gradients,
     output_hessian_matmat,
@@ -75,7 +77,7 @@ def factor_rank(
     """``K``, the columns of ``S`` per sample, or ``None`` where ``Λ`` has no factor (or none is needed)."""
     if fisher_type == "type-2":
         has_factor = is_supported(loss_func) and first_output.ndim > 0
-        return first_output[0].numel() if has_factor else None
+        return hessian_sqrt_columns(loss_func, first_output) if has_factor else None
     return {"mc": mc_samples, "empirical": 1}.get(fisher_type)
 
 
@@ -86,6 +88,7 @@ def output_curvature(
     batch: Batch,
     generator: Generator | None = None,
     mc_samples: int = 1,
+    symmetric_root: bool = False,
 ) -> OutputCurvature:
     """``Λ`` and its factor for the batch at ``output`` (module docstring).
 
@@ -96,12 +99,14 @@ def output_curvature(
         batch: The batch (targets, number of loss terms).
         generator: Draws the targets of ``'mc'``, consumed batch by batch.
         mc_samples: ``M`` for ``'mc'``.
+        symmetric_root: See :func:`output_factor`.
     """
     if fisher_type == "type-2":
         arguments = (loss_func, output, batch.y)
+        root = partial(output_hessian_sqrt, *arguments, batch.loss_terms, symmetric=symmetric_root)
         return OutputCurvature(
             partial(output_hessian_matmat, *arguments, loss_terms=batch.loss_terms),
-            partial(output_hessian_sqrt, *arguments, batch.loss_terms) if is_supported(loss_func) else None,
+            root if is_supported(loss_func) else None,
         )
     scale = batch_loss_scale(loss_func, output, batch.y, batch.loss_terms)
     if fisher_type == "empirical":
@@ -121,15 +126,19 @@ def output_factor(
     batch: Batch,
     generator: Generator | None = None,
     mc_samples: int = 1,
+    symmetric_root: bool = False,
 ) -> Tensor | None:
     """``S`` ``[K, *output.shape]`` for the batch, or ``None`` for ``'forward-only'``.
+
+    ``symmetric_root``: for ``'type-2'``, cross-entropy's symmetric root of ``C`` columns per
+    position instead of the ``C − 1`` of :func:`curvkit.losses.output_hessian_sqrt`.
 
     Raises:
         NotImplementedError: For ``'type-2'`` with a loss without a closed-form square root.
     """
     if fisher_type == "forward-only":
         return None
-    curvature = output_curvature(fisher_type, loss_func, output, batch, generator, mc_samples)
+    curvature = output_curvature(fisher_type, loss_func, output, batch, generator, mc_samples, symmetric_root)
     if curvature.factor is None:
         raise NotImplementedError(f"No closed-form Hessian square root for {type(loss_func).__name__}.")
     return curvature.factor()

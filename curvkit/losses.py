@@ -245,19 +245,43 @@ def output_hessian_matmat(
     return scale * _target_mass(loss_func, output, target) * result
 
 
-def output_hessian_sqrt(
-    loss_func: LossFunction, output: Tensor, target: Tensor, loss_terms: float | None = None
-) -> Tensor:
-    """A factor ``S`` with ``S Sᵀ = ∇²_f L_b`` that is block-diagonal over samples.
+def hessian_sqrt_columns(loss_func: LossFunction, output: Tensor, symmetric: bool = False) -> int:
+    """``K``, the columns per sample of :func:`output_hessian_sqrt`'s factor for outputs like ``output``.
 
-    Closed forms: MSE ``√(2 c_b) I``; BCE the root of :func:`output_hessian_matmat`'s factor; cross-entropy
-    ``√(c_b m) (diag(√p) − p √pᵀ)`` at every position (``m`` the target's mass, see
-    :func:`output_hessian_matmat`), since ``(diag √p − p √pᵀ)(diag √p − √p pᵀ) = diag p − p pᵀ``
-    when ``Σ p = 1``. ``loss_terms``: see :func:`batch_loss_scale`.
+    The output entries per sample, but ``C − 1`` per position for cross-entropy over ``C > 1``
+    classes, whose Hessian has rank ``C − 1`` there (unless ``symmetric``).
+    """
+    per_sample = output[0].numel()
+    if not symmetric and isinstance(loss_func, CrossEntropyLoss) and output.ndim > 1 and output.shape[1] > 1:
+        return per_sample // output.shape[1] * (output.shape[1] - 1)
+    return per_sample
+
+
+def output_hessian_sqrt(
+    loss_func: LossFunction,
+    output: Tensor,
+    target: Tensor,
+    loss_terms: float | None = None,
+    symmetric: bool = False,
+) -> Tensor:
+    r"""A factor ``S`` with ``S Sᵀ = ∇²_f L_b`` that is block-diagonal over samples.
+
+    Closed forms: MSE ``√(2 c_b) I``; BCE the root of :func:`output_hessian_matmat`'s factor.
+    Cross-entropy, at every position, ``√(c_b m)`` times (``m`` the target's mass, see
+    :func:`output_hessian_matmat``) a factor of ``diag(p) − p pᵀ = D (I − q qᵀ) D`` with
+    ``q = √p`` (a unit vector, as ``Σ p = 1``) and ``D = diag(q)``, of ``C − 1`` columns instead
+    of ``C``: the Householder reflection ``H = I − 2 v vᵀ / (vᵀ v)``, ``v = q + e_1``, maps
+    ``q`` to ``−e_1``, so ``I − q qᵀ = H (I − e_1 e_1ᵀ) H`` and the columns ``2, …, C`` of
+    ``D H``, ``q ⊙ (e_j − 2 v v_j / (vᵀ v))``, square to it (``vᵀ v ≥ 2``: no cancellation).
+    Type-2 curvature pulls every column back through the model: ``C − 1`` columns save one
+    backward pass in ``C``. ``symmetric``: the symmetric root ``diag(q) − p qᵀ`` instead, ``C``
+    columns (``(diag q − p qᵀ)(diag q − q pᵀ) = diag p − p pᵀ``), for a caller whose result
+    depends on the number of columns, not only on ``S Sᵀ``. ``loss_terms``: see
+    :func:`batch_loss_scale`.
 
     Returns:
-        ``K`` columns stacked as ``[K, *output.shape]``: column ``k`` holds, for every sample
-        ``n``, the ``k``-th column of sample ``n``'s factor (``K`` = entries per sample).
+        ``K`` columns (:func:`hessian_sqrt_columns`) stacked as ``[K, *output.shape]``: column
+        ``k`` holds, for every sample ``n``, the ``k``-th column of sample ``n``'s factor.
 
     Raises:
         NotImplementedError: For losses without a closed form.
@@ -270,20 +294,36 @@ def output_hessian_sqrt(
     identity = torch.eye(per_sample, dtype=output.dtype, device=output.device).reshape(
         per_sample, *output.shape[1:]
     )
-    columns = identity.unsqueeze(1).expand(per_sample, *output.shape)  # [K, N, ...]: e_k for every sample
     if isinstance(loss_func, MSELoss):
-        return (2.0 * scale) ** 0.5 * columns
+        return (2.0 * scale) ** 0.5 * identity.unsqueeze(1).expand(per_sample, *output.shape)
     if isinstance(loss_func, BCEWithLogitsLoss):
+        columns = identity.unsqueeze(1).expand(per_sample, *output.shape)
         return (scale * _bce_curvature(loss_func, output, target)).sqrt() * columns
-    # column (c, t) is √p_ct (e_c − p_:t) at position t, zero elsewhere
+    if output.shape[1] == 1:  # one class: p = 1, Λ = 0
+        return output.new_zeros(per_sample, *output.shape)
     probability = output.softmax(dim=1)
-    at_position = columns.sum(dim=2, keepdim=True)  # [K, N, 1, ...]: which position column k lives at
-    root = (probability * columns).sum(dim=2, keepdim=True).sqrt()  # √p_ct at that position
-    result = root * (columns - probability * at_position)
+    root = probability.sqrt()  # q, per position
+    if symmetric:  # column (c, t): q_ct (e_c − p_:t) at position t, zero elsewhere
+        columns = identity.unsqueeze(1)
+        result = root * columns - (root * columns).sum(dim=2, keepdim=True) * probability
+        return _cross_entropy_root_scaled(loss_func, output, target, scale, result)
+    # e_(c,t) in the order of the flattened entries, class-major: classes 2…C start at row T
+    columns = identity[per_sample // output.shape[1] :].unsqueeze(1)
+    reflected = root.clone()
+    reflected.narrow(1, 0, 1).add_(1.0)  # v = q + e_1 at every position
+    along = (reflected * columns).sum(dim=2, keepdim=True)  # [K, N, 1, ...]: v_j at column k's position
+    norm = (reflected * reflected).sum(dim=1, keepdim=True)  # vᵀ v per position
+    result = root * (columns - (2.0 / norm) * reflected * along)  # q ⊙ (e_j − 2 v v_j / (vᵀ v))
+    return _cross_entropy_root_scaled(loss_func, output, target, scale, result)
+
+
+def _cross_entropy_root_scaled(
+    loss_func: LossFunction, output: Tensor, target: Tensor, scale: float, columns: Tensor
+) -> Tensor:
+    """Cross-entropy's root ``columns`` times ``√(c_b m)``, zero at ignored positions."""
     if _is_class_index_target(loss_func, target):
-        result = result * (target != loss_func.ignore_index).unsqueeze(1).to(result.dtype)
-    mass = _target_mass(loss_func, output, target)
-    return (scale * mass) ** 0.5 * result
+        columns = columns * (target != loss_func.ignore_index).unsqueeze(1).to(columns.dtype)
+    return (scale * _target_mass(loss_func, output, target)) ** 0.5 * columns
 
 
 def output_gradients(loss_func: LossFunction, output: Tensor, target: Tensor) -> Tensor:

@@ -7,9 +7,11 @@ from torch.func import hessian
 
 from curvkit.losses import (
     batch_loss_scale,
+    hessian_sqrt_columns,
     num_loss_terms,
     output_gradients,
     output_hessian_matmat,
+    output_hessian_sqrt,
     sample_targets,
     sampled_output_gradients,
 )
@@ -17,6 +19,7 @@ from curvkit.losses import (
 _GEN = torch.Generator().manual_seed(0)
 _OUT = {"flat": torch.randn(4, 3, dtype=torch.float64, generator=_GEN)}
 _OUT["seq"] = torch.randn(4, 3, 5, dtype=torch.float64, generator=_GEN)
+_OUT["one"] = torch.randn(4, 1, dtype=torch.float64, generator=_GEN)  # one class: no curvature
 
 CASES = {
     "mse": (nn.MSELoss, "flat", lambda out: torch.randn_like(out)),
@@ -37,6 +40,45 @@ def test_closed_form_output_hessian(name, reduction):
     tangents = torch.randn(2, *output.shape, dtype=torch.float64, generator=_GEN)
     expected = (dense @ tangents.reshape(2, -1).T).T.reshape(tangents.shape)
     torch.testing.assert_close(output_hessian_matmat(loss_func, output, target, tangents), expected)
+
+
+ROOT_CASES = {
+    **CASES,
+    "ce-ignored": (
+        lambda reduction: nn.CrossEntropyLoss(reduction=reduction, ignore_index=1),
+        "seq",
+        lambda out: torch.randint(0, 3, (4, 5), generator=_GEN),
+    ),
+    "ce-smoothed": (
+        lambda reduction: nn.CrossEntropyLoss(reduction=reduction, label_smoothing=0.2),
+        "flat",
+        lambda out: torch.randint(0, 3, (4,), generator=_GEN),
+    ),
+    "ce-one-class": (nn.CrossEntropyLoss, "one", lambda out: torch.zeros(4, dtype=torch.long)),
+}
+
+
+@pytest.mark.parametrize("symmetric", [False, True], ids=["householder", "symmetric"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("name", sorted(ROOT_CASES))
+def test_hessian_root_squares_to_the_hessian_with_c_minus_one_columns(name, reduction, symmetric):
+    """``S Sᵀ = ∇²_f L_b`` per sample; cross-entropy's root has ``C − 1`` columns per position."""
+    loss_cls, kind, make_target = ROOT_CASES[name]
+    loss_func, output = loss_cls(reduction=reduction), _OUT[kind] * 4  # confident: small p too
+    target = make_target(output)
+    root = output_hessian_sqrt(loss_func, output, target, symmetric=symmetric)
+    classes, per_sample = output.shape[1], output[0].numel()
+    fewer = isinstance(loss_func, nn.CrossEntropyLoss) and classes > 1 and not symmetric
+    assert root.shape[0] == hessian_sqrt_columns(loss_func, output, symmetric)
+    assert root.shape[0] == (per_sample // classes * (classes - 1) if fewer else per_sample)
+    tangents = torch.randn(3, *output.shape, dtype=torch.float64, generator=_GEN)
+    projections = torch.einsum("kn...,jn...->kjn", root, tangents)
+    torch.testing.assert_close(
+        torch.einsum("kjn,kn...->jn...", projections, root),
+        output_hessian_matmat(loss_func, output, target, tangents),
+        rtol=1e-12,
+        atol=1e-14,
+    )
 
 
 def test_ignore_index_positions_have_no_curvature():

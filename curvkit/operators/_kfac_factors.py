@@ -259,6 +259,9 @@ def recorded_pass(
     layers = _plan_layers(plans)
     traced = [True]
     chain = LayerChain.of(model.model_func, setup.layer_map, len(model.tensors)) if model.is_module else None
+    # a table tied to a head weighs its embedding rows per column of S against the head's: the
+    # factors then depend on the number of columns, which the definition takes as C per position
+    symmetric_root = any(holder.transposed for plan in plans for holder in plan.holders)
 
     def columns_of(batch: Batch, output: Tensor) -> Tensor | None:
         """The output factor ``S`` ``[K, *output.shape]`` (``None`` for 'forward-only')."""
@@ -268,7 +271,9 @@ def recorded_pass(
             return None
         # each batch's draws from (seed, its position in the data): the same on any number of ranks
         generator = batch_generator(seed, batch.global_index, model.device)
-        return output_factor(fisher_type, setup.loss_func, output, batch, generator, mc_samples)
+        return output_factor(
+            fisher_type, setup.loss_func, output, batch, generator, mc_samples, symmetric_root
+        )
 
     def batch_result(batch: Batch, total: list[Tensor] | None) -> list[Tensor]:
         linearization = None if chain is None else chain.linearize(batch, setup.loss_func, gradients=False)

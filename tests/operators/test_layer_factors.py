@@ -59,12 +59,12 @@ def test_factored_products_match_the_reference(problem_id, kind, cached, referen
 
 
 def test_single_vectors_and_few_columns_keep_the_general_path():
-    """``K (B + 2 k Σ out) < 2 k B`` decides: the GGN of the MLP (K = 3 classes) factors 113
-    columns, not 2; single vectors never."""
+    """``K (B + 2 k Σ out) < 2 k B`` decides: the GGN of the MLP (3 classes: K = 2 columns of
+    cross-entropy's Hessian root) factors many columns, not 2; single vectors never."""
     problem = make_problem("mlp", "ce", "mean")
     operator = GGNLinearOperator(problem.model, problem.loss_func, problem.params, problem.data)
     factorization = operator._layer_factorization
-    assert factorization.factor_rank == 3
+    assert factorization.factor_rank == 2
     assert factorization.sizes is not None  # learned while the probe multiplied two columns
     assert not factorization.worth_it(2) and factorization.worth_it(operator.shape[0])
     assert factorization.check.verified_modes is None  # nothing went through the factors yet
