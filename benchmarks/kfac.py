@@ -15,8 +15,9 @@ multiple of one plain-autograd gradient over the same data, timed in the same pr
   ``G_l b_l``) on the same input's per-layer views, with factors of the same shapes;
 - **EKFAC** ('mc', one sample): all of it (``compute_eigenvalue_correction()`` on a fresh
   operator: factor pass, eigendecompositions, correction pass), the eigendecompositions of
-  computed factors timed apart, and the correction pass as the difference, per round, of the
-  first and the factor pass ('mc' row) and the eigendecompositions;
+  computed factors timed apart, and the correction pass alone, in the eigenbases of computed
+  factors (timed directly: as the difference of the other two it carried their noise, the
+  eigendecompositions' ±10 % being more than the pass);
 - **memory**: the extra peak memory of the factor pass over that of one gradient (separate process,
   measured like ``products.py``);
 - **accuracy**: ``KFAC @ V`` (``V`` of 4 columns, float64) of curvkit against curvlinops', largest

@@ -268,7 +268,7 @@ def output_hessian_sqrt(
 
     Closed forms: MSE ``√(2 c_b) I``; BCE the root of :func:`output_hessian_matmat`'s factor.
     Cross-entropy, at every position, ``√(c_b m)`` times (``m`` the target's mass, see
-    :func:`output_hessian_matmat``) a factor of ``diag(p) − p pᵀ = D (I − q qᵀ) D`` with
+    :func:`output_hessian_matmat`) a factor of ``diag(p) − p pᵀ = D (I − q qᵀ) D`` with
     ``q = √p`` (a unit vector, as ``Σ p = 1``) and ``D = diag(q)``, of ``C − 1`` columns instead
     of ``C``: the Householder reflection ``H = I − 2 v vᵀ / (vᵀ v)``, ``v = q + e_1``, maps
     ``q`` to ``−e_1``, so ``I − q qᵀ = H (I − e_1 e_1ᵀ) H`` and the columns ``2, …, C`` of

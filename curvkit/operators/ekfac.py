@@ -99,8 +99,11 @@ class EKFACLinearOperator(KFACLinearOperator):
         self.compute_kronecker_factors()
 
     def _computed(self) -> LinearOperator:
-        kfac = super()._computed()
-        corrections = EigenvalueCorrections(kfac.eigendecomposed(), max_entries=self._max_entries)
+        return self._corrected(super()._computed().eigendecomposed())
+
+    def _corrected(self, eigendecomposed: LinearOperator) -> LinearOperator:
+        """The correction pass over the data in the eigenbases of the computed factors."""
+        corrections = EigenvalueCorrections(eigendecomposed, max_entries=self._max_entries)
         sums = correction_sums(
             self._setup,
             self._plans,
