@@ -224,8 +224,8 @@ def _elementwise_derivatives(
     ``None`` for a second derivative that is zero (or not asked for: ``second=False``).
     """
     if all(type(module) in _RELU_OR_IDENTITY for module in activation):
-        # φ' = 1 where z > 0, else 0 (autograd's choice at 0): the sign of φ(z) ≥ 0 (one pass,
-        # 6× faster than converting z > 0 for the CNN's first layer); φ'' = 0: no graph to build
+        # φ' = 1 where z > 0, else 0 (autograd's choice at 0): the sign of φ(z) ≥ 0, one pass
+        # (a comparison converted to floats takes two); φ'' = 0: no graph to build
         values = pre_activation.detach()
         for module in activation:
             values = torch.relu(values) if type(module) is nn.ReLU else module(values)

@@ -264,7 +264,11 @@ def recorded_pass(
     symmetric_root = any(holder.transposed for plan in plans for holder in plan.holders)
 
     def columns_of(batch: Batch, output: Tensor) -> Tensor | None:
-        """The output factor ``S`` ``[K, *output.shape]`` (``None`` for 'forward-only')."""
+        """The output factor ``S`` ``[K, *output.shape]`` (``None`` for 'forward-only').
+
+        Also hands the batch's output to the determinism probe, if any: both paths below call it
+        once per batch, with the output detached.
+        """
         if probe is not None:
             probe.record(batch, setup.batch_tensors(batch, output))
         if fisher_type == "forward-only":
