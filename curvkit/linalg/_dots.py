@@ -24,7 +24,13 @@ import torch
 from torch import Tensor
 
 BLOCK = 256
-"""Entries summed in the working precision before the float64 sum (larger blocks are no faster)."""
+"""Entries summed in the working precision before the float64 sum (larger blocks are no faster for
+one vector)."""
+
+GRAM_BLOCK = 2048
+"""Entries per partial sum of a product of several rows with several others (a Gram matrix, the
+coefficients of a block against a basis): there the batched kernel runs faster on longer blocks,
+up to this length (``docs/design-notes.md``, "Float32 accuracy of Lanczos and CG")."""
 
 SLICE = 2**15
 """Entries per row converted to float64 at a time by ``row_dots(..., exact=True)`` (fewer for many rows)."""
@@ -40,19 +46,20 @@ SLICE_ENTRIES = 2**22
 matrix of a wide block (thousands of rows, a sketch) does not convert hundreds of MiB at once."""
 
 
-def _blocks(x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
-    """``x`` with dimension ``dim`` split into ``[n // BLOCK, BLOCK]`` (a view), and the remaining entries."""
+def _blocks(x: Tensor, dim: int, block: int = BLOCK) -> tuple[Tensor, Tensor]:
+    """``x`` with dimension ``dim`` split into ``[n // block, block]`` (a view), and the remaining entries."""
     n = x.shape[dim]
-    main = n - n % BLOCK
-    return x.narrow(dim, 0, main).unflatten(dim, (main // BLOCK, BLOCK)), x.narrow(dim, main, n - main)
+    main = n - n % block
+    return x.narrow(dim, 0, main).unflatten(dim, (main // block, block)), x.narrow(dim, main, n - main)
 
 
 def row_dots(rows: Tensor, others: Tensor, exact: bool = False) -> Tensor:
     r"""``rows @ others.T`` in float64: :math:`\mathbf{R}\mathbf{W}^\top` for rows ``[m, n]`` and ``[p, n]``.
 
-    Results of more than ``WIDE_RESULT`` entries (Gram matrices of sketches) are summed over
-    slices of ``WIDE_BLOCK`` entries instead of ``BLOCK``: the rounding bound is ``WIDE_BLOCK · ε``
-    times the sum of magnitudes, still independent of ``n``, for one matrix product per slice.
+    Several rows against several others are summed in blocks of ``GRAM_BLOCK`` entries instead
+    of ``BLOCK``, and results of more than ``WIDE_RESULT`` entries (Gram matrices of sketches)
+    over slices of ``WIDE_BLOCK`` entries, one matrix product per slice: the rounding bound is
+    that block length times ``ε`` times the sum of magnitudes, still independent of ``n``.
 
     Args:
         rows: ``[m, n]`` (any strides, e.g. the transpose of a column block).
@@ -84,11 +91,12 @@ def row_dots(rows: Tensor, others: Tensor, exact: bool = False) -> Tensor:
         for start in range(0, n, WIDE_BLOCK):
             result += (rows[:, start : start + WIDE_BLOCK] @ others[:, start : start + WIDE_BLOCK].T).double()
     else:
-        blocks, tail = _blocks(rows, 1)  # [m, nb, BLOCK]
-        other_blocks, other_tail = _blocks(others, 1)  # [p, nb, BLOCK]
-        # [nb, p, BLOCK] @ [nb, BLOCK, m]: the faster orientation of the batched kernel on the CPU
+        block = GRAM_BLOCK if min(rows.shape[0], others.shape[0]) > 1 else BLOCK
+        blocks, tail = _blocks(rows, 1, block)  # [m, nb, block]
+        other_blocks, other_tail = _blocks(others, 1, block)  # [p, nb, block]
+        # [nb, p, block] @ [nb, block, m]: the faster orientation of the batched kernel on the CPU
         partial = torch.bmm(other_blocks.transpose(0, 1), blocks.permute(1, 2, 0))
-        result = partial.sum(0, dtype=torch.float64).T + (tail @ other_tail.T).double()  # tail < BLOCK
+        result = partial.sum(0, dtype=torch.float64).T + (tail @ other_tail.T).double()  # tail < block
     return result.squeeze(1) if vector else result
 
 
