@@ -7,11 +7,13 @@ column there; CholeskyQR (Fukaya et al., 2014) needs one Gram matrix
 triangular solve :math:`\mathbf{Q} = \mathbf{Y}\mathbf{R}^{-1}` (in place). Its loss of
 orthogonality grows with :math:`\kappa(\mathbf{Y})^2`, so it is repeated on its own output until
 the Gram matrix it starts from is close to the identity (twice for every :math:`\mathbf{Y}` that
-is well conditioned in its precision: CholeskyQR2). The Gram matrices are summed in float64
-(``row_dots(..., exact=True)``), so that the first factorization holds for
-:math:`\kappa(\mathbf{Y})` up to about :math:`10^7` and the inner products do not lose digits as
-:math:`n` grows. A block that is still not factorizable (numerically rank deficient) falls back
-to Householder QR.
+is well conditioned in its precision: CholeskyQR2). The Gram matrices are block sums added in
+float64 (:func:`~curvkit.linalg._dots.row_dots`), whose rounding does not grow with :math:`n`.
+The first one is summed exactly in float64 (``row_dots(..., exact=True)``, twice the cost) when
+its Cholesky factor shows :math:`\mathbf{Y}` too ill-conditioned for the block sums
+(:func:`_needs_exact_gram`), so that the first factorization holds for :math:`\kappa(\mathbf{Y})`
+up to about :math:`10^7`. A block that is still not factorizable (numerically rank deficient)
+falls back to Householder QR.
 
 Blocks that are not tall and skinny (more than :math:`n / 64` rows, the sketches of
 :mod:`curvkit.sketch`: 2,000 rows of length 39,760) go to Householder QR directly (LAPACK's
@@ -39,12 +41,13 @@ arXiv:2309.05868.
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
 from torch import Tensor
 
-from curvkit.linalg._dots import row_dots
+from curvkit.linalg._dots import GRAM_BLOCK, row_dots
 
 MAX_PASSES = 4
 """CholeskyQR passes before falling back to Householder QR."""
@@ -66,9 +69,7 @@ def orthonormalize_rows_(rows: Tensor) -> Tensor:
     :math:`\mathbf{Y} = \mathbf{Q}\mathbf{R}` and :math:`\mathbf{R}` upper triangular, as a
     float64 ``[m, m]`` tensor. A pass stops the repetition once the Gram matrix of its input
     deviates from the identity by at most ``1/2`` (then its output is orthonormal to the
-    working precision). Only the first Gram matrix is exact (``row_dots(..., exact=True)``):
-    later ones are of rows close to orthonormal, whose block sums lose nothing that matters.
-    Memory: the rows, plus a float64 slice of them (``row_dots``).
+    working precision). Memory: the rows, plus a float64 slice of them (``row_dots``).
 
     Raises:
         ValueError: If ``rows`` has more rows than columns.
@@ -81,15 +82,41 @@ def orthonormalize_rows_(rows: Tensor) -> Tensor:
     identity = torch.eye(num_rows, dtype=torch.float64, device=rows.device)
     R = identity
     for repetition in range(MAX_PASSES):
-        G = row_dots(rows, rows, exact=repetition == 0)
-        factor, info = torch.linalg.cholesky_ex(G, upper=True)
-        if int(info) != 0 or not bool(torch.isfinite(factor).all()):
+        G = row_dots(rows, rows)
+        factor = _cholesky_factor(G)
+        if repetition == 0 and (factor is None or _needs_exact_gram(factor, rows.dtype)):
+            G = row_dots(rows, rows, exact=True)
+            factor = _cholesky_factor(G)
+        if factor is None:
             break
         torch.linalg.solve_triangular(factor.to(rows.dtype).T, rows, upper=False, out=rows)
         R = factor @ R
         if float((G - identity).abs().max()) <= 0.5:
             return R
     return householder_rows_(rows).double() @ R
+
+
+def _cholesky_factor(gram: Tensor) -> Tensor | None:
+    """The upper Cholesky factor of ``gram``, or ``None`` where it does not exist in float64."""
+    factor, info = torch.linalg.cholesky_ex(gram, upper=True)
+    return factor if int(info) == 0 and bool(torch.isfinite(factor).all()) else None
+
+
+def _needs_exact_gram(factor: Tensor, dtype: torch.dtype) -> bool:
+    r"""Whether the rows behind the Cholesky ``factor`` of their block-summed Gram matrix need it exact.
+
+    A Gram error :math:`\mathbf{E}` leaves :math:`\mathbf{Q} = \mathbf{Y}\mathbf{R}^{-1}` off
+    orthonormal by about :math:`\|\mathbf{E}\| / \sigma_{\min}(\mathbf{Y})^2 = \delta\,
+    \kappa(\mathbf{Y})^2` for a relative error :math:`\delta`; the next pass corrects a
+    deviation up to ``1/2``. Here :math:`\kappa` is estimated by the spread of the factor's
+    diagonal (a lower bound, typically within a small factor) and :math:`\delta` by
+    :math:`\sqrt{\text{GRAM\_BLOCK}}\,\varepsilon` (block sums of random rounding errors; the
+    measured error is smaller still), so that a first pass without the exact sum is taken only
+    where the next pass will not have to repeat it.
+    """
+    diagonal = factor.diagonal().abs()
+    spread = float(diagonal.max() / diagonal.min())
+    return spread**2 * math.sqrt(GRAM_BLOCK) * torch.finfo(dtype).eps > 0.5
 
 
 def householder_rows_(rows: Tensor) -> Tensor:

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from curvkit.linalg import _orthonormal
 from curvkit.linalg._dots import row_dots
 from curvkit.linalg._orthonormal import (
     embedded,
@@ -29,6 +30,32 @@ def test_orthonormalize_rows_factorizes(m, n, dtype):
     eps = torch.finfo(dtype).eps
     assert float((row_dots(rows, rows) - torch.eye(m, dtype=torch.float64)).abs().max()) < 50 * eps * m**0.5
     assert float((rows.T.double() @ R - Y.T.double()).abs().max()) < 100 * eps * float(Y.abs().max())
+
+
+@pytest.mark.parametrize("decay", [1, 3, 6])  # condition 10, 10³, 10⁶
+def test_cholesky_qr_takes_two_passes_and_the_exact_gram_only_where_needed(decay, monkeypatch):
+    """Float32 rows: CholeskyQR2 for conditions up to 10⁶ (two triangular solves, no
+    Householder), the first Gram matrix summed exactly only where the block sums would not do."""
+    Y = ill_conditioned_rows(12, 20_000, 12, decay).float()
+    calls = {"solve": 0, "exact": 0}
+    solve, dots = torch.linalg.solve_triangular, _orthonormal.row_dots
+
+    def counted_solve(*args, **kwargs):
+        calls["solve"] += 1
+        return solve(*args, **kwargs)
+
+    def counted_dots(rows, others, exact=False):
+        calls["exact"] += exact
+        return dots(rows, others, exact=exact)
+
+    monkeypatch.setattr(torch.linalg, "solve_triangular", counted_solve)
+    monkeypatch.setattr(_orthonormal, "row_dots", counted_dots)
+    rows = Y.clone()
+    R = orthonormalize_rows_(rows)
+    eps = torch.finfo(torch.float32).eps
+    assert float((row_dots(rows, rows) - torch.eye(12, dtype=torch.float64)).abs().max()) < 50 * eps * 12**0.5
+    assert float((rows.T.double() @ R - Y.T.double()).abs().max()) < 100 * eps * float(Y.abs().max())
+    assert calls == {"solve": 2, "exact": int(decay > 1)}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
