@@ -253,19 +253,46 @@ class RandomColumns:
             return self._drawn_rows(start, start + rows.shape[0], out=rows)
         return rows.copy_(self._drawn_rows(start, start + rows.shape[0]))
 
-    def blocks(self, width: int) -> Iterator[tuple[int, Tensor]]:
+    def blocks(self, width: int, buffer: Tensor | None = None) -> Iterator[tuple[int, Tensor]]:
         """Consecutive blocks of at most ``width`` columns: ``(start, block)`` pairs.
 
         The blocks are drawn into one buffer: a block is overwritten by the next, so a caller
         that keeps one past its turn clones it. (A fresh block of ``10⁷``-long columns costs
         its pages as much again as drawing it: the allocator maps blocks that large anew.)
+
+        Args:
+            width: Columns per block.
+            buffer: Rows ``[min(width, m), n]`` of this dtype and device to draw into (memory the
+                caller is done with: :func:`spent_rows`), instead of a new block.
         """
-        buffer = None
         for start in range(0, self.num_columns, width):
             stop = min(start + width, self.num_columns)
             if buffer is None:
                 buffer = torch.empty(stop - start, self.num_rows, dtype=self.dtype, device=self.device)
             yield start, self.draw_into(buffer[: stop - start], start).T
+
+
+def spent_rows(product: Tensor, num_rows: int, dtype: torch.dtype, apart_from: Tensor) -> Tensor | None:
+    """Rows ``[num_rows, n]`` in the memory of a block product the caller is done with, where that can be.
+
+    A routine that frees a product of ``10⁷``-long columns and then allocates a block for its
+    next random vectors pays for the block's fresh pages (the allocator returns blocks that large
+    to the system and maps zeroed pages anew); drawing into the product's pages costs nothing.
+    A product belongs to its caller (as ``y = A @ x; y += 1`` takes it to); it is reused where
+    it is the transpose of at least ``num_rows`` contiguous rows of ``dtype`` (the layout of
+    curvkit's operators' products) and shares no memory with ``apart_from``, the routine's own
+    data (an operator may return its input, as SciPy's identity does).
+
+    Returns:
+        The rows, or ``None``.
+    """
+    rows = product.T
+    if product.dtype != dtype or rows.shape[0] < num_rows or not rows.is_contiguous():
+        return None
+    start, other_start = product.untyped_storage().data_ptr(), apart_from.untyped_storage().data_ptr()
+    if start < other_start + apart_from.untyped_storage().nbytes() and other_start < start + rows.nbytes:
+        return None
+    return rows[:num_rows]
 
 
 def block_width(A: LinearOperator, num_columns: int) -> int:

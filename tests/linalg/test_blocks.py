@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy
 import pytest
+import scipy.sparse
+import scipy.sparse.linalg
 import torch
 from linalg_matrices import CountingOperator, low_rank_plus_noise, random_symmetric
 
@@ -24,7 +26,7 @@ from curvkit.linalg import (
     xtrace,
 )
 from curvkit.linalg._random import RandomColumns, random_block
-from curvkit.linear_operator import DenseLinearOperator
+from curvkit.linear_operator import DenseLinearOperator, LinearOperator
 
 ESTIMATORS = {
     "hutchinson_trace": hutchinson_trace,
@@ -161,6 +163,31 @@ def test_xtrace_and_xdiag_on_a_non_symmetric_operator_match_the_leave_one_out_de
     torch.testing.assert_close(
         xdiag(A, 2 * m, seed=torch.Generator().manual_seed(2)), torch.stack(diagonals).mean(0)
     )
+
+
+class _ReturnsItsInput(LinearOperator):
+    """The identity, whose product is its input itself (as SciPy's ``IdentityOperator`` does)."""
+
+    def _matmat(self, X: torch.Tensor) -> torch.Tensor:
+        return X
+
+
+@pytest.mark.parametrize("width", [2, 3, 16])
+def test_hutchpp_draws_into_a_spent_product_but_never_into_its_own_basis(width):
+    """Hutch++ draws its last random vectors into the memory of its last basis product, unless
+    that product is the basis itself: an identity that returns its input (curvkit's or SciPy's)
+    gives the estimate of one that returns a copy (whose memory is reused)."""
+    n, budget = 200, 16
+    copying = IdentityLinearOperator(n, dtype=torch.float64)
+    returning = _ReturnsItsInput((n, n), dtype=torch.float64, symmetric=True)
+    scipy_identity = scipy.sparse.linalg.aslinearoperator(scipy.sparse.identity(n))
+    for A in (copying, returning):
+        A.max_columns = width
+    product = copying.matmat(torch.ones(n, width, dtype=torch.float64).T.contiguous().T)
+    assert random_module.spent_rows(product, width, torch.float64, torch.zeros(1)) is not None
+    reference = hutchpp_trace(copying, budget, seed=3)
+    for A in (returning, scipy_identity):
+        torch.testing.assert_close(hutchpp_trace(A, budget, seed=3), reference, rtol=1e-14, atol=0)
 
 
 def test_a_limit_inside_a_composite_operator_sets_the_blocks():

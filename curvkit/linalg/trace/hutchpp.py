@@ -19,21 +19,23 @@ from curvkit.linalg._random import (
     block_width,
     check_distribution,
     random_block,
+    spent_rows,
 )
 from curvkit.linear_operator import LinearOperator
 
 
 def range_basis(
     A: LinearOperator, basis_dim: int, distribution: str, generator: torch.Generator
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:
     """An orthonormal basis ``Q`` of ``range(A S)`` for a random ``[n, basis_dim]`` sketch ``S``.
 
     ``S`` is drawn in blocks into the rows of ``Q`` that their products then replace; ``Q`` is
     stored as rows, orthonormalized in place.
 
     Returns:
-        ``Qᵀ`` (``[basis_dim, n]``) and ``Tr(Qᵀ A Q)`` (float64), at the cost of ``2 · basis_dim``
-        products.
+        ``Qᵀ`` (``[basis_dim, n]``), ``Tr(Qᵀ A Q)`` (float64), at the cost of ``2 · basis_dim``
+        products, and the last of these products (the widest block's), whose memory the caller
+        may reuse (:func:`~curvkit.linalg._random.spent_rows`).
     """
     dtype, n = working_dtype(A), A.shape[0]
     width = block_width(A, basis_dim)
@@ -44,10 +46,11 @@ def range_basis(
         rows.copy_(A.matmat(S.draw_into(rows, start).T).T)
     orthonormalize_rows_(Q_rows)
     trace = torch.zeros((), dtype=torch.float64, device=A.device)
-    for start in range(0, basis_dim, width):
+    for start in reversed(range(0, basis_dim, width)):  # the widest block last
         Q = Q_rows[start : start + width].T
-        trace += column_dots(Q, A.matmat(Q)).sum()
-    return Q_rows, trace
+        product = A.matmat(Q)
+        trace += column_dots(Q, product).sum()
+    return Q_rows, trace, product
 
 
 def projected_out_(Q_rows: Tensor, G: Tensor) -> Tensor:
@@ -125,9 +128,12 @@ def hutchpp_trace(
     num_hutchinson = num_matvecs - 2 * basis_dim
     hutchinson = torch.zeros((), dtype=torch.float64, device=A.device)
     with product_progress(A, progressbar, "hutchpp_trace", num_matvecs) as A:
-        Q_rows, trace = range_basis(A, basis_dim, distribution, generator)
+        Q_rows, trace, product = range_basis(A, basis_dim, distribution, generator)
         columns = RandomColumns(A.shape[0], num_hutchinson, distribution, generator, Q_rows.dtype, A.device)
-        for _, G in columns.blocks(block_width(A, num_hutchinson)):
+        width = block_width(A, num_hutchinson)
+        buffer = spent_rows(product, min(width, num_hutchinson), Q_rows.dtype, apart_from=Q_rows)
+        del product
+        for _, G in columns.blocks(width, buffer):
             projected_out_(Q_rows, G)
             hutchinson += column_dots(G, A.matmat(G)).sum()
     return (trace + hutchinson / num_hutchinson).to(Q_rows.dtype)
@@ -223,7 +229,7 @@ class HutchPPTraceEstimator:
         """
         check_distribution(distribution)
         if self._Q_rows is None:
-            self._Q_rows, trace = range_basis(
+            self._Q_rows, trace, _ = range_basis(
                 self._A, self._basis_dim, self._basis_distribution, self._generator
             )
             self._trace_on_basis = float(trace)
