@@ -30,7 +30,7 @@ one vector)."""
 GRAM_BLOCK = 2048
 """Entries per partial sum of a product of several rows with several others (a Gram matrix, the
 coefficients of a block against a basis): there the batched kernel runs faster on longer blocks,
-up to this length (``docs/design-notes.md``, "Float32 accuracy of Lanczos and CG")."""
+up to this length (``docs/design-notes.md``, "Random vectors in blocks")."""
 
 SLICE = 2**15
 """Entries per row converted to float64 at a time by ``row_dots(..., exact=True)`` (fewer for many rows)."""

@@ -281,7 +281,7 @@ def spent_rows(product: Tensor, num_rows: int, dtype: torch.dtype, apart_from: T
     A product belongs to its caller (as ``y = A @ x; y += 1`` takes it to); it is reused where
     it is the transpose of at least ``num_rows`` contiguous rows of ``dtype`` (the layout of
     curvkit's operators' products) and shares no memory with ``apart_from``, the routine's own
-    data (an operator may return its input, as SciPy's identity does).
+    data on the same device (an operator may return its input, as SciPy's identity does).
 
     Returns:
         The rows, or ``None``.
@@ -289,10 +289,16 @@ def spent_rows(product: Tensor, num_rows: int, dtype: torch.dtype, apart_from: T
     rows = product.T
     if product.dtype != dtype or rows.shape[0] < num_rows or not rows.is_contiguous():
         return None
-    start, other_start = product.untyped_storage().data_ptr(), apart_from.untyped_storage().data_ptr()
-    if start < other_start + apart_from.untyped_storage().nbytes() and other_start < start + rows.nbytes:
+    if product.device != apart_from.device or _overlap(product, apart_from):
         return None
     return rows[:num_rows]
+
+
+def _overlap(tensor: Tensor, other: Tensor) -> bool:
+    """Whether the storages of two tensors on one device share memory."""
+    storage, other_storage = tensor.untyped_storage(), other.untyped_storage()
+    start, other_start = storage.data_ptr(), other_storage.data_ptr()
+    return start < other_start + other_storage.nbytes() and other_start < start + storage.nbytes()
 
 
 def block_width(A: LinearOperator, num_columns: int) -> int:
