@@ -28,9 +28,10 @@ BLOCK = 256
 one vector)."""
 
 GRAM_BLOCK = 2048
-"""Entries per partial sum of a product of several rows with several others (a Gram matrix, the
-coefficients of a block against a basis): there the batched kernel runs faster on longer blocks,
-up to this length (``docs/design-notes.md``, "Random vectors in blocks")."""
+"""Entries per partial sum where a caller trades accuracy for speed (``row_dots(..., block=GRAM_BLOCK)``):
+for several rows against several others the batched kernel runs faster on longer blocks, up to
+this length, and the rounding bound grows with it (``docs/design-notes.md``, "Random vectors in
+blocks")."""
 
 SLICE = 2**15
 """Entries per row converted to float64 at a time by ``row_dots(..., exact=True)`` (fewer for many rows)."""
@@ -53,18 +54,21 @@ def _blocks(x: Tensor, dim: int, block: int = BLOCK) -> tuple[Tensor, Tensor]:
     return x.narrow(dim, 0, main).unflatten(dim, (main // block, block)), x.narrow(dim, main, n - main)
 
 
-def row_dots(rows: Tensor, others: Tensor, exact: bool = False) -> Tensor:
+def row_dots(rows: Tensor, others: Tensor, exact: bool = False, block: int = BLOCK) -> Tensor:
     r"""``rows @ others.T`` in float64: :math:`\mathbf{R}\mathbf{W}^\top` for rows ``[m, n]`` and ``[p, n]``.
 
-    Several rows against several others are summed in blocks of ``GRAM_BLOCK`` entries instead
-    of ``BLOCK``, and results of more than ``WIDE_RESULT`` entries (Gram matrices of sketches)
-    over slices of ``WIDE_BLOCK`` entries, one matrix product per slice: the rounding bound is
-    that block length times ``ε`` times the sum of magnitudes, still independent of ``n``.
+    Results of more than ``WIDE_RESULT`` entries (Gram matrices of sketches) are summed over
+    slices of ``WIDE_BLOCK`` entries instead of ``block``, one matrix product per slice: the
+    rounding bound is that block length times ``ε`` times the sum of magnitudes, still
+    independent of ``n``.
 
     Args:
         rows: ``[m, n]`` (any strides, e.g. the transpose of a column block).
         others: ``[p, n]``, or a vector ``[n]``.
         exact: Sum the products in float64 (a few times slower; see the module).
+        block: Entries per partial sum in the working precision: ``BLOCK``, or ``GRAM_BLOCK``
+            where a larger rounding bound does not matter (faster for several rows against
+            several others).
 
     Returns:
         ``[m, p]`` (``[m]`` for a vector ``others``), float64, on the inputs' device.
@@ -80,7 +84,7 @@ def row_dots(rows: Tensor, others: Tensor, exact: bool = False) -> Tensor:
             piece = rows.narrow(1, start, width).double()
             other_piece = piece if others is rows else others.narrow(1, start, width).double()
             result += piece @ other_piece.T
-    elif n <= BLOCK:
+    elif n <= block:
         result = (rows @ others.T).double()
     elif rows.shape[0] * others.shape[0] > WIDE_RESULT:
         # thousands of rows: the batched partial sums below would take n / BLOCK result-sized
@@ -91,7 +95,6 @@ def row_dots(rows: Tensor, others: Tensor, exact: bool = False) -> Tensor:
         for start in range(0, n, WIDE_BLOCK):
             result += (rows[:, start : start + WIDE_BLOCK] @ others[:, start : start + WIDE_BLOCK].T).double()
     else:
-        block = GRAM_BLOCK if min(rows.shape[0], others.shape[0]) > 1 else BLOCK
         blocks, tail = _blocks(rows, 1, block)  # [m, nb, block]
         other_blocks, other_tail = _blocks(others, 1, block)  # [p, nb, block]
         # [nb, p, block] @ [nb, block, m]: the faster orientation of the batched kernel on the CPU

@@ -8,12 +8,14 @@ triangular solve :math:`\mathbf{Q} = \mathbf{Y}\mathbf{R}^{-1}` (in place). Its 
 orthogonality grows with :math:`\kappa(\mathbf{Y})^2`, so it is repeated on its own output until
 the Gram matrix it starts from is close to the identity (twice for every :math:`\mathbf{Y}` that
 is well conditioned in its precision: CholeskyQR2). The Gram matrices are block sums added in
-float64 (:func:`~curvkit.linalg._dots.row_dots`), whose rounding does not grow with :math:`n`.
-The first one is summed exactly in float64 (``row_dots(..., exact=True)``, twice the cost) when
-its Cholesky factor shows :math:`\mathbf{Y}` too ill-conditioned for the block sums
-(:func:`_needs_exact_gram`), so that the first factorization holds for :math:`\kappa(\mathbf{Y})`
-up to about :math:`10^7`. A block that is still not factorizable (numerically rank deficient)
-falls back to Householder QR.
+float64 (:func:`~curvkit.linalg._dots.row_dots`), whose rounding does not grow with :math:`n`:
+the first one in long blocks (``GRAM_BLOCK``, fast: its errors only have to leave a factorizable
+matrix, the next pass removes what they leave), the later ones, which decide how orthonormal the
+result is, in short ones (``BLOCK``). The first one is summed exactly in float64
+(``row_dots(..., exact=True)``, twice the cost) when its Cholesky factor shows
+:math:`\mathbf{Y}` too ill-conditioned for the block sums (:func:`_needs_exact_gram`), so that
+the first factorization holds for :math:`\kappa(\mathbf{Y})` up to about :math:`10^7`. A block
+that is still not factorizable (numerically rank deficient) falls back to Householder QR.
 
 Blocks that are not tall and skinny (more than :math:`n / 64` rows, the sketches of
 :mod:`curvkit.sketch`: 2,000 rows of length 39,760) go to Householder QR directly (LAPACK's
@@ -47,7 +49,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from curvkit.linalg._dots import GRAM_BLOCK, row_dots
+from curvkit.linalg._dots import BLOCK, GRAM_BLOCK, row_dots
 
 MAX_PASSES = 4
 """CholeskyQR passes before falling back to Householder QR."""
@@ -67,9 +69,10 @@ def orthonormalize_rows_(rows: Tensor) -> Tensor:
 
     On return the rows are an orthonormal basis :math:`\mathbf{Q}^\top` of the rows' span with
     :math:`\mathbf{Y} = \mathbf{Q}\mathbf{R}` and :math:`\mathbf{R}` upper triangular, as a
-    float64 ``[m, m]`` tensor. A pass stops the repetition once the Gram matrix of its input
-    deviates from the identity by at most ``1/2`` (then its output is orthonormal to the
-    working precision). Memory: the rows, plus a float64 slice of them (``row_dots``).
+    float64 ``[m, m]`` tensor. A pass stops the repetition once the accurately summed Gram matrix
+    of its input deviates from the identity by at most ``1/2`` (then its output is orthonormal to
+    the working precision): rows that are orthonormal already take one pass with the exact sum,
+    others two. Memory: the rows, plus a float64 slice of them (``row_dots``).
 
     Raises:
         ValueError: If ``rows`` has more rows than columns.
@@ -82,18 +85,28 @@ def orthonormalize_rows_(rows: Tensor) -> Tensor:
     identity = torch.eye(num_rows, dtype=torch.float64, device=rows.device)
     R = identity
     for repetition in range(MAX_PASSES):
-        G = row_dots(rows, rows)
+        # the first Gram matrix only has to factorize (the next pass removes what its errors
+        # leave): the fast block sums; later ones decide how orthonormal the output is
+        accurate = repetition > 0
+        G = row_dots(rows, rows, block=BLOCK if accurate else GRAM_BLOCK)
         factor = _cholesky_factor(G)
-        if repetition == 0 and (factor is None or _needs_exact_gram(factor, rows.dtype)):
-            G = row_dots(rows, rows, exact=True)
+        if not accurate and (
+            factor is None or _needs_exact_gram(factor, rows.dtype) or _near_identity(G)
+        ):  # ill-conditioned rows, or orthonormal ones that one exact pass finishes
+            G, accurate = row_dots(rows, rows, exact=True), True
             factor = _cholesky_factor(G)
         if factor is None:
             break
         torch.linalg.solve_triangular(factor.to(rows.dtype).T, rows, upper=False, out=rows)
         R = factor @ R
-        if float((G - identity).abs().max()) <= 0.5:
+        if accurate and _near_identity(G):
             return R
     return householder_rows_(rows).double() @ R
+
+
+def _near_identity(gram: Tensor) -> bool:
+    """Whether a Gram matrix deviates from the identity by at most ``1/2`` in every entry."""
+    return float((gram - torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)).abs().max()) <= 0.5
 
 
 def _cholesky_factor(gram: Tensor) -> Tensor | None:

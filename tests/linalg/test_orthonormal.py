@@ -32,11 +32,26 @@ def test_orthonormalize_rows_factorizes(m, n, dtype):
     assert float((rows.T.double() @ R - Y.T.double()).abs().max()) < 100 * eps * float(Y.abs().max())
 
 
-@pytest.mark.parametrize("decay", [1, 3, 6])  # condition 10, 10³, 10⁶
-def test_cholesky_qr_takes_two_passes_and_the_exact_gram_only_where_needed(decay, monkeypatch):
+@pytest.mark.parametrize(
+    ("decay", "expected"),
+    [
+        (None, {"solve": 1, "exact": 1}),  # orthonormal rows: one pass, exact
+        (1, {"solve": 2, "exact": 0}),  # condition 10: two passes, block sums
+        (3, {"solve": 2, "exact": 1}),  # 10³ and 10⁶: the first Gram matrix exact
+        (6, {"solve": 2, "exact": 1}),
+    ],
+)
+def test_cholesky_qr_passes_and_exact_gram_matrices(decay, expected, monkeypatch):
     """Float32 rows: CholeskyQR2 for conditions up to 10⁶ (two triangular solves, no
-    Householder), the first Gram matrix summed exactly only where the block sums would not do."""
-    Y = ill_conditioned_rows(12, 20_000, 12, decay).float()
+    Householder), the first Gram matrix summed exactly only where the block sums would not do:
+    ill-conditioned rows, and orthonormal ones, whose one pass decides the result's accuracy."""
+    if decay is None:
+        Y = torch.linalg.qr(
+            torch.randn(20_000, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        )
+        Y = Y.Q.T.contiguous().float()
+    else:
+        Y = ill_conditioned_rows(12, 20_000, 12, decay).float()
     calls = {"solve": 0, "exact": 0}
     solve, dots = torch.linalg.solve_triangular, _orthonormal.row_dots
 
@@ -44,9 +59,9 @@ def test_cholesky_qr_takes_two_passes_and_the_exact_gram_only_where_needed(decay
         calls["solve"] += 1
         return solve(*args, **kwargs)
 
-    def counted_dots(rows, others, exact=False):
+    def counted_dots(rows, others, exact=False, **kwargs):
         calls["exact"] += exact
-        return dots(rows, others, exact=exact)
+        return dots(rows, others, exact=exact, **kwargs)
 
     monkeypatch.setattr(torch.linalg, "solve_triangular", counted_solve)
     monkeypatch.setattr(_orthonormal, "row_dots", counted_dots)
@@ -55,7 +70,7 @@ def test_cholesky_qr_takes_two_passes_and_the_exact_gram_only_where_needed(decay
     eps = torch.finfo(torch.float32).eps
     assert float((row_dots(rows, rows) - torch.eye(12, dtype=torch.float64)).abs().max()) < 50 * eps * 12**0.5
     assert float((rows.T.double() @ R - Y.T.double()).abs().max()) < 100 * eps * float(Y.abs().max())
-    assert calls == {"solve": 2, "exact": int(decay > 1)}
+    assert calls == expected
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
