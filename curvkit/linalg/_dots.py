@@ -24,14 +24,11 @@ import torch
 from torch import Tensor
 
 BLOCK = 256
-"""Entries summed in the working precision before the float64 sum (larger blocks are no faster for
-one vector)."""
+"""Entries summed in the working precision before the float64 sum (larger blocks are no faster)."""
 
-GRAM_BLOCK = 2048
-"""Entries per partial sum where a caller trades accuracy for speed (``row_dots(..., block=GRAM_BLOCK)``):
-for several rows against several others the batched kernel runs faster on longer blocks, up to
-this length, and the rounding bound grows with it (``docs/design-notes.md``, "Random vectors in
-blocks")."""
+GATHER_SLICE = 2**18
+"""Entries per row of one batched block product against several others (:func:`_block_sums`; a
+multiple of ``BLOCK``)."""
 
 SLICE = 2**15
 """Entries per row converted to float64 at a time by ``row_dots(..., exact=True)`` (fewer for many rows)."""
@@ -47,28 +44,24 @@ SLICE_ENTRIES = 2**22
 matrix of a wide block (thousands of rows, a sketch) does not convert hundreds of MiB at once."""
 
 
-def _blocks(x: Tensor, dim: int, block: int = BLOCK) -> tuple[Tensor, Tensor]:
-    """``x`` with dimension ``dim`` split into ``[n // block, block]`` (a view), and the remaining entries."""
+def _blocks(x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+    """``x`` with dimension ``dim`` split into ``[n // BLOCK, BLOCK]`` (a view), and the remaining entries."""
     n = x.shape[dim]
-    main = n - n % block
-    return x.narrow(dim, 0, main).unflatten(dim, (main // block, block)), x.narrow(dim, main, n - main)
+    main = n - n % BLOCK
+    return x.narrow(dim, 0, main).unflatten(dim, (main // BLOCK, BLOCK)), x.narrow(dim, main, n - main)
 
 
-def row_dots(rows: Tensor, others: Tensor, exact: bool = False, block: int = BLOCK) -> Tensor:
+def row_dots(rows: Tensor, others: Tensor, exact: bool = False) -> Tensor:
     r"""``rows @ others.T`` in float64: :math:`\mathbf{R}\mathbf{W}^\top` for rows ``[m, n]`` and ``[p, n]``.
 
     Results of more than ``WIDE_RESULT`` entries (Gram matrices of sketches) are summed over
-    slices of ``WIDE_BLOCK`` entries instead of ``block``, one matrix product per slice: the
-    rounding bound is that block length times ``ε`` times the sum of magnitudes, still
-    independent of ``n``.
+    slices of ``WIDE_BLOCK`` entries instead of ``BLOCK``: the rounding bound is ``WIDE_BLOCK · ε``
+    times the sum of magnitudes, still independent of ``n``, for one matrix product per slice.
 
     Args:
         rows: ``[m, n]`` (any strides, e.g. the transpose of a column block).
         others: ``[p, n]``, or a vector ``[n]``.
         exact: Sum the products in float64 (a few times slower; see the module).
-        block: Entries per partial sum in the working precision: ``BLOCK``, or ``GRAM_BLOCK``
-            where a larger rounding bound does not matter (faster for several rows against
-            several others).
 
     Returns:
         ``[m, p]`` (``[m]`` for a vector ``others``), float64, on the inputs' device.
@@ -84,7 +77,7 @@ def row_dots(rows: Tensor, others: Tensor, exact: bool = False, block: int = BLO
             piece = rows.narrow(1, start, width).double()
             other_piece = piece if others is rows else others.narrow(1, start, width).double()
             result += piece @ other_piece.T
-    elif n <= block:
+    elif n <= BLOCK:
         result = (rows @ others.T).double()
     elif rows.shape[0] * others.shape[0] > WIDE_RESULT:
         # thousands of rows: the batched partial sums below would take n / BLOCK result-sized
@@ -95,12 +88,28 @@ def row_dots(rows: Tensor, others: Tensor, exact: bool = False, block: int = BLO
         for start in range(0, n, WIDE_BLOCK):
             result += (rows[:, start : start + WIDE_BLOCK] @ others[:, start : start + WIDE_BLOCK].T).double()
     else:
-        blocks, tail = _blocks(rows, 1, block)  # [m, nb, block]
-        other_blocks, other_tail = _blocks(others, 1, block)  # [p, nb, block]
-        # [nb, p, block] @ [nb, block, m]: the faster orientation of the batched kernel on the CPU
-        partial = torch.bmm(other_blocks.transpose(0, 1), blocks.permute(1, 2, 0))
-        result = partial.sum(0, dtype=torch.float64).T + (tail @ other_tail.T).double()  # tail < block
+        result = _block_sums(rows, others)
     return result.squeeze(1) if vector else result
+
+
+def _block_sums(rows: Tensor, others: Tensor) -> Tensor:
+    """``rows @ others.T`` from products of ``BLOCK`` entries, added in float64.
+
+    Against several others in slices of ``GATHER_SLICE`` entries, so that the partial sums
+    ``[n / block, p, m]`` stay small: whole, they are a 70 MB temporary for a 20-row Gram
+    matrix of ``1.1 · 10⁷`` entries, whose fresh pages made it 1.4 times slower.
+    """
+    n = rows.shape[1]
+    step = n if others.shape[0] == 1 else GATHER_SLICE
+    result = None
+    for start in range(0, n, step):  # the slices hold whole blocks: the same sums in any order
+        blocks, tail = _blocks(rows[:, start : start + step], 1)  # [m, nb, BLOCK]
+        other_blocks, other_tail = _blocks(others[:, start : start + step], 1)  # [p, nb, BLOCK]
+        # [nb, p, BLOCK] @ [nb, BLOCK, m]: the faster orientation of the batched kernel on the CPU
+        partial = torch.bmm(other_blocks.transpose(0, 1), blocks.permute(1, 2, 0))
+        sums = partial.sum(0, dtype=torch.float64).T + (tail @ other_tail.T).double()  # tail < BLOCK
+        result = sums if result is None else result.add_(sums)
+    return result
 
 
 def _wide_gram(rows: Tensor) -> Tensor:

@@ -8,13 +8,12 @@ triangular solve :math:`\mathbf{Q} = \mathbf{Y}\mathbf{R}^{-1}` (in place). Its 
 orthogonality grows with :math:`\kappa(\mathbf{Y})^2`, so it is repeated on its own output until
 the Gram matrix it starts from is close to the identity (twice for every :math:`\mathbf{Y}` that
 is well conditioned in its precision: CholeskyQR2). The Gram matrices are block sums added in
-float64 (:func:`~curvkit.linalg._dots.row_dots`), whose rounding does not grow with :math:`n`:
-the first one in long blocks (``GRAM_BLOCK``, fast: its errors only have to leave a factorizable
-matrix, the next pass removes what they leave), the later ones, which decide how orthonormal the
-result is, in short ones (``BLOCK``). The first one is summed exactly in float64
-(``row_dots(..., exact=True)``, twice the cost) when its Cholesky factor shows
-:math:`\mathbf{Y}` too ill-conditioned for the block sums (:func:`_needs_exact_gram`), so that
-the first factorization holds for :math:`\kappa(\mathbf{Y})` up to about :math:`10^7`. A block
+float64 (:func:`~curvkit.linalg._dots.row_dots`), whose rounding does not grow with :math:`n`.
+The first one is summed exactly in float64 (``row_dots(..., exact=True)``, twice the cost) when
+its Cholesky factor shows :math:`\mathbf{Y}` too ill-conditioned for the block sums
+(:func:`_needs_exact_gram`), so that the first factorization holds for :math:`\kappa(\mathbf{Y})`
+up to about :math:`10^7`, and when :math:`\mathbf{Y}` is orthonormal already, so that one pass
+with the exact sum finishes it (more accurately than a second pass with block sums). A block
 that is still not factorizable (numerically rank deficient) falls back to Householder QR.
 
 Blocks that are not tall and skinny (more than :math:`n / 64` rows, the sketches of
@@ -49,7 +48,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from curvkit.linalg._dots import BLOCK, GRAM_BLOCK, row_dots
+from curvkit.linalg._dots import BLOCK, row_dots
 
 MAX_PASSES = 4
 """CholeskyQR passes before falling back to Householder QR."""
@@ -85,10 +84,10 @@ def orthonormalize_rows_(rows: Tensor) -> Tensor:
     identity = torch.eye(num_rows, dtype=torch.float64, device=rows.device)
     R = identity
     for repetition in range(MAX_PASSES):
-        # the first Gram matrix only has to factorize (the next pass removes what its errors
-        # leave): the fast block sums; later ones decide how orthonormal the output is
+        # block sums decide how orthonormal a later pass leaves the rows; the first pass's
+        # errors only have to leave a factorizable Gram matrix, which the next pass corrects
         accurate = repetition > 0
-        G = row_dots(rows, rows, block=BLOCK if accurate else GRAM_BLOCK)
+        G = row_dots(rows, rows)
         factor = _cholesky_factor(G)
         if not accurate and (
             factor is None or _needs_exact_gram(factor, rows.dtype) or _near_identity(G)
@@ -123,13 +122,13 @@ def _needs_exact_gram(factor: Tensor, dtype: torch.dtype) -> bool:
     \kappa(\mathbf{Y})^2` for a relative error :math:`\delta`; the next pass corrects a
     deviation up to ``1/2``. Here :math:`\kappa` is estimated by the spread of the factor's
     diagonal (a lower bound, typically within a small factor) and :math:`\delta` by
-    :math:`\sqrt{\text{GRAM\_BLOCK}}\,\varepsilon` (block sums of random rounding errors; the
+    :math:`\sqrt{\text{BLOCK}}\,\varepsilon` (block sums of random rounding errors; the
     measured error is smaller still), so that a first pass without the exact sum is taken only
     where the next pass will not have to repeat it.
     """
     diagonal = factor.diagonal().abs()
     spread = float(diagonal.max() / diagonal.min())
-    return spread**2 * math.sqrt(GRAM_BLOCK) * torch.finfo(dtype).eps > 0.5
+    return spread**2 * math.sqrt(BLOCK) * torch.finfo(dtype).eps > 0.5
 
 
 def householder_rows_(rows: Tensor) -> Tensor:

@@ -6,9 +6,9 @@ import pytest
 import torch
 from linalg_matrices import generator
 
-from curvkit.linalg._dots import BLOCK, GRAM_BLOCK, column_dots, norm, norms, row_dots
+from curvkit.linalg._dots import BLOCK, GATHER_SLICE, column_dots, norm, norms, row_dots
 
-LENGTHS = [5, BLOCK, 3 * BLOCK, 3 * BLOCK + 17]
+LENGTHS = [5, BLOCK, 3 * BLOCK, 3 * BLOCK + 17, 2 * GATHER_SLICE + 17]  # the last in slices
 
 
 def positive(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -55,10 +55,9 @@ def test_long_float32_sums_keep_their_accuracy():
 
 def test_exact_sums_where_blocks_round():
     """Vectors close to coordinate vectors: in a block, many small terms are added to a large
-    one, and float32 rounding of that sum reaches the bound of the block length times ``ε``
-    (``BLOCK``, or ``GRAM_BLOCK`` where a caller asks for it); ``exact=True`` does not round
-    (float32 products are exact in float64)."""
-    n = 5 * GRAM_BLOCK * 8 + 7
+    one, and float32 rounding of that sum reaches the bound ``BLOCK · ε``; ``exact=True`` does not
+    round (float32 products are exact in float64)."""
+    n = 5 * BLOCK * 64 + 7
     Q = 1e-3 * torch.randn(n, 3, generator=generator(0))
     Q[torch.tensor([0, 1000, 2000]), torch.arange(3)] = 1.0
     exact = Q.double().T @ Q.double()
@@ -66,7 +65,6 @@ def test_exact_sums_where_blocks_round():
     torch.testing.assert_close(row_dots(Q.T, Q.T, exact=True), exact, rtol=1e-15, atol=1e-15)
     torch.testing.assert_close(row_dots(Q.T, Q.T), exact, rtol=0, atol=BLOCK * eps)
     torch.testing.assert_close(row_dots(Q.T, Q[:, 0]), exact[:, 0], rtol=0, atol=BLOCK * eps)
-    torch.testing.assert_close(row_dots(Q.T, Q.T, block=GRAM_BLOCK), exact, rtol=0, atol=GRAM_BLOCK * eps)
 
 
 def test_float64_inputs():

@@ -36,15 +36,17 @@ def test_orthonormalize_rows_factorizes(m, n, dtype):
     ("decay", "expected"),
     [
         (None, {"solve": 1, "exact": 1}),  # orthonormal rows: one pass, exact
-        (1, {"solve": 2, "exact": 0}),  # condition 10: two passes, block sums
-        (3, {"solve": 2, "exact": 1}),  # 10³ and 10⁶: the first Gram matrix exact
-        (6, {"solve": 2, "exact": 1}),
+        (1, {"solve": 2, "exact": 0}),  # condition 10 and 10³: two passes, block sums
+        (3, {"solve": 2, "exact": 0}),
+        (3.5, {"solve": 2, "exact": 1}),  # 3·10³: the factor's diagonal asks for the exact sum
+        (6, {"solve": 2, "exact": 1}),  # 10⁶: the block sums do not factorize
     ],
 )
 def test_cholesky_qr_passes_and_exact_gram_matrices(decay, expected, monkeypatch):
     """Float32 rows: CholeskyQR2 for conditions up to 10⁶ (two triangular solves, no
     Householder), the first Gram matrix summed exactly only where the block sums would not do:
-    ill-conditioned rows, and orthonormal ones, whose one pass decides the result's accuracy."""
+    ill-conditioned rows (the factor's diagonal spread, or a failed factorization), and
+    orthonormal ones, whose one pass decides the result's accuracy."""
     if decay is None:
         Y = torch.linalg.qr(
             torch.randn(20_000, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(0))

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from curvkit._boundary import as_integer
-from curvkit.linalg._dots import GRAM_BLOCK, column_dots, row_dots
+from curvkit.linalg._dots import column_dots, row_dots
 from curvkit.linalg._operator import square_operator, working_dtype
 from curvkit.linalg._orthonormal import orthonormalize_rows_
 from curvkit.linalg._progress import product_progress
@@ -57,11 +57,9 @@ def projected_out_(Q_rows: Tensor, G: Tensor) -> Tensor:
     """``G ← (I - Q Qᵀ) G`` in place, for an orthonormal basis given as rows ``Qᵀ``.
 
     ``G`` is a block of random columns, the transpose of contiguous rows: one matrix product
-    updates them, with no ``[n, k]`` temporary. The coefficients ``Qᵀ G`` are summed in long
-    blocks (``GRAM_BLOCK``): a rounding error there leaves a component along ``Q`` of relative
-    size far below the estimator's variance.
+    updates them, with no ``[n, k]`` temporary.
     """
-    G.T.addmm_(row_dots(Q_rows, G.T, block=GRAM_BLOCK).T.to(G.dtype), Q_rows, alpha=-1)
+    G.T.addmm_(row_dots(Q_rows, G.T).T.to(G.dtype), Q_rows, alpha=-1)
     return G
 
 
