@@ -96,8 +96,9 @@ def _block_sums(rows: Tensor, others: Tensor) -> Tensor:
     """``rows @ others.T`` from products of ``BLOCK`` entries, added in float64.
 
     Against several others in slices of ``GATHER_SLICE`` entries, so that the partial sums
-    ``[n / block, p, m]`` stay small: whole, they are a 70 MB temporary for a 20-row Gram
-    matrix of ``1.1 · 10⁷`` entries, whose fresh pages made it 1.4 times slower.
+    ``[n / BLOCK, p, m]`` stay small: whole, they are a 70 MB temporary for a 20-row Gram
+    matrix of ``1.1 · 10⁷`` entries, whose fresh pages cost more than the products (design
+    notes, "Random vectors in blocks").
     """
     n = rows.shape[1]
     step = n if others.shape[0] == 1 else GATHER_SLICE
