@@ -307,8 +307,8 @@ def output_hessian_sqrt(
         columns = identity.unsqueeze(1)
         result = root * columns - (root * columns).sum(dim=2, keepdim=True) * probability
         return _cross_entropy_root_scaled(loss_func, output, target, scale, result)
-    # e_(c,t) in the order of the flattened entries, class-major: classes 2…C start at row T
-    columns = identity[per_sample // output.shape[1] :].unsqueeze(1)
+    # e_(c,t) in the order of the flattened entries, class-major: classes 2…C are the last K rows
+    columns = identity[per_sample - hessian_sqrt_columns(loss_func, output) :].unsqueeze(1)
     reflected = root.clone()
     reflected.narrow(1, 0, 1).add_(1.0)  # v = q + e_1 at every position
     along = (reflected * columns).sum(dim=2, keepdim=True)  # [K, N, 1, ...]: v_j at column k's position

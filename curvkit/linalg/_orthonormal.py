@@ -81,8 +81,7 @@ def orthonormalize_rows_(rows: Tensor) -> Tensor:
         raise ValueError(f"Cannot orthonormalize {num_rows} vectors of length {rows.shape[1]}.")
     if num_rows * TALL_RATIO > rows.shape[1]:
         return householder_rows_(rows)
-    identity = torch.eye(num_rows, dtype=torch.float64, device=rows.device)
-    R = identity
+    R = torch.eye(num_rows, dtype=torch.float64, device=rows.device)
     for repetition in range(MAX_PASSES):
         # block sums decide how orthonormal a later pass leaves the rows; the first pass's
         # errors only have to leave a factorizable Gram matrix, which the next pass corrects
