@@ -36,7 +36,7 @@ from curvkit.losses import (
     is_supported,
     output_gradients,
     output_hessian_matmat,
-    output_hessian_sqrt,
+    output_hessian_sqrt_columns,
     sample_targets,
     sampled_output_gradients,
 )
@@ -52,11 +52,14 @@ class OutputCurvature:
     Attributes:
         matmat: ``[k, *output.shape] ↦ Λ [k, *output.shape]``.
         factor: Computes ``S`` ``[K, *output.shape]`` with ``Λ_n = Σ_j S_{j,n} S_{j,n}ᵀ`` for every
-            sample ``n``, or ``None`` if there is none (the layer-factored products need it).
+            sample ``n``, or ``None`` if there is none (the layer-factored products need it);
+            ``factor(start, stop)``: only the columns ``start, …, stop − 1``.
+        rank: ``K`` (``None`` without a factor).
     """
 
     matmat: Callable[[Tensor], Tensor]
-    factor: Callable[[], Tensor] | None = None
+    factor: Callable[..., Tensor] | None = None
+    rank: int | None = None
 
 
 def check_fisher_type(fisher_type: str, argument: str = "fisher_type") -> None:
@@ -103,10 +106,14 @@ def output_curvature(
     """
     if fisher_type == "type-2":
         arguments = (loss_func, output, batch.y)
-        root = partial(output_hessian_sqrt, *arguments, batch.loss_terms, symmetric=symmetric_root)
+        supported = is_supported(loss_func)
+        root = _prepared_once(
+            partial(output_hessian_sqrt_columns, *arguments, batch.loss_terms, symmetric_root)
+        )
         return OutputCurvature(
             partial(output_hessian_matmat, *arguments, loss_terms=batch.loss_terms),
-            root if is_supported(loss_func) else None,
+            root if supported else None,
+            hessian_sqrt_columns(loss_func, output, symmetric_root) if supported else None,
         )
     scale = batch_loss_scale(loss_func, output, batch.y, batch.loss_terms)
     if fisher_type == "empirical":
@@ -117,6 +124,18 @@ def output_curvature(
     else:
         raise ValueError(f"Λ is defined for 'type-2', 'mc' and 'empirical', not {fisher_type!r}.")
     return gradient_outer_product(gradients, scale)
+
+
+def _prepared_once(prepare: Callable[[], Callable[..., Tensor]]) -> Callable[..., Tensor]:
+    """``columns(start, stop)`` of a root that ``prepare`` sets up at its first call (not for ``matmat``)."""
+    prepared: list[Callable[..., Tensor]] = []
+
+    def columns(start: int = 0, stop: int | None = None) -> Tensor:
+        if not prepared:
+            prepared.append(prepare())
+        return prepared[0](start, stop)
+
+    return columns
 
 
 def output_factor(
@@ -136,12 +155,34 @@ def output_factor(
     Raises:
         NotImplementedError: For ``'type-2'`` with a loss without a closed-form square root.
     """
+    curvature = factored_output_curvature(
+        fisher_type, loss_func, output, batch, generator, mc_samples, symmetric_root
+    )
+    return None if curvature is None else curvature.factor()
+
+
+def factored_output_curvature(
+    fisher_type: str,
+    loss_func: Callable,
+    output: Tensor,
+    batch: Batch,
+    generator: Generator | None = None,
+    mc_samples: int = 1,
+    symmetric_root: bool = False,
+) -> OutputCurvature | None:
+    """:func:`output_curvature` where its factor exists, for callers that take ``S`` a few columns at a time.
+
+    Returns ``None`` for ``'forward-only'``; the Monte-Carlo targets are drawn here, once.
+
+    Raises:
+        NotImplementedError: For ``'type-2'`` with a loss without a closed-form square root.
+    """
     if fisher_type == "forward-only":
         return None
     curvature = output_curvature(fisher_type, loss_func, output, batch, generator, mc_samples, symmetric_root)
     if curvature.factor is None:
         raise NotImplementedError(f"No closed-form Hessian square root for {type(loss_func).__name__}.")
-    return curvature.factor()
+    return curvature
 
 
 def gradient_outer_product(gradients: Tensor, batch_loss_scale: float) -> OutputCurvature:
@@ -164,4 +205,5 @@ def gradient_outer_product(gradients: Tensor, batch_loss_scale: float) -> Output
         result = einsum("mkn,mnc->knc", projections, flat_gradients)
         return factor * result.reshape(tangents.shape)
 
-    return OutputCurvature(apply, lambda: gradients * factor**0.5)
+    root = factor**0.5
+    return OutputCurvature(apply, lambda start=0, stop=None: gradients[start:stop] * root, gradients.shape[0])

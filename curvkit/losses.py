@@ -277,7 +277,8 @@ def output_hessian_sqrt(
     backward pass in ``C``. ``symmetric``: the symmetric root ``diag(q) − p qᵀ`` instead, ``C``
     columns (``(diag q − p qᵀ)(diag q − q pᵀ) = diag p − p pᵀ``), for a caller whose result
     depends on the number of columns, not only on ``S Sᵀ``. ``loss_terms``: see
-    :func:`batch_loss_scale`.
+    :func:`batch_loss_scale`. :func:`output_hessian_sqrt_columns` gives the columns a range at
+    a time.
 
     Returns:
         ``K`` columns (:func:`hessian_sqrt_columns`) stacked as ``[K, *output.shape]``: column
@@ -286,44 +287,86 @@ def output_hessian_sqrt(
     Raises:
         NotImplementedError: For losses without a closed form.
     """
+    return output_hessian_sqrt_columns(loss_func, output, target, loss_terms, symmetric)()
+
+
+def output_hessian_sqrt_columns(
+    loss_func: LossFunction,
+    output: Tensor,
+    target: Tensor,
+    loss_terms: float | None = None,
+    symmetric: bool = False,
+) -> Callable[..., Tensor]:
+    """:func:`output_hessian_sqrt` by ranges: ``columns(start, stop)``, its columns ``start, …, stop − 1``.
+
+    What all columns share (the probabilities, the reflections' vectors) is computed here once;
+    a range costs memory and work in proportion to its columns (no ``[K, K]`` identity), so a
+    caller can take thousands of columns a few at a time.
+
+    Raises:
+        NotImplementedError: For losses without a closed form.
+    """
     if not _has_closed_form(loss_func):
         raise NotImplementedError(f"No closed-form Hessian square root for {type(loss_func).__name__}.")
     output = output.detach()
     scale = batch_loss_scale(loss_func, output, target, loss_terms)
-    per_sample = output[0].numel()
-    identity = torch.eye(per_sample, dtype=output.dtype, device=output.device).reshape(
-        per_sample, *output.shape[1:]
-    )
+    num_columns = hessian_sqrt_columns(loss_func, output, symmetric)
+    first = output[0].numel() - num_columns  # cross-entropy: classes 2…C are the last K entries
     if isinstance(loss_func, MSELoss):
-        return (2.0 * scale) ** 0.5 * identity.unsqueeze(1).expand(per_sample, *output.shape)
-    if isinstance(loss_func, BCEWithLogitsLoss):
-        columns = identity.unsqueeze(1).expand(per_sample, *output.shape)
-        return (scale * _bce_curvature(loss_func, output, target)).sqrt() * columns
-    if output.shape[1] == 1:  # one class: p = 1, Λ = 0
-        return output.new_zeros(per_sample, *output.shape)
+        scaled = (2.0 * scale) ** 0.5
+
+        def columns_of(units: Tensor) -> Tensor:
+            return scaled * units.expand(units.shape[0], *output.shape)
+
+    elif isinstance(loss_func, BCEWithLogitsLoss):
+        curvature = (scale * _bce_curvature(loss_func, output, target)).sqrt()
+
+        def columns_of(units: Tensor) -> Tensor:
+            return curvature * units
+
+    elif output.shape[1] == 1:  # one class: p = 1, Λ = 0
+
+        def columns_of(units: Tensor) -> Tensor:
+            return output.new_zeros(units.shape[0], *output.shape)
+
+    else:
+        columns_of = _cross_entropy_root(loss_func, output, target, scale, symmetric)
+
+    def columns(start: int = 0, stop: int | None = None) -> Tensor:
+        start, stop, _ = slice(start, stop).indices(num_columns)
+        # the unit vectors e_j of the columns' entries, one per sample: [k, 1, *output.shape[1:]]
+        return columns_of(_unit_rows(first + start, first + max(stop, start), output).unsqueeze(1))
+
+    return columns
+
+
+def _cross_entropy_root(
+    loss_func: LossFunction, output: Tensor, target: Tensor, scale: float, symmetric: bool
+) -> Callable[[Tensor], Tensor]:
+    """Cross-entropy's root (:func:`output_hessian_sqrt`) at given unit vectors ``e_(c,t)``."""
     probability = output.softmax(dim=1)
     root = probability.sqrt()  # q, per position
+    weight = (scale * _target_mass(loss_func, output, target)) ** 0.5
+    if _is_class_index_target(loss_func, target):  # zero at ignored positions
+        weight = weight * (target != loss_func.ignore_index).unsqueeze(1).to(output.dtype)
     if symmetric:  # column (c, t): q_ct (e_c − p_:t) at position t, zero elsewhere
-        columns = identity.unsqueeze(1)
-        result = root * columns - (root * columns).sum(dim=2, keepdim=True) * probability
-        return _cross_entropy_root_scaled(loss_func, output, target, scale, result)
-    # e_(c,t) in the order of the flattened entries, class-major: classes 2…C are the last K rows
-    columns = identity[per_sample - hessian_sqrt_columns(loss_func, output) :].unsqueeze(1)
+        return lambda units: weight * (root * units - (root * units).sum(dim=2, keepdim=True) * probability)
     reflected = root.clone()
     reflected.narrow(1, 0, 1).add_(1.0)  # v = q + e_1 at every position
-    along = (reflected * columns).sum(dim=2, keepdim=True)  # [K, N, 1, ...]: v_j at column k's position
-    norm = (reflected * reflected).sum(dim=1, keepdim=True)  # vᵀ v per position
-    result = root * (columns - (2.0 / norm) * reflected * along)  # q ⊙ (e_j − 2 v v_j / (vᵀ v))
-    return _cross_entropy_root_scaled(loss_func, output, target, scale, result)
+    reflected *= (2.0 / (reflected * reflected).sum(dim=1, keepdim=True)) ** 0.5  # v √(2 / vᵀ v)
+
+    def reflected_columns(units: Tensor) -> Tensor:  # q ⊙ (e_j − 2 v v_j / (vᵀ v))
+        along = (reflected * units).sum(dim=2, keepdim=True)  # [k, N, 1, ...]: at column k's position
+        return weight * root * (units - reflected * along)
+
+    return reflected_columns
 
 
-def _cross_entropy_root_scaled(
-    loss_func: LossFunction, output: Tensor, target: Tensor, scale: float, columns: Tensor
-) -> Tensor:
-    """Cross-entropy's root ``columns`` times ``√(c_b m)``, zero at ignored positions."""
-    if _is_class_index_target(loss_func, target):
-        columns = columns * (target != loss_func.ignore_index).unsqueeze(1).to(columns.dtype)
-    return (scale * _target_mass(loss_func, output, target)) ** 0.5 * columns
+def _unit_rows(first: int, stop: int, output: Tensor) -> Tensor:
+    """Unit vectors ``e_first, …, e_{stop−1}`` of a sample's flattened output: ``[k, *output.shape[1:]]``."""
+    rows = output.new_zeros(stop - first, output[0].numel())
+    rows.diagonal(offset=first).fill_(1.0)
+    return rows.view(stop - first, *output.shape[1:])
 
 
 def output_gradients(loss_func: LossFunction, output: Tensor, target: Tensor) -> Tensor:

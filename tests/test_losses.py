@@ -12,6 +12,7 @@ from curvkit.losses import (
     output_gradients,
     output_hessian_matmat,
     output_hessian_sqrt,
+    output_hessian_sqrt_columns,
     sample_targets,
     sampled_output_gradients,
 )
@@ -79,6 +80,21 @@ def test_hessian_root_squares_to_the_hessian_with_c_minus_one_columns(name, redu
         rtol=1e-12,
         atol=1e-14,
     )
+
+
+@pytest.mark.parametrize("symmetric", [False, True], ids=["householder", "symmetric"])
+@pytest.mark.parametrize("name", sorted(ROOT_CASES))
+def test_hessian_root_columns_by_ranges_are_the_roots_columns(name, symmetric):
+    """Ranges of two columns (and empty or clipped ones) give the root's columns, in order."""
+    loss_cls, kind, make_target = ROOT_CASES[name]
+    loss_func, output = loss_cls(reduction="mean"), _OUT[kind] * 4
+    target = make_target(output)
+    root = output_hessian_sqrt(loss_func, output, target, symmetric=symmetric)
+    columns = output_hessian_sqrt_columns(loss_func, output, target, symmetric=symmetric)
+    pieces = torch.cat([columns(start, start + 2) for start in range(0, root.shape[0], 2)])
+    torch.testing.assert_close(pieces, root, rtol=0, atol=0)
+    assert columns(3, 3).shape == (0, *output.shape)
+    torch.testing.assert_close(columns(1, 10**6), root[1:], rtol=0, atol=0)
 
 
 def test_ignore_index_positions_have_no_curvature():

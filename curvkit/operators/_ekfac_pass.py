@@ -18,8 +18,8 @@ from torch import Tensor
 from torch.nn import functional
 
 from curvkit._engine import Batch
-from curvkit.operators._kfac_factors import Uses, loss_weight_of, recorded_pass
 from curvkit.operators._kfac_plan import BlockPlan
+from curvkit.operators._recorded_pass import Chunks, Uses, loss_weight_of, recorded_pass
 from curvkit.operators._setup import ModelDataSetup
 from curvkit.structured import EigenCorrectedKroneckerLinearOperator, EigenvalueCorrections
 
@@ -36,13 +36,12 @@ def correction_sums(
 ) -> list[Tensor]:
     """``Σ_b K_b Σ_{k,n} (Q_Gᵀ W_{k,n} Q_A)²`` per block (float64; ``K_b = 1`` for a sum)."""
 
-    def per_batch(
-        batch: Batch, num_columns: int, uses: list[Uses], total: list[Tensor] | None
-    ) -> list[Tensor]:
+    def per_batch(batch: Batch, num_columns: int, chunks: Chunks, total: list[Tensor] | None) -> list[Tensor]:
         corrections = EigenvalueCorrections(basis, max_entries=max_entries)
         weight = loss_weight_of(batch, reduction)
-        for index, (plan, plan_uses) in enumerate(zip(plans, uses)):
-            _add_block(corrections, index, plan, plan_uses, num_columns, weight)
+        for width, uses in chunks:  # examples of different columns add up
+            for index, (plan, plan_uses) in enumerate(zip(plans, uses)):
+                _add_block(corrections, index, plan, plan_uses, width, weight)
         if total is None:
             return corrections.sums
         return [sum_so_far.add_(batch_sum) for sum_so_far, batch_sum in zip(total, corrections.sums)]

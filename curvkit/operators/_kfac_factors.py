@@ -1,16 +1,10 @@
 r"""KFAC's factor pass: one forward and one backward pass per batch, all factors at once.
 
-Per batch, the layers' uses are recorded (:func:`curvkit._layers.recording.recording`), the
-output factor ``S`` (``[K, *output.shape]``, :mod:`curvkit._output_factor`) is pulled back to
-every use's output in one batched backward pass (gradients of the layer outputs only: no
-parameter gradient is formed), and each block's two sides are accumulated with one matrix
-product each (:mod:`._kfac_plan` for what feeds which side). Nothing per sample is formed
-beyond what the rules' row views give (a convolution's patches, in chunks of samples).
-A layer chain (``nn.Sequential`` of linear layers, convolutions and elementwise segments:
-:class:`curvkit._layers.chain.LayerChain`) takes the chain's own pass instead: a forward pass
-without autograd graph and the columns pulled back by hand, one transposed product per layer
-for all ``K`` columns (a batched autograd pass loops over the columns of a convolution's
-transpose); the factors are the same.
+The pass (:mod:`._recorded_pass`) records each batch's layer uses and pulls the output factor
+``S`` (``[K, *output.shape]``) back to every use's output, ``K`` columns in chunks; each block's
+two sides are accumulated with one matrix product per chunk and side (:mod:`._kfac_plan` for
+what feeds which side). Nothing per sample is formed beyond what the rules' row views give (a
+convolution's patches, in chunks of samples).
 
 Scaling. The batch's ``S`` carries the batch loss's scale ``c_b`` (``1/K_b`` for a mean over
 ``K_b`` terms); the output sides are accumulated times ``K_b`` (the per-term sums) and divided
@@ -25,7 +19,6 @@ into the data set's sums by ``addmm``, no per-batch result is copied or added).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -33,24 +26,11 @@ from torch import Tensor
 
 from curvkit._engine import Batch
 from curvkit._engine.determinism import SharedPassProbe
-from curvkit._layers.chain import ChainLinearization, LayerChain
 from curvkit._layers.parameters import Layer
-from curvkit._layers.recording import (
-    autograd_leaves,
-    dual_numbers,
-    output_gradients,
-    recording,
-    traced_forward,
-)
-from curvkit._output_factor import output_factor
-from curvkit.losses import batch_generator
-from curvkit.operators._kfac_plan import BlockPlan, Holder
+from curvkit.operators._kfac_plan import BlockPlan, shared_output_sides
+from curvkit.operators._recorded_pass import Chunks, Uses, loss_weight_of, recorded_pass
 from curvkit.operators._setup import ModelDataSetup
 from curvkit.structured._factors import symmetrize_
-
-TRACINGS = (autograd_leaves, dual_numbers)
-"""Autograd leaves first: their graph walk costs less than dual numbers' second forward pass
-(MLP batch of the benchmark: 1.2 against 3.9 ms, one thread)."""
 
 GRAM_STRIP = 256
 """Rows of a Gram matrix's strips (:func:`add_gram`), for factors of at least twice as many."""
@@ -165,26 +145,38 @@ class BatchFactors:
     def __init__(self, kfac_approx: str, num_columns: int, loss_weight: float):
         self.reduce, self.num_columns, self.loss_weight = kfac_approx == "reduce", num_columns, loss_weight
 
-    def add_block(
-        self, sums: FactorSums, plan: BlockPlan, uses: list[tuple[Holder, Tensor, Tensor | None]]
-    ) -> None:
-        """Add a block's terms to ``sums``; ``uses``: ``(holder, inputs, output gradients or None)``."""
-        reduce = self.reduce and not plan.input_major and not any(h.is_embedding for h, _, _ in uses)
-        if reduce:
-            return self._add_reduced(sums, plan, uses)
-        for holder, inputs, gradients in uses:
+    def add_gradient_sides(self, sums: FactorSums, plan: BlockPlan, uses: Uses) -> None:
+        """Add the terms of a chunk of columns' output gradients to a block's ``sums``."""
+        if all(gradients is None for _, _, gradients in uses):
+            return  # 'forward-only': the output sides are identities
+        if self._reduces(plan, uses):
+            gradient_sum = None
+            for holder, _, gradients in uses:
+                layer = holder.layer
+                g = layer.rule.output_rows(layer.module, gradients).sum(2)  # [k, N, out]
+                gradient_sum = _add(gradient_sum, g)
+            sums.output = add_gram(sums.output, gradient_sum, self.loss_weight)
+            return
+        for holder, _, gradients in uses:
             layer = holder.layer
-            g = None if gradients is None else layer.rule.output_rows(layer.module, gradients)  # [K, N, R, o]
-            if g is not None and holder.transposed:
+            g = layer.rule.output_rows(layer.module, gradients)  # [k, N, R, o]
+            if holder.transposed:
                 # an embedding's gradients lie along a [V, d] block's input side, which is counted
                 # per (sample, row), not per column: hence 1/K (module docstring of _kfac_plan)
                 sums.input = add_gram(sums.input, g, self.loss_weight / self.num_columns)
-            elif g is not None:
+            else:
                 sums.output = add_gram(sums.output, g, self.loss_weight)
-            if plan.bias_only:
-                continue
+
+    def add_input_sides(self, sums: FactorSums, plan: BlockPlan, uses: Uses) -> None:
+        """Add the terms of the uses' inputs to a block's ``sums`` (once per batch)."""
+        if plan.bias_only:
+            return
+        if self._reduces(plan, uses):
+            return self._add_reduced_inputs(sums, plan, uses)
+        for holder, inputs, gradients in uses:
+            layer = holder.layer
             if holder.is_embedding:
-                if holder.transposed and g is None:
+                if holder.transposed and gradients is None:
                     continue  # 'forward-only': its inputs lie along the output side, an identity
                 counts = layer.rule.index_counts(layer.module, inputs).to(layer.module.weight.dtype)
                 if holder.transposed:  # one-hot rows, the same for every column
@@ -201,18 +193,15 @@ class BatchFactors:
                 sums.count += rows.shape[0] * rows.shape[1]
         return None
 
-    def _add_reduced(
-        self, sums: FactorSums, plan: BlockPlan, uses: list[tuple[Holder, Tensor, Tensor | None]]
-    ) -> None:
-        """KFAC-reduce: per sample, gradients summed and inputs averaged over the rows of all uses."""
-        gradient_sum, input_sum, rows_per_sample = None, None, 0
-        for holder, inputs, gradients in uses:
+    def _reduces(self, plan: BlockPlan, uses: Uses) -> bool:
+        """Whether the block takes KFAC-reduce (an embedding's block always takes expand)."""
+        return self.reduce and not plan.input_major and not any(h.is_embedding for h, _, _ in uses)
+
+    def _add_reduced_inputs(self, sums: FactorSums, plan: BlockPlan, uses: Uses) -> None:
+        """KFAC-reduce's input side: per sample, the inputs averaged over the rows of all uses."""
+        input_sum, rows_per_sample = None, 0
+        for holder, inputs, _ in uses:
             layer = holder.layer
-            if gradients is not None:
-                g = layer.rule.output_rows(layer.module, gradients).sum(2)  # [K, N, out]
-                gradient_sum = _add(gradient_sum, g)
-            if plan.bias_only:
-                continue
             parts = []
             for samples in _sample_chunks(layer, inputs):
                 rows = _input_rows(layer, inputs, samples)
@@ -220,96 +209,11 @@ class BatchFactors:
                 positions = rows.shape[1]
             input_sum = _add(input_sum, torch.cat(parts))
             rows_per_sample += positions
-        if gradient_sum is not None:
-            sums.output = add_gram(sums.output, gradient_sum, self.loss_weight)
-        if input_sum is not None:
-            mean = input_sum / rows_per_sample
-            if plan.joined:
-                mean = _joined(mean)
-            sums.input = add_gram(sums.input, mean)
-            sums.count += mean.shape[0]
-
-
-Uses = list[tuple[Holder, Tensor, "Tensor | None"]]
-"""Per block: ``(holder, inputs, output gradients [K, *output.shape] or None)`` of every use."""
-
-
-def recorded_pass(
-    setup: ModelDataSetup,
-    plans: list[BlockPlan],
-    fisher_type: str,
-    mc_samples: int,
-    seed: int,
-    probe: SharedPassProbe | None,
-    per_batch: Callable[[Batch, int, list[Uses], list[Tensor] | None], list[Tensor]],
-    desc: str,
-) -> list[Tensor]:
-    """The sums that ``per_batch(b, K, uses of each block, sums so far)`` accumulates over the data.
-
-    ``per_batch`` adds batch ``b``'s terms into the sums so far (``None`` at the first batch:
-    it returns new ones), unweighted (:meth:`curvkit._engine.MiniBatchEngine.accumulate_over_batches`).
-
-    Per batch: one recorded forward pass, the output factor ``S`` (``K`` columns; ``K = 1`` and
-    no backward pass for 'forward-only') pulled back to every use in one backward pass. The
-    first batch is traced to check that every layer is used per sample; later batches record
-    the same layers without the tracing (:func:`curvkit._layers.recording.traced_forward`).
-    A batch that a layer chain of the model takes goes through the chain instead (module docstring).
-    """
-    model = setup.model
-    layers = _plan_layers(plans)
-    traced = [True]
-    chain = LayerChain.of(model.model_func, setup.layer_map, len(model.tensors)) if model.is_module else None
-    # a table tied to a head weighs its embedding rows per column of S against the head's: the
-    # factors then depend on the number of columns, which the definition takes as C per position
-    symmetric_root = any(holder.transposed for plan in plans for holder in plan.holders)
-
-    def columns_of(batch: Batch, output: Tensor) -> Tensor | None:
-        """The output factor ``S`` ``[K, *output.shape]`` (``None`` for 'forward-only').
-
-        Also hands the batch's output to the determinism probe, if any: both paths below call it
-        once per batch, with the output detached.
-        """
-        if probe is not None:
-            probe.record(batch, setup.batch_tensors(batch, output))
-        if fisher_type == "forward-only":
-            return None
-        # each batch's draws from (seed, its position in the data): the same on any number of ranks
-        generator = batch_generator(seed, batch.global_index, model.device)
-        return output_factor(
-            fisher_type, setup.loss_func, output, batch, generator, mc_samples, symmetric_root
-        )
-
-    def batch_result(batch: Batch, total: list[Tensor] | None) -> list[Tensor]:
-        linearization = None if chain is None else chain.linearize(batch, setup.loss_func, gradients=False)
-        if linearization is not None:
-            return per_batch(batch, *_chain_uses(plans, chain, linearization, columns_of), total)
-        with recording(layers):
-            output, per_sample = traced_forward(
-                model, model.model_func, batch.X, batch.size, layers, traced[0], TRACINGS
-            )
-            check_per_sample(layers, per_sample)
-            traced[0] = False
-            columns = columns_of(batch, output.detach())
-            if columns is None:
-                num_columns, gradients = 1, [[None] * len(layer.uses) for layer in layers]
-            else:
-                num_columns, gradients = columns.shape[0], output_gradients(layers, output, columns)
-            del output  # and with it the graph, before the factors' products
-            of_layer = {id(layer): list(zip(layer.uses, grads)) for layer, grads in zip(layers, gradients)}
-            uses = [
-                [
-                    (holder, use.inputs.detach(), grad)
-                    for holder in plan.holders
-                    for use, grad in of_layer[id(holder.layer)]
-                ]
-                for plan in plans
-            ]
-            return per_batch(batch, num_columns, uses, total)
-
-    totals = setup.engine.accumulate_over_batches(batch_result, desc=desc)
-    if probe is not None:
-        probe.finish()
-    return totals
+        mean = input_sum / rows_per_sample
+        if plan.joined:
+            mean = _joined(mean)
+        sums.input = add_gram(sums.input, mean)
+        sums.count += mean.shape[0]
 
 
 def factor_sums(
@@ -324,15 +228,18 @@ def factor_sums(
 ) -> tuple[list[FactorSums], float]:
     """Each block's sides summed over the data set, and the loss's divisor ``K`` (``1`` for a sum)."""
     model = setup.model
+    shared = shared_output_sides(plans)
 
-    def per_batch(
-        batch: Batch, num_columns: int, uses: list[Uses], total: list[Tensor] | None
-    ) -> list[Tensor]:
+    def per_batch(batch: Batch, num_columns: int, chunks: Chunks, total: list[Tensor] | None) -> list[Tensor]:
         loss_weight = loss_weight_of(batch, reduction)
         accumulator = BatchFactors(kfac_approx, num_columns, loss_weight)
         blocks = [FactorSums() if total is None else _sides(total, index) for index in range(len(plans))]
+        for _, uses in chunks:  # the sides in place
+            for index, (sums, plan, plan_uses) in enumerate(zip(blocks, plans, uses)):
+                if index not in shared:
+                    accumulator.add_gradient_sides(sums, plan, plan_uses)
         for sums, plan, plan_uses in zip(blocks, plans, uses):
-            accumulator.add_block(sums, plan, plan_uses)  # the sides in place
+            accumulator.add_input_sides(sums, plan, plan_uses)
         batch_total = [
             *(tensor for sums in blocks for tensor in _flat(sums, model)),
             torch.tensor(loss_weight, dtype=torch.float64, device=model.device),
@@ -349,6 +256,8 @@ def factor_sums(
         output, inputs, count = totals[3 * index : 3 * index + 3]
         output, inputs = (_mirrored(side) for side in (output, inputs))
         sums.append(FactorSums(output, inputs, float(count)))
+    for index, source in shared.items():  # a copy: the caller scales each block's sides in place
+        sums[index].output = None if sums[source].output is None else sums[source].output.clone()
     return sums, divisor
 
 
@@ -357,11 +266,6 @@ def _mirrored(side: Tensor) -> Tensor | None:
     if side.numel() == 0:
         return None
     return symmetrize_(side, mean=False) if side.ndim == 2 else side
-
-
-def loss_weight_of(batch: Batch, reduction: str) -> float:
-    """``K_b`` for a mean loss (its sides are accumulated per term), ``1`` for a sum."""
-    return float(batch.loss_terms) if reduction == "mean" else 1.0
 
 
 def _sides(total: list[Tensor], index: int) -> FactorSums:
@@ -378,59 +282,3 @@ def _flat(sums: FactorSums, model) -> list[Tensor]:
         empty if sums.input is None else sums.input,
         torch.tensor(sums.count, dtype=torch.float64, device=model.device),
     ]
-
-
-def _chain_uses(
-    plans: list[BlockPlan],
-    chain: LayerChain,
-    linearization: ChainLinearization,
-    columns_of: Callable[[Batch, Tensor], Tensor | None],
-) -> tuple[int, list[Uses]]:
-    """``K`` and each block's uses from a chain's pass: its layers' inputs, the columns pulled back by hand.
-
-    A chain uses each layer once, per sample (:class:`curvkit._layers.chain.LayerChain`), so
-    its forward pass (no autograd graph) gives every input, and
-    :meth:`~curvkit._layers.chain.ChainLinearization.output_gradients` the output gradients:
-    one transposed product per layer for all ``K`` columns, where a batched autograd pass
-    loops over the columns of a convolution's transpose.
-    """
-    columns = columns_of(linearization.batch, linearization.output)
-    gradients = [None] * len(chain.layers) if columns is None else linearization.output_gradients(columns)
-    position = {id(layer.module): index for index, layer in enumerate(chain.layers)}
-    uses = [
-        [
-            (
-                holder,
-                linearization.inputs[position[id(holder.layer.module)]],
-                gradients[position[id(holder.layer.module)]],
-            )
-            for holder in plan.holders
-        ]
-        for plan in plans
-    ]
-    return (1 if columns is None else columns.shape[0]), uses
-
-
-def _plan_layers(plans: list[BlockPlan]) -> list[Layer]:
-    layers: list[Layer] = []
-    for plan in plans:
-        for holder in plan.holders:
-            if all(layer is not holder.layer for layer in layers):
-                layers.append(holder.layer)
-    return layers
-
-
-def check_per_sample(layers: list[Layer], per_sample: list[Layer]) -> None:
-    """Raise unless every layer was found per sample in the traced pass.
-
-    Raises:
-        NotImplementedError: Naming the first layer that is not.
-    """
-    for layer in layers:
-        if all(layer is not other for other in per_sample):
-            raise NotImplementedError(
-                f"KFAC: layer '{layer.name}' ({type(layer.module).__name__}) is not used per sample in "
-                "the forward pass: each call must take an input with the batch's samples on the first "
-                "axis, computed from the batch, and its parameters must enter the output only "
-                "through such calls (no functional use of them elsewhere, no forward hooks)."
-            )

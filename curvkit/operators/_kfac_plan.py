@@ -125,3 +125,22 @@ def block_plans(layer_map: LayerMap, separate_weight_and_bias: bool) -> list[Blo
             holders = [Holder(layer) for layer in bias_holders[index]]
             plans.append(BlockPlan((index,), holders, bias_only=True))
     return sorted(plans, key=lambda plan: plan.params[0])
+
+
+def shared_output_sides(plans: list[BlockPlan]) -> dict[int, int]:
+    """Blocks whose output side is another block's: ``{bias block: weight block}`` positions in ``plans``.
+
+    A bias kept apart from its weight (``separate_weight_and_bias``) has the weight's output side
+    where the same layers hold both: the same output gradients, summed the same way. The pass
+    computes it once (for a type-2 factor the output sides are most of the work).
+    """
+    weights = {
+        tuple(id(holder.layer) for holder in plan.holders): position
+        for position, plan in enumerate(plans)
+        if not (plan.bias_only or plan.input_major or any(holder.transposed for holder in plan.holders))
+    }
+    return {
+        position: weights[key]
+        for position, plan in enumerate(plans)
+        if plan.bias_only and (key := tuple(id(holder.layer) for holder in plan.holders)) in weights
+    }

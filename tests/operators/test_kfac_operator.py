@@ -19,6 +19,7 @@ from torch import nn
 
 from curvkit import FisherType, KFACLinearOperator, KFACType
 from curvkit.operators import _kfac_factors as kfac_factors
+from curvkit.operators import _recorded_pass as recorded_pass
 from curvkit.reference import empirical_fisher_matrix, ggn_matrix
 
 
@@ -249,8 +250,9 @@ def test_chain_pass_gives_the_recorded_pass_factors(problem, approx, fisher_type
     else:
         model, loss_func, data = conv_problem(int(problem[-2]))
     chain_batches = []
-    original = kfac_factors._chain_uses
-    monkeypatch.setattr(kfac_factors, "_chain_uses", lambda *args: chain_batches.append(1) or original(*args))
+    original = recorded_pass._chain_chunks
+    counted = lambda *args: chain_batches.append(1) or original(*args)  # noqa: E731
+    monkeypatch.setattr(recorded_pass, "_chain_chunks", counted)
     kwargs = {"fisher_type": fisher_type, "kfac_approx": approx, "seed": 5}
     params = list(model.parameters())
     chained = KFACLinearOperator(model, loss_func, params, data, **kwargs).to_dense()
