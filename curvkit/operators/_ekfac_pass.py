@@ -42,6 +42,7 @@ def correction_sums(
         for width, uses in chunks:  # examples of different columns add up
             for index, (plan, plan_uses) in enumerate(zip(plans, uses)):
                 _add_block(corrections, index, plan, plan_uses, width, weight)
+            del uses  # this chunk's gradients, before the next chunk is pulled back
         if total is None:
             return corrections.sums
         return [sum_so_far.add_(batch_sum) for sum_so_far, batch_sum in zip(total, corrections.sums)]

@@ -139,12 +139,12 @@ class BatchFactors:
 
     Args:
         kfac_approx: ``'expand'`` or ``'reduce'``.
-        num_columns: ``K``, the columns of the output factor (1 for 'forward-only': no gradients,
-            the output sides are identities).
+        num_columns: ``K``, the columns of the output factor (``None`` for 'forward-only': no
+            gradients, the output sides are identities).
         loss_weight: ``K_b`` for a mean loss, ``1`` for a sum: the gradient sides' weight.
     """
 
-    def __init__(self, kfac_approx: str, num_columns: int, loss_weight: float):
+    def __init__(self, kfac_approx: str, num_columns: int | None, loss_weight: float):
         self.reduce, self.num_columns, self.loss_weight = kfac_approx == "reduce", num_columns, loss_weight
 
     def add_gradient_sides(self, sums: FactorSums, plan: BlockPlan, uses: Uses) -> None:
@@ -175,10 +175,10 @@ class BatchFactors:
             return
         if self._reduces(plan, uses):
             return self._add_reduced_inputs(sums, plan, uses)
-        for holder, inputs, gradients in uses:
+        for holder, inputs, _ in uses:
             layer = holder.layer
             if holder.is_embedding:
-                if holder.transposed and gradients is None:
+                if holder.transposed and self.num_columns is None:
                     continue  # 'forward-only': its inputs lie along the output side, an identity
                 counts = layer.rule.index_counts(layer.module, inputs).to(layer.module.weight.dtype)
                 if holder.transposed:  # one-hot rows, the same for every column
@@ -234,13 +234,16 @@ def factor_sums(
 
     def per_batch(batch: Batch, num_columns: int, chunks: Chunks, total: list[Tensor] | None) -> list[Tensor]:
         loss_weight = loss_weight_of(batch, reduction)
-        accumulator = BatchFactors(kfac_approx, num_columns, loss_weight)
+        columns = None if fisher_type == "forward-only" else num_columns
+        accumulator = BatchFactors(kfac_approx, columns, loss_weight)
         blocks = [FactorSums() if total is None else _sides(total, index) for index in range(len(plans))]
         for _, uses in chunks:  # the sides in place
             for index, (sums, plan, plan_uses) in enumerate(zip(blocks, plans, uses)):
                 if index not in shared:
                     accumulator.add_gradient_sides(sums, plan, plan_uses)
-        for sums, plan, plan_uses in zip(blocks, plans, uses):
+            inputs = [[(holder, x, None) for holder, x, _ in plan_uses] for plan_uses in uses]
+            del uses  # this chunk's gradients, before the next chunk is pulled back
+        for sums, plan, plan_uses in zip(blocks, plans, inputs):
             accumulator.add_input_sides(sums, plan, plan_uses)
         batch_total = [
             *(tensor for sums in blocks for tensor in _flat(sums, model)),

@@ -163,8 +163,13 @@ def _pulled_back(
     """``S``'s columns pulled back through the recorded graph of ``output``, ``width`` at a time."""
     for start in range(0, factor.rank, width):
         part = factor.factor(start, start + width)
-        gradients = output_gradients(layers, output, part)
-        yield part.shape[0], uses_with([gradient for of_layer in gradients for gradient in of_layer])
+        # no local name for the gradients: the caller drops them before the next chunk
+        yield part.shape[0], uses_with(_flat_output_gradients(layers, output, part))
+
+
+def _flat_output_gradients(layers: list[Layer], output: Tensor, columns: Tensor) -> list[Tensor]:
+    """:func:`curvkit._layers.recording.output_gradients` of every use, layer after layer."""
+    return [gradient for of_layer in output_gradients(layers, output, columns) for gradient in of_layer]
 
 
 def _chain_chunks(
