@@ -228,7 +228,11 @@ def factor_sums(
     probe: SharedPassProbe | None,
     reduction: str,
 ) -> tuple[list[FactorSums], float]:
-    """Each block's sides summed over the data set, and the loss's divisor ``K`` (``1`` for a sum)."""
+    """Each block's factors, and the loss's divisor ``K`` (``1`` for a sum).
+
+    A factor is its side summed over the data set and scaled: an output side by ``1/K``, an
+    input side by one over its number of rows (:class:`FactorSums`' ``count``).
+    """
     model = setup.model
     shared = shared_output_sides(plans)
 
@@ -259,18 +263,22 @@ def factor_sums(
     sums = []
     for index in range(len(plans)):
         output, inputs, count = totals[3 * index : 3 * index + 3]
-        output, inputs = (_mirrored(side) for side in (output, inputs))
+        output = _mirrored(output, 1.0 / divisor)
+        inputs = _mirrored(inputs, 1.0 / max(float(count), 1.0))
         sums.append(FactorSums(output, inputs, float(count)))
     for index, source in shared.items():  # a copy: the caller scales each block's sides in place
         sums[index].output = None if sums[source].output is None else sums[source].output.clone()
     return sums, divisor
 
 
-def _mirrored(side: Tensor) -> Tensor | None:
-    """A side as :func:`add_gram` left it, made exactly symmetric from its lower triangle (or ``None``)."""
+def _mirrored(side: Tensor, scale: float) -> Tensor | None:
+    """A side as :func:`add_gram` left it, times ``scale``, exactly symmetric from its lower triangle.
+
+    ``None`` for an absent side. One pass over the side: scaled tile by tile as it is mirrored.
+    """
     if side.numel() == 0:
         return None
-    return symmetrize_(side, mean=False) if side.ndim == 2 else side
+    return symmetrize_(side, mean=False, scale=scale) if side.ndim == 2 else side.mul_(scale)
 
 
 def _sides(total: list[Tensor], index: int) -> FactorSums:

@@ -232,7 +232,7 @@ class KFACLinearOperator(HeldClosedForms, LinearOperator):
         self._factored = self._computed()
 
     def _computed(self) -> LinearOperator:
-        sums, divisor = factor_sums(
+        factors, divisor = factor_sums(
             self._setup,
             self._plans,
             self._fisher_type,
@@ -246,19 +246,14 @@ class KFACLinearOperator(HeldClosedForms, LinearOperator):
         self._loss_divisor = divisor
         tensors = self._setup.model.tensors
         blocks = []
-        for plan, block_sums in zip(self._plans, sums):
-            if block_sums.output is None:  # 'forward-only'
-                dim = plan.output_dim(tensors)
-                output = torch.eye(dim, dtype=self.dtype, device=self.device)
-            else:
-                output = block_sums.output.div_(divisor)  # the engine's sums: ours to scale
-            inputs = None
-            if not plan.bias_only and block_sums.input is not None:
-                inputs = block_sums.input.div_(max(block_sums.count, 1.0))
+        for plan, factor in zip(self._plans, factors):
+            output = factor.output
+            if output is None:  # 'forward-only'
+                output = torch.eye(plan.output_dim(tensors), dtype=self.dtype, device=self.device)
+            inputs = None if plan.bias_only else factor.input
             blocks.append(KroneckerBlock(plan.params, output, inputs, input_major=plan.input_major))
-        return KroneckerFactoredLinearOperator(
-            list(tensors), blocks, copy=False
-        )  # the pass's own sums, exactly symmetric
+        # the pass's own sums of outer products, exactly symmetric: taken as they are
+        return KroneckerFactoredLinearOperator(list(tensors), blocks, copy=False)
 
     @property
     def factored(self) -> LinearOperator:

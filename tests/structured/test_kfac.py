@@ -133,6 +133,10 @@ def test_symmetrize_in_tiles_by_the_mean_or_the_lower_triangle(monkeypatch, size
     assert torch.equal(factors_module.symmetrized(F), expected)
     lower = F.tril()
     assert torch.equal(factors_module.symmetrize_(F.clone(), mean=False), lower + lower.tril(-1).T)
+    scaled = 0.3 * lower  # scaled on the way: the same numbers as a separate pass
+    mirrored = factors_module.symmetrize_(F.clone(), mean=False, scale=0.3)
+    assert torch.equal(mirrored, scaled + scaled.tril(-1).T)
+    assert torch.equal(factors_module.symmetrize_(F.clone(), scale=0.3), (F + F.T) * (0.5 * 0.3))
 
 
 def test_copy_must_be_a_bool():
@@ -297,6 +301,19 @@ def test_bad_blocks(name):
     blocks, error, message = BAD_BLOCKS[name]
     with pytest.raises(error, match=message):
         KroneckerFactoredLinearOperator(kfac_params(), blocks())
+
+
+def test_own_factors_are_checked_for_finiteness_on_their_diagonals():
+    """``copy=False`` takes (PSD) factors as they are and checks their diagonals, which bound every
+    entry: an overflowed diagonal raises; a copy checks every entry, a nan off the diagonal too."""
+    overflowed = psd(3, 0)
+    overflowed[1, 1] = math.inf
+    with pytest.raises(ValueError, match=r"blocks\[1\].output_factor has non-finite"):
+        KroneckerFactoredLinearOperator(kfac_params(), _blocks_with(1, output_factor=overflowed), copy=False)
+    off_diagonal = psd(3, 0)
+    off_diagonal[0, 2] = off_diagonal[2, 0] = math.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        KroneckerFactoredLinearOperator(kfac_params(), _blocks_with(1, output_factor=off_diagonal))
 
 
 @pytest.mark.parametrize(
