@@ -155,34 +155,12 @@ def output_factor(
     Raises:
         NotImplementedError: For ``'type-2'`` with a loss without a closed-form square root.
     """
-    curvature = factored_output_curvature(
-        fisher_type, loss_func, output, batch, generator, mc_samples, symmetric_root
-    )
-    return None if curvature is None else curvature.factor()
-
-
-def factored_output_curvature(
-    fisher_type: str,
-    loss_func: Callable,
-    output: Tensor,
-    batch: Batch,
-    generator: Generator | None = None,
-    mc_samples: int = 1,
-    symmetric_root: bool = False,
-) -> OutputCurvature | None:
-    """:func:`output_curvature` where its factor exists, for callers that take ``S`` a few columns at a time.
-
-    Returns ``None`` for ``'forward-only'``; the Monte-Carlo targets are drawn here, once.
-
-    Raises:
-        NotImplementedError: For ``'type-2'`` with a loss without a closed-form square root.
-    """
     if fisher_type == "forward-only":
         return None
     curvature = output_curvature(fisher_type, loss_func, output, batch, generator, mc_samples, symmetric_root)
     if curvature.factor is None:
         raise NotImplementedError(f"No closed-form Hessian square root for {type(loss_func).__name__}.")
-    return curvature
+    return curvature.factor()
 
 
 def gradient_outer_product(gradients: Tensor, batch_loss_scale: float) -> OutputCurvature:

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from fresh_process import measured as run_measured
 
 from curvkit import GGNLinearOperator
 from curvkit._memory import measurable
 
-ROOT = Path(__file__).parents[1]
 BUDGET = 8 * 2**20
 COLUMNS = 64
 SCRIPT = f"""
@@ -46,16 +40,7 @@ def test_a_budgeted_product_stays_within_the_budget():
     """In a fresh process whose C allocator returns freed memory at once (so the resident set's
     peak is the computation's), a 64-column Hessian product that takes several budgets whole
     keeps to the budget in blocks, and gives the same result."""
-    environment = {**os.environ, "PYTHONPATH": os.fspath(ROOT), "MALLOC_MMAP_THRESHOLD_": "65536"}
-    completed = subprocess.run(
-        [sys.executable, "-c", SCRIPT],
-        capture_output=True,
-        text=True,
-        env=environment,
-        timeout=300,
-        check=True,
-    )
-    measured = json.loads(completed.stdout.splitlines()[-1])
+    measured = run_measured(SCRIPT)
     assert measured["free"] > 2 * BUDGET, measured  # without the budget, the product takes more
     assert measured["budgeted"] <= BUDGET, measured
     assert measured["again"] <= BUDGET, measured  # later products reuse the measured width

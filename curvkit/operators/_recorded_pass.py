@@ -40,7 +40,7 @@ from curvkit._layers.recording import (
     recording,
     traced_forward,
 )
-from curvkit._output_factor import OutputCurvature, factored_output_curvature
+from curvkit._output_factor import OutputCurvature, output_curvature
 from curvkit.losses import batch_generator
 from curvkit.operators._kfac_plan import BlockPlan, Holder
 from curvkit.operators._setup import ModelDataSetup
@@ -114,7 +114,8 @@ def recorded_pass(
             return None
         # each batch's draws from (seed, its position in the data): the same on any number of ranks
         generator = batch_generator(seed, batch.global_index, model.device)
-        return factored_output_curvature(
+        # KFAC's losses all have a root: OutputCurvature.factor(start, stop) gives its columns
+        return output_curvature(
             fisher_type, setup.loss_func, output, batch, generator, mc_samples, symmetric_root
         )
 

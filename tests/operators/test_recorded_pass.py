@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from fresh_process import measured
 from kfac_problems import (
     classification_data,
     conv_problem,
@@ -23,8 +18,6 @@ from curvkit import EKFACLinearOperator, KFACLinearOperator
 from curvkit._memory import measurable
 from curvkit.operators import _recorded_pass as recorded_pass
 from curvkit.operators._recorded_pass import chunk_width
-
-ROOT = Path(__file__).parents[2]
 
 
 class _NotAChain(nn.Sequential):
@@ -137,16 +130,7 @@ def test_the_factor_pass_memory_does_not_grow_with_the_number_of_classes():
     at once (299 columns); in chunks the pass stays within a few times a gradient's peak plus
     its factors (300² + 17² float64 entries), in a fresh process whose C allocator returns
     freed memory at once."""
-    environment = {**os.environ, "PYTHONPATH": os.fspath(ROOT), "MALLOC_MMAP_THRESHOLD_": "65536"}
-    completed = subprocess.run(
-        [sys.executable, "-c", MEMORY_SCRIPT],
-        capture_output=True,
-        text=True,
-        env=environment,
-        timeout=300,
-        check=True,
-    )
-    peaks = json.loads(completed.stdout.splitlines()[-1])
+    peaks = measured(MEMORY_SCRIPT)
     factors = 2 * 300**2 * 8 + 17**2 * 8  # the output side (weight and bias) and the input side
     assert peaks["whole"] > 60 * 2**20, peaks
     assert peaks["chunked"] <= factors + 4 * peaks["gradient"] + 2**20, peaks
