@@ -36,8 +36,8 @@ PHASES = (  # (label, a function on the stack)
     ("factor checks", "ParameterBlocks.__init__"),
     ("Gram products", "add_gram"),
     ("input rows (unfolding)", "_input_rows"),
+    ("output factor (sampling, loss Hessian)", "output_curvature"),  # before: it calls output_gradients
     ("backward to the layer outputs", "output_gradients"),
-    ("output factor (sampling, loss Hessian)", "output_factor"),
     ("forward", "ModelFunction.__call__"),
     ("forward (layer chain, no autograd graph)", "LayerChain.linearize"),
     ("finiteness checks", "nonfinite"),
