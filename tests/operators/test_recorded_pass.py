@@ -102,7 +102,10 @@ from curvkit._memory import PeakMemory
 from curvkit.operators import _recorded_pass
 torch.manual_seed(0)
 torch.set_num_threads(1)
+class NotAChain(nn.Sequential):  # recorded by autograd instead of the chain's own pass
+    pass
 model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 300)).double()
+model = model if {chain} else NotAChain(*model)
 data = [(torch.randn(128, 8, dtype=torch.float64), torch.randint(0, 300, (128,)))]
 params = list(model.parameters())
 def gradient():
@@ -111,7 +114,7 @@ def gradient():
 gradient()
 with PeakMemory(torch.device("cpu")) as of_gradient:
     gradient()
-peaks = {"gradient": of_gradient.bytes}
+peaks = {{"gradient": of_gradient.bytes}}
 for name, share in (("chunked", _recorded_pass.COLUMN_SHARE), ("whole", 1e9)):
     _recorded_pass.COLUMN_SHARE = share
     build = lambda: KFACLinearOperator(model, nn.CrossEntropyLoss(), params, data, fisher_type="type-2")
@@ -125,12 +128,13 @@ print(json.dumps(peaks))
 
 
 @pytest.mark.skipif(not measurable(torch.device("cpu")), reason="peak memory is measured on Linux only")
-def test_the_factor_pass_memory_does_not_grow_with_the_number_of_classes():
+@pytest.mark.parametrize("chain", [True, False], ids=["chain", "recorded"])
+def test_the_factor_pass_memory_does_not_grow_with_the_number_of_classes(chain):
     """Type-2 KFAC of a 300-class classifier: ``S`` and its columns pulled back would take 77 MB
     at once (299 columns); in chunks the pass stays within a few times a gradient's peak plus
     its factors (300² + 17² float64 entries), in a fresh process whose C allocator returns
-    freed memory at once."""
-    peaks = measured(MEMORY_SCRIPT)
+    freed memory at once; through the chain's pass and through autograd's."""
+    peaks = measured(MEMORY_SCRIPT.format(chain=chain))
     factors = 2 * 300**2 * 8 + 17**2 * 8  # the output side (weight and bias) and the input side
     assert peaks["whole"] > 60 * 2**20, peaks
     assert peaks["chunked"] <= factors + 4 * peaks["gradient"] + 2**20, peaks
