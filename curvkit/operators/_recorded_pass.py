@@ -61,11 +61,12 @@ Chunks = Iterator[tuple[int, list[Uses]]]
 
 
 def chunk_width(num_columns: int, entries_per_column: int, recorded_entries: int) -> int:
-    """Columns pulled back at once: at most ``COLUMN_SHARE · recorded_entries`` gradient entries.
+    """Columns pulled back at once: at most ``COLUMN_SHARE · recorded_entries`` entries in all.
 
     Args:
         num_columns: ``K``.
-        entries_per_column: Entries of one column pulled back to every use's output.
+        entries_per_column: Entries of one column: its part of ``S`` and its gradients at every
+            use's output.
         recorded_entries: Entries of the recorded layer inputs and outputs.
     """
     affordable = int(COLUMN_SHARE * recorded_entries) // max(entries_per_column, 1)
