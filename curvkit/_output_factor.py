@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 
 from torch import Generator, Tensor, einsum
 
@@ -107,12 +107,11 @@ def output_curvature(
     if fisher_type == "type-2":
         arguments = (loss_func, output, batch.y)
         supported = is_supported(loss_func)
-        root = _prepared_once(
-            partial(output_hessian_sqrt_columns, *arguments, batch.loss_terms, symmetric_root)
-        )
+        # prepared at the first column range (a caller of matmat alone never needs it)
+        prepared = cache(partial(output_hessian_sqrt_columns, *arguments, batch.loss_terms, symmetric_root))
         return OutputCurvature(
             partial(output_hessian_matmat, *arguments, loss_terms=batch.loss_terms),
-            root if supported else None,
+            (lambda start=0, stop=None: prepared()(start, stop)) if supported else None,
             hessian_sqrt_columns(loss_func, output, symmetric_root) if supported else None,
         )
     scale = batch_loss_scale(loss_func, output, batch.y, batch.loss_terms)
@@ -124,18 +123,6 @@ def output_curvature(
     else:
         raise ValueError(f"Λ is defined for 'type-2', 'mc' and 'empirical', not {fisher_type!r}.")
     return gradient_outer_product(gradients, scale)
-
-
-def _prepared_once(prepare: Callable[[], Callable[..., Tensor]]) -> Callable[..., Tensor]:
-    """``columns(start, stop)`` of a root that ``prepare`` sets up at its first call (not for ``matmat``)."""
-    prepared: list[Callable[..., Tensor]] = []
-
-    def columns(start: int = 0, stop: int | None = None) -> Tensor:
-        if not prepared:
-            prepared.append(prepare())
-        return prepared[0](start, stop)
-
-    return columns
 
 
 def output_factor(

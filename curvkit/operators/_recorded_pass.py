@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from functools import partial
 
 from torch import Tensor
 
@@ -144,14 +145,16 @@ def recorded_pass(
                     for plan in plans
                 ]
 
-            if factor is None:
-                return per_batch(batch, 1, iter([(1, uses_with(None))]), total)
-            pulled_back = sum(use.output.numel() for use in all_uses)
-            recorded = pulled_back + sum(use.inputs.numel() for use in all_uses)
-            width = chunk_width(factor.rank, pulled_back + output.numel(), recorded)
-            chunks = _pulled_back(layers, output, factor, width, uses_with)
+            outputs = sum(use.output.numel() for use in all_uses)
+            num_columns, chunks = _chunks(
+                factor,
+                partial(_flat_output_gradients, layers, output),
+                uses_with,
+                outputs + output.numel(),
+                outputs + sum(use.inputs.numel() for use in all_uses),
+            )
             del output  # the chunks hold the graph until the last one is pulled back
-            return per_batch(batch, factor.rank, chunks, total)
+            return per_batch(batch, num_columns, chunks, total)
 
     totals = setup.engine.accumulate_over_batches(batch_result, desc=desc)
     if probe is not None:
@@ -159,14 +162,28 @@ def recorded_pass(
     return totals
 
 
-def _pulled_back(
-    layers: list[Layer], output: Tensor, factor: OutputCurvature, width: int, uses_with: Callable
-) -> Chunks:
-    """``S``'s columns pulled back through the recorded graph of ``output``, ``width`` at a time."""
-    for start in range(0, factor.rank, width):
-        part = factor.factor(start, start + width)
-        # no local name for the gradients: the caller drops them before the next chunk
-        yield part.shape[0], uses_with(_flat_output_gradients(layers, output, part))
+def _chunks(
+    factor: OutputCurvature | None,
+    pull_back: Callable[[Tensor], list[Tensor]],
+    uses_with: Callable[[list[Tensor] | None], list[Uses]],
+    entries_per_column: int,
+    recorded_entries: int,
+) -> tuple[int, Chunks]:
+    """``K`` and the chunks of ``S``'s columns, :func:`chunk_width` at a time, pulled back by ``pull_back``.
+
+    ``None`` (``'forward-only'``): one chunk of one column without gradients.
+    """
+    if factor is None:
+        return 1, iter([(1, uses_with(None))])
+    width = chunk_width(factor.rank, entries_per_column, recorded_entries)
+
+    def chunks() -> Chunks:
+        for start in range(0, factor.rank, width):
+            part = factor.factor(start, start + width)
+            # no local name for the gradients: the caller drops them before the next chunk
+            yield part.shape[0], uses_with(pull_back(part))
+
+    return factor.rank, chunks()
 
 
 def _flat_output_gradients(layers: list[Layer], output: Tensor, columns: Tensor) -> list[Tensor]:
@@ -189,33 +206,28 @@ def _chain_chunks(
     """
     position = {id(layer.module): index for index, layer in enumerate(chain.layers)}
 
-    def uses_with(gradients: list[Tensor | None]) -> list[Uses]:
+    def uses_with(gradients: list[Tensor] | None) -> list[Uses]:
         return [
             [
                 (
                     holder,
                     linearization.inputs[position[id(holder.layer.module)]],
-                    gradients[position[id(holder.layer.module)]],
+                    None if gradients is None else gradients[position[id(holder.layer.module)]],
                 )
                 for holder in plan.holders
             ]
             for plan in plans
         ]
 
-    factor = columns_of(linearization.batch, linearization.output)
-    if factor is None:
-        return 1, iter([(1, uses_with([None] * len(chain.layers)))])
     output, pulled = linearization.output, range(linearization.first, len(chain.layers))
-    pulled_back = sum(output.shape[0] * math.prod(linearization.output_shapes[index]) for index in pulled)
-    recorded = pulled_back + sum(linearization.inputs[index].numel() for index in pulled)
-    width = chunk_width(factor.rank, pulled_back + output.numel(), recorded)
-
-    def chunks() -> Chunks:
-        for start in range(0, factor.rank, width):
-            part = factor.factor(start, start + width)
-            yield part.shape[0], uses_with(linearization.output_gradients(part))
-
-    return factor.rank, chunks()
+    outputs = sum(output.shape[0] * math.prod(linearization.output_shapes[index]) for index in pulled)
+    return _chunks(
+        columns_of(linearization.batch, output),
+        linearization.output_gradients,
+        uses_with,
+        outputs + output.numel(),
+        outputs + sum(linearization.inputs[index].numel() for index in pulled),
+    )
 
 
 def _plan_layers(plans: list[BlockPlan]) -> list[Layer]:

@@ -59,8 +59,8 @@ class KroneckerFactoredLinearOperator(ParameterBlocks):
         copy: Symmetrize copies of the factors (the default). ``False`` keeps the given
             tensors as they are, which must then be exactly symmetric (and, being positive
             semi-definite, are checked for finiteness on their diagonals, which bound every
-            entry): for a caller that hands
-            over factors of its own (:class:`~curvkit.KFACLinearOperator`; a symmetrized copy
+            entry): for a caller that hands over factors of its own
+            (:class:`~curvkit.KFACLinearOperator`; a symmetrized copy
             of a ``2049²`` factor cost 14 ms of page faults and 7 ms of transposed reads on
             one thread, the factor pass's own products 4 ms).
 
