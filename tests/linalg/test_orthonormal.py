@@ -29,7 +29,10 @@ def test_orthonormalize_rows_factorizes(m, n, dtype):
     R = orthonormalize_rows_(rows)
     eps = torch.finfo(dtype).eps
     assert float((row_dots(rows, rows) - torch.eye(m, dtype=torch.float64)).abs().max()) < 50 * eps * m**0.5
-    assert float((rows.T.double() @ R - Y.T.double()).abs().max()) < 100 * eps * float(Y.abs().max())
+    # backward error grows with the rows (Householder's bound is ~ m ε); 100 ε alone held for one
+    # BLAS build and not for another (1.02e-14 against 8.0e-15 in float64, m = 300)
+    reconstruction = (rows.T.double() @ R - Y.T.double()).abs().max()
+    assert float(reconstruction) < 100 * eps * m**0.5 * float(Y.abs().max())
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,8 @@ def psd(dim: int, seed: int, dtype=torch.float64, rank: int | None = None) -> to
     """A random second-moment matrix ``B Bᵀ / r`` (singular for ``rank < dim``), symmetric exactly."""
     rank = dim + 2 if rank is None else rank
     B = matrix(dim, rank, seed)
-    return ((B @ B.T) / rank).to(dtype)
+    product = (B @ B.T) / rank  # symmetric only to rounding with some BLAS builds
+    return ((product + product.T) / 2).to(dtype)
 
 
 def positive(dim: int, seed: int, dtype=torch.float64) -> torch.Tensor:
