@@ -32,8 +32,12 @@ from curvkit.operators._recorded_pass import Chunks, Uses, loss_weight_of, recor
 from curvkit.operators._setup import ModelDataSetup
 from curvkit.structured._factors import symmetrize_
 
-GRAM_STRIP = 256
-"""Rows of a Gram matrix's strips (:func:`add_gram`), for factors of at least twice as many."""
+GRAM_STRIP = 64
+"""Rows of a Gram matrix's strips (:func:`add_gram`), for factors of at least twice as many;
+twice as many rows from ``1024`` on. Narrower strips do fewer of the upper triangle's flops:
+per batch of the benchmark MLP the ``784²`` input factor took 0.89 ms, a ``256²`` output factor
+0.13 (strips of 256 and whole: 0.97, 0.16), a CNN's ``2048²`` (64 rows) 2.83 with strips of
+128, 3.12 of 64 (one thread)."""
 
 PATCH_ENTRIES = 2**19
 """Most entries of a convolution's unfolded patches formed at once (chunks of samples): 2 MiB in
@@ -69,13 +73,14 @@ def add_gram(total: Tensor | None, rows: Tensor, alpha: float = 1.0) -> Tensor:
     flat = rows.reshape(-1, rows.shape[-1])
     dim, beta = flat.shape[-1], 0.0 if total is None else 1.0  # beta=0: new entries are ignored
     total = flat.new_empty((dim, dim)) if total is None else total
-    if dim < 2 * GRAM_STRIP:
+    strip = GRAM_STRIP if dim < 1024 else 2 * GRAM_STRIP
+    if dim < 2 * strip:
         return total.addmm_(flat.T, flat, beta=beta, alpha=alpha)
-    # the lower triangle by strips of rows, each up to its diagonal tile: 62% of the flops for
-    # the benchmark CNN's 2049² input factor, and 2.0 against 4.6 ms (one thread; the whole
-    # product was slow on that size), 0.68 against 0.95 ms for the MLP's 785²
-    for start in range(0, dim, GRAM_STRIP):
-        end = min(start + GRAM_STRIP, dim)
+    # the lower triangle by strips of rows, each up to its diagonal tile: 53% of the flops for
+    # the benchmark CNN's 2048² input factor, and 2.8 against 4.9 ms (one thread; the whole
+    # product was slow on that size), 0.89 against 1.39 ms for the MLP's 784²
+    for start in range(0, dim, strip):
+        end = min(start + strip, dim)
         total[start:end, :end].addmm_(flat[:, start:end].T, flat[:, :end], beta=beta, alpha=alpha)
     return total
 

@@ -123,8 +123,12 @@ def test_factors_are_symmetrized_copies_unless_handed_over(copy):
 
 @pytest.mark.parametrize("size", [1, 2, 3, 4, 7, 8, 9])
 @pytest.mark.parametrize("layout", ["contiguous", "transposed"])
-def test_symmetrize_in_tiles_by_the_mean_or_the_lower_triangle(monkeypatch, size, layout):
-    monkeypatch.setattr(factors_module, "SYMMETRIZE_TILE", 3)  # several tile pairs, partial edge tiles
+@pytest.mark.parametrize("path", ["tiles", "strips"])
+def test_symmetrize_by_the_mean_or_the_lower_triangle(monkeypatch, size, layout, path):
+    # several tile pairs or strips, partial edge ones; strips where rows lie a cache-set period apart
+    monkeypatch.setattr(factors_module, "SYMMETRIZE_TILE", 3)
+    monkeypatch.setattr(factors_module, "SYMMETRIZE_STRIP", 2)
+    monkeypatch.setattr(factors_module, "CACHE_SET_PERIOD", 4 if path == "strips" else 10**9)
     F = torch.randn(size, size, generator=torch.Generator().manual_seed(size))
     F = F.T if layout == "transposed" else F
     expected = (F + F.T) / 2
