@@ -13,7 +13,7 @@ Usage::
     python benchmarks/kfac_profile.py mlp mc              # prints ms per pass and the phases
     python benchmarks/kfac_profile.py cnn type-2 --kfac-approx reduce --passes 20
 
-py-spy must be on the path (it is in the development venv); ``--worker`` runs the passes alone.
+py-spy must be on the path (``pip install py-spy``; not a dev extra); ``--worker`` runs the passes alone.
 """
 
 from __future__ import annotations
