@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from curvkit._pages import empty_block
+
 _TRANSPOSE_BLOCK = 8192
 """Rows per block when transposing ``[D, k]`` (8192 rows of 16 floats: 512 KiB, in cache)."""
 
@@ -50,10 +52,13 @@ class TensorListLayout:
         num_columns = matrix.shape[1]
         tensors = []
         for block, shape in zip(matrix.split(self.numels), self.shapes):
-            if num_columns == 1 or block.stride(0) == 1:  # rows of a [k, D] matrix: a view
-                rows = block.T.contiguous()
+            if block.T.is_contiguous():  # rows of a contiguous [k, D] matrix: a view
+                tensors.append(block.T.view(num_columns, *shape))
+                continue
+            rows = empty_block((num_columns, block.shape[0]), block.dtype, block.device)
+            if num_columns == 1 or block.stride(0) == 1:  # rows of a [k, D] matrix, or one column
+                rows.copy_(block.T)
             else:
-                rows = block.new_empty(num_columns, block.shape[0])
                 for start in range(0, block.shape[0], _TRANSPOSE_BLOCK):
                     rows[:, start : start + _TRANSPOSE_BLOCK].copy_(block[start : start + _TRANSPOSE_BLOCK].T)
             tensors.append(rows.view(num_columns, *shape))

@@ -21,6 +21,7 @@ from curvkit._boundary import as_integer, as_tensor, real_scalar, scipy_view, to
 from curvkit._differentiable import AdjointBackward, may_carry_tangent
 from curvkit._layout import TensorListLayout
 from curvkit._memory import PeakMemory, measurable
+from curvkit._pages import empty_block
 
 PROBE_COLUMNS = 2
 """Columns of the product that measures what a column costs under a :attr:`LinearOperator.memory_budget`."""
@@ -301,7 +302,7 @@ class LinearOperator:
         costs two strided copies per block.
         """
         columns = X if X.stride(0) == 1 else X.T.contiguous().T
-        result_rows = X.new_empty(expected[1], expected[0])
+        result_rows = empty_block((expected[1], expected[0]), X.dtype, X.device)
         start = 0
         for block in columns.tensor_split(num_blocks, dim=1):
             width = block.shape[1]

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from curvkit._boundary import as_integer
+from curvkit._pages import empty_block
 from curvkit.linalg._dots import column_dots
 from curvkit.linalg._operator import square_operator, working_dtype
 from curvkit.linalg._orthonormal import orthonormalize_rows_
@@ -93,7 +94,7 @@ def leave_one_out_basis(
     dtype, n = working_dtype(A), A.shape[0]
     Omega = RandomColumns(n, num_vectors, distribution, generator, dtype, A.device)
     width = block_width(A, num_vectors)
-    rows = torch.empty(num_vectors, n, dtype=dtype, device=A.device)  # Yᵀ, then Qᵀ
+    rows = empty_block((num_vectors, n), dtype, A.device)  # Yᵀ, then Qᵀ
     omega_dot_y = torch.empty(num_vectors, dtype=torch.float64, device=A.device)
     omega_times_y = torch.zeros(n, dtype=dtype, device=A.device) if diagonal else None
     for start, block in Omega.blocks(width):

@@ -20,6 +20,7 @@ import numpy
 import torch
 from torch import Tensor
 
+from curvkit._pages import empty_block
 from curvkit.linear_operator import LinearOperator
 
 Seed = int | torch.Generator | None
@@ -221,9 +222,7 @@ class RandomColumns:
     def _drawn_rows(self, start: int, stop: int, out: Tensor | None = None) -> Tensor:
         """The block's columns as rows ``[stop - start, n]`` on the generator's device (in ``out``)."""
         rows = (
-            torch.empty(stop - start, self.num_rows, dtype=self.dtype, device=self._draw_device)
-            if out is None
-            else out
+            empty_block((stop - start, self.num_rows), self.dtype, self._draw_device) if out is None else out
         )
         seeds = self._seeds[start:stop]
         if self.distribution == "normal":
@@ -268,7 +267,7 @@ class RandomColumns:
         for start in range(0, self.num_columns, width):
             stop = min(start + width, self.num_columns)
             if buffer is None:
-                buffer = torch.empty(stop - start, self.num_rows, dtype=self.dtype, device=self.device)
+                buffer = empty_block((stop - start, self.num_rows), self.dtype, self.device)
             yield start, self.draw_into(buffer[: stop - start], start).T
 
 

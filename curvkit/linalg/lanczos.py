@@ -45,6 +45,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from curvkit._pages import empty_block
 from curvkit.linalg._dots import norm, row_dots
 from curvkit.linalg._orthonormal import orthonormalized
 from curvkit.linear_operator import LinearOperator
@@ -118,7 +119,7 @@ class LanczosProcess:
             None if locked is None or locked.shape[0] == 0 else locked.to(dtype=dtype, device=device)
         )
         self.dim = A.shape[0] - (0 if self.locked is None else self.locked.shape[0])
-        self.V = torch.zeros(max_dim + 1, A.shape[0], dtype=dtype, device=device)  # basis vectors as rows
+        self.V = empty_block((max_dim + 1, A.shape[0]), dtype, device).zero_()  # basis vectors as rows
         self.H = torch.zeros(max_dim, max_dim, dtype=torch.float64, device=device)
         start = self._deflate(start.clone())
         self.V[0] = start / norm(start)

@@ -8,6 +8,7 @@ from typing import Any
 from torch import Tensor
 
 from curvkit._engine import Batch
+from curvkit._pages import empty_block
 from curvkit.linear_operator import LinearOperator
 from curvkit.losses import reduction_of
 from curvkit.operators._setup import ModelDataSetup
@@ -138,7 +139,7 @@ class CurvatureLinearOperator(LinearOperator):
         tangents = layout.columns_to_list(X)
         state = self._start_product()
         # accumulated in place in the rows of one [k, D] matrix: no concatenation at the end
-        rows = X.new_empty(X.shape[1], layout.dim)
+        rows = empty_block((X.shape[1], layout.dim), X.dtype, X.device)
         self._setup.engine.sum_over_batches(
             lambda batch: self._batch_matmat(batch, tangents, state),
             self._reduction,

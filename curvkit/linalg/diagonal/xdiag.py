@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from curvkit._pages import empty_block
 from curvkit.linalg._dots import column_dots, row_dots
 from curvkit.linalg._exchangeable import checked_half_budget, leave_one_out_basis
 from curvkit.linalg._operator import needs_transpose
@@ -87,7 +88,7 @@ def xdiag(
         basis = leave_one_out_basis(A, m, distribution, as_generator(seed, A.device), diagonal=True)
         Q_rows, S, width = basis.Q_rows, basis.S, basis.width
         dtype = Q_rows.dtype
-        Z_rows = torch.empty_like(Q_rows)  # (Aᵀ Q)ᵀ
+        Z_rows = empty_block(Q_rows.shape, dtype, A.device)  # (Aᵀ Q)ᵀ
         estimate = torch.zeros_like(basis.omega_times_y)  # m · diag(Q Zᵀ), then the corrections
         for start in range(0, m, width):
             Z = needs_transpose("xdiag", A.rmatmat, Q_rows[start : start + width].T)

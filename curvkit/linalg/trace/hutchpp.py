@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from curvkit._boundary import as_integer
+from curvkit._pages import empty_block
 from curvkit.linalg._dots import column_dots, row_dots
 from curvkit.linalg._operator import square_operator, working_dtype
 from curvkit.linalg._orthonormal import orthonormalize_rows_
@@ -39,7 +40,7 @@ def range_basis(
     """
     dtype, n = working_dtype(A), A.shape[0]
     width = block_width(A, basis_dim)
-    Q_rows = torch.empty(basis_dim, n, dtype=dtype, device=A.device)
+    Q_rows = empty_block((basis_dim, n), dtype, A.device)
     S = RandomColumns(n, basis_dim, distribution, generator, dtype, A.device)
     for start in range(0, basis_dim, width):
         rows = Q_rows[start : start + width]  # S's columns, replaced by their products

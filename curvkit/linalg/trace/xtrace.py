@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from curvkit._pages import empty_block
 from curvkit.linalg._dots import column_dots, row_dots
 from curvkit.linalg._exchangeable import checked_half_budget, leave_one_out_basis
 from curvkit.linalg._operator import working_dtype
@@ -80,7 +81,7 @@ def xtrace(
         basis = leave_one_out_basis(A, m, distribution, as_generator(seed, A.device), diagonal=False)
         Q_rows, R, S, width = basis.Q_rows, basis.R, basis.S, basis.width
         H = torch.empty(m, m, dtype=torch.float64, device=A.device)  # Qᵀ A Q
-        Z_rows = None if A.is_symmetric else torch.empty_like(Q_rows)  # (A Q)ᵀ
+        Z_rows = None if A.is_symmetric else empty_block(Q_rows.shape, Q_rows.dtype, A.device)  # (A Q)ᵀ
         for start in range(0, m, width):
             Z = A.matmat(Q_rows[start : start + width].T)
             H[:, start : start + Z.shape[1]] = row_dots(Q_rows, Z.T)
