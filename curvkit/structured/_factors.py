@@ -88,36 +88,20 @@ def symmetrize_(factor: Tensor, mean: bool = True, scale: float = 1.0) -> Tensor
     """
     row_bytes = max(factor.stride()) * factor.element_size()
     if row_bytes % CACHE_SET_PERIOD == 0 and factor.shape[0] > SYMMETRIZE_TILE:
-        return _symmetrize_by_strips_(factor, mean, scale)
-    tile = SYMMETRIZE_TILE
-    for start in range(0, factor.shape[0], tile):
-        rows = slice(start, start + tile)
-        for other in range(0, start, tile):
-            lower, upper = factor[rows, other : other + tile], factor[other : other + tile, rows]
-            if mean:
-                lower.add_(upper.T).mul_(0.5 * scale)
-            elif scale != 1.0:
-                lower.mul_(scale)
-            upper.copy_(lower.T)
-        _symmetrize_diagonal_block_(factor[rows, rows], mean, scale)
-    return factor
-
-
-def _symmetrize_by_strips_(factor: Tensor, mean: bool, scale: float) -> Tensor:
-    """:func:`symmetrize_` by strips of rows, transposed through contiguous copies.
-
-    Each strip's lower part ``F[rows, :start]`` and the upper block ``F[:start, rows]`` it pairs
-    with go through :func:`_transposed`, which torch transposes block by block.
-    """
-    strip = SYMMETRIZE_STRIP
+        # a strip's whole lower part pairs with its upper block, through contiguous copies
+        strip, pair_width, transpose = SYMMETRIZE_STRIP, factor.shape[0], _transposed
+    else:
+        strip, pair_width, transpose = SYMMETRIZE_TILE, SYMMETRIZE_TILE, Tensor.t
     for start in range(0, factor.shape[0], strip):
         rows = slice(start, start + strip)
-        lower, upper = factor[rows, :start], factor[:start, rows]
-        if mean:
-            lower.add_(_transposed(upper)).mul_(0.5 * scale)
-        elif scale != 1.0:
-            lower.mul_(scale)
-        upper.copy_(_transposed(lower))
+        for other in range(0, start, pair_width):
+            columns = slice(other, min(other + pair_width, start))
+            lower, upper = factor[rows, columns], factor[columns, rows]
+            if mean:
+                lower.add_(transpose(upper)).mul_(0.5 * scale)
+            elif scale != 1.0:
+                lower.mul_(scale)
+            upper.copy_(transpose(lower))
         _symmetrize_diagonal_block_(factor[rows, rows], mean, scale)
     return factor
 
