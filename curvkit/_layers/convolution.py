@@ -152,33 +152,27 @@ def transposed_convolution(
 def unfolded(module: nn.Module, inputs: Tensor) -> Tensor:
     """``ψ(a)``: the input patches under the kernel, ``[N, R, C·∏kernel]`` for ``R`` output positions.
 
-    ``F.unfold`` (``im2col``) for 1d (as 2d of height 1) and 2d, returned as a transposed view
-    (the products take it as it is); for 3d, windows of the zero-padded input as strided views
-    (``Tensor.unfold`` per spatial dimension, dilation by taking every ``d``-th entry), copied once.
-    Exact: patches are copies, not products with one-hot kernels (which a GPU may run in TF32).
+    Windows of the zero-padded input as strided views (``Tensor.unfold`` per spatial dimension,
+    dilation by taking every ``d``-th entry), copied once into ``[N, C·∏kernel, R]`` (the order
+    of ``F.unfold``) and returned as its transposed view: the copy then runs along the positions,
+    which lie next to each other in the input, and the products take the view as it is.
+    ``F.unfold`` (``im2col``) copies the same entries at a fraction of the speed (design notes,
+    "Patches by windows"). Exact: patches are copies, not products with one-hot kernels (which
+    a GPU may run in TF32).
     """
     dims = len(module.kernel_size)
-    if dims < 3:
-        if dims == 1:
-            inputs = inputs.unsqueeze(2)
-        kernel, dilation, padding, stride = (
-            (fill,) * (2 - dims) + tuple(value)
-            for fill, value in zip(
-                (1, 1, 0, 1), (module.kernel_size, module.dilation, module.padding, module.stride)
-            )
-        )
-        return functional.unfold(inputs, kernel, dilation, padding, stride).transpose(1, 2)
     padding = [side for pad in reversed(module.padding) for side in (pad, pad)]
     windows = functional.pad(inputs, padding) if any(padding) else inputs
     for dim, (size, step, spread) in enumerate(zip(module.kernel_size, module.stride, module.dilation)):
         windows = windows.unfold(2 + dim, (size - 1) * spread + 1, step)
         if spread > 1:
             windows = windows[..., ::spread]
-    # [N, C, *positions, *kernel] -> [N, *positions, C, *kernel]
-    order = [0, *range(2, 2 + dims), 1, *range(2 + dims, 2 + 2 * dims)]
-    return windows.permute(order).reshape(
-        inputs.shape[0], -1, inputs.shape[1] * math.prod(module.kernel_size)
+    # [N, C, *positions, *kernel] -> [N, C, *kernel, *positions]
+    order = [0, 1, *range(2 + dims, 2 + 2 * dims), *range(2, 2 + dims)]
+    patches = windows.permute(order).reshape(
+        inputs.shape[0], inputs.shape[1] * math.prod(module.kernel_size), -1
     )
+    return patches.transpose(1, 2)
 
 
 class ConvolutionRule(LayerRule):
