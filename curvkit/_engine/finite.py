@@ -5,7 +5,8 @@ every product into NaN, and used to surface far from its cause (``atol must be g
 equal to zero, but got -nan`` from a comparison of two products). So each batch is checked where
 it first passes through: its inputs and targets by the engine as ``data`` yields them (before
 they move to the device), its model output and loss by the construction probes
-(:mod:`curvkit.operators._setup`, :mod:`curvkit._engine.determinism`). Why there, and what it
+(:mod:`curvkit.operators._setup`, :mod:`curvkit._engine.determinism`; KFAC's on the first batch
+of its factor pass). Why there, and what it
 costs, is in ``docs/design-notes.md`` ("Non-finite data and bad targets").
 """
 

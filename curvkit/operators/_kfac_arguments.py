@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from enum import Enum
 
 from torch import Tensor, nn
@@ -40,12 +41,23 @@ def choice(value: object, choices: type[Enum], name: str) -> str:
     return found
 
 
-def positions_per_example(loss_func: Callable, output: Tensor) -> int:
+def positions_per_example(loss_func: Callable, output_shape: Sequence[int]) -> int:
     """Loss terms per example besides the likelihood's own axis (a sequence's positions).
 
     Cross-entropy's class axis is axis 1, MSE's and BCE's the last (curvlinops' convention).
     """
-    if output.ndim <= 2:
+    if len(output_shape) <= 2:
         return 1
-    classes = output.shape[1] if isinstance(loss_func, nn.CrossEntropyLoss) else output.shape[-1]
-    return output[0].numel() // classes
+    classes = output_shape[1] if isinstance(loss_func, nn.CrossEntropyLoss) else output_shape[-1]
+    return math.prod(output_shape[1:]) // classes
+
+
+def output_shape_of_targets(loss_func: Callable, targets: Tensor) -> tuple[int, ...]:
+    """The output shape that ``targets`` imply, up to the number of classes (as curvlinops counts).
+
+    Class indices of cross-entropy lack the class axis (given size 1 here); every other target
+    has the output's shape.
+    """
+    if isinstance(loss_func, nn.CrossEntropyLoss) and not targets.is_floating_point():
+        return (*targets.shape[:1], 1, *targets.shape[1:])
+    return tuple(targets.shape)

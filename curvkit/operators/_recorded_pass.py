@@ -107,9 +107,11 @@ def recorded_pass(
     def columns_of(batch: Batch, output: Tensor) -> OutputCurvature | None:
         """The output factor ``S``, ``[K, *output.shape]`` by column ranges (``None`` for 'forward-only').
 
-        Also hands the batch's output to the determinism probe, if any: both paths below call it
-        once per batch, with the output detached.
+        Also checks the first output (:meth:`ModelDataSetup.check_first_output`: the operator
+        was built without a forward pass) and hands the batch's output to the determinism probe,
+        if any: both paths below call it once per batch, with the output detached.
         """
+        setup.check_first_output(batch, output)
         if probe is not None:
             probe.record(batch, setup.batch_tensors(batch, output))
         if fisher_type == "forward-only":

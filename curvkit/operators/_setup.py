@@ -57,6 +57,14 @@ class ModelDataSetup:
             (docs/distributed.md).
         signature: What the operator computes beyond model and loss (its class, ``fisher_type``,
             seed, ...), compared across the ranks of ``process_group``.
+        probe_first_batch: Probe the first batch now: every parameter must reach the model's
+            output (one forward pass and a walk of its graph), and :meth:`check_first_output`.
+            ``False``: only the first batch's targets are checked now (their dtype and class
+            axis: no forward pass), and :attr:`first_output` stays ``None``; the checks that need
+            the model's output are left to the operator's first pass over the data, which calls
+            :meth:`check_first_output` on the first output it computes. For an operator whose
+            whole work is one pass (KFAC's factors), so that building it costs no forward pass;
+            that pass must find every parameter used itself.
 
     Raises:
         ValueError: If ``loss_func`` is given but not callable, or the first batch's targets do
@@ -77,11 +85,20 @@ class ModelDataSetup:
         cache_batches: bool = False,
         process_group: object | None = None,
         signature: str = "",
+        probe_first_batch: bool = True,
     ):
         self.reduction: LocalReduction = reduction_for(process_group)
         with self.reduction.failures_shared("building the operator"):
             self._build(
-                model_func, loss_func, params, data, progressbar, num_data, batch_size_fn, cache_batches
+                model_func,
+                loss_func,
+                params,
+                data,
+                progressbar,
+                num_data,
+                batch_size_fn,
+                cache_batches,
+                probe_first_batch,
             )
         loss = f"{type(loss_func).__name__}({getattr(loss_func, 'reduction', '')})"
         shapes = [tuple(tensor.shape) for tensor in self.model.tensors]
@@ -97,6 +114,7 @@ class ModelDataSetup:
         num_data: int | None,
         batch_size_fn: Callable | None,
         cache_batches: bool,
+        probe_first_batch: bool,
     ) -> None:
         """The constructor's work on this rank (its failures are shared with the other ranks)."""
         if isinstance(model_func, DistributedDataParallel):  # the products differentiate the module
@@ -124,7 +142,17 @@ class ModelDataSetup:
         self.cache = BatchCache(self.model, cache_batches)
         self._checked_pass = -1
         self._probed_determinism = False
-        self.first_output = self._probe_first_batch()
+        self._first_output_checked = False
+        self.output_checks: list[Callable[[Tensor], None]] = []
+        """More checks of the first output, for :meth:`check_first_output` (an operator's own)."""
+        first = next(iter(self.engine.batches()))
+        self.first_targets = first.y
+        self.first_output: Tensor | None = None
+        if probe_first_batch:
+            self.first_output = self.model.check_all_used(first.X)
+            self.check_first_output(first, self.first_output)
+        elif loss_func is not None:
+            check_target(loss_func, first.y, first.index)
 
     @cached_property
     def layer_map(self) -> LayerMap:
@@ -136,21 +164,26 @@ class ModelDataSetup:
             return LayerMap([], {})
         return layer_map(self.model.model_func, self.model.tensors)
 
-    def _probe_first_batch(self) -> Tensor:
-        """Check the first batch and return its output.
+    def check_first_output(self, batch: Batch, output: Tensor) -> None:
+        """Check the first batch's ``output``, once (later calls return at once).
 
-        The data must not be empty, every parameter must reach the output, the targets must suit
-        the loss, and the output and the loss must be finite (the engine checks the data itself).
-        With ``check_deterministic`` the probe checks every batch that way; this catches
+        The targets must suit the loss for this output, and the output and the loss must be
+        finite (the engine checks the data itself); then :attr:`output_checks`. With
+        ``check_deterministic`` the determinism probe checks every batch that way; this catches
         non-finite parameters without it, at one read back from the device.
+
+        Raises:
+            ValueError: If the targets do not suit the output, or it or the loss is not finite.
         """
-        first = next(iter(self.engine.batches()))
-        output = self.model.check_all_used(first.X)
+        if self._first_output_checked:
+            return
         with torch.no_grad():
             if self.loss_func is not None:
-                check_target(self.loss_func, first.y, first.index, output.shape)
-            check_finite(first.index, self._model_tensors(first, output), MODEL_HINT)
-        return output
+                check_target(self.loss_func, batch.y, batch.index, output.shape)
+            check_finite(batch.index, self._model_tensors(batch, output), MODEL_HINT)
+        for check in self.output_checks:
+            check(output)
+        self._first_output_checked = True
 
     def _model_tensors(self, batch: Batch, output: Tensor) -> dict[str, Tensor]:
         """The batch's model output and loss, by the names messages use.

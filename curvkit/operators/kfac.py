@@ -17,6 +17,7 @@ from curvkit.operators._kfac_arguments import (
     FisherType,
     KFACType,
     choice,
+    output_shape_of_targets,
     positions_per_example,
 )
 from curvkit.operators._kfac_factors import factor_sums
@@ -160,6 +161,7 @@ class KFACLinearOperator(HeldClosedForms, LinearOperator):
             num_data=num_data,
             batch_size_fn=batch_size_fn,
             process_group=process_group,
+            probe_first_batch=False,  # the factor pass checks the first output it computes
             signature=(
                 f"{type(self).__name__}, fisher_type {self._fisher_type}, kfac_approx {self._kfac_approx}, "
                 f"mc_samples {self._mc_samples}, seed {self._seed}, separate_weight_and_bias {self._separate}"
@@ -170,7 +172,14 @@ class KFACLinearOperator(HeldClosedForms, LinearOperator):
             raise ValueError(
                 f"shape must be ({layout.dim}, {layout.dim}) for these params, got {tuple(shape)}."
             )
-        self._check_positions(num_per_example_loss_terms)
+        self._num_per_example_loss_terms = (
+            None
+            if num_per_example_loss_terms is None
+            else as_integer(num_per_example_loss_terms, "num_per_example_loss_terms", 1)
+        )
+        # counted from the targets now (as curvlinops does), checked on the output in the pass
+        self._check_positions(output_shape_of_targets(loss_func, self._setup.first_targets))
+        self._setup.output_checks.append(lambda output: self._check_positions(output.shape))
         layer_map = self._setup.layer_map
         if layer_map.unsupported:
             raise NotImplementedError(
@@ -209,22 +218,21 @@ class KFACLinearOperator(HeldClosedForms, LinearOperator):
             )
         return loss_average
 
-    def _check_positions(self, num_per_example_loss_terms: int | None) -> None:
-        """Check ``loss_average='batch'`` and ``num_per_example_loss_terms`` against the first batch."""
-        positions = positions_per_example(self._setup.loss_func, self._setup.first_output)
+    def _check_positions(self, output_shape: Sequence[int]) -> None:
+        """Check ``loss_average='batch'`` and ``num_per_example_loss_terms`` against an output shape."""
+        positions = positions_per_example(self._setup.loss_func, output_shape)
         if self._loss_average == "batch" and positions != 1:
             raise ValueError(
                 "loss_average='batch' means one loss term per example, but the model output has "
                 f"{positions} positions per example, over which loss_func averages too: pass "
                 "loss_average='batch+sequence'."
             )
-        if num_per_example_loss_terms is not None:
-            given = as_integer(num_per_example_loss_terms, "num_per_example_loss_terms", 1)
-            if given != positions:
-                raise ValueError(
-                    f"num_per_example_loss_terms is {given}, but the model output has {positions} positions "
-                    "per example (pass None to count them)."
-                )
+        given = self._num_per_example_loss_terms
+        if given is not None and given != positions:
+            raise ValueError(
+                f"num_per_example_loss_terms is {given}, but the model output has {positions} positions "
+                "per example (pass None to count them)."
+            )
 
     # ----------------------------------------------------------------- factors
     def compute_kronecker_factors(self) -> None:

@@ -116,3 +116,59 @@ def test_inverse_of_something_else():
 
     with pytest.raises(TypeError, match="kfac must be a KFACLinearOperator"):
         KFACInverseLinearOperator(torch.eye(3), damping=1.0)
+
+
+# -------------------------------------------------------- the first output, checked in the pass
+class CountedForward(nn.Module):
+    """Counts its forward passes."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model, self.calls = model, 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.model(x)
+
+
+def test_building_without_the_probe_runs_no_forward_pass(problem):
+    model, loss_func, params, data = problem
+    counted = CountedForward(model)
+    kfac = KFACLinearOperator(counted, loss_func, params, data, check_deterministic=False)
+    assert counted.calls == 0
+    kfac.compute_kronecker_factors()
+    assert counted.calls == len(data)
+
+
+def test_nonfinite_output_is_named_by_the_factor_pass(problem):
+    model, loss_func, params, data = problem
+    with torch.no_grad():
+        params[0][0, 0] = float("nan")
+    kfac = KFACLinearOperator(model, loss_func, params, data, check_deterministic=False)
+    with pytest.raises(ValueError, match="batch 0: the model output and the loss hold NaN or infinity"):
+        kfac.compute_kronecker_factors()
+
+
+def test_targets_that_do_not_suit_the_output_are_named_by_the_factor_pass():
+    model = nn.Linear(3, 4).double()  # outputs [N, T, 4]: cross-entropy takes axis 1 (T) as classes
+    data = [(torch.randn(2, 5, 3, dtype=torch.float64), torch.randint(0, 4, (2, 5)))]
+    kfac = KFACLinearOperator(
+        model,
+        nn.CrossEntropyLoss(),
+        list(model.parameters()),
+        data,
+        check_deterministic=False,
+        loss_average="batch+sequence",
+    )
+    with pytest.raises(ValueError, match=r"batch 0: y must hold class indices of shape \[2, 4\]"):
+        kfac.compute_kronecker_factors()
+
+
+def test_positions_of_broadcast_targets_are_checked_on_the_output():
+    model = nn.Linear(3, 4).double()
+    data = [(torch.randn(2, 5, 3, dtype=torch.float64), torch.randn(2, 1, 4, dtype=torch.float64))]
+    kfac = KFACLinearOperator(
+        model, nn.MSELoss(), list(model.parameters()), data, check_deterministic=False, loss_average="batch"
+    )  # the targets alone show one position per example
+    with pytest.raises(ValueError, match=r"5 positions per example.*'batch\+sequence'"):
+        kfac.compute_kronecker_factors()
