@@ -30,7 +30,7 @@ from curvkit._layers.parameters import Layer
 from curvkit.operators._kfac_plan import BlockPlan, shared_output_sides
 from curvkit.operators._recorded_pass import Chunks, Uses, loss_weight_of, recorded_pass
 from curvkit.operators._setup import ModelDataSetup
-from curvkit.structured._factors import symmetrize_
+from curvkit.structured._factors import new_factor, symmetrize_
 
 GRAM_STRIP = 64
 """Rows of a Gram matrix's strips (:func:`add_gram`), for factors of at least twice as many;
@@ -70,7 +70,7 @@ def add_gram(total: Tensor | None, rows: Tensor, alpha: float = 1.0) -> Tensor:
         return _add_gram_per_sample(total, rows, alpha)
     flat = rows.reshape(-1, rows.shape[-1])
     dim, beta = flat.shape[-1], 0.0 if total is None else 1.0  # beta=0: new entries are ignored
-    total = flat.new_empty((dim, dim)) if total is None else total
+    total = new_factor(dim, flat) if total is None else total
     strip = GRAM_STRIP if dim < 1024 else 2 * GRAM_STRIP
     if dim < 2 * strip:
         return total.addmm_(flat.T, flat, beta=beta, alpha=alpha)

@@ -58,10 +58,28 @@ SYMMETRIZE_STRIP = 128
 """Rows of the strips :func:`symmetrize_` transposes through contiguous copies where its rows
 lie a multiple of :data:`CACHE_SET_PERIOD` bytes apart (design notes, "Narrower strips")."""
 
+CACHE_LINE = 64
+"""Bytes of a cache line: the padding :func:`new_factor` gives a row."""
+
 CACHE_SET_PERIOD = 512
 """Bytes: rows a multiple of this apart put a tile's column on a few cache sets, so reading a
 tile transposed misses the cache on every row (a ``2048²`` factor mirrored by tiles took twice
 as long as a ``2049²`` one)."""
+
+
+def new_factor(size: int, like: Tensor) -> Tensor:
+    """An uninitialized ``[size, size]`` factor with ``like``'s dtype and device, for sums formed in place.
+
+    On the CPU, where its rows would lie a multiple of :data:`CACHE_SET_PERIOD` bytes apart and
+    it spans more than one tile, each row gets one cache line of padding (a view of
+    ``[size, size + pad]``): :func:`symmetrize_` then mirrors it tile by tile, which beats the
+    strips it takes on such rows (design notes, "Padded rows"). Products read the view as it is.
+    """
+    row_bytes = size * like.element_size()
+    if like.device.type != "cpu" or row_bytes % CACHE_SET_PERIOD or size <= SYMMETRIZE_TILE:
+        return like.new_empty((size, size))
+    pad = CACHE_LINE // like.element_size()
+    return like.new_empty((size, size + pad))[:, :size]
 
 
 def symmetrized(factor: Tensor) -> Tensor:

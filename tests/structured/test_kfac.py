@@ -143,6 +143,21 @@ def test_symmetrize_by_the_mean_or_the_lower_triangle(monkeypatch, size, layout,
     assert torch.equal(factors_module.symmetrize_(F.clone(), scale=0.3), (F + F.T) * (0.5 * 0.3))
 
 
+@pytest.mark.parametrize("size, tile, padded", [(8, 3, True), (7, 3, False), (8, 8, False)])
+def test_new_factor_pads_rows_a_cache_set_period_apart(monkeypatch, size, tile, padded):
+    # float64 rows of 8 entries lie 64 bytes apart: a multiple of the (here) 32-byte period;
+    # a factor of one tile is mirrored without tile pairs, and needs no padding
+    monkeypatch.setattr(factors_module, "SYMMETRIZE_TILE", tile)
+    monkeypatch.setattr(factors_module, "CACHE_SET_PERIOD", 32)
+    like = torch.zeros(1, dtype=torch.float64)
+    factor = factors_module.new_factor(size, like)
+    assert factor.shape == (size, size) and factor.dtype == like.dtype
+    assert factor.stride() == ((size + 8, 1) if padded else (size, 1))  # one 64-byte line of padding
+    F = torch.randn(size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(size))
+    lower = factor.copy_(F).tril()
+    assert torch.equal(factors_module.symmetrize_(factor, mean=False), lower + lower.tril(-1).T)
+
+
 def test_copy_must_be_a_bool():
     with pytest.raises(TypeError, match="copy must be a bool"):
         KroneckerFactoredLinearOperator([torch.zeros(2)], [KroneckerBlock((0,), torch.eye(2))], copy=1)
