@@ -120,15 +120,24 @@ def test_refusals_name_what_is_not_supported(module, reason):
     assert reason in rule_of(module).refusal(module)
 
 
-def test_unfolded_patches_reproduce_the_convolution():
+@pytest.mark.parametrize(
+    ("module", "shape"),
+    [
+        (nn.Conv1d(2, 3, 3, stride=2, padding=2, dilation=2), (2, 2, 9)),
+        (nn.Conv2d(2, 3, 3, stride=2, padding=1), (2, 2, 7, 6)),
+        (nn.Conv2d(2, 3, (3, 2), stride=(1, 2), padding=(0, 1), dilation=(2, 1)), (2, 2, 7, 6)),
+        (nn.Conv3d(2, 3, 2, stride=2, padding=1, dilation=(1, 2, 1)), (2, 2, 5, 6, 4)),
+    ],
+    ids=["conv1d", "conv2d strided", "conv2d uneven", "conv3d"],
+)
+def test_unfolded_patches_reproduce_the_convolution(module, shape):
     """``z = W ψ(a) + b`` position by position, the definition the rules rest on."""
     torch.manual_seed(0)
-    for module, shape in [(nn.Conv3d(2, 3, 2, stride=2, padding=1, dilation=(1, 2, 1)), (2, 2, 5, 6, 4))]:
-        module = module.double()
-        inputs = torch.randn(shape, dtype=torch.float64)
-        rows = ConvolutionRule.input_rows(module, inputs)
-        output = rows @ module.weight.reshape(3, -1).T + module.bias
-        torch.testing.assert_close(output.transpose(1, 2).reshape(module(inputs).shape), module(inputs))
+    module = module.double()
+    inputs = torch.randn(shape, dtype=torch.float64)
+    rows = ConvolutionRule.input_rows(module, inputs)
+    output = rows @ module.weight.reshape(3, -1).T + module.bias
+    torch.testing.assert_close(output.transpose(1, 2).reshape(module(inputs).shape), module(inputs))
 
 
 def test_subclasses_have_no_rule():
