@@ -6,8 +6,8 @@ equal to zero, but got -nan`` from a comparison of two products). So each batch 
 it first passes through: its inputs and targets by the engine as ``data`` yields them (before
 they move to the device), its model output and loss by the construction probes
 (:mod:`curvkit.operators._setup`, :mod:`curvkit._engine.determinism`; KFAC's on the first batch
-of its factor pass). Why there, and what it
-costs, is in ``docs/design-notes.md`` ("Non-finite data and bad targets").
+of its factor pass). Why there, and what it costs, is in ``docs/design-notes.md`` ("Non-finite
+data and bad targets").
 """
 
 from __future__ import annotations
