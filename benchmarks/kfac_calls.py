@@ -71,7 +71,9 @@ def floor(shapes: list[tuple[int, int]], vector: torch.Tensor):
     """``G_l W_l A_lᵀ`` and ``G_l b_l`` per layer on ``vector``'s per-parameter views (``[D]`` or ``[D, k]``).
 
     With ``k`` columns, the rows of ``W``'s ``[out, in, k]`` view are multiplied by ``A`` in one
-    batched product after ``G`` (the same multiplications, no copy of the input).
+    batched product after ``G`` (the same multiplications, no copy of the input). ``A`` is
+    symmetric: for at most 16 rows ``G W`` is multiplied by ``A`` itself, as curvkit's product
+    does (the CPU BLAS packs a transposed ``A`` at a cost so few rows do not repay).
     """
     generator = torch.Generator().manual_seed(0)
     factors = [(psd(out, generator), psd(inp, generator)) for out, inp in shapes]
@@ -82,7 +84,7 @@ def floor(shapes: list[tuple[int, int]], vector: torch.Tensor):
         for (G, A), W, b in zip(factors, pieces[::2], pieces[1::2]):
             out, inp = G.shape[0], A.shape[0]
             if vector.ndim == 1:
-                (G @ W.view(out, inp)) @ A.T
+                (G @ W.view(out, inp)) @ (A if out <= 16 else A.T)
             else:
                 A @ (G @ W.view(out, -1)).view(out, inp, -1)
             G @ b.view(out, -1)

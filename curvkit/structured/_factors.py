@@ -58,6 +58,10 @@ SYMMETRIZE_STRIP = 128
 """Rows of the strips :func:`symmetrize_` transposes through contiguous copies where its rows
 lie a multiple of :data:`CACHE_SET_PERIOD` bytes apart (design notes, "Narrower strips")."""
 
+SHORT_PRODUCT_ROWS = 16
+"""Rows of a stack up to which :func:`kronecker_on_matrices` multiplies by a symmetric ``R``
+itself rather than by ``Rᵀ`` (on the CPU; design notes, "Short products")."""
+
 CACHE_LINE = 64
 """Bytes of a cache line: the padding :func:`new_factor` gives a row."""
 
@@ -85,11 +89,12 @@ def new_factor(size: int, like: Tensor) -> Tensor:
 def symmetrized(factor: Tensor) -> Tensor:
     """``(F + Fᵀ) / 2``: factors summed over batches in floating point are symmetric only to rounding.
 
-    On a copy of ``factor`` (a plain copy: :func:`symmetrize_` does the transposing in cache).
+    On a copy of ``factor`` (a plain copy into :func:`new_factor`'s layout: :func:`symmetrize_`
+    does the transposing in cache).
     """
     if factor.ndim == 1:
         return factor
-    return symmetrize_(factor.clone(memory_format=torch.contiguous_format))
+    return symmetrize_(new_factor(factor.shape[0], factor).copy_(factor))
 
 
 def symmetrize_(factor: Tensor, mean: bool = True, scale: float = 1.0) -> Tensor:
@@ -154,7 +159,7 @@ def dense(factor: Tensor) -> Tensor:
 
 
 def kronecker_product(
-    left: Tensor | None, right: Tensor | None, X: Tensor, rows: int, columns: int
+    left: Tensor | None, right: Tensor | None, X: Tensor, rows: int, columns: int, symmetric: bool = False
 ) -> Tensor:
     """``(L ⊗ R) X`` for ``X`` of shape ``[rows · columns, k]``, row-major: ``vec(L M Rᵀ)`` per column.
 
@@ -163,17 +168,29 @@ def kronecker_product(
     when ``X`` is stored column by column, as block diagonals hand their blocks over — and the
     result is returned the same way: two batched matrix products and no copy, as fast as the
     bare ``L M Rᵀ`` (a row-major route with two transposing copies took 1.3 times as long).
+    ``symmetric``: ``R`` equals ``Rᵀ`` exactly (:func:`kronecker_on_matrices`).
     """
     k = X.shape[1]
-    return kronecker_on_matrices(left, right, X.T.reshape(k, rows, columns)).reshape(k, rows * columns).T
+    stacked = X.T.reshape(k, rows, columns)
+    return kronecker_on_matrices(left, right, stacked, symmetric).reshape(k, rows * columns).T
 
 
-def kronecker_on_matrices(left: Tensor | None, right: Tensor | None, M: Tensor) -> Tensor:
-    """``L M_c Rᵀ`` for each matrix of the stack ``M`` ``[k, rows, columns]`` (``None``: identity)."""
+def kronecker_on_matrices(
+    left: Tensor | None, right: Tensor | None, M: Tensor, symmetric: bool = False
+) -> Tensor:
+    """``L M_c Rᵀ`` for each matrix of the stack ``M`` ``[k, rows, columns]`` (``None``: identity).
+
+    ``symmetric``: ``R`` equals ``Rᵀ`` exactly, so ``M R`` is the same product; on the CPU it
+    is taken for stacks of at most :data:`SHORT_PRODUCT_ROWS` rows in all, where the BLAS packs
+    a transposed ``R`` at a cost the few rows do not repay (design notes, "Short products").
+    """
     if left is not None:
         M = left @ M if left.ndim == 2 else left.unsqueeze(1) * M
     if right is not None:
-        M = M @ right.T if right.ndim == 2 else M * right
+        if right.ndim == 1:
+            return M * right
+        short = M.device.type == "cpu" and M.numel() <= SHORT_PRODUCT_ROWS * M.shape[-1]
+        M = M @ (right if symmetric and short else right.T)
     return M
 
 

@@ -95,7 +95,9 @@ class KroneckerLinearOperator(ClosedForms, LinearOperator):
         self.left, self.right = left, right
 
     def _matmat(self, X: Tensor) -> Tensor:
-        return kronecker_product(self.left, self.right, X, self.left.shape[0], self.right.shape[0])
+        return kronecker_product(
+            self.left, self.right, X, self.left.shape[0], self.right.shape[0], self.is_symmetric
+        )
 
     def _rmatmat(self, X: Tensor) -> Tensor:
         return kronecker_product(

@@ -76,6 +76,14 @@ def test_products_match_torch_kron(rows, columns, num_columns, left_diagonal, ri
     torch.testing.assert_close(operator.T @ X, reference.T @ X, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("num_columns", [1, 5, 8])  # stacks of 3, 15 and 24 rows: R itself, then Rᵀ
+def test_products_with_symmetric_factors_short_and_long(num_columns):
+    left, right = psd(3, 0), psd(4, 1)
+    X = matrix(12, num_columns, 2)
+    operator, reference = KroneckerLinearOperator(left, right, psd=True), torch.kron(left, right)
+    torch.testing.assert_close(operator @ X, reference @ X, rtol=1e-12, atol=1e-12)
+
+
 CLOSED_FORM_CASES = {
     "psd": lambda: (psd(3, 0), psd(4, 1), True),
     "psd-diagonal": lambda: (psd(3, 2), positive(4, 3), True),
