@@ -71,13 +71,18 @@ def kfac(layers, joined: bool, generator: torch.Generator):
 
 
 def floor(layers, factors, joined: bool, k: int):
-    """``G W Aᵀ`` per layer on inputs already split and shaped: ``[k, out, in]`` (and ``[out, k]``)."""
+    """``G W Aᵀ`` per layer on inputs already split and shaped: ``[k, out, in]`` (and ``[out, k]``).
+
+    ``A`` is symmetric: stacks of at most 16 rows are multiplied by ``A`` itself, as curvkit's
+    product does (the CPU BLAS packs a transposed ``A`` at a cost so few rows do not repay).
+    """
     weights = [torch.randn(k, out, inp + joined) for out, inp in layers]
     biases = [torch.randn(out, k) for out, _ in layers]
 
     def run():
         for (G, A), W, b in zip(factors, weights, biases):
-            G @ W @ (A if joined else A[: W.shape[2], : W.shape[2]]).T
+            right = A if joined else A[: W.shape[2], : W.shape[2]]
+            G @ W @ (right if W.shape[0] * W.shape[1] <= 16 else right.T)
             if not joined:
                 G @ b
 
