@@ -70,7 +70,7 @@ def add_gram(total: Tensor | None, rows: Tensor, alpha: float = 1.0) -> Tensor:
         return _add_gram_per_sample(total, rows, alpha)
     flat = rows.reshape(-1, rows.shape[-1])
     dim, beta = flat.shape[-1], 0.0 if total is None else 1.0  # beta=0: new entries are ignored
-    total = new_factor(dim, flat) if total is None else total
+    total = new_factor(dim, flat.dtype, flat.device) if total is None else total
     strip = GRAM_STRIP if dim < 1024 else 2 * GRAM_STRIP
     if dim < 2 * strip:
         return total.addmm_(flat.T, flat, beta=beta, alpha=alpha)
@@ -104,14 +104,11 @@ def _add_gram_per_sample(total: Tensor | None, rows: Tensor, alpha: float) -> Te
     """
     columns = rows.reshape(-1, *rows.shape[-2:]).transpose(1, 2)  # [B, d, R]
     dim = columns.shape[1]
+    total = new_factor(dim, columns.dtype, columns.device).zero_() if total is None else total
     step = max(1, PATCH_ENTRIES // (dim * dim))
     for start in range(0, columns.shape[0], step):
         chunk = columns[start : start + step]
-        products = torch.bmm(chunk, chunk.transpose(1, 2))
-        if total is None:
-            total = torch.sum(products, 0).mul_(alpha)
-        else:
-            total.add_(products.sum(0), alpha=alpha)
+        total.add_(torch.bmm(chunk, chunk.transpose(1, 2)).sum(0), alpha=alpha)
     return total
 
 

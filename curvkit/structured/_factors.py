@@ -54,10 +54,6 @@ SYMMETRIZE_TILE = 256
 """Side of the tiles :func:`symmetrize_` pairs up (a tile pair stays in cache; on a ``2049²``
 factor 256 mirrored in 3.3 ms, 512 in 3.6, 128 in 3.9, 64 in 7.7, one thread)."""
 
-SYMMETRIZE_STRIP = 128
-"""Rows of the strips :func:`symmetrize_` transposes through contiguous copies where its rows
-lie a multiple of :data:`CACHE_SET_PERIOD` bytes apart (design notes, "Narrower strips")."""
-
 SHORT_PRODUCT_ROWS = 16
 """Rows of a stack up to which :func:`kronecker_on_matrices` multiplies by a symmetric ``R``
 itself rather than by ``Rᵀ`` (on the CPU; design notes, "Short products")."""
@@ -71,30 +67,34 @@ tile transposed misses the cache on every row (a ``2048²`` factor mirrored by t
 as long as a ``2049²`` one)."""
 
 
-def new_factor(size: int, like: Tensor) -> Tensor:
-    """An uninitialized ``[size, size]`` factor with ``like``'s dtype and device, for sums formed in place.
+def new_factor(size: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """An uninitialized ``[size, size]`` factor, for sums and copies that :func:`symmetrize_` finishes.
 
     On the CPU, where its rows would lie a multiple of :data:`CACHE_SET_PERIOD` bytes apart and
     it spans more than one tile, each row gets one cache line of padding (a view of
-    ``[size, size + pad]``): :func:`symmetrize_` then mirrors it tile by tile, which beats the
-    strips it takes on such rows (design notes, "Padded rows"). Products read the view as it is.
+    ``[size, size + pad]``), so that :func:`symmetrize_`'s tiles do not miss the cache (design
+    notes, "Padded rows"). Products read the view as it is.
     """
-    row_bytes = size * like.element_size()
-    if like.device.type != "cpu" or row_bytes % CACHE_SET_PERIOD or size <= SYMMETRIZE_TILE:
-        return like.new_empty((size, size))
-    pad = CACHE_LINE // like.element_size()
-    return like.new_empty((size, size + pad))[:, :size]
+    element_size = torch.empty(0, dtype=dtype).element_size()
+    row_bytes = size * element_size
+    if torch.device(device).type != "cpu" or row_bytes % CACHE_SET_PERIOD or size <= SYMMETRIZE_TILE:
+        return torch.empty(size, size, dtype=dtype, device=device)
+    pad = CACHE_LINE // element_size
+    return torch.empty(size, size + pad, dtype=dtype, device=device)[:, :size]
 
 
-def symmetrized(factor: Tensor) -> Tensor:
+def symmetrized(
+    factor: Tensor, dtype: torch.dtype | None = None, device: torch.device | None = None
+) -> Tensor:
     """``(F + Fᵀ) / 2``: factors summed over batches in floating point are symmetric only to rounding.
 
-    On a copy of ``factor`` (a plain copy into :func:`new_factor`'s layout: :func:`symmetrize_`
-    does the transposing in cache).
+    On a copy of ``factor`` in :func:`new_factor`'s layout, converted to ``dtype`` and moved to
+    ``device`` on the way (default: ``factor``'s); a diagonal is returned converted.
     """
+    dtype, device = dtype or factor.dtype, device or factor.device
     if factor.ndim == 1:
-        return factor
-    return symmetrize_(new_factor(factor.shape[0], factor).copy_(factor))
+        return factor.to(dtype=dtype, device=device)
+    return symmetrize_(new_factor(factor.shape[0], dtype, device).copy_(factor))
 
 
 def symmetrize_(factor: Tensor, mean: bool = True, scale: float = 1.0) -> Tensor:
@@ -106,37 +106,21 @@ def symmetrize_(factor: Tensor, mean: bool = True, scale: float = 1.0) -> Tensor
     are in cache then; a separate pass reads the whole factor again). Tile pair by tile pair
     (:data:`SYMMETRIZE_TILE`): a transposed copy of a whole ``2049²`` factor reads it across
     cache lines (5–9 ms against 5 for the mean and 3 for the mirror this way, one thread),
-    and a new ``[n, n]`` tensor costs page faults. Where the rows' distance makes tiles miss
-    the cache (:data:`CACHE_SET_PERIOD`), strip by strip through torch's blocked transpose.
+    and a new ``[n, n]`` tensor costs page faults. Factors allocated by :func:`new_factor` keep
+    the tiles' columns off a few cache sets.
     """
-    row_bytes = max(factor.stride()) * factor.element_size()
-    if row_bytes % CACHE_SET_PERIOD == 0 and factor.shape[0] > SYMMETRIZE_TILE:
-        # a strip's whole lower part pairs with its upper block, through contiguous copies
-        strip, pair_width, transpose = SYMMETRIZE_STRIP, factor.shape[0], _transposed
-    else:
-        strip, pair_width, transpose = SYMMETRIZE_TILE, SYMMETRIZE_TILE, Tensor.t
-    for start in range(0, factor.shape[0], strip):
-        rows = slice(start, start + strip)
-        for other in range(0, start, pair_width):
-            columns = slice(other, min(other + pair_width, start))
-            lower, upper = factor[rows, columns], factor[columns, rows]
+    tile = SYMMETRIZE_TILE
+    for start in range(0, factor.shape[0], tile):
+        rows = slice(start, start + tile)
+        for other in range(0, start, tile):
+            lower, upper = factor[rows, other : other + tile], factor[other : other + tile, rows]
             if mean:
-                lower.add_(transpose(upper)).mul_(0.5 * scale)
+                lower.add_(upper.T).mul_(0.5 * scale)
             elif scale != 1.0:
                 lower.mul_(scale)
-            upper.copy_(transpose(lower))
+            upper.copy_(lower.T)
         _symmetrize_diagonal_block_(factor[rows, rows], mean, scale)
     return factor
-
-
-def _transposed(block: Tensor) -> Tensor:
-    """A contiguous ``blockᵀ``.
-
-    ``block`` is copied contiguous first, so that ``copy_`` takes torch's blocked transpose of a
-    contiguous matrix instead of reading ``block`` across its rows.
-    """
-    result = block.new_empty(block.shape[::-1])
-    return result.copy_(block.contiguous().T)
 
 
 def _symmetrize_diagonal_block_(block: Tensor, mean: bool, scale: float) -> None:
@@ -228,7 +212,7 @@ def eigh64(factor: Tensor) -> tuple[Tensor, Tensor | None]:
     """
     if factor.ndim == 1:
         return factor.to(torch.float64).clamp(min=0.0), None
-    values, vectors = torch.linalg.eigh(symmetrized(factor.to(torch.float64)))
+    values, vectors = torch.linalg.eigh(symmetrized(factor, torch.float64))
     return values.clamp(min=0.0), vectors.to(factor.dtype)
 
 

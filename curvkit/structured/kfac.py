@@ -19,7 +19,7 @@ from torch import Tensor
 
 from curvkit.linear_operator import LinearOperator
 from curvkit.structured._deferred import DeferredLinearOperator
-from curvkit.structured._factors import checked_factor, symmetrize_, symmetrized
+from curvkit.structured._factors import checked_factor, symmetrized
 from curvkit.structured._parameter_blocks import ParameterBlocks
 from curvkit.structured.block_diagonal import BlockDiagonalLinearOperator
 from curvkit.structured.blocks import (
@@ -115,13 +115,12 @@ class KroneckerFactoredLinearOperator(ParameterBlocks):
     def _factor(self, factor: object, name: str) -> Tensor:
         """The factor checked, in this operator's dtype and device, symmetrized."""
         given = checked_factor(factor, name, finite_diagonal=not self._copy)
+        if given.ndim == 2 and self._copy:  # converted and symmetrized in one copy
+            return symmetrized(given.detach(), self.dtype, self.device)
         factor = self._converted(given)
         if factor.ndim == 1 and bool((factor < 0).any()):
             raise ValueError(f"{name} is a diagonal with negative entries; factors are second moments (PSD).")
-        if factor.ndim == 1 or not self._copy:
-            return factor
-        converted = factor.untyped_storage().data_ptr() != given.untyped_storage().data_ptr()
-        return symmetrize_(factor) if converted else symmetrized(factor)
+        return factor
 
     def _block_operator(self, block: KroneckerBlock, where: Placement) -> LinearOperator:
         return kronecker_operator(where, block.output_factor, block.input_factor)

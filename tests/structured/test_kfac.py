@@ -123,18 +123,17 @@ def test_factors_are_symmetrized_copies_unless_handed_over(copy):
 
 @pytest.mark.parametrize("size", [1, 2, 3, 4, 7, 8, 9])
 @pytest.mark.parametrize("layout", ["contiguous", "transposed"])
-@pytest.mark.parametrize("path", ["tiles", "strips"])
-def test_symmetrize_by_the_mean_or_the_lower_triangle(monkeypatch, size, layout, path):
-    # several tile pairs or strips, partial edge ones; strips where rows lie a cache-set period apart
+def test_symmetrize_by_the_mean_or_the_lower_triangle(monkeypatch, size, layout):
+    # several tile pairs, partial edge ones
     monkeypatch.setattr(factors_module, "SYMMETRIZE_TILE", 3)
-    monkeypatch.setattr(factors_module, "SYMMETRIZE_STRIP", 2)
-    monkeypatch.setattr(factors_module, "CACHE_SET_PERIOD", 4 if path == "strips" else 10**9)
     F = torch.randn(size, size, generator=torch.Generator().manual_seed(size))
     F = F.T if layout == "transposed" else F
     expected = (F + F.T) / 2
     result = factors_module.symmetrize_(F.clone())
     assert torch.equal(result, expected) and torch.equal(result, result.T)
     assert torch.equal(factors_module.symmetrized(F), expected)
+    F64 = F.double()  # converted, then symmetrized: one copy
+    assert torch.equal(factors_module.symmetrized(F, torch.float64), (F64 + F64.T) / 2)
     lower = F.tril()
     assert torch.equal(factors_module.symmetrize_(F.clone(), mean=False), lower + lower.tril(-1).T)
     scaled = 0.3 * lower  # scaled on the way: the same numbers as a separate pass
@@ -149,9 +148,8 @@ def test_new_factor_pads_rows_a_cache_set_period_apart(monkeypatch, size, tile, 
     # a factor of one tile is mirrored without tile pairs, and needs no padding
     monkeypatch.setattr(factors_module, "SYMMETRIZE_TILE", tile)
     monkeypatch.setattr(factors_module, "CACHE_SET_PERIOD", 32)
-    like = torch.zeros(1, dtype=torch.float64)
-    factor = factors_module.new_factor(size, like)
-    assert factor.shape == (size, size) and factor.dtype == like.dtype
+    factor = factors_module.new_factor(size, torch.float64, torch.device("cpu"))
+    assert factor.shape == (size, size) and factor.dtype == torch.float64
     assert factor.stride() == ((size + 8, 1) if padded else (size, 1))  # one 64-byte line of padding
     F = torch.randn(size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(size))
     lower = factor.copy_(F).tril()
