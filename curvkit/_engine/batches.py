@@ -194,14 +194,9 @@ class MiniBatchEngine:
         # an iterator, not the data: tqdm.auto's asyncio base calls iter() on an iterable in its
         # constructor and tqdm again when iterating, which started a DataLoader twice per pass
         total = len(self.data) if isinstance(self.data, Sized) else None
-        iterator = tqdm(
-            iter(self.data),
-            total=total,
-            desc=desc,
-            disable=not self.progressbar,
-            leave=False,
-            delay=PASS_BAR_DELAY,
-        )
+        iterator = iter(self.data)
+        if self.progressbar:  # a disabled bar still takes a lock and starts tqdm's monitor thread
+            iterator = tqdm(iterator, total=total, desc=desc, leave=False, delay=PASS_BAR_DELAY)
         index, num_samples = -1, 0
         for index, pair in enumerate(iterator):
             if not (isinstance(pair, (tuple, list)) and len(pair) == 2):

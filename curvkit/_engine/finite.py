@@ -30,9 +30,11 @@ MODEL_HINT = (
 def nonfinite(tensors: Mapping[str, Tensor]) -> list[str]:
     """The names of the floating-point ``tensors`` that hold NaN or infinity.
 
-    A tensor is finite iff its smallest and largest entries are (NaN propagates through both):
-    one read of the tensor without a boolean copy of it, about 7× faster than
-    ``isfinite(t).all()`` on the CPU. One read back per device for all tensors together.
+    A tensor with a NaN or infinite entry has a non-finite sum, so one sum per tensor clears the
+    common case (a reduction that vectorizes, several times faster than ``aminmax`` on the CPU,
+    and than ``isfinite(t).all()`` by far). A non-finite sum may also be an overflow of finite
+    entries; then the tensor's extremes decide (NaN propagates through both). One read back per
+    device for all tensors together.
     """
     floating = {
         name: tensor.detach()
@@ -44,10 +46,11 @@ def nonfinite(tensors: Mapping[str, Tensor]) -> list[str]:
         by_device.setdefault(tensor.device, []).append(name)
     found = []
     for names in by_device.values():
+        if bool(torch.isfinite(torch.stack([floating[name].sum() for name in names])).all()):
+            continue
         extremes = [torch.stack(torch.aminmax(floating[name])) for name in names]
         flags = torch.isfinite(torch.stack(extremes)).all(dim=1)
-        if not bool(flags.all()):
-            found += [name for name, finite in zip(names, flags.tolist()) if not finite]
+        found += [name for name, finite in zip(names, flags.tolist()) if not finite]
     return found
 
 

@@ -151,3 +151,13 @@ def test_nonfinite_finds_each_kind_of_entry_and_skips_what_cannot_be(dtype):
     }
     assert nonfinite({**cases, **others}) == ["nan", "inf", "-inf"]
     assert nonfinite(others) == []
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+def test_nonfinite_does_not_take_an_overflowing_sum_of_finite_entries_for_infinity(dtype):
+    largest = torch.finfo(dtype).max
+    overflowing = torch.full((8,), largest, dtype=dtype)  # finite entries, an infinite sum
+    assert torch.isinf(overflowing.sum())
+    with_nan = overflowing.clone()
+    _set(with_nan, float("nan"))
+    assert nonfinite({"large": overflowing, "nan": with_nan}) == ["nan"]
