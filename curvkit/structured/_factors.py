@@ -54,9 +54,6 @@ SYMMETRIZE_TILE = 256
 """Side of the tiles :func:`symmetrize_` pairs up (a tile pair stays in cache; on a ``2049²``
 factor 256 mirrored in 3.3 ms, 512 in 3.6, 128 in 3.9, 64 in 7.7, one thread)."""
 
-DIAGONAL_LEAF = 128
-"""Side up to which :func:`symmetrize_` mirrors a diagonal block in one piece (by halves above)."""
-
 SHORT_PRODUCT_ROWS = 16
 """Rows of a stack up to which :func:`kronecker_on_matrices` multiplies by a symmetric ``R``
 itself rather than by ``Rᵀ`` (on the CPU; design notes, "Short products")."""
@@ -116,38 +113,21 @@ def symmetrize_(factor: Tensor, mean: bool = True, scale: float = 1.0) -> Tensor
     for start in range(0, factor.shape[0], tile):
         rows = slice(start, start + tile)
         for other in range(0, start, tile):
-            columns = slice(other, other + tile)
-            _symmetrize_pair_(factor[rows, columns], factor[columns, rows], mean, scale)
+            lower, upper = factor[rows, other : other + tile], factor[other : other + tile, rows]
+            if mean:
+                lower.add_(upper.T).mul_(0.5 * scale)
+            elif scale != 1.0:
+                lower.mul_(scale)
+            upper.copy_(lower.T)
         _symmetrize_diagonal_block_(factor[rows, rows], mean, scale)
     return factor
 
 
-def _symmetrize_pair_(lower: Tensor, upper: Tensor, mean: bool, scale: float) -> None:
-    """:func:`symmetrize_` on a tile below the diagonal and its mirror image above it."""
-    if mean:
-        lower.add_(upper.T).mul_(0.5 * scale)
-    elif scale != 1.0:
-        lower.mul_(scale)
-    upper.copy_(lower.T)
-
-
 def _symmetrize_diagonal_block_(block: Tensor, mean: bool, scale: float) -> None:
-    """:func:`symmetrize_` on a block on the diagonal, by halves down to :data:`DIAGONAL_LEAF`.
-
-    A leaf takes a temporary of its own size: small ones come from the allocator's free lists,
-    where one of a whole tile was fresh memory each time, paid in page faults.
-    """
-    size = block.shape[0]
-    if size > DIAGONAL_LEAF:
-        half = size // 2
-        _symmetrize_pair_(block[half:, :half], block[:half, half:], mean, scale)
-        _symmetrize_diagonal_block_(block[:half, :half], mean, scale)
-        _symmetrize_diagonal_block_(block[half:, half:], mean, scale)
-        return
     if mean:
         block.copy_(block + block.T).mul_(0.5 * scale)
         return
-    block.tril_().add_(block.T.triu(1))  # the strictly upper triangle of Bᵀ: the mirror image
+    block.tril_().add_(block.T.triu(1))  # Bᵀ's strictly upper triangle: the lower one mirrored
     if scale != 1.0:
         block.mul_(scale)
 
