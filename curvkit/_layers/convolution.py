@@ -175,6 +175,32 @@ def unfolded(module: nn.Module, inputs: Tensor) -> Tensor:
     return patches.transpose(1, 2)
 
 
+CHANNELS_LAST_MIN = 16
+"""Input channels from which :meth:`ConvolutionRule.gram_rows` copies patches channels-last."""
+
+
+def channels_last_patches(module: nn.Module, inputs: Tensor) -> Tensor:
+    """``ψ(a)`` with its features ordered ``(*kernel, C)``: ``[N, R, ∏kernel·C]``, contiguous.
+
+    The zero-padded input is copied channels-last first, so that the patches' copy moves runs of
+    ``C`` adjacent entries; :func:`unfolded`'s order ``(C, *kernel)`` moves runs along the
+    output positions, as short as a row of them (8 entries for a stride-2 convolution on
+    ``16 × 16``). Design notes, "Channels-last patches".
+    """
+    dims = len(module.kernel_size)
+    padding = [side for pad in reversed(module.padding) for side in (pad, pad)]
+    padded = functional.pad(inputs, padding) if any(padding) else inputs
+    windows = padded.movedim(1, -1).contiguous()  # [N, *spatial, C]
+    for dim, (size, step, spread) in enumerate(zip(module.kernel_size, module.stride, module.dilation)):
+        windows = windows.unfold(1 + dim, (size - 1) * spread + 1, step)
+        if spread > 1:
+            windows = windows[..., ::spread]
+    # [N, *positions, C, *kernel] -> [N, *positions, *kernel, C]
+    order = [0, *range(1, 1 + dims), *range(2 + dims, 2 + 2 * dims), 1 + dims]
+    features = module.in_channels * math.prod(module.kernel_size)
+    return windows.permute(order).reshape(inputs.shape[0], -1, features)
+
+
 class ConvolutionRule(LayerRule):
     """``nn.Conv1d``, ``nn.Conv2d``, ``nn.Conv3d`` (exactly these types), ungrouped, numeric zero padding."""
 
@@ -201,6 +227,20 @@ class ConvolutionRule(LayerRule):
     @classmethod
     def input_rows(cls, module: nn.Module, inputs: Tensor) -> Tensor:
         return unfolded(module, inputs)
+
+    @classmethod
+    def gram_rows(cls, module: nn.Module, inputs: Tensor) -> Tensor:
+        if module.in_channels < CHANNELS_LAST_MIN:
+            return unfolded(module, inputs)
+        return channels_last_patches(module, inputs)
+
+    @classmethod
+    def gram_order(cls, module: nn.Module) -> Tensor | None:
+        if module.in_channels < CHANNELS_LAST_MIN:
+            return None
+        # feature (c, k) of the weight sits at k·C + c channels-last
+        kernel = math.prod(module.kernel_size)
+        return torch.arange(module.in_channels * kernel).view(kernel, module.in_channels).T.reshape(-1)
 
     @classmethod
     def output_rows(cls, module: nn.Module, output_gradients: Tensor) -> Tensor:

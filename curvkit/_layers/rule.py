@@ -77,6 +77,22 @@ class LayerRule:
         raise NotImplementedError
 
     @classmethod
+    def gram_rows(cls, module: nn.Module, inputs: Tensor) -> Tensor:
+        """:meth:`input_rows` with the features in :meth:`gram_order`: for Gram matrices ``Σ ψ ψᵀ``.
+
+        A rule may order the features as they copy fastest; the default keeps the weight's order.
+        """
+        return cls.input_rows(module, inputs)
+
+    @classmethod
+    def gram_order(cls, module: nn.Module) -> Tensor | None:
+        """Where each of the weight's input features lies among :meth:`gram_rows`' (``None``: in place).
+
+        A Gram matrix ``F`` of :meth:`gram_rows` is ``F[order][:, order]`` in the weight's order.
+        """
+        return None
+
+    @classmethod
     def output_rows(cls, module: nn.Module, output_gradients: Tensor) -> Tensor:
         """``[K, *output.shape]`` as ``[K, N, R, out]``."""
         raise NotImplementedError

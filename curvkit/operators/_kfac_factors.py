@@ -115,7 +115,24 @@ def _add_gram_per_sample(total: Tensor | None, rows: Tensor, alpha: float) -> Te
 
 
 def _input_rows(layer: Layer, inputs: Tensor, samples: slice) -> Tensor:
-    return layer.rule.input_rows(layer.module, inputs[samples])
+    return layer.rule.gram_rows(layer.module, inputs[samples])
+
+
+def _in_weight_order(side: Tensor | None, plan: BlockPlan) -> Tensor | None:
+    """A block's input side, summed from its rules' :meth:`~LayerRule.gram_rows`, in its weight's order.
+
+    A weight's uses share its rule and shape, so the first holder's order is every use's.
+    """
+    if side is None or side.ndim == 1 or plan.bias_only:
+        return side
+    layer = plan.holders[0].layer
+    order = layer.rule.gram_order(layer.module)
+    if order is None:
+        return side
+    if plan.joined:  # the bias's 1 stays last
+        order = torch.cat([order, order.new_tensor([order.numel()])])
+    order = order.to(side.device)
+    return side[order][:, order]
 
 
 def _joined(rows: Tensor) -> Tensor:
@@ -265,7 +282,7 @@ def factor_sums(
     for index in range(len(plans)):
         output, inputs, count = totals[3 * index : 3 * index + 3]
         output = _mirrored(output, 1.0 / divisor)
-        inputs = _mirrored(inputs, 1.0 / max(float(count), 1.0))
+        inputs = _in_weight_order(_mirrored(inputs, 1.0 / max(float(count), 1.0)), plans[index])
         sums.append(FactorSums(output, inputs, float(count)))
     for index, source in shared.items():  # a copy: the caller scales each block's sides in place
         sums[index].output = None if sums[source].output is None else sums[source].output.clone()

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from curvkit._layers import convolution
 from curvkit._layers.convolution import ConvolutionRule
 from curvkit._layers.parameters import rule_of
 
@@ -130,14 +131,21 @@ def test_refusals_name_what_is_not_supported(module, reason):
     ],
     ids=["conv1d", "conv2d strided", "conv2d uneven", "conv3d"],
 )
-def test_unfolded_patches_reproduce_the_convolution(module, shape):
-    """``z = W ψ(a) + b`` position by position, the definition the rules rest on."""
+@pytest.mark.parametrize("channels_last_min", [1, convolution.CHANNELS_LAST_MIN])
+def test_unfolded_patches_reproduce_the_convolution(module, shape, channels_last_min, monkeypatch):
+    """``z = W ψ(a) + b`` position by position, the definition the rules rest on; the Gram rows
+    are the same patches in the order ``gram_order`` gives (channels-last here from 1 channel)."""
+    monkeypatch.setattr(convolution, "CHANNELS_LAST_MIN", channels_last_min)
     torch.manual_seed(0)
     module = module.double()
     inputs = torch.randn(shape, dtype=torch.float64)
     rows = ConvolutionRule.input_rows(module, inputs)
     output = rows @ module.weight.reshape(3, -1).T + module.bias
     torch.testing.assert_close(output.transpose(1, 2).reshape(module(inputs).shape), module(inputs))
+    order = ConvolutionRule.gram_order(module)
+    gram_rows = ConvolutionRule.gram_rows(module, inputs)
+    assert (order is None) == (channels_last_min > module.in_channels)
+    assert torch.equal(gram_rows if order is None else gram_rows[..., order], rows)
 
 
 def test_subclasses_have_no_rule():

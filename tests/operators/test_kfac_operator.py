@@ -18,6 +18,7 @@ from kfac_problems import (
 from torch import nn
 
 from curvkit import FisherType, KFACLinearOperator, KFACType
+from curvkit._layers import convolution
 from curvkit.operators import _kfac_factors as kfac_factors
 from curvkit.operators import _recorded_pass as recorded_pass
 from curvkit.reference import empirical_fisher_matrix, ggn_matrix
@@ -115,13 +116,17 @@ def test_sequences_and_a_layer_used_twice_follow_expand_and_reduce(approx, fishe
         torch.testing.assert_close(block(dense, params, first, first + 1), expected, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("patches", ["unfolded", "channels_last"])
 @pytest.mark.parametrize("approx", ["expand", "reduce"])
 @pytest.mark.parametrize("dims", [1, 2])
-def test_convolutions_follow_expand_and_reduce(approx, dims):
+def test_convolutions_follow_expand_and_reduce(approx, dims, patches, monkeypatch):
+    """Either way of copying the patches (channels-last from 16 input channels; here from 1)."""
+    if patches == "channels_last":
+        monkeypatch.setattr(convolution, "CHANNELS_LAST_MIN", 1)
     model, loss_func, data = conv_problem(dims)
     params = list(model.parameters())
-    kfac = KFACLinearOperator(model, loss_func, params, data, fisher_type="type-2", kfac_approx=approx)
-    dense = kfac.to_dense()
+    kwargs = {"fisher_type": "type-2", "kfac_approx": approx}
+    dense = KFACLinearOperator(model, loss_func, params, data, **kwargs).to_dense()
     torch.testing.assert_close(
         block(dense, params, 0),
         layer_block(model, loss_func, data, model[0], "type-2", approx),
@@ -130,6 +135,11 @@ def test_convolutions_follow_expand_and_reduce(approx, dims):
     )
     bias = layer_block(model, loss_func, data, model[0], "type-2", approx, bias=True)
     torch.testing.assert_close(block(dense, params, 1), bias, rtol=1e-9, atol=1e-12)
+    joined = KFACLinearOperator(
+        model, loss_func, params, data, **kwargs, separate_weight_and_bias=False
+    ).to_dense()
+    expected = layer_block(model, loss_func, data, model[0], "type-2", approx, joined=True)
+    torch.testing.assert_close(block(joined, params, 0, 1), expected, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("sizes", [(10,), (3, 5, 2)], ids=["one", "three"])
@@ -220,9 +230,12 @@ def test_chunks_of_samples_give_the_same_factors(approx, dims, monkeypatch):
     torch.testing.assert_close(dense(), whole, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("patches", ["unfolded", "channels_last"])
 @pytest.mark.parametrize("approx", ["expand", "reduce"])
-def test_conv3d_of_depth_one_is_the_conv2d(approx):
+def test_conv3d_of_depth_one_is_the_conv2d(approx, patches, monkeypatch):
     """A ``Conv3d`` with kernel ``(1, 3, 3)`` on inputs of depth 1 is a ``Conv2d``: the same factors."""
+    if patches == "channels_last":
+        monkeypatch.setattr(convolution, "CHANNELS_LAST_MIN", 1)
     model2d, loss_func, data = conv_problem(2)  # Conv2d(2, 3, 3, stride=2, padding=1) first
     deep = nn.Conv3d(2, 3, (1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)).double()
     with torch.no_grad():
