@@ -3,6 +3,7 @@ r"""KFAC of a model on a data set: its factors in one pass, its algebra from :mo
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -177,9 +178,14 @@ class KFACLinearOperator(HeldClosedForms, LinearOperator):
             if num_per_example_loss_terms is None
             else as_integer(num_per_example_loss_terms, "num_per_example_loss_terms", 1)
         )
-        # counted from the targets now (as curvlinops does), checked on the output in the pass
-        self._check_positions(output_shape_of_targets(loss_func, self._setup.first_targets))
-        self._setup.output_checks.append(lambda output: self._check_positions(output.shape))
+        # counted from the targets now (as curvlinops does), checked on the output in the pass;
+        # by a partial that does not hold the operator: through its setup it would form a cycle,
+        # which kept the factors in memory until the garbage collector ran
+        check_positions = partial(
+            _check_positions, loss_func, self._loss_average, self._num_per_example_loss_terms
+        )
+        check_positions(output_shape_of_targets(loss_func, self._setup.first_targets))
+        self._setup.output_checks.append(lambda output: check_positions(output.shape))
         layer_map = self._setup.layer_map
         if layer_map.unsupported:
             raise NotImplementedError(
@@ -217,22 +223,6 @@ class KFACLinearOperator(HeldClosedForms, LinearOperator):
                 "reduction='sum': pass loss_average=None."
             )
         return loss_average
-
-    def _check_positions(self, output_shape: Sequence[int]) -> None:
-        """Check ``loss_average='batch'`` and ``num_per_example_loss_terms`` against an output shape."""
-        positions = positions_per_example(self._setup.loss_func, output_shape)
-        if self._loss_average == "batch" and positions != 1:
-            raise ValueError(
-                "loss_average='batch' means one loss term per example, but the model output has "
-                f"{positions} positions per example, over which loss_func averages too: pass "
-                "loss_average='batch+sequence'."
-            )
-        given = self._num_per_example_loss_terms
-        if given is not None and given != positions:
-            raise ValueError(
-                f"num_per_example_loss_terms is {given}, but the model output has {positions} positions "
-                "per example (pass None to count them)."
-            )
 
     # ----------------------------------------------------------------- factors
     def compute_kronecker_factors(self) -> None:
@@ -391,3 +381,24 @@ class KFACLinearOperator(HeldClosedForms, LinearOperator):
         if check_deterministic:  # no factor pass to compare with: the model and the data alone
             operator._setup.check_deterministic()
         return operator
+
+
+def _check_positions(
+    loss_func: nn.Module,
+    loss_average: str | None,
+    num_per_example_loss_terms: int | None,
+    output_shape: Sequence[int],
+) -> None:
+    """Check ``loss_average='batch'`` and ``num_per_example_loss_terms`` against an output shape."""
+    positions = positions_per_example(loss_func, output_shape)
+    if loss_average == "batch" and positions != 1:
+        raise ValueError(
+            "loss_average='batch' means one loss term per example, but the model output has "
+            f"{positions} positions per example, over which loss_func averages too: pass "
+            "loss_average='batch+sequence'."
+        )
+    if num_per_example_loss_terms is not None and num_per_example_loss_terms != positions:
+        raise ValueError(
+            f"num_per_example_loss_terms is {num_per_example_loss_terms}, but the model output has "
+            f"{positions} positions per example (pass None to count them)."
+        )
