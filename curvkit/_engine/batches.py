@@ -381,7 +381,10 @@ class MiniBatchEngine:
         return total, num_terms, is_list
 
     def accumulate_over_batches(
-        self, accumulate: Callable[[Batch, list[Tensor] | None], list[Tensor]], desc: str | None = None
+        self,
+        accumulate: Callable[[Batch, list[Tensor] | None], list[Tensor]],
+        desc: str | None = None,
+        finish: Callable[[list[Tensor]], list[Tensor]] | None = None,
     ) -> list[Tensor]:
         """``Σ_b`` (``reduction='sum'``) of per-batch terms that ``accumulate`` adds into the sum itself.
 
@@ -390,8 +393,10 @@ class MiniBatchEngine:
         others. For terms cheapest added where they are formed: a Gram product ``XᵀX`` by
         ``addmm`` into the sum leaves no per-batch result to copy and add (KFAC's factors: the
         first batch's copy and the later batches' additions of ``[2049, 2049]`` factors took a
-        tenth of the benchmark CNN's factor pass). In data-parallel runs the sums are added over
-        the ranks (a status exchange, then one all-reduce), as in :meth:`sum_over_batches`.
+        tenth of the benchmark CNN's factor pass). ``finish(total)``, if given, completes this
+        process's sum after its last batch (terms ``accumulate`` held back). In data-parallel
+        runs the sums are then added over the ranks (a status exchange, then one all-reduce), as
+        in :meth:`sum_over_batches`.
 
         Raises:
             ValueError: If there is no batch.
@@ -405,6 +410,8 @@ class MiniBatchEngine:
                 total = accumulate(batch, total)
             if total is None:
                 raise ValueError(f"data{self._on_rank()} has no batch.")
+            if finish is not None:
+                total = finish(total)
         if self.reduction.distributed:
             self.reduction.exchange(step, size=float(sum(part.numel() for part in total)))
             with torch.no_grad():

@@ -38,6 +38,12 @@ twice as many rows from ``4 * GRAM_STRIP`` on. Narrower strips skip more of the 
 down to this width; wider ones take fewer products and slices (design notes, "Narrower
 strips", "Fewer operations per batch")."""
 
+GRAM_ROWS = 256
+"""Rows from which a Gram product of a wide side is left to run as it comes (:class:`GramBuffer`)."""
+
+BUFFERED_FEATURES = 512
+"""Features from which a side's rows are held back across batches (:class:`GramBuffer`)."""
+
 PATCH_ENTRIES = 2**19
 """Most entries of a convolution's unfolded patches formed at once (chunks of samples): 2 MiB in
 float32, the largest transient of the benchmark CNN's pass otherwise (2**22 took its working
@@ -114,6 +120,49 @@ def _add_gram_per_sample(total: Tensor | None, rows: Tensor, alpha: float) -> Te
     return total
 
 
+class GramBuffer:
+    """Rows of wide sides held back across batches, so that their Gram products take many at once.
+
+    A Gram product into a ``d × d`` side reads and writes the side's lower triangle whatever the
+    number of rows; with few rows per batch (a linear layer after a flattened convolution: 64
+    rows into ``2048²``) that pass over memory, not the flops, sets its time. Sides of at least
+    :data:`BUFFERED_FEATURES` features therefore collect batches of fewer than
+    :data:`GRAM_ROWS` rows, scaled by ``√alpha``, in a ``[GRAM_ROWS, d]`` buffer (a copy: no
+    batch's activations are kept), and add them when it is full; :meth:`flush` adds the rest
+    after the last batch (design notes, "Rows held back").
+    """
+
+    def __init__(self) -> None:
+        self._held: dict[int, tuple[Tensor, int]] = {}  # position in the sums: (buffer, rows held)
+
+    def add(self, position: int, total: Tensor | None, rows: Tensor, alpha: float = 1.0) -> Tensor | None:
+        """:func:`add_gram` for the side at ``position`` of the flat sums, or its rows held back."""
+        features = rows.shape[-1]
+        count = rows.numel() // max(features, 1)
+        if features < BUFFERED_FEATURES or count >= GRAM_ROWS:
+            return add_gram(total, rows, alpha)
+        buffer, held = self._held.get(position, (None, 0))
+        if buffer is None:
+            buffer = rows.new_empty(GRAM_ROWS, features)
+        elif held + count > GRAM_ROWS:
+            total, held = add_gram(total, buffer[:held]), 0
+        target = buffer[held : held + count]
+        target.view(rows.shape).copy_(rows)
+        if alpha != 1.0:
+            target.mul_(math.sqrt(alpha))
+        self._held[position] = (buffer, held + count)
+        return total
+
+    def flush(self, totals: list[Tensor]) -> list[Tensor]:
+        """The flat sums with the rows still held added (an absent side is an empty tensor)."""
+        for position, (buffer, held) in self._held.items():
+            if held:
+                total = totals[position] if totals[position].numel() else None
+                totals[position] = add_gram(total, buffer[:held])
+        self._held.clear()
+        return totals
+
+
 def _input_rows(layer: Layer, inputs: Tensor, samples: slice) -> Tensor:
     return layer.rule.gram_rows(layer.module, inputs[samples])
 
@@ -162,11 +211,13 @@ class BatchFactors:
         loss_weight: ``K_b`` for a mean loss, ``1`` for a sum: the gradient sides' weight.
     """
 
-    def __init__(self, kfac_approx: str, num_columns: int | None, loss_weight: float):
+    def __init__(self, kfac_approx: str, num_columns: int | None, loss_weight: float, buffer: GramBuffer):
         self.reduce, self.num_columns, self.loss_weight = kfac_approx == "reduce", num_columns, loss_weight
+        self.buffer = buffer
 
-    def add_gradient_sides(self, sums: FactorSums, plan: BlockPlan, uses: Uses) -> None:
-        """Add the terms of a chunk of columns' output gradients to a block's ``sums``."""
+    def add_gradient_sides(self, sums: FactorSums, index: int, plan: BlockPlan, uses: Uses) -> None:
+        """Add the terms of a chunk of columns' output gradients to block ``index``'s ``sums``."""
+        output, inputs = 3 * index, 3 * index + 1  # the sides' positions in the flat sums
         if all(gradients is None for _, _, gradients in uses):
             return  # 'forward-only': the output sides are identities
         if self._reduces(plan, uses):
@@ -175,7 +226,7 @@ class BatchFactors:
                 layer = holder.layer
                 g = layer.rule.output_rows(layer.module, gradients).sum(2)  # [k, N, out]
                 gradient_sum = _add(gradient_sum, g)
-            sums.output = add_gram(sums.output, gradient_sum, self.loss_weight)
+            sums.output = self.buffer.add(output, sums.output, gradient_sum, self.loss_weight)
             return
         for holder, _, gradients in uses:
             layer = holder.layer
@@ -183,16 +234,17 @@ class BatchFactors:
             if holder.transposed:
                 # an embedding's gradients lie along a [V, d] block's input side, which is counted
                 # per (sample, row), not per column: hence 1/K (module docstring of _kfac_plan)
-                sums.input = add_gram(sums.input, g, self.loss_weight / self.num_columns)
+                alpha = self.loss_weight / self.num_columns
+                sums.input = self.buffer.add(inputs, sums.input, g, alpha)
             else:
-                sums.output = add_gram(sums.output, g, self.loss_weight)
+                sums.output = self.buffer.add(output, sums.output, g, self.loss_weight)
 
-    def add_input_sides(self, sums: FactorSums, plan: BlockPlan, uses: Uses) -> None:
-        """Add the terms of the uses' inputs to a block's ``sums`` (once per batch)."""
+    def add_input_sides(self, sums: FactorSums, index: int, plan: BlockPlan, uses: Uses) -> None:
+        """Add the terms of the uses' inputs to block ``index``'s ``sums`` (once per batch)."""
         if plan.bias_only:
             return
         if self._reduces(plan, uses):
-            return self._add_reduced_inputs(sums, plan, uses)
+            return self._add_reduced_inputs(sums, index, plan, uses)
         for holder, inputs, _ in uses:
             layer = holder.layer
             if holder.is_embedding:
@@ -209,7 +261,7 @@ class BatchFactors:
                 rows = _input_rows(layer, inputs, samples)  # [n, R, in]
                 if plan.joined:
                     rows = _joined(rows)
-                sums.input = add_gram(sums.input, rows)
+                sums.input = self.buffer.add(3 * index + 1, sums.input, rows)
                 sums.count += rows.shape[0] * rows.shape[1]
         return None
 
@@ -217,7 +269,7 @@ class BatchFactors:
         """Whether the block takes KFAC-reduce (an embedding's block always takes expand)."""
         return self.reduce and not plan.input_major and not any(h.is_embedding for h, _, _ in uses)
 
-    def _add_reduced_inputs(self, sums: FactorSums, plan: BlockPlan, uses: Uses) -> None:
+    def _add_reduced_inputs(self, sums: FactorSums, index: int, plan: BlockPlan, uses: Uses) -> None:
         """KFAC-reduce's input side: per sample, the inputs averaged over the rows of all uses."""
         input_sum, rows_per_sample = None, 0
         for holder, inputs, _ in uses:
@@ -232,7 +284,7 @@ class BatchFactors:
         mean = input_sum / rows_per_sample
         if plan.joined:
             mean = _joined(mean)
-        sums.input = add_gram(sums.input, mean)
+        sums.input = self.buffer.add(3 * index + 1, sums.input, mean)
         sums.count += mean.shape[0]
 
 
@@ -253,20 +305,21 @@ def factor_sums(
     """
     model = setup.model
     shared = shared_output_sides(plans)
+    buffer = GramBuffer()
 
     def per_batch(batch: Batch, num_columns: int, chunks: Chunks, total: list[Tensor] | None) -> list[Tensor]:
         loss_weight = loss_weight_of(batch, reduction)
         columns = None if fisher_type == "forward-only" else num_columns
-        accumulator = BatchFactors(kfac_approx, columns, loss_weight)
+        accumulator = BatchFactors(kfac_approx, columns, loss_weight, buffer)
         blocks = [FactorSums() if total is None else _sides(total, index) for index in range(len(plans))]
         for _, uses in chunks:  # the sides in place
             for index, (sums, plan, plan_uses) in enumerate(zip(blocks, plans, uses)):
                 if index not in shared:
-                    accumulator.add_gradient_sides(sums, plan, plan_uses)
+                    accumulator.add_gradient_sides(sums, index, plan, plan_uses)
             inputs = [[(holder, x, None) for holder, x, _ in plan_uses] for plan_uses in uses]
             del uses  # this chunk's gradients, before the next chunk is pulled back
-        for sums, plan, plan_uses in zip(blocks, plans, inputs):
-            accumulator.add_input_sides(sums, plan, plan_uses)
+        for index, (sums, plan, plan_uses) in enumerate(zip(blocks, plans, inputs)):
+            accumulator.add_input_sides(sums, index, plan, plan_uses)
         batch_total = [
             *(tensor for sums in blocks for tensor in _flat(sums, model)),
             torch.tensor(loss_weight, dtype=torch.float64, device=model.device),
@@ -276,7 +329,9 @@ def factor_sums(
         # the counts and the loss's terms are this batch's: added; a side is the total itself
         return [old.add_(new) if new.ndim == 0 else new for old, new in zip(total, batch_total)]
 
-    totals = recorded_pass(setup, plans, fisher_type, mc_samples, seed, probe, per_batch, "KFAC factors")
+    totals = recorded_pass(
+        setup, plans, fisher_type, mc_samples, seed, probe, per_batch, "KFAC factors", buffer.flush
+    )
     divisor = float(totals[-1]) if reduction == "mean" else 1.0
     sums = []
     for index in range(len(plans)):

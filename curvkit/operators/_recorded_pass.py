@@ -88,11 +88,13 @@ def recorded_pass(
     probe: SharedPassProbe | None,
     per_batch: Callable[[Batch, int, Chunks, list[Tensor] | None], list[Tensor]],
     desc: str,
+    finish: Callable[[list[Tensor]], list[Tensor]] | None = None,
 ) -> list[Tensor]:
     """The sums that ``per_batch(b, K, chunks, sums so far)`` accumulates over the data.
 
     ``per_batch`` adds batch ``b``'s terms into the sums so far (``None`` at the first batch:
-    it returns new ones), unweighted (:meth:`curvkit._engine.MiniBatchEngine.accumulate_over_batches`).
+    it returns new ones), unweighted; ``finish`` adds what it held back, after the last batch
+    (:meth:`curvkit._engine.MiniBatchEngine.accumulate_over_batches`).
     ``chunks`` yields the ``K`` columns' gradients chunk by chunk (module docstring), one chunk
     of ``K = 1`` without gradients for 'forward-only'; every chunk's uses hold the same inputs.
     """
@@ -158,7 +160,7 @@ def recorded_pass(
             del output  # the chunks hold the graph until the last one is pulled back
             return per_batch(batch, num_columns, chunks, total)
 
-    totals = setup.engine.accumulate_over_batches(batch_result, desc=desc)
+    totals = setup.engine.accumulate_over_batches(batch_result, desc=desc, finish=finish)
     if probe is not None:
         probe.finish()
     return totals

@@ -10,6 +10,7 @@ from kfac_problems import (
     classification_data,
     conv_problem,
     deep_linear,
+    language_problem,
     mlp_classifier,
     offsets,
     regression_data,
@@ -228,6 +229,34 @@ def test_chunks_of_samples_give_the_same_factors(approx, dims, monkeypatch):
     whole = dense()
     monkeypatch.setattr(kfac_factors, "PATCH_ENTRIES", 1)
     torch.testing.assert_close(dense(), whole, rtol=1e-12, atol=1e-14)
+
+
+BUFFER_PROBLEMS = {
+    "mlp": lambda: (mlp_classifier(), nn.CrossEntropyLoss(), classification_data((3, 2, 4))),
+    "sequence": lambda: sequence_problem("ce"),
+    "conv2d": lambda: conv_problem(2),
+    "tied language model": lambda: language_problem(tied=True),
+}
+
+
+@pytest.mark.parametrize("fisher_type", ["type-2", "mc", "empirical"])
+@pytest.mark.parametrize("approx", ["expand", "reduce"])
+@pytest.mark.parametrize("problem", sorted(BUFFER_PROBLEMS))
+def test_rows_held_back_give_the_same_factors(problem, approx, fisher_type, monkeypatch):
+    """Gram rows held across batches (here every side's, flushed every 5 rows and at the end)."""
+    model, loss_func, data = BUFFER_PROBLEMS[problem]()
+    params = list(model.parameters())
+    loss_average = "batch" if problem in ("mlp", "conv2d") else "batch+sequence"
+    kwargs = {"fisher_type": fisher_type, "kfac_approx": approx, "seed": 3, "loss_average": loss_average}
+
+    def dense():
+        return KFACLinearOperator(model, loss_func, params, data, **kwargs).to_dense()
+
+    monkeypatch.setattr(kfac_factors, "BUFFERED_FEATURES", 10**9)  # none held
+    direct = dense()
+    monkeypatch.setattr(kfac_factors, "BUFFERED_FEATURES", 1)
+    monkeypatch.setattr(kfac_factors, "GRAM_ROWS", 5)
+    torch.testing.assert_close(dense(), direct, rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("patches", ["unfolded", "channels_last"])
