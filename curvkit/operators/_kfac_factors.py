@@ -41,8 +41,10 @@ strips", "Fewer operations per batch")."""
 GRAM_ROWS = 256
 """Rows from which a Gram product of a wide side is left to run as it comes (:class:`GramBuffer`)."""
 
-BUFFERED_FEATURES = 512
-"""Features from which a side's rows are held back across batches (:class:`GramBuffer`)."""
+BUFFERED_FEATURES = 1024
+"""Features from which a side's rows are held back across batches (:class:`GramBuffer`): a side
+of ``1024²`` float32 entries (4 MiB) no longer stays in a core's caches from batch to batch, and
+the MLP's ``784²`` side gained nothing from it, only the buffer's memory."""
 
 PATCH_ENTRIES = 2**19
 """Most entries of a convolution's unfolded patches formed at once (chunks of samples): 2 MiB in
