@@ -211,6 +211,7 @@ class BatchFactors:
         num_columns: ``K``, the columns of the output factor (``None`` for 'forward-only': no
             gradients, the output sides are identities).
         loss_weight: ``K_b`` for a mean loss, ``1`` for a sum: the gradient sides' weight.
+        buffer: The pass's :class:`GramBuffer`, which every Gram product goes through.
     """
 
     def __init__(self, kfac_approx: str, num_columns: int | None, loss_weight: float, buffer: GramBuffer):
@@ -219,7 +220,7 @@ class BatchFactors:
 
     def add_gradient_sides(self, sums: FactorSums, index: int, plan: BlockPlan, uses: Uses) -> None:
         """Add the terms of a chunk of columns' output gradients to block ``index``'s ``sums``."""
-        output, inputs = 3 * index, 3 * index + 1  # the sides' positions in the flat sums
+        output, inputs = _side_positions(index)
         if all(gradients is None for _, _, gradients in uses):
             return  # 'forward-only': the output sides are identities
         if self._reduces(plan, uses):
@@ -263,7 +264,7 @@ class BatchFactors:
                 rows = _input_rows(layer, inputs, samples)  # [n, R, in]
                 if plan.joined:
                     rows = _joined(rows)
-                sums.input = self.buffer.add(3 * index + 1, sums.input, rows)
+                sums.input = self.buffer.add(_side_positions(index)[1], sums.input, rows)
                 sums.count += rows.shape[0] * rows.shape[1]
         return None
 
@@ -286,7 +287,7 @@ class BatchFactors:
         mean = input_sum / rows_per_sample
         if plan.joined:
             mean = _joined(mean)
-        sums.input = self.buffer.add(3 * index + 1, sums.input, mean)
+        sums.input = self.buffer.add(_side_positions(index)[1], sums.input, mean)
         sums.count += mean.shape[0]
 
 
@@ -354,6 +355,11 @@ def _mirrored(side: Tensor, scale: float) -> Tensor | None:
     if side.numel() == 0:
         return None
     return symmetrize_(side, mean=False, scale=scale) if side.ndim == 2 else side.mul_(scale)
+
+
+def _side_positions(index: int) -> tuple[int, int]:
+    """Positions of block ``index``'s output and input sides in the flat sums (:func:`_flat`)."""
+    return 3 * index, 3 * index + 1
 
 
 def _sides(total: list[Tensor], index: int) -> FactorSums:
