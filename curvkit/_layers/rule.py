@@ -24,7 +24,9 @@ What a rule gives:
   cheaper form (a linear layer's single use on ``[N, in]``: ``(Σ_k G_k²)ᵀ A²``);
 - :meth:`LayerRule.input_rows` and :meth:`LayerRule.output_rows`: ``ψ(a)`` as ``[N, R, in]`` and
   the output gradients as ``[K, N, R, out]``, with the row axis kept, for Kronecker factors
-  (KFAC's 'expand' sums over rows and samples, 'reduce' over rows first; Eschenhagen et al. 2023).
+  (KFAC's 'expand' sums over rows and samples, 'reduce' over rows first; Eschenhagen et al. 2023);
+  :meth:`LayerRule.gram_rows` gives the input rows with their features in the order that copies
+  fastest (:meth:`LayerRule.gram_order`: a convolution's channels last), for KFAC's Gram sums.
 
 The rules of layers whose columns stack (linear layers on ``[N, in]``, convolutions) also give the
 products with ``k`` columns laid out sample-major (``[N, k·P]``) that the layer factors of
