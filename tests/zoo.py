@@ -29,6 +29,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from curvkit import (
+    EFLinearOperator,
+    FisherMCLinearOperator,
+    GGNLinearOperator,
+    HessianLinearOperator,
+    JacobianLinearOperator,
+    TransposedJacobianLinearOperator,
+    ggn_diagonal,
+)
+
 NUM_CLASSES = 3
 SEQ_LEN = 4
 D_MODEL = 8
@@ -420,3 +430,20 @@ SMALL_PROBLEM_IDS = [
     "embedding-ce-mean-three-dict",
 ]
 """A few cheap problems for expensive checks (every model, every loss, both reductions)."""
+
+
+CURVATURES: dict[str, Callable[..., Any]] = {
+    "hessian": lambda p, data, **kw: HessianLinearOperator(p.model, p.loss_func, p.params, data, **kw),
+    "ggn": lambda p, data, **kw: GGNLinearOperator(p.model, p.loss_func, p.params, data, **kw),
+    "ef": lambda p, data, **kw: EFLinearOperator(p.model, p.loss_func, p.params, data, **kw),
+    "fisher_mc": lambda p, data, **kw: FisherMCLinearOperator(p.model, p.loss_func, p.params, data, **kw),
+    "jacobian": lambda p, data, **kw: JacobianLinearOperator(p.model, p.params, data, **kw),
+    "jacobian_T": lambda p, data, **kw: TransposedJacobianLinearOperator(p.model, p.params, data, **kw),
+    "ggn_diagonal": lambda p, data, **kw: ggn_diagonal(p.model, p.loss_func, p.params, data, **kw),
+}
+"""What is built from a problem's model, parameters, data and (but for the Jacobians) loss."""
+
+
+def build(kind: str, problem: Problem, data: Any = None, **kwargs: Any) -> Any:
+    """:data:`CURVATURES`' ``kind`` of ``problem``, on its data or on ``data``."""
+    return CURVATURES[kind](problem, problem.data if data is None else data, **kwargs)

@@ -4,7 +4,7 @@ import numpy
 import pytest
 import torch
 from torch import nn
-from zoo import make_problem_from_id
+from zoo import CURVATURES, build, make_problem_from_id
 
 from curvkit import (
     EFLinearOperator,
@@ -12,7 +12,6 @@ from curvkit import (
     GGNLinearOperator,
     HessianLinearOperator,
     JacobianLinearOperator,
-    ggn_diagonal,
 )
 from curvkit.experimental import ActivationHessianLinearOperator
 
@@ -176,11 +175,7 @@ def test_invalid_fisher_arguments(problem, kwargs, match):
 
 
 TARGET_CONSUMERS = {
-    "hessian": lambda p, data, **kw: HessianLinearOperator(p.model, p.loss_func, p.params, data, **kw),
-    "ggn": lambda p, data, **kw: GGNLinearOperator(p.model, p.loss_func, p.params, data, **kw),
-    "ef": lambda p, data, **kw: EFLinearOperator(p.model, p.loss_func, p.params, data, **kw),
-    "fisher_mc": lambda p, data, **kw: FisherMCLinearOperator(p.model, p.loss_func, p.params, data, **kw),
-    "ggn_diagonal": lambda p, data, **kw: ggn_diagonal(p.model, p.loss_func, p.params, data, **kw),
+    **{kind: CURVATURES[kind] for kind in ("hessian", "ggn", "ef", "fisher_mc", "ggn_diagonal")},
     "activation hessian": lambda p, data, **kw: ActivationHessianLinearOperator(
         p.model, p.loss_func, ("1", "input", 0), data[:1], **kw
     ),
@@ -270,22 +265,12 @@ def test_weighted_losses_have_no_fisher(problem, operator):
 
 @pytest.mark.parametrize("cache_batches", [False, True])
 @pytest.mark.parametrize("num_columns", [1, 3])
-@pytest.mark.parametrize(
-    "make",
-    [
-        lambda p, **kw: HessianLinearOperator(p.model, p.loss_func, p.params, p.data, **kw),
-        lambda p, **kw: GGNLinearOperator(p.model, p.loss_func, p.params, p.data, **kw),
-        lambda p, **kw: EFLinearOperator(p.model, p.loss_func, p.params, p.data, **kw),
-        lambda p, **kw: FisherMCLinearOperator(p.model, p.loss_func, p.params, p.data, **kw),
-        lambda p, **kw: JacobianLinearOperator(p.model, p.params, p.data, **kw),
-    ],
-    ids=["hessian", "ggn", "ef", "fisher", "jacobian"],
-)
-def test_inference_mode_is_refused_instead_of_giving_zeros(problem, make, num_columns, cache_batches):
+@pytest.mark.parametrize("kind", ["hessian", "ggn", "ef", "fisher_mc", "jacobian"])
+def test_inference_mode_is_refused_instead_of_giving_zeros(problem, kind, num_columns, cache_batches):
     """Forward-mode dual numbers are switched off there: products would silently come out zero."""
     with torch.inference_mode(), pytest.raises(RuntimeError, match=r"inference_mode\(\)"):
-        make(problem, cache_batches=cache_batches)
-    operator = make(problem, cache_batches=cache_batches)
+        build(kind, problem, cache_batches=cache_batches)
+    operator = build(kind, problem, cache_batches=cache_batches)
     vectors = torch.ones(operator.shape[1], num_columns, dtype=torch.float64)
     expected = operator @ vectors  # fills the cache, if any
     with torch.inference_mode(), pytest.raises(RuntimeError, match=r"torch.no_grad\(\) is fine"):

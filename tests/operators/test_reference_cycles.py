@@ -11,43 +11,29 @@ import weakref
 
 import pytest
 import torch
-from zoo import make_problem_from_id
+from zoo import CURVATURES, make_problem_from_id
 
-from curvkit import (
-    EFLinearOperator,
-    EKFACLinearOperator,
-    FisherMCLinearOperator,
-    GGNLinearOperator,
-    HessianLinearOperator,
-    JacobianLinearOperator,
-    KFACLinearOperator,
-    TransposedJacobianLinearOperator,
-)
+from curvkit import EKFACLinearOperator, KFACLinearOperator
 
 
-def _ekfac(p, **kw):
-    ekfac = EKFACLinearOperator(p.model, p.loss_func, p.params, p.data, **kw)
+def _ekfac(p, data, **kw):
+    ekfac = EKFACLinearOperator(p.model, p.loss_func, p.params, data, **kw)
     ekfac.compute_eigenvalue_correction()
     return ekfac
 
 
-def _kfac(p, **kw):
-    kfac = KFACLinearOperator(p.model, p.loss_func, p.params, p.data, **kw)
+def _kfac(p, data, **kw):
+    kfac = KFACLinearOperator(p.model, p.loss_func, p.params, data, **kw)
     kfac.compute_kronecker_factors()
     return kfac
 
 
 OPERATORS = {
-    "hessian": lambda p, **kw: HessianLinearOperator(p.model, p.loss_func, p.params, p.data, **kw),
-    "ggn": lambda p, **kw: GGNLinearOperator(p.model, p.loss_func, p.params, p.data, **kw),
-    "ef": lambda p, **kw: EFLinearOperator(p.model, p.loss_func, p.params, p.data, **kw),
-    "fisher_mc": lambda p, **kw: FisherMCLinearOperator(p.model, p.loss_func, p.params, p.data, **kw),
-    "jacobian": lambda p, **kw: JacobianLinearOperator(p.model, p.params, p.data, **kw),
-    "jacobian_T": lambda p, **kw: TransposedJacobianLinearOperator(p.model, p.params, p.data, **kw),
+    **{kind: CURVATURES[kind] for kind in ("hessian", "ggn", "ef", "fisher_mc", "jacobian", "jacobian_T")},
     "kfac": _kfac,
-    "kfac_inverse": lambda p, **kw: _kfac(p, **kw).inverse(damping=1e-3),
+    "kfac_inverse": lambda *args, **kw: _kfac(*args, **kw).inverse(damping=1e-3),
     "ekfac": _ekfac,
-    "ekfac_inverse": lambda p, **kw: _ekfac(p, **kw).inverse(damping=1e-3, use_exact_damping=True),
+    "ekfac_inverse": lambda *args, **kw: _ekfac(*args, **kw).inverse(damping=1e-3, use_exact_damping=True),
 }
 
 
@@ -59,7 +45,7 @@ def test_a_used_operator_is_freed_by_reference_counting(kind, problem_id, check_
     kwargs = {"check_deterministic": check_deterministic, "batch_size_fn": problem.batch_size_fn}
 
     def used_operator():
-        operator = OPERATORS[kind](problem, **kwargs)
+        operator = OPERATORS[kind](problem, problem.data, **kwargs)
         operator @ torch.ones(operator.shape[1], dtype=torch.float64)
         return operator
 
