@@ -18,6 +18,8 @@ from measure import MemoryProbe
 from problems import gradient_function, make_problem
 from torch import nn
 
+from curvkit.structured._factors import SHORT_PRODUCT_ROWS
+
 FISHER_TYPES = ("mc", "type-2", "empirical", "forward-only")
 BACKPACK = {"mc": "KFAC", "type-2": "KFLR"}
 ROUNDS = 5  # timed rounds per worker, after one warm-up round
@@ -84,7 +86,7 @@ def floor(shapes: list[tuple[int, int]], vector: torch.Tensor):
         for (G, A), W, b in zip(factors, pieces[::2], pieces[1::2]):
             out, inp = G.shape[0], A.shape[0]
             if vector.ndim == 1:
-                (G @ W.view(out, inp)) @ (A if out <= 16 else A.T)
+                (G @ W.view(out, inp)) @ (A if out <= SHORT_PRODUCT_ROWS else A.T)
             else:
                 A @ (G @ W.view(out, -1)).view(out, inp, -1)
             G @ b.view(out, -1)

@@ -27,6 +27,7 @@ import time
 import torch
 
 from curvkit.structured import KroneckerBlock, KroneckerFactoredLinearOperator
+from curvkit.structured._factors import SHORT_PRODUCT_ROWS
 
 LAYERS = {  # (out, in') of each layer's weight; every layer has a bias
     "mlp": [(256, 784), (256, 256), (10, 256)],
@@ -82,7 +83,7 @@ def floor(layers, factors, joined: bool, k: int):
     def run():
         for (G, A), W, b in zip(factors, weights, biases):
             right = A if joined else A[: W.shape[2], : W.shape[2]]
-            G @ W @ (right if W.shape[0] * W.shape[1] <= 16 else right.T)
+            G @ W @ (right if W.shape[0] * W.shape[1] <= SHORT_PRODUCT_ROWS else right.T)
             if not joined:
                 G @ b
 

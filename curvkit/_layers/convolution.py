@@ -149,6 +149,26 @@ def transposed_convolution(
     return result.contiguous() if contiguous else result
 
 
+def _padded(module: nn.Module, inputs: Tensor) -> Tensor:
+    """``inputs`` with the convolution's zero padding around its spatial axes (the last ones)."""
+    padding = [side for pad in reversed(module.padding) for side in (pad, pad)]
+    return functional.pad(inputs, padding) if any(padding) else inputs
+
+
+def _windows(module: nn.Module, padded: Tensor, first: int) -> Tensor:
+    """Views of the kernel's windows over the spatial axes ``first, first + 1, …`` of ``padded``.
+
+    ``Tensor.unfold`` per spatial axis appends the window's axis at the end; dilation takes
+    every ``d``-th entry of a window.
+    """
+    windows = padded
+    for dim, (size, step, spread) in enumerate(zip(module.kernel_size, module.stride, module.dilation)):
+        windows = windows.unfold(first + dim, (size - 1) * spread + 1, step)
+        if spread > 1:
+            windows = windows[..., ::spread]
+    return windows
+
+
 def unfolded(module: nn.Module, inputs: Tensor) -> Tensor:
     """``ψ(a)``: the input patches under the kernel, ``[N, R, C·∏kernel]`` for ``R`` output positions.
 
@@ -161,12 +181,7 @@ def unfolded(module: nn.Module, inputs: Tensor) -> Tensor:
     a GPU may run in TF32).
     """
     dims = len(module.kernel_size)
-    padding = [side for pad in reversed(module.padding) for side in (pad, pad)]
-    windows = functional.pad(inputs, padding) if any(padding) else inputs
-    for dim, (size, step, spread) in enumerate(zip(module.kernel_size, module.stride, module.dilation)):
-        windows = windows.unfold(2 + dim, (size - 1) * spread + 1, step)
-        if spread > 1:
-            windows = windows[..., ::spread]
+    windows = _windows(module, _padded(module, inputs), first=2)
     # [N, C, *positions, *kernel] -> [N, C, *kernel, *positions]
     order = [0, 1, *range(2 + dims, 2 + 2 * dims), *range(2, 2 + dims)]
     patches = windows.permute(order).reshape(
@@ -188,13 +203,8 @@ def channels_last_patches(module: nn.Module, inputs: Tensor) -> Tensor:
     ``16 × 16``). Design notes, "Channels-last patches".
     """
     dims = len(module.kernel_size)
-    padding = [side for pad in reversed(module.padding) for side in (pad, pad)]
-    padded = functional.pad(inputs, padding) if any(padding) else inputs
-    windows = padded.movedim(1, -1).contiguous()  # [N, *spatial, C]
-    for dim, (size, step, spread) in enumerate(zip(module.kernel_size, module.stride, module.dilation)):
-        windows = windows.unfold(1 + dim, (size - 1) * spread + 1, step)
-        if spread > 1:
-            windows = windows[..., ::spread]
+    channels_last = _padded(module, inputs).movedim(1, -1).contiguous()  # [N, *spatial, C]
+    windows = _windows(module, channels_last, first=1)
     # [N, *positions, C, *kernel] -> [N, *positions, *kernel, C]
     order = [0, *range(1, 1 + dims), *range(2 + dims, 2 + 2 * dims), 1 + dims]
     features = module.in_channels * math.prod(module.kernel_size)
