@@ -35,7 +35,7 @@ PHASES = (  # (label, a function on the stack)
     ("symmetrization", "symmetrize_"),
     ("factor checks", "ParameterBlocks.__init__"),
     ("Gram products", "add_gram"),
-    ("input rows (unfolding)", "_input_rows"),
+    ("input rows (patches)", "_gram_rows"),
     ("output factor (sampling, loss Hessian)", "output_curvature"),  # before: it calls output_gradients
     ("backward to the layer outputs", "output_gradients"),
     ("forward", "ModelFunction.__call__"),

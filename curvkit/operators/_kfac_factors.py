@@ -165,7 +165,7 @@ class GramBuffer:
         return totals
 
 
-def _input_rows(layer: Layer, inputs: Tensor, samples: slice) -> Tensor:
+def _gram_rows(layer: Layer, inputs: Tensor, samples: slice) -> Tensor:
     return layer.rule.gram_rows(layer.module, inputs[samples])
 
 
@@ -261,7 +261,7 @@ class BatchFactors:
                 sums.count += inputs.numel()
                 continue
             for samples in _sample_chunks(layer, inputs):
-                rows = _input_rows(layer, inputs, samples)  # [n, R, in]
+                rows = _gram_rows(layer, inputs, samples)  # [n, R, in]
                 if plan.joined:
                     rows = _joined(rows)
                 sums.input = self.buffer.add(_side_positions(index)[1], sums.input, rows)
@@ -279,7 +279,7 @@ class BatchFactors:
             layer = holder.layer
             parts = []
             for samples in _sample_chunks(layer, inputs):
-                rows = _input_rows(layer, inputs, samples)
+                rows = _gram_rows(layer, inputs, samples)
                 parts.append(rows.sum(1))
                 positions = rows.shape[1]
             input_sum = _add(input_sum, torch.cat(parts))
