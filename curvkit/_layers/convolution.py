@@ -245,12 +245,10 @@ class ConvolutionRule(LayerRule):
         return channels_last_patches(module, inputs)
 
     @classmethod
-    def gram_order(cls, module: nn.Module) -> Tensor | None:
+    def gram_grid(cls, module: nn.Module) -> tuple[int, int] | None:
         if module.in_channels < CHANNELS_LAST_MIN:
             return None
-        # feature (c, k) of the weight sits at k·C + c channels-last
-        kernel = math.prod(module.kernel_size)
-        return torch.arange(module.in_channels * kernel).view(kernel, module.in_channels).T.reshape(-1)
+        return math.prod(module.kernel_size), module.in_channels  # feature (c, k) sits at k·C + c
 
     @classmethod
     def output_rows(cls, module: nn.Module, output_gradients: Tensor) -> Tensor:

@@ -26,7 +26,7 @@ What a rule gives:
   the output gradients as ``[K, N, R, out]``, with the row axis kept, for Kronecker factors
   (KFAC's 'expand' sums over rows and samples, 'reduce' over rows first; Eschenhagen et al. 2023);
   :meth:`LayerRule.gram_rows` gives the input rows with their features in the order that copies
-  fastest (:meth:`LayerRule.gram_order`: a convolution's channels last), for KFAC's Gram sums.
+  fastest (:meth:`LayerRule.gram_grid`: a convolution's channels last), for KFAC's Gram sums.
 
 The rules of layers whose columns stack (linear layers on ``[N, in]``, convolutions) also give the
 products with ``k`` columns laid out sample-major (``[N, k·P]``) that the layer factors of
@@ -80,17 +80,20 @@ class LayerRule:
 
     @classmethod
     def gram_rows(cls, module: nn.Module, inputs: Tensor) -> Tensor:
-        """:meth:`input_rows` with the features in :meth:`gram_order`: for Gram matrices ``Σ ψ ψᵀ``.
+        """:meth:`input_rows` with the features as :meth:`gram_grid` says: for Gram matrices ``Σ ψ ψᵀ``.
 
         A rule may order the features as they copy fastest; the default keeps the weight's order.
         """
         return cls.input_rows(module, inputs)
 
     @classmethod
-    def gram_order(cls, module: nn.Module) -> Tensor | None:
-        """Where each of the weight's input features lies among :meth:`gram_rows`' (``None``: in place).
+    def gram_grid(cls, module: nn.Module) -> tuple[int, int] | None:
+        """``(a, b)``: :meth:`gram_rows`' features are the weight's ``(b, a)`` grid transposed.
 
-        A Gram matrix ``F`` of :meth:`gram_rows` is ``F[order][:, order]`` in the weight's order.
+        ``None``: in the weight's order. A transposition rather than any permutation: a Gram
+        matrix ``F`` of :meth:`gram_rows` is put in the weight's order by one strided copy,
+        ``F.view(a, b, a, b).permute(1, 0, 3, 2)`` (gathering by an index takes several times as
+        long at thousands of features).
         """
         return None
 

@@ -172,18 +172,23 @@ def _gram_rows(layer: Layer, inputs: Tensor, samples: slice) -> Tensor:
 def _in_weight_order(side: Tensor | None, plan: BlockPlan) -> Tensor | None:
     """A block's input side, summed from its rules' :meth:`~LayerRule.gram_rows`, in its weight's order.
 
-    A weight's uses share its rule and shape, so the first holder's order is every use's.
+    A weight's uses share its rule and shape, so the first holder's grid is every use's.
     """
     if side is None or side.ndim == 1 or plan.bias_only:
         return side
     layer = plan.holders[0].layer
-    order = layer.rule.gram_order(layer.module)
-    if order is None:
+    grid = layer.rule.gram_grid(layer.module)
+    if grid is None:
         return side
+    a, b = grid
+    n = a * b
+    ordered = torch.empty_like(side)
+    ordered[:n, :n].view(b, a, b, a).copy_(side[:n, :n].view(a, b, a, b).permute(1, 0, 3, 2))
     if plan.joined:  # the bias's 1 stays last
-        order = torch.cat([order, order.new_tensor([order.numel()])])
-    order = order.to(side.device)
-    return side[order][:, order]
+        ordered[n, :n].view(b, a).copy_(side[n, :n].view(a, b).T)
+        ordered[:n, n].view(b, a).copy_(side[:n, n].view(a, b).T)
+        ordered[n, n] = side[n, n]
+    return ordered
 
 
 def _joined(rows: Tensor) -> Tensor:

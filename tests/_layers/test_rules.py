@@ -134,7 +134,7 @@ def test_refusals_name_what_is_not_supported(module, reason):
 @pytest.mark.parametrize("channels_last_min", [1, convolution.CHANNELS_LAST_MIN])
 def test_unfolded_patches_reproduce_the_convolution(module, shape, channels_last_min, monkeypatch):
     """``z = W ψ(a) + b`` position by position, the definition the rules rest on; the Gram rows
-    are the same patches in the order ``gram_order`` gives (channels-last here from 1 channel)."""
+    are the same patches in the grid ``gram_grid`` gives (channels-last here from 1 channel)."""
     monkeypatch.setattr(convolution, "CHANNELS_LAST_MIN", channels_last_min)
     torch.manual_seed(0)
     module = module.double()
@@ -142,10 +142,12 @@ def test_unfolded_patches_reproduce_the_convolution(module, shape, channels_last
     rows = ConvolutionRule.input_rows(module, inputs)
     output = rows @ module.weight.reshape(3, -1).T + module.bias
     torch.testing.assert_close(output.transpose(1, 2).reshape(module(inputs).shape), module(inputs))
-    order = ConvolutionRule.gram_order(module)
+    grid = ConvolutionRule.gram_grid(module)
     gram_rows = ConvolutionRule.gram_rows(module, inputs)
-    assert (order is None) == (channels_last_min > module.in_channels)
-    assert torch.equal(gram_rows if order is None else gram_rows[..., order], rows)
+    assert (grid is None) == (channels_last_min > module.in_channels)
+    if grid is not None:
+        gram_rows = gram_rows.unflatten(-1, grid).transpose(-1, -2).flatten(-2)
+    assert torch.equal(gram_rows, rows)
 
 
 def test_subclasses_have_no_rule():
