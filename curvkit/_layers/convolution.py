@@ -155,6 +155,17 @@ def _padded(module: nn.Module, inputs: Tensor) -> Tensor:
     return functional.pad(inputs, padding) if any(padding) else inputs
 
 
+def _num_positions(module: nn.Module, inputs: Tensor) -> int:
+    """Output positions of the convolution per sample (``inputs``: spatial axes last)."""
+    spatial = inputs.shape[-len(module.kernel_size) :]
+    return math.prod(
+        (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
+        for size, pad, dilation, kernel, stride in zip(
+            spatial, module.padding, module.dilation, module.kernel_size, module.stride
+        )
+    )
+
+
 def _windows(module: nn.Module, padded: Tensor, first: int) -> Tensor:
     """Views of the kernel's windows over the spatial axes ``first, first + 1, …`` of ``padded``.
 
@@ -191,7 +202,14 @@ def unfolded(module: nn.Module, inputs: Tensor) -> Tensor:
 
 
 CHANNELS_LAST_MIN = 16
-"""Input channels from which :meth:`ConvolutionRule.gram_rows` copies patches channels-last."""
+"""Input channels from which :meth:`ConvolutionRule.gram_grid` takes patches channels-last."""
+
+CHANNELS_LAST_ROWS = 1.0
+"""Patch rows per feature (``C · ∏kernel``) of a batch from which :meth:`ConvolutionRule.gram_grid`
+takes patches channels-last. They copy faster, by about ``rows × features`` entries' worth per
+batch, but their Gram matrix is reordered once, ``features²`` entries: with fewer rows than
+features the reordering costs more than one batch saves (ResNet-18's last stage on a batch of 8
+images: 128 rows of 4,608 features; design notes, "Channels-last patches")."""
 
 
 def channels_last_patches(module: nn.Module, inputs: Tensor) -> Tensor:
@@ -240,15 +258,15 @@ class ConvolutionRule(LayerRule):
 
     @classmethod
     def gram_rows(cls, module: nn.Module, inputs: Tensor) -> Tensor:
-        if module.in_channels < CHANNELS_LAST_MIN:
-            return unfolded(module, inputs)
         return channels_last_patches(module, inputs)
 
     @classmethod
-    def gram_grid(cls, module: nn.Module) -> tuple[int, int] | None:
-        if module.in_channels < CHANNELS_LAST_MIN:
+    def gram_grid(cls, module: nn.Module, inputs: Tensor) -> tuple[int, int] | None:
+        kernel = math.prod(module.kernel_size)
+        rows = math.prod(inputs.shape[: -len(module.kernel_size) - 1]) * _num_positions(module, inputs)
+        if module.in_channels < CHANNELS_LAST_MIN or rows < CHANNELS_LAST_ROWS * module.in_channels * kernel:
             return None
-        return math.prod(module.kernel_size), module.in_channels  # feature (c, k) sits at k·C + c
+        return kernel, module.in_channels  # feature (c, k) sits at k·C + c
 
     @classmethod
     def output_rows(cls, module: nn.Module, output_gradients: Tensor) -> Tensor:

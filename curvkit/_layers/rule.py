@@ -25,8 +25,9 @@ What a rule gives:
 - :meth:`LayerRule.input_rows` and :meth:`LayerRule.output_rows`: ``ψ(a)`` as ``[N, R, in]`` and
   the output gradients as ``[K, N, R, out]``, with the row axis kept, for Kronecker factors
   (KFAC's 'expand' sums over rows and samples, 'reduce' over rows first; Eschenhagen et al. 2023);
-  :meth:`LayerRule.gram_rows` gives the input rows with their features in the order that copies
-  fastest (:meth:`LayerRule.gram_grid`: a convolution's channels last), for KFAC's Gram sums.
+  :meth:`LayerRule.gram_rows` gives the input rows with their features in an order that copies
+  faster where :meth:`LayerRule.gram_grid` says it pays (a convolution's channels last), for
+  KFAC's Gram sums.
 
 The rules of layers whose columns stack (linear layers on ``[N, in]``, convolutions) also give the
 products with ``k`` columns laid out sample-major (``[N, k·P]``) that the layer factors of
@@ -80,20 +81,20 @@ class LayerRule:
 
     @classmethod
     def gram_rows(cls, module: nn.Module, inputs: Tensor) -> Tensor:
-        """:meth:`input_rows` with the features as :meth:`gram_grid` says: for Gram matrices ``Σ ψ ψᵀ``.
+        """:meth:`input_rows` with the features in the grid that :meth:`gram_grid` gave.
 
-        A rule may order the features as they copy fastest; the default keeps the weight's order.
+        For Gram matrices ``Σ ψ ψᵀ``; called only where :meth:`gram_grid` gave one.
         """
-        return cls.input_rows(module, inputs)
+        raise NotImplementedError
 
     @classmethod
-    def gram_grid(cls, module: nn.Module) -> tuple[int, int] | None:
-        """``(a, b)``: :meth:`gram_rows`' features are the weight's ``(b, a)`` grid transposed.
+    def gram_grid(cls, module: nn.Module, inputs: Tensor) -> tuple[int, int] | None:
+        """``(a, b)`` where :meth:`gram_rows` of batches like ``inputs`` copy faster than :meth:`input_rows`.
 
-        ``None``: in the weight's order. A transposition rather than any permutation: a Gram
-        matrix ``F`` of :meth:`gram_rows` is put in the weight's order by one strided copy,
+        :meth:`gram_rows`' features are then the weight's ``(b, a)`` grid transposed: a Gram
+        matrix ``F`` of them is put in the weight's order by one strided copy,
         ``F.view(a, b, a, b).permute(1, 0, 3, 2)`` (gathering by an index takes several times as
-        long at thousands of features).
+        long at thousands of features). ``None``: :meth:`input_rows` it is.
         """
         return None
 

@@ -165,20 +165,14 @@ class GramBuffer:
         return totals
 
 
-def _gram_rows(layer: Layer, inputs: Tensor, samples: slice) -> Tensor:
-    return layer.rule.gram_rows(layer.module, inputs[samples])
+def _gram_rows(layer: Layer, inputs: Tensor, gridded: bool) -> Tensor:
+    rule = layer.rule
+    return rule.gram_rows(layer.module, inputs) if gridded else rule.input_rows(layer.module, inputs)
 
 
-def _in_weight_order(side: Tensor | None, plan: BlockPlan) -> Tensor | None:
-    """A block's input side, summed from its rules' :meth:`~LayerRule.gram_rows`, in its weight's order.
-
-    A weight's uses share its rule and shape, so the first holder's grid is every use's.
-    """
-    if side is None or side.ndim == 1 or plan.bias_only:
-        return side
-    layer = plan.holders[0].layer
-    grid = layer.rule.gram_grid(layer.module)
-    if grid is None:
+def _in_weight_order(side: Tensor | None, plan: BlockPlan, grid: tuple[int, int] | None) -> Tensor | None:
+    """A block's input side, summed from rows in ``grid`` (:meth:`~LayerRule.gram_grid`), in weight order."""
+    if side is None or side.ndim == 1 or plan.bias_only or grid is None:
         return side
     a, b = grid
     n = a * b
@@ -217,11 +211,20 @@ class BatchFactors:
             gradients, the output sides are identities).
         loss_weight: ``K_b`` for a mean loss, ``1`` for a sum: the gradient sides' weight.
         buffer: The pass's :class:`GramBuffer`, which every Gram product goes through.
+        grids: The pass's grid of each block's input rows (:meth:`~LayerRule.gram_grid`),
+            chosen at the block's first batch so that every batch's rows come in one order.
     """
 
-    def __init__(self, kfac_approx: str, num_columns: int | None, loss_weight: float, buffer: GramBuffer):
+    def __init__(
+        self,
+        kfac_approx: str,
+        num_columns: int | None,
+        loss_weight: float,
+        buffer: GramBuffer,
+        grids: dict[int, tuple[int, int] | None],
+    ):
         self.reduce, self.num_columns, self.loss_weight = kfac_approx == "reduce", num_columns, loss_weight
-        self.buffer = buffer
+        self.buffer, self.grids = buffer, grids
 
     def add_gradient_sides(self, sums: FactorSums, index: int, plan: BlockPlan, uses: Uses) -> None:
         """Add the terms of a chunk of columns' output gradients to block ``index``'s ``sums``."""
@@ -265,13 +268,20 @@ class BatchFactors:
                     sums.input = _add(sums.input, counts)
                 sums.count += inputs.numel()
                 continue
+            gridded = self._gridded(index, layer, inputs)
             for samples in _sample_chunks(layer, inputs):
-                rows = _gram_rows(layer, inputs, samples)  # [n, R, in]
+                rows = _gram_rows(layer, inputs[samples], gridded)  # [n, R, in]
                 if plan.joined:
                     rows = _joined(rows)
                 sums.input = self.buffer.add(_side_positions(index)[1], sums.input, rows)
                 sums.count += rows.shape[0] * rows.shape[1]
         return None
+
+    def _gridded(self, index: int, layer: Layer, inputs: Tensor) -> bool:
+        """Whether block ``index``'s rows come in a grid: the one its first batch chose, if any."""
+        if index not in self.grids:
+            self.grids[index] = layer.rule.gram_grid(layer.module, inputs)
+        return self.grids[index] is not None
 
     def _reduces(self, plan: BlockPlan, uses: Uses) -> bool:
         """Whether the block takes KFAC-reduce (an embedding's block always takes expand)."""
@@ -283,8 +293,9 @@ class BatchFactors:
         for holder, inputs, _ in uses:
             layer = holder.layer
             parts = []
+            gridded = self._gridded(index, layer, inputs)
             for samples in _sample_chunks(layer, inputs):
-                rows = _gram_rows(layer, inputs, samples)
+                rows = _gram_rows(layer, inputs[samples], gridded)
                 parts.append(rows.sum(1))
                 positions = rows.shape[1]
             input_sum = _add(input_sum, torch.cat(parts))
@@ -313,12 +324,12 @@ def factor_sums(
     """
     model = setup.model
     shared = shared_output_sides(plans)
-    buffer = GramBuffer()
+    buffer, grids = GramBuffer(), {}
 
     def per_batch(batch: Batch, num_columns: int, chunks: Chunks, total: list[Tensor] | None) -> list[Tensor]:
         loss_weight = loss_weight_of(batch, reduction)
         columns = None if fisher_type == "forward-only" else num_columns
-        accumulator = BatchFactors(kfac_approx, columns, loss_weight, buffer)
+        accumulator = BatchFactors(kfac_approx, columns, loss_weight, buffer, grids)
         blocks = [FactorSums() if total is None else _sides(total, index) for index in range(len(plans))]
         for _, uses in chunks:  # the sides in place
             for index, (sums, plan, plan_uses) in enumerate(zip(blocks, plans, uses)):
@@ -345,7 +356,8 @@ def factor_sums(
     for index in range(len(plans)):
         output, inputs, count = totals[3 * index : 3 * index + 3]
         output = _mirrored(output, 1.0 / divisor)
-        inputs = _in_weight_order(_mirrored(inputs, 1.0 / max(float(count), 1.0)), plans[index])
+        inputs = _mirrored(inputs, 1.0 / max(float(count), 1.0))
+        inputs = _in_weight_order(inputs, plans[index], grids.get(index))
         sums.append(FactorSums(output, inputs, float(count)))
     for index, source in shared.items():  # a copy: the caller scales each block's sides in place
         sums[index].output = None if sums[source].output is None else sums[source].output.clone()

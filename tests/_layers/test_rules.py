@@ -134,7 +134,8 @@ def test_refusals_name_what_is_not_supported(module, reason):
 @pytest.mark.parametrize("channels_last_min", [1, convolution.CHANNELS_LAST_MIN])
 def test_unfolded_patches_reproduce_the_convolution(module, shape, channels_last_min, monkeypatch):
     """``z = W ψ(a) + b`` position by position, the definition the rules rest on; the Gram rows
-    are the same patches in the grid ``gram_grid`` gives (channels-last here from 1 channel)."""
+    are the same patches in the grid ``gram_grid`` gives (channels-last here from 1 channel),
+    which it gives from as many rows per feature as ``CHANNELS_LAST_ROWS`` asks."""
     monkeypatch.setattr(convolution, "CHANNELS_LAST_MIN", channels_last_min)
     torch.manual_seed(0)
     module = module.double()
@@ -142,12 +143,15 @@ def test_unfolded_patches_reproduce_the_convolution(module, shape, channels_last
     rows = ConvolutionRule.input_rows(module, inputs)
     output = rows @ module.weight.reshape(3, -1).T + module.bias
     torch.testing.assert_close(output.transpose(1, 2).reshape(module(inputs).shape), module(inputs))
-    grid = ConvolutionRule.gram_grid(module)
-    gram_rows = ConvolutionRule.gram_rows(module, inputs)
+    rows_per_feature = rows.shape[0] * rows.shape[1] / rows.shape[2]
+    monkeypatch.setattr(convolution, "CHANNELS_LAST_ROWS", rows_per_feature * 1.01)
+    assert ConvolutionRule.gram_grid(module, inputs) is None
+    monkeypatch.setattr(convolution, "CHANNELS_LAST_ROWS", rows_per_feature)
+    grid = ConvolutionRule.gram_grid(module, inputs)
     assert (grid is None) == (channels_last_min > module.in_channels)
     if grid is not None:
-        gram_rows = gram_rows.unflatten(-1, grid).transpose(-1, -2).flatten(-2)
-    assert torch.equal(gram_rows, rows)
+        gram_rows = ConvolutionRule.gram_rows(module, inputs)
+        assert torch.equal(gram_rows.unflatten(-1, grid).transpose(-1, -2).flatten(-2), rows)
 
 
 def test_subclasses_have_no_rule():

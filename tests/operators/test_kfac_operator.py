@@ -124,6 +124,7 @@ def test_convolutions_follow_expand_and_reduce(approx, dims, patches, monkeypatc
     """Either way of copying the patches (channels-last from 16 input channels; here from 1)."""
     if patches == "channels_last":
         monkeypatch.setattr(convolution, "CHANNELS_LAST_MIN", 1)
+        monkeypatch.setattr(convolution, "CHANNELS_LAST_ROWS", 0.0)
     model, loss_func, data = conv_problem(dims)
     params = list(model.parameters())
     kwargs = {"fisher_type": "type-2", "kfac_approx": approx}
@@ -259,12 +260,47 @@ def test_rows_held_back_give_the_same_factors(problem, approx, fisher_type, monk
     torch.testing.assert_close(dense(), direct, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("joined", [False, True], ids=["separate", "joined"])
+@pytest.mark.parametrize("first_batch", ["channels_last", "unfolded"])
+def test_the_first_batch_chooses_the_patches_for_all(first_batch, joined, monkeypatch):
+    """Batches of 3 and 2 samples give 27 and 18 patch rows of 18 features; from 1.2 rows per
+    feature only the 3 samples take channels-last patches. The first batch's choice holds for the
+    whole pass (a side sums rows in one order), either way round: the factors are the same."""
+    model, loss_func, data = conv_problem(2)
+    data = data if first_batch == "channels_last" else data[::-1]
+    params = list(model.parameters())
+    kwargs = {"fisher_type": "type-2", "separate_weight_and_bias": not joined}
+
+    def dense():
+        return KFACLinearOperator(model, loss_func, params, data, **kwargs).to_dense()
+
+    monkeypatch.setattr(convolution, "CHANNELS_LAST_MIN", 10**9)
+    unfolded = dense()
+    monkeypatch.setattr(convolution, "CHANNELS_LAST_MIN", 1)
+    monkeypatch.setattr(convolution, "CHANNELS_LAST_ROWS", 1.2)
+    grids = []
+    monkeypatch.setattr(
+        convolution.ConvolutionRule, "gram_rows", _recorded(convolution.ConvolutionRule.gram_rows, grids)
+    )
+    torch.testing.assert_close(dense(), unfolded, rtol=1e-12, atol=1e-14)
+    assert len(grids) == (2 if first_batch == "channels_last" else 0)
+
+
+def _recorded(method, calls: list):
+    def recorded(module, inputs):
+        calls.append(inputs.shape[0])
+        return method(module, inputs)
+
+    return recorded
+
+
 @pytest.mark.parametrize("patches", ["unfolded", "channels_last"])
 @pytest.mark.parametrize("approx", ["expand", "reduce"])
 def test_conv3d_of_depth_one_is_the_conv2d(approx, patches, monkeypatch):
     """A ``Conv3d`` with kernel ``(1, 3, 3)`` on inputs of depth 1 is a ``Conv2d``: the same factors."""
     if patches == "channels_last":
         monkeypatch.setattr(convolution, "CHANNELS_LAST_MIN", 1)
+        monkeypatch.setattr(convolution, "CHANNELS_LAST_ROWS", 0.0)
     model2d, loss_func, data = conv_problem(2)  # Conv2d(2, 3, 3, stride=2, padding=1) first
     deep = nn.Conv3d(2, 3, (1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)).double()
     with torch.no_grad():
