@@ -283,7 +283,7 @@ class EigenvalueCorrections:
             self._accumulate(block, total.to(torch.float64), scale)
 
     def result(self) -> EigenCorrectedKroneckerLinearOperator:
-        """EKFAC with the accumulated eigenvalues (in the basis' dtype and device).
+        """EKFAC with the accumulated eigenvalues (in the basis' dtype and device), negatives set to 0.
 
         Raises:
             ValueError: If a block received nothing (its eigenvalues would be zero).
@@ -291,8 +291,10 @@ class EigenvalueCorrections:
         missing = [index for index, added in enumerate(self._added) if not added]
         if missing:
             raise ValueError(f"blocks {missing} received no gradients; add to every block before result().")
+        # second moments, negative only by rounding: the Gramian route's products of pairs of
+        # positions cancel where a moment is 0, and leave ± a float32 rounding error there
         blocks = [
-            replace(block, eigenvalues=total.to(block.eigenvalues.dtype))
+            replace(block, eigenvalues=total.clamp_min(0.0).to(block.eigenvalues.dtype))
             for block, total in zip(self._basis.blocks, self._sums)
         ]
         return EigenCorrectedKroneckerLinearOperator(

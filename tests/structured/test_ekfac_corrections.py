@@ -247,3 +247,23 @@ def test_bad_input(call, error, message):
 def test_basis_must_be_an_eigenbasis_operator():
     with pytest.raises(TypeError, match="EigenCorrectedKroneckerLinearOperator"):
         EigenvalueCorrections(KroneckerFactoredLinearOperator(kfac_params(), kfac_blocks(kfac_factors())))
+
+
+def test_moments_that_rounding_leaves_negative_are_zero():
+    """Two positions whose terms of the per-example gradient nearly cancel (``a₂ ≈ −a₁``): the
+    Gramian route sums the products of their pairs, large terms of both signs, which round to
+    negative sums where the moment is about 0. The eigenvalues are second moments: 0 there."""
+    g, a = matrix(1, 16, 1, torch.float32), matrix(1, 16, 2, torch.float32)
+    g, a = torch.stack([g, g], 1), torch.stack([a, -a * (1 + 2**-20)], 1)  # [1, 2, 16]
+    assert uses_gramian(2, 16, 16)
+    kfac = KroneckerFactoredLinearOperator(
+        [torch.zeros(16, 16)], [KroneckerBlock((0,), psd(16, 3).float(), psd(16, 4).float())]
+    )
+    corrections = kfac.eigenvalue_corrections()
+    corrections.add(0, g, a)
+    assert corrections.sums[0].min() < 0
+    block = corrections.result().blocks[0]
+    assert block.eigenvalues.min() == 0
+    expected = _expected(block, g.transpose(1, 2) @ a, 1.0)
+    scale = float(_expected(block, g.transpose(1, 2) @ a.abs(), 1.0).max())  # the terms' size
+    torch.testing.assert_close(block.eigenvalues.double(), expected, rtol=0, atol=1e-6 * scale)
