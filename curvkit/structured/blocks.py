@@ -26,7 +26,7 @@ from torch import Tensor
 
 from curvkit._boundary import as_integer
 from curvkit.linear_operator import LinearOperator
-from curvkit.structured._factors import eigh64
+from curvkit.structured._factors import cast_back, eigh64
 from curvkit.structured.eigen_kronecker import EigenKroneckerLinearOperator
 from curvkit.structured.joined import JoinedWeightBiasLinearOperator
 from curvkit.structured.kronecker import KroneckerLinearOperator
@@ -216,7 +216,8 @@ def kronecker_eigenbasis(where: Placement, block: KroneckerBlock) -> tuple[Tenso
         input_values, input_vectors = eigh64(block.input_factor)
     left_values, right_values = where.ordered(output_values, input_values)
     values = torch.outer(left_values, right_values)
+    dtype = block.output_factor.dtype
     basis = EigenKroneckerBlock(
-        where.params, values.to(block.output_factor.dtype), output_vectors, input_vectors, where.input_major
+        where.params, cast_back(values, dtype), output_vectors, input_vectors, where.input_major
     )
     return values, basis

@@ -9,6 +9,8 @@ KFAC's own, ``Λ = λ_L λ_Rᵀ`` (the block then equals ``L ⊗ R``), or correc
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -23,7 +25,9 @@ class EigenKroneckerLinearOperator(ClosedForms, LinearOperator):
     ``Λ[i, j]`` is the eigenvalue of the eigenvector ``Q_L[:, i] ⊗ Q_R[:, j]`` (row-major, as in
     :class:`~curvkit.structured.KroneckerLinearOperator`: ``vec(Λ) = λ_L ⊗ λ_R`` for KFAC's
     eigenvalues). A product rotates into the eigenbasis, scales, and rotates back: four matrix
-    products. Closed forms come from ``Λ`` alone: ``tr = Σ Λ``, ``log det = Σ log Λ``,
+    products, with ``Λ`` divided by a power of two near its largest entry (exact) and the result
+    multiplied by it, and entries of ``Λ`` below ``ε²`` of the largest left out (:func:`_normalized`).
+    Closed forms come from ``Λ`` alone: ``tr = Σ Λ``, ``log det = Σ log Λ``,
     ``‖·‖_F = ‖Λ‖_F``.
 
     Args:
@@ -80,6 +84,7 @@ class EigenKroneckerLinearOperator(ClosedForms, LinearOperator):
         )
         self.eigenvalues = eigenvalues
         self.left_eigenvectors, self.right_eigenvectors = left_eigenvectors, right_eigenvectors
+        self._normalized_eigenvalues, self._scale = _normalized(eigenvalues)
 
     def with_eigenvalues(self, eigenvalues: Tensor) -> EigenKroneckerLinearOperator:
         """The same eigenbasis with other eigenvalues (of the same shape), e.g. ``(Λ + δ)⁻¹``."""
@@ -93,8 +98,10 @@ class EigenKroneckerLinearOperator(ClosedForms, LinearOperator):
         k, (rows, columns) = X.shape[1], self.eigenvalues.shape
         left, right = self.left_eigenvectors, self.right_eigenvectors
         rotated = kronecker_on_matrices(transposed(left), transposed(right), X.T.reshape(k, rows, columns))
-        scaled = rotated * self.eigenvalues
-        return kronecker_on_matrices(left, right, scaled).reshape(k, rows * columns).T
+        result = kronecker_on_matrices(left, right, rotated * self._normalized_eigenvalues)
+        if self._scale != 1.0:
+            result.mul_(self._scale)
+        return result.reshape(k, rows * columns).T
 
     def trace(self) -> Tensor:
         return as_result(self.eigenvalues.to(torch.float64).sum(), self)
@@ -105,6 +112,24 @@ class EigenKroneckerLinearOperator(ClosedForms, LinearOperator):
 
     def frobenius_norm(self) -> Tensor:
         return as_result(torch.linalg.vector_norm(self.eigenvalues.to(torch.float64)), self)
+
+
+def _normalized(eigenvalues: Tensor) -> tuple[Tensor, float]:
+    """``(Λ / s, s)``, ``s`` the power of two at or below ``max |Λ|``; entries of ``Λ / s`` below ``ε²``: 0.
+
+    For the products' speed on a CPU: EKFAC's corrected eigenvalues of a few examples are mostly
+    rounding, tens of orders of magnitude below the largest (``10⁻³⁶`` against ``10⁻¹⁷`` in
+    ResNet-18's last block, float32), and their products with the rotated vectors and the
+    eigenvectors underflow into subnormal numbers, which a CPU's matrix products handle in
+    microcode: that block's product took 1.1 s against 0.16. Dividing by ``s`` is exact; an entry
+    below ``ε² · s`` adds less than ``ε²`` of the largest to any result, far below its rounding.
+    """
+    largest = float(eigenvalues.abs().max()) if eigenvalues.numel() else 0.0
+    if largest == 0.0:
+        return eigenvalues, 1.0
+    scale = 2.0 ** math.floor(math.log2(largest))
+    normalized = eigenvalues / scale
+    return normalized.masked_fill(normalized.abs() < torch.finfo(eigenvalues.dtype).eps ** 2, 0.0), scale
 
 
 def _check_tensor(tensor: object, name: str, ndim: int) -> None:

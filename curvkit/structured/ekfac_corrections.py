@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from curvkit._boundary import as_integer
+from curvkit.structured._factors import cast_back
 from curvkit.structured.blocks import EigenKroneckerBlock
 from curvkit.structured.ekfac import EigenCorrectedKroneckerLinearOperator
 
@@ -285,6 +286,8 @@ class EigenvalueCorrections:
     def result(self) -> EigenCorrectedKroneckerLinearOperator:
         """EKFAC with the accumulated eigenvalues (in the basis' dtype and device), negatives set to 0.
 
+        Also those below the dtype's smallest normal number (:func:`~curvkit.structured._factors.cast_back`).
+
         Raises:
             ValueError: If a block received nothing (its eigenvalues would be zero).
         """
@@ -294,7 +297,7 @@ class EigenvalueCorrections:
         # second moments, negative only by rounding: the Gramian route's products of pairs of
         # positions cancel where a moment is 0, and leave ± a float32 rounding error there
         blocks = [
-            replace(block, eigenvalues=total.clamp_min(0.0).to(block.eigenvalues.dtype))
+            replace(block, eigenvalues=cast_back(total.clamp_min(0.0), block.eigenvalues.dtype))
             for block, total in zip(self._basis.blocks, self._sums)
         ]
         return EigenCorrectedKroneckerLinearOperator(

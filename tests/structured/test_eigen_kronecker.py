@@ -94,3 +94,20 @@ def test_with_eigenvalues_keeps_the_basis():
 def test_bad_input(arguments, error, message):
     with pytest.raises(error, match=message):
         EigenKroneckerLinearOperator(*arguments)
+
+
+@pytest.mark.parametrize("largest", [1e-17, 1.0, 1e30])
+def test_eigenvalues_over_many_orders_of_magnitude(largest):
+    """Float32 eigenvalues from ``largest`` down by 30 orders of magnitude (EKFAC's corrections of
+    a few examples, mostly rounding): products as the float64 matrix gives them, to float32's
+    precision of the largest; the eigenvalues themselves (and the closed forms) as given."""
+    spread = torch.rand(6, 5, generator=torch.Generator().manual_seed(20), dtype=torch.float64)
+    eigenvalues = (largest * 10.0 ** (-30 * spread)).float()
+    left, right = _basis(6, 21, torch.float32), _basis(5, 22, torch.float32)
+    operator = EigenKroneckerLinearOperator(eigenvalues, left, right)
+    X = matrix(30, 3, 23)
+    expected = _dense(eigenvalues, left, right) @ X
+    result = operator @ X.float()
+    torch.testing.assert_close(result.double(), expected, rtol=0, atol=1e-6 * float(expected.abs().max()))
+    assert torch.equal(operator.eigenvalues, eigenvalues)
+    torch.testing.assert_close(operator.trace().double(), eigenvalues.double().sum(), rtol=1e-6, atol=0)
