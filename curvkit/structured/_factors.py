@@ -11,6 +11,7 @@ without subnormal numbers (:func:`cast_back`).
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -214,6 +215,23 @@ def cast_back(tensor: Tensor, dtype: torch.dtype) -> Tensor:
     """
     converted = tensor.to(dtype)
     return converted.masked_fill(converted.abs() < torch.finfo(dtype).tiny, 0.0)
+
+
+def scaled_to_one(tensor: Tensor, floor: float) -> tuple[Tensor, float]:
+    """``(T / s, s)``: ``s`` the power of two at or below ``max |T|``, entries of ``T / s`` below ``floor`` 0.
+
+    For float32 matrix products of numbers far below 1 (second moments of a mean loss's gradients,
+    ``10⁻¹⁷`` and less): their products underflow into subnormal numbers, which a CPU's matrix
+    products handle in microcode, an order of magnitude slower per operation (EKFAC's correction
+    of ResNet-18's last blocks: 2.6 s against 0.06 for one product). Scaled to 1 they stay normal,
+    down to ``floor`` (``ε``, ``ε²``: what the caller's rounding makes irrelevant).
+    """
+    largest = float(tensor.abs().max()) if tensor.numel() else 0.0
+    if largest == 0.0:
+        return tensor, 1.0
+    scale = 2.0 ** math.floor(math.log2(largest))
+    scaled = tensor / scale
+    return scaled.masked_fill(scaled.abs() < floor, 0.0), scale
 
 
 def eigh64(factor: Tensor) -> tuple[Tensor, Tensor | None]:

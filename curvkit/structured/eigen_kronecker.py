@@ -9,14 +9,12 @@ KFAC's own, ``Λ = λ_L λ_Rᵀ`` (the block then equals ``L ⊗ R``), or correc
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from curvkit.linear_operator import LinearOperator
 from curvkit.structured._closed_forms import ClosedForms, as_result
-from curvkit.structured._factors import kronecker_on_matrices, transposed
+from curvkit.structured._factors import kronecker_on_matrices, scaled_to_one, transposed
 
 
 class EigenKroneckerLinearOperator(ClosedForms, LinearOperator):
@@ -26,7 +24,8 @@ class EigenKroneckerLinearOperator(ClosedForms, LinearOperator):
     :class:`~curvkit.structured.KroneckerLinearOperator`: ``vec(Λ) = λ_L ⊗ λ_R`` for KFAC's
     eigenvalues). A product rotates into the eigenbasis, scales, and rotates back: four matrix
     products, with ``Λ`` divided by a power of two near its largest entry (exact) and the result
-    multiplied by it, and entries of ``Λ`` below ``ε²`` of the largest left out (:func:`_normalized`).
+    multiplied by it, and entries of ``Λ`` below ``ε²`` of the largest left out (no subnormal
+    numbers: :func:`~curvkit.structured._factors.scaled_to_one`).
     Closed forms come from ``Λ`` alone: ``tr = Σ Λ``, ``log det = Σ log Λ``,
     ``‖·‖_F = ‖Λ‖_F``.
 
@@ -84,7 +83,12 @@ class EigenKroneckerLinearOperator(ClosedForms, LinearOperator):
         )
         self.eigenvalues = eigenvalues
         self.left_eigenvectors, self.right_eigenvectors = left_eigenvectors, right_eigenvectors
-        self._normalized_eigenvalues, self._scale = _normalized(eigenvalues)
+        # scaled to 1 (down to ε², which adds less than ε² of the largest to any result): EKFAC's
+        # corrections of a few examples are mostly rounding, 10⁻³⁶ against 10⁻¹⁷ in ResNet-18's
+        # last block, and their products underflowed (1.1 s against 0.16 for that block)
+        self._normalized_eigenvalues, self._scale = scaled_to_one(
+            eigenvalues, torch.finfo(eigenvalues.dtype).eps ** 2
+        )
 
     def with_eigenvalues(self, eigenvalues: Tensor) -> EigenKroneckerLinearOperator:
         """The same eigenbasis with other eigenvalues (of the same shape), e.g. ``(Λ + δ)⁻¹``."""
@@ -112,24 +116,6 @@ class EigenKroneckerLinearOperator(ClosedForms, LinearOperator):
 
     def frobenius_norm(self) -> Tensor:
         return as_result(torch.linalg.vector_norm(self.eigenvalues.to(torch.float64)), self)
-
-
-def _normalized(eigenvalues: Tensor) -> tuple[Tensor, float]:
-    """``(Λ / s, s)``, ``s`` the power of two at or below ``max |Λ|``; entries of ``Λ / s`` below ``ε²``: 0.
-
-    For the products' speed on a CPU: EKFAC's corrected eigenvalues of a few examples are mostly
-    rounding, tens of orders of magnitude below the largest (``10⁻³⁶`` against ``10⁻¹⁷`` in
-    ResNet-18's last block, float32), and their products with the rotated vectors and the
-    eigenvectors underflow into subnormal numbers, which a CPU's matrix products handle in
-    microcode: that block's product took 1.1 s against 0.16. Dividing by ``s`` is exact; an entry
-    below ``ε² · s`` adds less than ``ε²`` of the largest to any result, far below its rounding.
-    """
-    largest = float(eigenvalues.abs().max()) if eigenvalues.numel() else 0.0
-    if largest == 0.0:
-        return eigenvalues, 1.0
-    scale = 2.0 ** math.floor(math.log2(largest))
-    normalized = eigenvalues / scale
-    return normalized.masked_fill(normalized.abs() < torch.finfo(eigenvalues.dtype).eps ** 2, 0.0), scale
 
 
 def _check_tensor(tensor: object, name: str, ndim: int) -> None:

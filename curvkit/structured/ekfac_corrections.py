@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from curvkit._boundary import as_integer
-from curvkit.structured._factors import cast_back
+from curvkit.structured._factors import cast_back, scaled_to_one
 from curvkit.structured.blocks import EigenKroneckerBlock
 from curvkit.structured.ekfac import EigenCorrectedKroneckerLinearOperator
 
@@ -63,6 +63,12 @@ def squared_projections(
     if rotate_first:
         row_vectors = row_vectors if row_basis is None else row_vectors @ row_basis
         column_vectors = column_vectors if column_basis is None else column_vectors @ column_basis
+    scale = 1.0
+    if gramian:  # products of pairs of rotated vectors: scaled to 1, they do not underflow
+        epsilon = torch.finfo(row_vectors.dtype).eps
+        row_vectors, row_scale = scaled_to_one(row_vectors, epsilon)
+        column_vectors, column_scale = scaled_to_one(column_vectors, epsilon)
+        scale = (row_scale * column_scale) ** 2
     chunk = max(1, max_entries // (T * T * (R + C) if gramian else R * C))
     for start in range(0, N, chunk):
         rows, columns = row_vectors[start : start + chunk], column_vectors[start : start + chunk]
@@ -75,7 +81,7 @@ def squared_projections(
         if not rotate_first:
             gradients = _rotated(gradients, row_basis, column_basis)
         total += gradients.square().sum(0).to(torch.float64)
-    return total
+    return total.mul_(scale) if scale != 1.0 else total
 
 
 def _rotated(gradients: Tensor, row_basis: Tensor | None, column_basis: Tensor | None) -> Tensor:

@@ -267,3 +267,22 @@ def test_moments_that_rounding_leaves_negative_are_zero():
     expected = _expected(block, g.transpose(1, 2) @ a, 1.0)
     scale = float(_expected(block, g.transpose(1, 2) @ a.abs(), 1.0).max())  # the terms' size
     torch.testing.assert_close(block.eigenvalues.double(), expected, rtol=0, atol=1e-6 * scale)
+
+
+@pytest.mark.parametrize("route", sorted(ROUTES))
+def test_tiny_float32_gradients(route):
+    """Gradients of ``10⁻¹⁵`` in float32 (a mean loss's, squared: ``10⁻³⁰``, near float32's
+    smallest normal number): every route as float64 gives it, to float32's precision."""
+    positions, out_features, in_features = ROUTES[route]
+    g = 1e-15 * matrix(N * positions, out_features, 1).reshape(N, positions, -1)
+    a = matrix(N * positions, in_features, 2).reshape(N, positions, -1)
+    corrections = KroneckerFactoredLinearOperator(
+        [torch.zeros(out_features, in_features)],
+        [KroneckerBlock((0,), psd(out_features, 0).float(), psd(in_features, 1).float())],
+    ).eigenvalue_corrections()
+    corrections.add(0, g.float(), a.float())
+    block = corrections.result().blocks[0]
+    expected = _expected(block, g.transpose(1, 2) @ a, 1.0)
+    torch.testing.assert_close(
+        block.eigenvalues.double(), expected, rtol=1e-4, atol=1e-6 * float(expected.max())
+    )
