@@ -209,9 +209,9 @@ def cast_back(tensor: Tensor, dtype: torch.dtype) -> Tensor:
     """``tensor`` (float64) in ``dtype``, entries below the smallest normal number of ``dtype`` set to 0.
 
     Subnormal numbers make a CPU's matrix products fall back to microcode, an order of magnitude
-    slower per operation: EKFAC's product of ResNet-18's last block, whose float64 eigenvalues of
-    directions the few examples do not span came out as 75,000 float32 subnormals, took 2.2 s
-    against 0.16. Values that small are rounding in a decomposition computed in float64.
+    slower per operation, and a float64 decomposition's values that small are rounding (EKFAC's
+    eigenvalues of directions that a few examples do not span; design notes, "KFAC at ResNet-18
+    size").
     """
     converted = tensor.to(dtype)
     return converted.masked_fill(converted.abs() < torch.finfo(dtype).tiny, 0.0)
@@ -220,14 +220,14 @@ def cast_back(tensor: Tensor, dtype: torch.dtype) -> Tensor:
 def scaled_to_one(tensor: Tensor, floor: float) -> tuple[Tensor, float]:
     """``(T / s, s)``: ``s`` the power of two at or below ``max |T|``, entries of ``T / s`` below ``floor`` 0.
 
-    For float32 matrix products of numbers far below 1 (second moments of a mean loss's gradients,
-    ``10⁻¹⁷`` and less): their products underflow into subnormal numbers, which a CPU's matrix
-    products handle in microcode, an order of magnitude slower per operation (EKFAC's correction
-    of ResNet-18's last blocks: 2.6 s against 0.06 for one product). Scaled to 1 they stay normal,
-    down to ``floor`` (``ε``, ``ε²``: what the caller's rounding makes irrelevant).
+    For float32 matrix products of numbers far below 1 (second moments of a mean loss's gradients):
+    their products underflow into subnormal numbers, which a CPU's matrix products handle in
+    microcode, an order of magnitude slower per operation (design notes, "KFAC at ResNet-18
+    size"). Scaled to 1 (exactly: a power of two) they stay normal, down to ``floor`` (``ε``,
+    ``ε²``: what the caller's rounding makes irrelevant). ``s = 1`` for zeros or non-finite entries.
     """
     largest = float(tensor.abs().max()) if tensor.numel() else 0.0
-    if largest == 0.0:
+    if largest == 0.0 or not math.isfinite(largest):
         return tensor, 1.0
     scale = 2.0 ** math.floor(math.log2(largest))
     scaled = tensor / scale

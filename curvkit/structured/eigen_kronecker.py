@@ -83,9 +83,9 @@ class EigenKroneckerLinearOperator(ClosedForms, LinearOperator):
         )
         self.eigenvalues = eigenvalues
         self.left_eigenvectors, self.right_eigenvectors = left_eigenvectors, right_eigenvectors
-        # scaled to 1 (down to ε², which adds less than ε² of the largest to any result): EKFAC's
-        # corrections of a few examples are mostly rounding, 10⁻³⁶ against 10⁻¹⁷ in ResNet-18's
-        # last block, and their products underflowed (1.1 s against 0.16 for that block)
+        # scaled to 1, down to ε² (less than ε² of the largest in any result): EKFAC's corrections
+        # of a few examples are mostly rounding, tens of orders of magnitude below the largest,
+        # and their products underflowed into subnormals
         self._normalized_eigenvalues, self._scale = scaled_to_one(
             eigenvalues, torch.finfo(eigenvalues.dtype).eps ** 2
         )
