@@ -16,6 +16,7 @@ import warnings
 
 import torch
 from torch import Tensor
+from torch.nn import functional
 
 from curvkit._boundary import torch_dtype_of
 
@@ -226,12 +227,14 @@ def scaled_to_one(tensor: Tensor, floor: float) -> tuple[Tensor, float]:
     size"). Scaled to 1 (exactly: a power of two) they stay normal, down to ``floor`` (``ε``,
     ``ε²``: what the caller's rounding makes irrelevant). ``s = 1`` for zeros or non-finite entries.
     """
-    largest = float(tensor.abs().max()) if tensor.numel() else 0.0
+    if tensor.numel() == 0:
+        return tensor, 1.0
+    smallest, largest = torch.aminmax(tensor)  # not vector_norm(·, inf): ten times slower on a CPU
+    largest = max(-float(smallest), float(largest))
     if largest == 0.0 or not math.isfinite(largest):
         return tensor, 1.0
     scale = 2.0 ** math.floor(math.log2(largest))
-    scaled = tensor / scale
-    return scaled.masked_fill(scaled.abs() < floor, 0.0), scale
+    return functional.hardshrink(tensor * (1.0 / scale), floor), scale  # one pass, fused
 
 
 def eigh64(factor: Tensor) -> tuple[Tensor, Tensor | None]:

@@ -50,9 +50,10 @@ def squared_projections(
     row_basis: Tensor | None,
     column_basis: Tensor | None,
     max_entries: int,
-) -> Tensor:
+) -> tuple[Tensor, float]:
     r"""``Σ_n ((Q_Rᵀ Σ_t r_nt c_ntᵀ Q_C)_{ij})²`` in float64, for ``r [N, T, R]``, ``c [N, T, C]``.
 
+    As ``(S, s)`` with the sum ``s · S``: the Gramian route on a CPU scales the vectors first.
     ``None`` bases are identities. See the module docstring for the routes.
     """
     N, T, R = row_vectors.shape
@@ -64,7 +65,9 @@ def squared_projections(
         row_vectors = row_vectors if row_basis is None else row_vectors @ row_basis
         column_vectors = column_vectors if column_basis is None else column_vectors @ column_basis
     scale = 1.0
-    if gramian:  # products of pairs of rotated vectors: scaled to 1, they do not underflow
+    if gramian and row_vectors.device.type == "cpu":
+        # products of pairs of rotated vectors, scaled to 1: no subnormal numbers, which a CPU's
+        # matrix products handle in microcode (a GPU's at full speed)
         epsilon = torch.finfo(row_vectors.dtype).eps
         row_vectors, row_scale = scaled_to_one(row_vectors, epsilon)
         column_vectors, column_scale = scaled_to_one(column_vectors, epsilon)
@@ -81,7 +84,7 @@ def squared_projections(
         if not rotate_first:
             gradients = _rotated(gradients, row_basis, column_basis)
         total += gradients.square().sum(0).to(torch.float64)
-    return total.mul_(scale) if scale != 1.0 else total
+    return total, scale
 
 
 def _rotated(gradients: Tensor, row_basis: Tensor | None, column_basis: Tensor | None) -> Tensor:
@@ -150,10 +153,11 @@ class EigenvalueCorrections:
             raise TypeError(f"{name} must be a real floating-point tensor, got {type(tensor).__name__}.")
         return tensor.detach().to(dtype=self._basis.dtype, device=self._basis.device)
 
-    def _accumulate(self, block: int, total: Tensor, scale: object) -> None:
+    def _accumulate(self, block: int, total: Tensor, scale: object, factor: float = 1.0) -> None:
+        """Add ``scale · factor · total`` (``factor``: from :func:`squared_projections`)."""
         if isinstance(scale, bool) or not isinstance(scale, Real) or not math.isfinite(scale) or scale < 0:
             raise ValueError(f"scale must be a finite non-negative number, got {scale!r}.")
-        self._sums[block] += float(scale) * total
+        self._sums[block].add_(total, alpha=float(scale) * factor)
         self._added[block] = True
 
     def add(
@@ -201,8 +205,10 @@ class EigenvalueCorrections:
                 )
         row_vectors, column_vectors = (a, g) if spec.input_major else (g, a)
         row_basis, column_basis = _row_and_column_bases(spec)
-        total = squared_projections(row_vectors, column_vectors, row_basis, column_basis, self._max_entries)
-        self._accumulate(block, total, scale)
+        total, factor = squared_projections(
+            row_vectors, column_vectors, row_basis, column_basis, self._max_entries
+        )
+        self._accumulate(block, total, scale, factor)
 
     def _token_projections(self, spec: EigenKroneckerBlock, g: Tensor, tokens: Tensor) -> Tensor:
         """``Σ_n (Σ_{t: token_nt = v} Q_Gᵀ g_nt)²`` for each token ``v``: one-hot inputs, never formed."""
