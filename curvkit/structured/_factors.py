@@ -214,8 +214,7 @@ def cast_back(tensor: Tensor, dtype: torch.dtype) -> Tensor:
     eigenvalues of directions that a few examples do not span; design notes, "KFAC at ResNet-18
     size").
     """
-    converted = tensor.to(dtype)
-    return converted.masked_fill(converted.abs() < torch.finfo(dtype).tiny, 0.0)
+    return functional.hardshrink(tensor.to(dtype), torch.finfo(dtype).tiny)  # one pass, fused
 
 
 def scaled_to_one(tensor: Tensor, floor: float) -> tuple[Tensor, float]:
