@@ -23,8 +23,8 @@ class EigenKroneckerLinearOperator(ClosedForms, LinearOperator):
     ``Λ[i, j]`` is the eigenvalue of the eigenvector ``Q_L[:, i] ⊗ Q_R[:, j]`` (row-major, as in
     :class:`~curvkit.structured.KroneckerLinearOperator`: ``vec(Λ) = λ_L ⊗ λ_R`` for KFAC's
     eigenvalues). A product rotates into the eigenbasis, scales, and rotates back: four matrix
-    products, with ``Λ`` divided by a power of two near its largest entry (exact) and the result
-    multiplied by it, and entries of ``Λ`` below ``ε²`` of the largest left out (no subnormal
+    products; on a CPU with ``Λ`` divided by a power of two near its largest entry (exact) and the
+    result multiplied by it, entries of ``Λ`` below ``ε²`` of the largest left out (no subnormal
     numbers: :func:`~curvkit.structured._factors.scaled_to_one`).
     Closed forms come from ``Λ`` alone: ``tr = Σ Λ``, ``log det = Σ log Λ``,
     ``‖·‖_F = ‖Λ‖_F``.
@@ -83,12 +83,6 @@ class EigenKroneckerLinearOperator(ClosedForms, LinearOperator):
         )
         self.eigenvalues = eigenvalues
         self.left_eigenvectors, self.right_eigenvectors = left_eigenvectors, right_eigenvectors
-        # scaled to 1, down to ε² (less than ε² of the largest in any result): EKFAC's corrections
-        # of a few examples are mostly rounding, tens of orders of magnitude below the largest,
-        # and their products underflowed into subnormals
-        self._normalized_eigenvalues, self._scale = scaled_to_one(
-            eigenvalues, torch.finfo(eigenvalues.dtype).eps ** 2
-        )
 
     def with_eigenvalues(self, eigenvalues: Tensor) -> EigenKroneckerLinearOperator:
         """The same eigenbasis with other eigenvalues (of the same shape), e.g. ``(Λ + δ)⁻¹``."""
@@ -102,9 +96,16 @@ class EigenKroneckerLinearOperator(ClosedForms, LinearOperator):
         k, (rows, columns) = X.shape[1], self.eigenvalues.shape
         left, right = self.left_eigenvectors, self.right_eigenvectors
         rotated = kronecker_on_matrices(transposed(left), transposed(right), X.T.reshape(k, rows, columns))
-        result = kronecker_on_matrices(left, right, rotated * self._normalized_eigenvalues)
-        if self._scale != 1.0:
-            result.mul_(self._scale)
+        eigenvalues, scale = self.eigenvalues, 1.0
+        if eigenvalues.device.type == "cpu":
+            # scaled to 1, down to ε² (less than ε² of the largest in any result): EKFAC's
+            # corrections of a few examples are mostly rounding, tens of orders of magnitude below
+            # the largest, and their products underflowed into subnormals, which a CPU's matrix
+            # products handle in microcode (a GPU's at full speed)
+            eigenvalues, scale = scaled_to_one(eigenvalues, torch.finfo(eigenvalues.dtype).eps ** 2)
+        result = kronecker_on_matrices(left, right, rotated * eigenvalues)
+        if scale != 1.0:
+            result.mul_(scale)
         return result.reshape(k, rows * columns).T
 
     def trace(self) -> Tensor:
