@@ -218,15 +218,17 @@ def cast_back(tensor: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 def scaled_to_one(tensor: Tensor, floor: float) -> tuple[Tensor, float]:
-    """``(T / s, s)``: ``s`` the power of two at or below ``max |T|``, entries of ``T / s`` below ``floor`` 0.
+    """On a CPU ``(T / s, s)``, ``s`` the power of two at or below ``max |T|``; entries below ``floor``: 0.
 
     For float32 matrix products of numbers far below 1 (second moments of a mean loss's gradients):
     their products underflow into subnormal numbers, which a CPU's matrix products handle in
     microcode, an order of magnitude slower per operation (design notes, "KFAC at ResNet-18
     size"). Scaled to 1 (exactly: a power of two) they stay normal, down to ``floor`` (``ε``,
-    ``ε²``: what the caller's rounding makes irrelevant). ``s = 1`` for zeros or non-finite entries.
+    ``ε²``: what the caller's rounding makes irrelevant). ``(T, 1)`` elsewhere (a GPU multiplies
+    subnormals at full speed, and the scale would cost a host synchronization), for an empty
+    ``T`` and for zeros or non-finite entries.
     """
-    if tensor.numel() == 0:
+    if tensor.device.type != "cpu" or tensor.numel() == 0:
         return tensor, 1.0
     smallest, largest = torch.aminmax(tensor)  # not vector_norm(·, inf): ten times slower on a CPU
     largest = max(-float(smallest), float(largest))

@@ -96,13 +96,9 @@ class EigenKroneckerLinearOperator(ClosedForms, LinearOperator):
         k, (rows, columns) = X.shape[1], self.eigenvalues.shape
         left, right = self.left_eigenvectors, self.right_eigenvectors
         rotated = kronecker_on_matrices(transposed(left), transposed(right), X.T.reshape(k, rows, columns))
-        eigenvalues, scale = self.eigenvalues, 1.0
-        if eigenvalues.device.type == "cpu":
-            # scaled to 1, down to ε² (less than ε² of the largest in any result): EKFAC's
-            # corrections of a few examples are mostly rounding, tens of orders of magnitude below
-            # the largest, and their products underflowed into subnormals, which a CPU's matrix
-            # products handle in microcode (a GPU's at full speed)
-            eigenvalues, scale = scaled_to_one(eigenvalues, torch.finfo(eigenvalues.dtype).eps ** 2)
+        # scaled to 1, down to ε² (less than ε² of the largest in any result): EKFAC's corrections
+        # of a few examples are mostly rounding, tens of orders of magnitude below the largest
+        eigenvalues, scale = scaled_to_one(self.eigenvalues, torch.finfo(self.eigenvalues.dtype).eps ** 2)
         result = kronecker_on_matrices(left, right, rotated * eigenvalues)
         if scale != 1.0:
             result.mul_(scale)

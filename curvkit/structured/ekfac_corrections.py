@@ -65,9 +65,7 @@ def squared_projections(
         row_vectors = row_vectors if row_basis is None else row_vectors @ row_basis
         column_vectors = column_vectors if column_basis is None else column_vectors @ column_basis
     scale = 1.0
-    if gramian and row_vectors.device.type == "cpu":
-        # products of pairs of rotated vectors, scaled to 1: no subnormal numbers, which a CPU's
-        # matrix products handle in microcode (a GPU's at full speed)
+    if gramian:  # products of pairs of rotated vectors, scaled to 1: no subnormal numbers
         epsilon = torch.finfo(row_vectors.dtype).eps
         row_vectors, row_scale = scaled_to_one(row_vectors, epsilon)
         column_vectors, column_scale = scaled_to_one(column_vectors, epsilon)
