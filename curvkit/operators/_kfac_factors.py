@@ -129,8 +129,9 @@ class GramBuffer:
     number of rows; with few rows per batch (a linear layer after a flattened convolution: 64
     rows into ``2048²``) that pass over memory, not the flops, sets its time. Sides of at least
     :data:`BUFFERED_FEATURES` features therefore collect batches of fewer than
-    :data:`GRAM_ROWS` rows, scaled by ``√alpha``, in a ``[GRAM_ROWS, d]`` buffer (a copy: no
-    batch's activations are kept), and add them when it is full; :meth:`flush` adds the rest
+    :data:`GRAM_ROWS` rows, scaled by ``√alpha``, in a buffer of up to ``[GRAM_ROWS, d]`` (a
+    copy: no batch's activations are kept; grown by doubling, so that a pass of a few small
+    batches holds only their rows), and add them when it is full; :meth:`flush` adds the rest
     after the last batch (design notes, "Rows held back").
     """
 
@@ -144,10 +145,14 @@ class GramBuffer:
         if features < BUFFERED_FEATURES or count >= GRAM_ROWS:
             return add_gram(total, rows, alpha)
         buffer, held = self._held.get(position, (None, 0))
-        if buffer is None:
-            buffer = rows.new_empty(GRAM_ROWS, features)
-        elif held + count > GRAM_ROWS:
+        if buffer is not None and held + count > GRAM_ROWS:
             total, held = add_gram(total, buffer[:held]), 0
+        if buffer is None or held + count > buffer.shape[0]:
+            # grown by doubling: a pass of few small batches holds a few rows, not GRAM_ROWS
+            grown = rows.new_empty(min(GRAM_ROWS, 2 * (held + count)), features)
+            if held:
+                grown[:held].copy_(buffer[:held])
+            buffer = grown
         target = buffer[held : held + count]
         target.view(rows.shape).copy_(rows)
         if alpha != 1.0:

@@ -243,8 +243,10 @@ BUFFER_PROBLEMS = {
 @pytest.mark.parametrize("fisher_type", ["type-2", "mc", "empirical"])
 @pytest.mark.parametrize("approx", ["expand", "reduce"])
 @pytest.mark.parametrize("problem", sorted(BUFFER_PROBLEMS))
-def test_rows_held_back_give_the_same_factors(problem, approx, fisher_type, monkeypatch):
-    """Gram rows held across batches (here every side's, flushed every 5 rows and at the end)."""
+@pytest.mark.parametrize("gram_rows", [5, 64])
+def test_rows_held_back_give_the_same_factors(gram_rows, problem, approx, fisher_type, monkeypatch):
+    """Gram rows held across batches (here every side's, added every ``gram_rows`` rows and at
+    the end; with 64 the buffers grow, keeping the rows they hold)."""
     model, loss_func, data = BUFFER_PROBLEMS[problem]()
     params = list(model.parameters())
     loss_average = "batch" if problem in ("mlp", "conv2d") else "batch+sequence"
@@ -256,7 +258,7 @@ def test_rows_held_back_give_the_same_factors(problem, approx, fisher_type, monk
     monkeypatch.setattr(kfac_factors, "BUFFERED_FEATURES", 10**9)  # none held
     direct = dense()
     monkeypatch.setattr(kfac_factors, "BUFFERED_FEATURES", 1)
-    monkeypatch.setattr(kfac_factors, "GRAM_ROWS", 5)
+    monkeypatch.setattr(kfac_factors, "GRAM_ROWS", gram_rows)
     torch.testing.assert_close(dense(), direct, rtol=1e-12, atol=1e-14)
 
 
