@@ -364,8 +364,8 @@ def factor_sums(
         inputs = _mirrored(inputs, 1.0 / max(float(count), 1.0))
         inputs = _in_weight_order(inputs, plans[index], grids.get(index))
         sums.append(FactorSums(output, inputs, float(count)))
-    for index, source in shared.items():  # a copy: the caller scales each block's sides in place
-        sums[index].output = None if sums[source].output is None else sums[source].output.clone()
+    for index, source in shared.items():  # one tensor for both blocks: no side changes once computed
+        sums[index].output = sums[source].output
     return sums, divisor
 
 

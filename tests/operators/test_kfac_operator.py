@@ -176,6 +176,22 @@ def test_forward_only_has_identity_output_factors():
     torch.testing.assert_close(block(dense, params, 5), torch.eye(3, dtype=F64))
 
 
+def test_a_separate_bias_keeps_its_weights_output_factor_not_a_copy(tmp_path):
+    """Both blocks hold one tensor (curvlinops too): a copy took 13 % more memory on the MLP of the
+    benchmark; saved and loaded, they still share it."""
+    model, loss_func = mlp_classifier(), nn.CrossEntropyLoss()
+    data, params = classification_data((3, 5)), list(model.parameters())
+    kfac = KFACLinearOperator(model, loss_func, params, data, fisher_type="type-2")
+    torch.save(kfac.state_dict(), tmp_path / "kfac.pt")
+    for state in (kfac.state_dict(), torch.load(tmp_path / "kfac.pt")):
+        blocks = state["factors"]["blocks"]
+        weights = [block for block in blocks if block["input_factor"] is not None]
+        biases = [block for block in blocks if block["input_factor"] is None]
+        assert len(weights) == len(biases) == 3
+        for weight, bias in zip(weights, biases):
+            assert bias["output_factor"].data_ptr() == weight["output_factor"].data_ptr()
+
+
 def test_enums_and_strings_give_the_same_operator():
     model, loss_func = mlp_classifier(), nn.CrossEntropyLoss()
     data, params = classification_data((4,)), list(model.parameters())
