@@ -6,7 +6,12 @@ batches of 8 random 3×32×32 images, eval-mode BatchNorm, float32. The script p
 
 - the factor pass of each fisher type: time as a multiple of one gradient over the same data
   (the same parameters), extra peak memory, the memory of the factors kept, and the working
-  memory (peak − kept) as a multiple of the gradient's extra peak;
+  memory (peak − kept) as a multiple of the gradient's extra peak. Memory is measured in a
+  process of its own, twice: as the resident set (large allocations mmap-ed, so that freed
+  tensors leave it, as ``products.py`` and ``kfac.py`` measure) and as the bytes of allocated
+  tensors (the profiler's allocation events: what a GPU's allocator counts; the resident set
+  counts an allocation's pages only once written, and a factor's upper triangle is written at
+  the end of the pass);
 - on the 'empirical' factors: a product with one vector and with 16 columns, the damped inverse
   (the factors damped by ``FACTOR_DAMPING`` split by the π heuristic, and the exact
   ``(K + λI)⁻¹`` through the factors' eigendecompositions, with its backward error
@@ -23,14 +28,18 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
+from pathlib import Path
 
 import torch
 from large_model import resnet18
-from measure import STEADY_MALLOC, MemoryProbe, median_time, publish, synchronize
+from measure import STEADY_MALLOC, MemoryProbe, allocated_peak_during, median_time, publish, synchronize
 from torch import nn
 
 from curvkit import EKFACLinearOperator, KFACLinearOperator
@@ -65,75 +74,146 @@ def factor_checks(kfac: KFACLinearOperator) -> tuple[float, float]:
     return asymmetry, negativity
 
 
+class Problem:
+    """The ResNet-18 (channels / 8 with ``--quick``), its batches, and the KFAC-ed parameters."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.device = torch.device(args.device)
+        torch.manual_seed(0)
+        self.model = resnet18(width=8 if args.quick else 64).eval().to(self.device)
+        self.data = [
+            (torch.randn(8, 3, 32, 32, device=self.device), torch.randint(0, 10, (8,), device=self.device))
+            for _ in range(args.batches)
+        ]
+        layers = [module for module in self.model.modules() if isinstance(module, (nn.Conv2d, nn.Linear))]
+        self.params = [p for module in layers for p in module.parameters()]
+        self.loss_func = nn.CrossEntropyLoss()
+
+    def clear_gradients(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def gradient(self) -> list[torch.Tensor]:
+        self.clear_gradients()
+        for X, y in self.data:
+            self.loss_func(self.model(X), y).backward()
+        return [p.grad for p in self.params]
+
+    def factors(self, fisher_type: str) -> KFACLinearOperator:
+        kfac = KFACLinearOperator(
+            self.model,
+            self.loss_func,
+            self.params,
+            self.data,
+            check_deterministic=False,
+            fisher_type=fisher_type,
+        )
+        kfac.compute_kronecker_factors()
+        return kfac
+
+
+def memory_worker(args: argparse.Namespace) -> dict:
+    """Extra peak and kept bytes of one gradient and of each factor pass, resident and allocated."""
+    problem = Problem(args)
+    probe = MemoryProbe(problem.device)
+    if not probe.available:
+        return {}
+
+    functions = {"gradient": problem.gradient}
+    functions.update({fisher_type: partial(problem.factors, fisher_type) for fisher_type in FISHER_TYPES})
+    problem.gradient()  # warm-up: first calls pay one-off costs (lazy imports, the allocator)
+    problem.factors("empirical")
+    result: dict = {name: {} for name in functions}
+    kept: list[object] = []  # the call's result, alive until its kept memory is read
+    for name, function in functions.items():  # each from no gradient held: a gradient's peak has its own
+        problem.clear_gradients()
+        before = probe.current()
+        peak = probe.peak_during(lambda function=function: kept.append(function()))
+        result[name]["resident"] = [peak, probe.current() - before]
+        kept.clear()
+    for name, function in functions.items():  # after all resident counts: the profiler's buffers stay
+        problem.clear_gradients()
+        allocated = None if problem.device.type == "cuda" else allocated_peak_during(function)
+        result[name]["allocated"] = allocated or result[name]["resident"]
+    return result
+
+
+def measured_memory(args: argparse.Namespace) -> dict:
+    """:func:`memory_worker` in a process of its own, its large allocations mmap-ed."""
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--memory-worker",
+        "--batches",
+        str(args.batches),
+    ]
+    command += ["--device", args.device] + ["--quick"] * args.quick
+    environment = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}  # freed tensors leave the resident set
+    finished = subprocess.run(command, capture_output=True, text=True, env=environment, check=True)
+    return json.loads(finished.stdout.strip().splitlines()[-1])
+
+
+def memory_cells(memory: dict, fisher_type: str) -> list[str]:
+    """Resident extra peak and kept MiB, its working memory × the gradient's extra peak; the same
+    peak and working memory counted in allocated tensors."""
+    if fisher_type not in memory:
+        return ["–"] * 5
+
+    def working(count: str) -> str:
+        peak, kept = memory[fisher_type][count]
+        return f"{(peak - kept) / memory['gradient'][count][0]:.2f}"
+
+    resident_peak, kept = memory[fisher_type]["resident"]
+    allocated_peak = memory[fisher_type]["allocated"][0]
+    mebibytes = [f"{value / 2**20:.1f}" for value in (resident_peak, kept, allocated_peak)]
+    return [*mebibytes[:2], working("resident"), mebibytes[2], working("allocated")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: channels / 8")
     parser.add_argument("--batches", type=int, default=1, help="batches of 8 images (default 1)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--output", help="also write the tables to this file")
+    parser.add_argument("--memory-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    device = torch.device(args.device)
-    torch.manual_seed(0)
-    model = resnet18(width=8 if args.quick else 64).eval().to(device)
-    data = [
-        (torch.randn(8, 3, 32, 32, device=device), torch.randint(0, 10, (8,), device=device))
-        for _ in range(args.batches)
-    ]
-    layers = [module for module in model.modules() if isinstance(module, (nn.Conv2d, nn.Linear))]
-    params = [p for module in layers for p in module.parameters()]
-    D, total = sum(p.numel() for p in params), sum(p.numel() for p in model.parameters())
-    loss_func = nn.CrossEntropyLoss()
-    probe = MemoryProbe(device)
-
-    def gradient() -> list[torch.Tensor]:
-        for p in params:
-            p.grad = None
-        for X, y in data:
-            loss_func(model(X), y).backward()
-        return [p.grad for p in params]
-
-    def factors(fisher_type: str) -> KFACLinearOperator:
-        kfac = KFACLinearOperator(
-            model, loss_func, params, data, check_deterministic=False, fisher_type=fisher_type
-        )
-        kfac.compute_kronecker_factors()
-        return kfac
-
-    gradient_time = median_time(gradient, device)
-    gradient_peak = probe.peak_during(gradient) if probe.available else None
-    for p in params:
-        p.grad = None
+    if args.memory_worker:
+        print(json.dumps(memory_worker(args)))
+        return
+    memory = measured_memory(args)
+    problem = Problem(args)
+    device, params = problem.device, problem.params
+    D, total = sum(p.numel() for p in params), sum(p.numel() for p in problem.model.parameters())
+    gradient_time = median_time(problem.gradient, device)
+    problem.clear_gradients()
     where = (
         torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    )
+    gradient_memory = (
+        ""
+        if not memory
+        else ", extra peak {:.1f} MiB resident, {:.1f} MiB allocated".format(
+            *(memory["gradient"][count][0] / 2**20 for count in ("resident", "allocated"))
+        )
     )
     lines = [
         f"ResNet-18{' (channels / 8, QUICK)' if args.quick else ''}: its convolutions' and head's weights, "
         f"D = {D:,} of {total:,} (BatchNorm's have no KFAC rule); {args.batches} batch(es) of 8 images "
         f"3×32×32, CE; torch {torch.__version__}, {where}, float32",
         "",
-        f"One gradient: {gradient_time:.3f} s"
-        + ("" if gradient_peak is None else f", extra peak {gradient_peak / 2**20:.1f} MiB"),
+        f"One gradient: {gradient_time:.3f} s{gradient_memory}",
         "",
-        "| factor pass | seconds | × gradient | extra peak MiB | kept MiB | working × gradient's peak |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| factor pass | seconds | × gradient | resident: extra peak MiB | kept MiB | working × gradient's "
+        "| allocated: extra peak MiB | working × gradient's |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    factors("empirical")  # warm-up: first calls pay one-off costs (lazy imports, the allocator)
-    kept: list[KFACLinearOperator] = []
+    problem.factors("empirical")  # warm-up: first calls pay one-off costs (lazy imports, the allocator)
     for fisher_type in FISHER_TYPES:
-        kept.clear()
-        seconds = median_time(lambda fisher_type=fisher_type: factors(fisher_type), device, warmup=0)
-        before = probe.current() if probe.available else None
-        peak = probe.peak_during(lambda fisher_type=fisher_type: kept.append(factors(fisher_type)))
-        memory = ["–", "–", "–"]
-        if before is not None:
-            held = probe.current() - before
-            working = "–" if gradient_peak is None else f"{(peak - held) / gradient_peak:.2f}"
-            memory = [f"{peak / 2**20:.1f}", f"{held / 2**20:.1f}", working]
-        cells = [f"'{fisher_type}'", f"{seconds:.3f}", f"{seconds / gradient_time:.2f}", *memory]
-        lines.append(f"| {' | '.join(cells)} |")
-        if fisher_type == "empirical":
-            kfac = kept[0]
-    kept.clear()
+        seconds = median_time(lambda fisher_type=fisher_type: problem.factors(fisher_type), device, warmup=0)
+        cells = [f"'{fisher_type}'", f"{seconds:.3f}", f"{seconds / gradient_time:.2f}"]
+        lines.append(f"| {' | '.join(cells + memory_cells(memory, fisher_type))} |")
+    kfac = problem.factors("empirical")
+    model, loss_func, data = problem.model, problem.loss_func, problem.data
 
     vector = torch.randn(D, device=device)
     block = torch.randn(D, COLUMNS, device=device)
@@ -187,7 +267,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if any(os.environ.get(key) != value for key, value in STEADY_MALLOC.items()):
+    if "--memory-worker" not in sys.argv and any(
+        os.environ.get(key) != value for key, value in STEADY_MALLOC.items()
+    ):
         # glibc reads its settings at start-up: the timings take the benchmarks' allocator settings
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **STEADY_MALLOC})
     main()

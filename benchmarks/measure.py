@@ -103,6 +103,33 @@ class MemoryProbe:
         return peak - before
 
 
+def allocated_peak_during(function: Callable[[], object]) -> tuple[int, int] | None:
+    """Peak bytes of tensors allocated during ``function()``, and those still allocated after it.
+
+    Both above the tensors alive before the call, counted from the profiler's allocation events:
+    on a CPU the quantity a GPU's allocator reports (``max_memory_allocated``), which the resident
+    set does not show exactly (pages of an allocation count only once written; freed memory that
+    the heap keeps is reused without growing it). ``None`` where the profiler gives no events.
+    """
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=activities, profile_memory=True) as profile:
+        result = function()
+    try:
+        events = sorted(
+            (event.start_ns(), event.nbytes())
+            for event in profile.profiler.kineto_results.events()
+            if event.name() == "[memory]"
+        )
+    except AttributeError:  # a torch without these event fields
+        return None
+    allocated = peak = 0
+    for _, change in events:
+        allocated += change
+        peak = max(peak, allocated)
+    del result
+    return (peak, allocated) if events else None
+
+
 def publish(lines: list[str], output: str | None) -> None:
     """Print a benchmark's result table, and write it to ``output`` if given (``--output``)."""
     text = "\n".join(lines)

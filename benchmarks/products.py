@@ -127,6 +127,8 @@ def run_worker(args: argparse.Namespace) -> dict:
         result["gradient_s"] = median_time(gradient, device, warmup, repeats, clock)
     else:
         gradient()
+        for param in params:  # from no gradient held: the peak includes the one it makes
+            param.grad = None
         result["gradient_peak"] = probe.peak_during(gradient)
     for param in params:
         param.grad = None
