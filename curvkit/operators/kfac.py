@@ -243,11 +243,14 @@ class KFACLinearOperator(HeldClosedForms, LinearOperator):
         self._probe = None  # compared once, with the first factor pass
         self._loss_divisor = divisor
         tensors = self._setup.model.tensors
-        blocks = []
+        blocks, identities = [], {}
         for plan, factor in zip(self._plans, factors):
             output = factor.output
-            if output is None:  # 'forward-only'
-                output = torch.eye(plan.output_dim(tensors), dtype=self.dtype, device=self.device)
+            if output is None:  # 'forward-only': one identity per size (a bias shares its weight's)
+                size = plan.output_dim(tensors)
+                if size not in identities:
+                    identities[size] = torch.eye(size, dtype=self.dtype, device=self.device)
+                output = identities[size]
             inputs = None if plan.bias_only else factor.input
             blocks.append(KroneckerBlock(plan.params, output, inputs, input_major=plan.input_major))
         # the pass's own sums of outer products, exactly symmetric: taken as they are
