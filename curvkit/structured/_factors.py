@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -248,6 +249,22 @@ def eigh64(factor: Tensor) -> tuple[Tensor, Tensor | None]:
         return factor.to(torch.float64).clamp(min=0.0), None
     values, vectors = torch.linalg.eigh(symmetrized(factor, torch.float64))
     return values.clamp(min=0.0), cast_back(vectors, factor.dtype)
+
+
+def shared_eigh64() -> Callable[[Tensor], tuple[Tensor, Tensor | None]]:
+    """:func:`eigh64` that decomposes each factor once, however many blocks hold it.
+
+    A factor is the same if its memory, shape and strides are (blocks may hold different views).
+    """
+    decomposed: dict[tuple, tuple[Tensor, tuple[Tensor, Tensor | None]]] = {}
+
+    def eigh(factor: Tensor) -> tuple[Tensor, Tensor | None]:
+        key = (factor.data_ptr(), factor.shape, factor.stride(), factor.dtype, factor.device)
+        if key not in decomposed:  # the factor kept beside its result: no other tensor takes its memory
+            decomposed[key] = (factor, eigh64(factor))
+        return decomposed[key][1]
+
+    return eigh
 
 
 def damped_inverse(factor: Tensor, damping: float, retry_double_precision: bool, name: str) -> Tensor:

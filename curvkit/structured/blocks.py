@@ -18,7 +18,7 @@ the block acts on the matrix ``M`` the parameters form (``W``, ``b`` as a column
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -203,17 +203,20 @@ def eigen_operator(where: Placement, block: EigenKroneckerBlock) -> LinearOperat
     return assembled(EigenKroneckerLinearOperator(block.eigenvalues, left, right), where)
 
 
-def kronecker_eigenbasis(where: Placement, block: KroneckerBlock) -> tuple[Tensor, EigenKroneckerBlock]:
+def kronecker_eigenbasis(
+    where: Placement, block: KroneckerBlock, eigh: Callable[[Tensor], tuple[Tensor, Tensor | None]] = eigh64
+) -> tuple[Tensor, EigenKroneckerBlock]:
     """KFAC's eigenvalues ``vec Λ = λ_L ⊗ λ_R`` (float64, ``[rows, columns]``) and eigenbasis.
 
-    Eigendecompositions in float64, negative eigenvalues (rounding) clamped to zero; the
-    eigenvectors in the factors' dtype. The block returned holds the eigenvalues in that dtype.
+    Eigendecompositions in float64 (``eigh``: :func:`eigh64`, or one that remembers factors
+    shared between blocks), negative eigenvalues (rounding) clamped to zero; the eigenvectors in
+    the factors' dtype. The block returned holds the eigenvalues in that dtype.
     """
-    output_values, output_vectors = eigh64(block.output_factor)
+    output_values, output_vectors = eigh(block.output_factor)
     if block.input_factor is None:
         input_values, input_vectors = torch.ones(1, dtype=torch.float64, device=output_values.device), None
     else:
-        input_values, input_vectors = eigh64(block.input_factor)
+        input_values, input_vectors = eigh(block.input_factor)
     left_values, right_values = where.ordered(output_values, input_values)
     values = torch.outer(left_values, right_values)
     dtype = block.output_factor.dtype

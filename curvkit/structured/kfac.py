@@ -19,7 +19,7 @@ from torch import Tensor
 
 from curvkit.linear_operator import LinearOperator
 from curvkit.structured._deferred import DeferredLinearOperator
-from curvkit.structured._factors import checked_factor, symmetrized
+from curvkit.structured._factors import checked_factor, shared_eigh64, symmetrized
 from curvkit.structured._parameter_blocks import ParameterBlocks
 from curvkit.structured.block_diagonal import BlockDiagonalLinearOperator
 from curvkit.structured.blocks import (
@@ -180,9 +180,13 @@ class KroneckerFactoredLinearOperator(ParameterBlocks):
         Eigendecompositions in float64; negative eigenvalues (rounding) clamped to zero, so this
         equals KFAC up to that clamping.
         """
+        eigh = shared_eigh64()  # a separate bias's output factor is its weight's: decomposed once
         return EigenCorrectedKroneckerLinearOperator(
             self.in_layout.shapes,
-            [kronecker_eigenbasis(where, block)[1] for block, where in zip(self._blocks, self._placements)],
+            [
+                kronecker_eigenbasis(where, block, eigh)[1]
+                for block, where in zip(self._blocks, self._placements)
+            ],
             dtype=self.dtype,
             device=self.device,
         )

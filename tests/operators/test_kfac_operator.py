@@ -23,6 +23,7 @@ from curvkit._layers import convolution
 from curvkit.operators import _kfac_factors as kfac_factors
 from curvkit.operators import _recorded_pass as recorded_pass
 from curvkit.reference import empirical_fisher_matrix, ggn_matrix
+from curvkit.structured import _factors as structured_factors
 
 
 @pytest.mark.parametrize("sizes", [(1,), (1, 1, 1), (3, 5, 2)], ids=["one", "single-datum-batches", "three"])
@@ -191,6 +192,27 @@ def test_a_separate_bias_keeps_its_weights_output_factor_not_a_copy(fisher_type,
         assert len(weights) == len(biases) == 3
         for weight, bias in zip(weights, biases):
             assert bias["output_factor"].data_ptr() == weight["output_factor"].data_ptr()
+
+
+def test_a_shared_output_factor_is_eigendecomposed_once(monkeypatch):
+    """EKFAC's basis: a separate bias's output eigenvectors are its weight's, decomposed once."""
+    decomposed, original = [], structured_factors.eigh64
+
+    def eigh64(factor):
+        decomposed.append(factor.shape)
+        return original(factor)
+
+    model, loss_func = mlp_classifier(), nn.CrossEntropyLoss()
+    data, params = classification_data((3, 5)), list(model.parameters())
+    kfac = KFACLinearOperator(model, loss_func, params, data, fisher_type="type-2")
+    kfac.compute_kronecker_factors()
+    monkeypatch.setattr(structured_factors, "eigh64", eigh64)
+    blocks = kfac.factored.eigendecomposed().blocks
+    assert len(decomposed) == 6  # three layers' G and A; the biases' G are their weights'
+    for weight, bias in zip(blocks[::2], blocks[1::2]):
+        assert bias.input_eigenvectors is None
+        assert bias.output_eigenvectors.data_ptr() == weight.output_eigenvectors.data_ptr()
+    torch.testing.assert_close(kfac.factored.eigendecomposed().to_dense(), kfac.to_dense())
 
 
 def test_enums_and_strings_give_the_same_operator():
