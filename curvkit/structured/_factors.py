@@ -251,15 +251,17 @@ def eigh64(factor: Tensor) -> tuple[Tensor, Tensor | None]:
     return values.clamp(min=0.0), cast_back(vectors, factor.dtype)
 
 
-def shared_eigh64() -> Callable[[Tensor], tuple[Tensor, Tensor | None]]:
-    """:func:`eigh64` that decomposes each factor once, however many blocks hold it.
+def memory_key(factor: Tensor) -> tuple:
+    """The same for two tensors that are the same matrix in the same memory (views of one tensor)."""
+    return (factor.data_ptr(), tuple(factor.shape), factor.stride(), factor.dtype, factor.device)
 
-    A factor is the same if its memory, shape and strides are (blocks may hold different views).
-    """
+
+def shared_eigh64() -> Callable[[Tensor], tuple[Tensor, Tensor | None]]:
+    """:func:`eigh64` that decomposes each factor once (:func:`memory_key`), however many blocks hold it."""
     decomposed: dict[tuple, tuple[Tensor, tuple[Tensor, Tensor | None]]] = {}
 
     def eigh(factor: Tensor) -> tuple[Tensor, Tensor | None]:
-        key = (factor.data_ptr(), factor.shape, factor.stride(), factor.dtype, factor.device)
+        key = memory_key(factor)
         if key not in decomposed:  # the factor kept beside its result: no other tensor takes its memory
             decomposed[key] = (factor, eigh64(factor))
         return decomposed[key][1]

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from curvkit.linear_operator import LinearOperator
 from curvkit.structured._deferred import DeferredLinearOperator
-from curvkit.structured._factors import checked_factor, shared_eigh64, symmetrized
+from curvkit.structured._factors import checked_factor, memory_key, shared_eigh64, symmetrized
 from curvkit.structured._parameter_blocks import ParameterBlocks
 from curvkit.structured.block_diagonal import BlockDiagonalLinearOperator
 from curvkit.structured.blocks import (
@@ -101,6 +101,13 @@ class KroneckerFactoredLinearOperator(ParameterBlocks):
         self._copy = copy
         super().__init__(params, blocks, dtype=dtype, device=device)
 
+    def _install(self, blocks: Sequence[KroneckerBlock]) -> None:
+        self._copies: dict[tuple, tuple[Tensor, Tensor]] = {}  # a factor held by several blocks: one copy
+        try:
+            super()._install(blocks)
+        finally:
+            del self._copies  # it holds the given factors
+
     def _checked_block(self, block: KroneckerBlock, where: str) -> tuple[KroneckerBlock, Placement]:
         output_factor = self._factor(block.output_factor, f"{where}.output_factor")
         input_factor = (
@@ -116,7 +123,10 @@ class KroneckerFactoredLinearOperator(ParameterBlocks):
         """The factor checked, in this operator's dtype and device, symmetrized."""
         given = checked_factor(factor, name, finite_diagonal=not self._copy)
         if given.ndim == 2 and self._copy:  # converted and symmetrized in one copy
-            return symmetrized(given.detach(), self.dtype, self.device)
+            key = memory_key(given)
+            if key not in self._copies:  # the given factor kept: no other tensor takes its memory
+                self._copies[key] = (given, symmetrized(given.detach(), self.dtype, self.device))
+            return self._copies[key][1]
         factor = self._converted(given)
         if factor.ndim == 1 and bool((factor < 0).any()):
             raise ValueError(f"{name} is a diagonal with negative entries; factors are second moments (PSD).")

@@ -377,3 +377,20 @@ def test_random_layers_are_psd_kronecker_blocks(out_features, kernel, bias, seed
     X = torch.randn(operator.shape[0], 2, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
     torch.testing.assert_close(operator @ X, dense_matrix @ X, rtol=1e-12, atol=1e-14)
     assert (X * (operator @ X)).sum(0).min() >= -1e-12  # xᵀ K x ≥ 0
+
+
+def test_a_factor_given_to_two_blocks_is_copied_once():
+    """A weight and its bias given one output factor keep one copy; equal factors apart stay apart."""
+    W, b = torch.zeros(3, 2, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+    G, A = (
+        2.0 * torch.eye(3, dtype=torch.float64),
+        torch.tensor([[2.0, 1.0], [1.0, 2.0]], dtype=torch.float64),
+    )
+    for bias_factor, shared in ((G, True), (G.clone(), False)):
+        kfac = KroneckerFactoredLinearOperator(
+            [W, b], [KroneckerBlock((0,), G, A), KroneckerBlock((1,), bias_factor)]
+        )
+        weight_block, bias_block = kfac.state_dict()["blocks"]
+        pointers = {block["output_factor"].data_ptr() for block in (weight_block, bias_block)}
+        assert len(pointers) == (1 if shared else 2) and G.data_ptr() not in pointers  # copies
+        torch.testing.assert_close(kfac.to_dense(), torch.block_diag(torch.kron(G, A), G))
