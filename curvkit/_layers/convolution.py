@@ -141,8 +141,8 @@ def transposed_convolution(
         )
     ]
     if output_gradients.ndim == 4:
-        # channels-last in, contiguous out: 4.3-5.0 against 5.0-5.6 ms for the benchmark CNN's
-        # transposed convolutions of 16 columns on the CPU (oneDNN copies a planar output)
+        # channels-last in, contiguous out: oneDNN copies a planar output
+        # (design notes, "Measurements behind the code")
         output_gradients = output_gradients.contiguous(memory_format=torch.channels_last)
     transpose = _TRANSPOSED[output_gradients.ndim - 2]
     result = transpose(output_gradients, kernels, None, stride, padding, output_padding, groups, dilation)

@@ -289,7 +289,7 @@ def _has_convolutions(model_func: Callable) -> bool:
     """Whether ``model_func`` is a module with convolution layers.
 
     Their ``J v`` runs in forward mode even for a single vector: the double backward of a
-    convolution is expensive (benchmark CNN: GGN matvec 1.6 instead of 2.2 gradients).
+    convolution is expensive (design notes, "Measurements behind the code").
     """
     return isinstance(model_func, nn.Module) and any(
         isinstance(module, nn.modules.conv._ConvNd) for module in model_func.modules()

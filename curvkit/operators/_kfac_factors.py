@@ -48,8 +48,8 @@ the MLP's ``784²`` side gained nothing from it, only the buffer's memory."""
 
 PATCH_ENTRIES = 2**19
 """Most entries of a convolution's unfolded patches formed at once (chunks of samples): 2 MiB in
-float32, the largest transient of the benchmark CNN's pass otherwise (2**22 took its working
-memory to 1.4–1.75 gradients, this 1.1–1.45, at the same speed within 1 %)."""
+float32, the largest transient of the benchmark CNN's pass otherwise
+(design notes, "Measurements behind the code")."""
 
 
 @dataclass
@@ -74,7 +74,7 @@ def add_gram(total: Tensor | None, rows: Tensor, alpha: float = 1.0) -> Tensor:
     """
     rows = _leading_in_memory_order(rows)
     # per sample where the rows outnumber the features: a product [d, R] @ [R, d] per sample
-    # is efficient then (a second convolution's [144, 64] patches were 1.6× slower that way)
+    # is efficient then, not where they are fewer (design notes, "Measurements behind the code")
     if rows.ndim >= 3 and rows.stride(-1) != 1 and rows.shape[-2] >= rows.shape[-1]:
         return _add_gram_per_sample(total, rows, alpha)
     flat = rows.reshape(-1, rows.shape[-1])
@@ -109,8 +109,7 @@ def _add_gram_per_sample(total: Tensor | None, rows: Tensor, alpha: float) -> Te
 
     A convolution's patches and output gradients are transposed views of ``[B, d, R]``:
     ``Σ_b X_b X_bᵀ`` by batched products on that layout avoids the copy a ``[B·R, d]`` matrix
-    needs (1.07 against 1.8 ms for the benchmark CNN's first convolution, one thread), in
-    chunks whose ``[b, d, d]`` products stay small.
+    needs (design notes, "Measurements behind the code"), in chunks whose ``[b, d, d]`` products stay small.
     """
     columns = rows.reshape(-1, *rows.shape[-2:]).transpose(1, 2)  # [B, d, R]
     dim = columns.shape[1]

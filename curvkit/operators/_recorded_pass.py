@@ -48,7 +48,7 @@ from curvkit.operators._setup import ModelDataSetup
 
 TRACINGS = (autograd_leaves, dual_numbers)
 """Autograd leaves first: their graph walk costs less than dual numbers' second forward pass
-(MLP batch of the benchmark: 1.2 against 3.9 ms, one thread)."""
+(design notes, "Measurements behind the code")."""
 
 COLUMN_SHARE = 0.5
 """A chunk's pulled-back columns take at most this share of the entries of the layers' recorded

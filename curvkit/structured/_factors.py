@@ -55,8 +55,8 @@ def is_symmetric(factor: Tensor) -> bool:
 
 
 SYMMETRIZE_TILE = 256
-"""Side of the tiles :func:`symmetrize_` pairs up (a tile pair stays in cache; on a ``2049²``
-factor 256 mirrored in 3.3 ms, 512 in 3.6, 128 in 3.9, 64 in 7.7, one thread)."""
+"""Side of the tiles :func:`symmetrize_` pairs up (a tile pair stays in cache; the fastest of
+64–512 on a ``2049²`` factor, design notes, "Measurements behind the code")."""
 
 SHORT_PRODUCT_ROWS = 16
 """Rows of a stack up to which :func:`kronecker_on_matrices` multiplies by a symmetric ``R``
@@ -108,10 +108,9 @@ def symmetrize_(factor: Tensor, mean: bool = True, scale: float = 1.0) -> Tensor
     ``torch.linalg.eigh`` reads; the upper one is not read, so it may hold anything): for sums
     that are formed in the lower triangle only. ``scale``: multiply by it on the way (the tiles
     are in cache then; a separate pass reads the whole factor again). Tile pair by tile pair
-    (:data:`SYMMETRIZE_TILE`): a transposed copy of a whole ``2049²`` factor reads it across
-    cache lines (5–9 ms against 5 for the mean and 3 for the mirror this way, one thread),
-    and a new ``[n, n]`` tensor costs page faults. Factors allocated by :func:`new_factor` keep
-    the tiles' columns off a few cache sets.
+    (:data:`SYMMETRIZE_TILE`): a transposed copy of a whole factor reads it across cache lines,
+    and a new ``[n, n]`` tensor costs page faults (design notes, "Measurements behind the
+    code"). Factors allocated by :func:`new_factor` keep the tiles' columns off a few cache sets.
     """
     tile = SYMMETRIZE_TILE
     for start in range(0, factor.shape[0], tile):
@@ -231,7 +230,7 @@ def scaled_to_one(tensor: Tensor, floor: float) -> tuple[Tensor, float]:
     """
     if tensor.device.type != "cpu" or tensor.numel() == 0:
         return tensor, 1.0
-    smallest, largest = torch.aminmax(tensor)  # not vector_norm(·, inf): ten times slower on a CPU
+    smallest, largest = torch.aminmax(tensor)  # not vector_norm(·, inf): slower on a CPU
     largest = max(-float(smallest), float(largest))
     if largest == 0.0 or not math.isfinite(largest):
         return tensor, 1.0

@@ -60,9 +60,8 @@ class KroneckerFactoredLinearOperator(ParameterBlocks):
             tensors as they are, which must then be exactly symmetric (and, being positive
             semi-definite, are checked for finiteness on their diagonals, which bound every
             entry): for a caller that hands over factors of its own
-            (:class:`~curvkit.KFACLinearOperator`; a symmetrized copy
-            of a ``2049²`` factor cost 14 ms of page faults and 7 ms of transposed reads on
-            one thread, the factor pass's own products 4 ms).
+            (:class:`~curvkit.KFACLinearOperator`: a symmetrized copy of a wide factor costs
+            page faults and transposed reads, design notes, "Measurements behind the code").
 
     Raises:
         TypeError: If a block or factor has the wrong type.
