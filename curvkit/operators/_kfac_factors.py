@@ -343,26 +343,24 @@ def factor_sums(
             del uses  # this chunk's gradients, before the next chunk is pulled back
         for index, (sums, plan, plan_uses) in enumerate(zip(blocks, plans, inputs)):
             accumulator.add_input_sides(sums, index, plan, plan_uses)
-        batch_total = [
-            *(tensor for sums in blocks for tensor in _flat(sums, model)),
-            torch.tensor(loss_weight, dtype=torch.float64, device=model.device),
-        ]
+        batch_total = _flat(blocks, loss_weight, model)
         if total is None:
             return batch_total
-        # the counts and the loss's terms are this batch's: added; a side is the total itself
-        return [old.add_(new) if new.ndim == 0 else new for old, new in zip(total, batch_total)]
+        # a side is the total itself; the counts and the loss's terms are this batch's: added
+        return [*batch_total[:-1], total[-1].add_(batch_total[-1])]
 
     totals = recorded_pass(
         setup, plans, fisher_type, mc_samples, seed, probe, per_batch, "KFAC factors", buffer.flush
     )
-    divisor = float(totals[-1]) if reduction == "mean" else 1.0
+    *counts, loss_terms = totals[-1].tolist()
+    divisor = loss_terms if reduction == "mean" else 1.0
     sums = []
-    for index in range(len(plans)):
-        output, inputs, count = totals[3 * index : 3 * index + 3]
+    for index, count in enumerate(counts):
+        output, inputs = totals[2 * index : 2 * index + 2]
         output = _mirrored(output, 1.0 / divisor)
-        inputs = _mirrored(inputs, 1.0 / max(float(count), 1.0))
+        inputs = _mirrored(inputs, 1.0 / max(count, 1.0))
         inputs = _in_weight_order(inputs, plans[index], grids.get(index))
-        sums.append(FactorSums(output, inputs, float(count)))
+        sums.append(FactorSums(output, inputs, count))
     for index, source in shared.items():  # one tensor for both blocks: no side changes once computed
         sums[index].output = sums[source].output
     return sums, divisor
@@ -380,20 +378,22 @@ def _mirrored(side: Tensor, scale: float) -> Tensor | None:
 
 def _side_positions(index: int) -> tuple[int, int]:
     """Positions of block ``index``'s output and input sides in the flat sums (:func:`_flat`)."""
-    return 3 * index, 3 * index + 1
+    return 2 * index, 2 * index + 1
 
 
 def _sides(total: list[Tensor], index: int) -> FactorSums:
     """Block ``index``'s sides in the flat sums so far (absent ones as ``None``), its count left at 0."""
-    output, inputs = total[3 * index : 3 * index + 2]
+    output, inputs = total[2 * index : 2 * index + 2]
     return FactorSums(None if output.numel() == 0 else output, None if inputs.numel() == 0 else inputs)
 
 
-def _flat(sums: FactorSums, model) -> list[Tensor]:
-    """A block's sums as three tensors (empty ones for absent sides), for the engine's sum."""
+def _flat(blocks: list[FactorSums], loss_weight: float, model) -> list[Tensor]:
+    """A batch's sums for the engine: each block's two sides, then the counts and the loss's terms.
+
+    An absent side is an empty tensor. The counts of all blocks and the loss's terms are one
+    float64 tensor, not one per block: on a GPU each is a copy from the host.
+    """
     empty = torch.empty(0, dtype=model.dtype, device=model.device)
-    return [
-        empty if sums.output is None else sums.output,
-        empty if sums.input is None else sums.input,
-        torch.tensor(sums.count, dtype=torch.float64, device=model.device),
-    ]
+    sides = [empty if side is None else side for sums in blocks for side in (sums.output, sums.input)]
+    counts = [sums.count for sums in blocks] + [loss_weight]
+    return [*sides, torch.tensor(counts, dtype=torch.float64, device=model.device)]
