@@ -62,7 +62,7 @@ FACTOR_TARGET = {"mlp": 2.0, "cnn": 3.0}  # × one gradient
 CURVLINOPS_SHARE, PRODUCT_TARGET, CORRECTION_TARGET, MEMORY_TARGET = 0.6, 1.3, 5.0, 1.5
 ACCURACY_COLUMNS = 4
 MEMORY_COUNTS = {
-    "peaks": "resident set",
+    "resident": "resident set",
     "allocated": "allocated tensors (the profiler's allocation events, as a GPU's allocator counts)",
 }
 
@@ -177,13 +177,14 @@ def memory_table(problem: str, memory: dict[str, dict]) -> list[str]:
     """Extra peak memory of the factor passes as multiples of one gradient's (each library's own),
     counted as the resident set and, where the profiler gives them, as allocated tensors."""
     lines = []
+    ours, theirs = (memory.get(library, {}).get("counts", {}) for library in ("curvkit", "curvlinops"))
     for count, how in MEMORY_COUNTS.items():
-        ours, theirs = (memory.get(library, {}).get(count, {}) for library in ("curvkit", "curvlinops"))
-        if not ours:
+        if not ours or ours["gradient"][count] is None:
             continue
         lines += [
-            f'Extra peak memory, {how}, × one gradient\'s ({ours["gradient"] / 2**20:.1f} MiB); "kept": '
-            f'what stays after the pass (the factors), "working": peak − kept. Target ≤ {MEMORY_TARGET:g}.',
+            f"Extra peak memory, {how}, × one gradient's ({ours['gradient'][count][0] / 2**20:.1f} MiB); "
+            '"kept": what stays after the pass (the factors), "working": peak − kept. '
+            f"Target ≤ {MEMORY_TARGET:g}.",
             "",
             "| factor pass | curvkit peak | curvkit working | curvkit kept MiB | curvlinops peak "
             "| curvlinops working | curvlinops kept MiB |",
@@ -191,14 +192,14 @@ def memory_table(problem: str, memory: dict[str, dict]) -> list[str]:
         ]
         for name in factor_settings(problem):
             cells = [name]
-            for peaks in (ours, theirs):
-                if name not in peaks:
+            for counts in (ours, theirs):
+                if counts.get(name, {}).get(count) is None:
                     cells += ["–"] * 3
                     continue
-                peak, kept = peaks[name] / peaks["gradient"], peaks[f"{name} kept"]
-                working = peak - kept / peaks["gradient"]
+                (peak, kept), gradient_peak = counts[name][count], counts["gradient"][count][0]
+                ratio, working = peak / gradient_peak, (peak - kept) / gradient_peak
                 cells += [
-                    f"{peak:.2f} {verdict(peak, MEMORY_TARGET)}",
+                    f"{ratio:.2f} {verdict(ratio, MEMORY_TARGET)}",
                     f"{working:.2f} {verdict(working, MEMORY_TARGET)}",
                     f"{kept / 2**20:.1f}",
                 ]

@@ -11,10 +11,11 @@ import copy
 import importlib
 import statistics
 import time
+from functools import partial
 
 import torch
 from kronecker import psd
-from measure import MemoryProbe, allocated_peak_during
+from measure import MemoryProbe, memory_counts
 from problems import gradient_function, make_problem
 from torch import nn
 
@@ -210,41 +211,30 @@ def run_time(args) -> dict:
 
 
 def run_memory(args) -> dict:
-    """Extra peak memory of the gradient and of each factor pass, and what the factors keep (bytes)."""
+    """:func:`measure.memory_counts` of the gradient and of each factor pass (the factors kept)."""
     probe = MemoryProbe(torch.device("cpu"))
     if not probe.available:
         return {"error": "no /proc/self/clear_refs"}
     model, loss_func, params, data = make_problem(args.problem, torch.device("cpu"), False)
     gradient = gradient_function(model, loss_func, params, data)
     gradient()
-    for param in params:  # from no gradient held: the peak includes the one it makes
-        param.grad = None
-    result = {"gradient": probe.peak_during(gradient)}
-    for param in params:
-        param.grad = None
     build = kfac_builder(args.library, model, loss_func, params, data)
-    for label, kwargs in factor_settings(args.problem).items():
-        build(**kwargs).compute_kronecker_factors()  # warm-up: one-time allocations are not the pass's
-        before, operator = probe.current(), build(**kwargs)
-        result[label] = probe.peak_during(operator.compute_kronecker_factors)
-        result[f"{label} kept"] = probe.current() - before  # the factors (and what else the operator keeps)
-        del operator
-    # the same counted in allocated tensors, after all resident counts (the profiler's buffers stay)
-    for param in params:
-        param.grad = None
-    allocated = {"gradient": allocated_peak_during(gradient)}
-    for label, kwargs in factor_settings(args.problem).items():
+
+    def factors(kwargs: dict) -> object:
         operator = build(**kwargs)
-        allocated[label] = allocated_peak_during(operator.compute_kronecker_factors)
-        del operator
-    if any(value is None for value in allocated.values()):
-        return {"peaks": result}
-    allocated = {
-        key: value
-        for label, (peak, kept) in allocated.items()
-        for key, value in ((label, peak), (f"{label} kept", kept))
-    }
-    return {"peaks": result, "allocated": allocated}
+        operator.compute_kronecker_factors()
+        return operator  # the factors (and what else the operator keeps)
+
+    functions = {"gradient": gradient}
+    for label, kwargs in factor_settings(args.problem).items():
+        factors(kwargs)  # warm-up: one-time allocations are not the pass's
+        functions[label] = partial(factors, kwargs)
+
+    def clear_gradients() -> None:
+        for param in params:
+            param.grad = None
+
+    return {"counts": memory_counts(probe, functions, clear_gradients)}
 
 
 def run_accuracy(args) -> dict:

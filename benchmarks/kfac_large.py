@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 from large_model import resnet18
-from measure import STEADY_MALLOC, MemoryProbe, allocated_peak_during, median_time, publish, synchronize
+from measure import STEADY_MALLOC, MemoryProbe, median_time, memory_counts, publish, synchronize
 from torch import nn
 
 from curvkit import EKFACLinearOperator, KFACLinearOperator
@@ -113,29 +113,16 @@ class Problem:
 
 
 def memory_worker(args: argparse.Namespace) -> dict:
-    """Extra peak and kept bytes of one gradient and of each factor pass, resident and allocated."""
+    """:func:`measure.memory_counts` of one gradient and of each factor pass."""
     problem = Problem(args)
     probe = MemoryProbe(problem.device)
     if not probe.available:
         return {}
-
-    functions = {"gradient": problem.gradient}
-    functions.update({fisher_type: partial(problem.factors, fisher_type) for fisher_type in FISHER_TYPES})
     problem.gradient()  # warm-up: first calls pay one-off costs (lazy imports, the allocator)
     problem.factors("empirical")
-    result: dict = {name: {} for name in functions}
-    kept: list[object] = []  # the call's result, alive until its kept memory is read
-    for name, function in functions.items():  # each from no gradient held: a gradient's peak has its own
-        problem.clear_gradients()
-        before = probe.current()
-        peak = probe.peak_during(lambda function=function: kept.append(function()))
-        result[name]["resident"] = [peak, probe.current() - before]
-        kept.clear()
-    for name, function in functions.items():  # after all resident counts: the profiler's buffers stay
-        problem.clear_gradients()
-        allocated = None if problem.device.type == "cuda" else allocated_peak_during(function)
-        result[name]["allocated"] = allocated or result[name]["resident"]
-    return result
+    functions = {"gradient": problem.gradient}
+    functions.update({fisher_type: partial(problem.factors, fisher_type) for fisher_type in FISHER_TYPES})
+    return memory_counts(probe, functions, problem.clear_gradients)
 
 
 def measured_memory(args: argparse.Namespace) -> dict:
@@ -154,19 +141,18 @@ def measured_memory(args: argparse.Namespace) -> dict:
 
 
 def memory_cells(memory: dict, fisher_type: str) -> list[str]:
-    """Resident extra peak and kept MiB, its working memory × the gradient's extra peak; the same
-    peak and working memory counted in allocated tensors."""
-    if fisher_type not in memory:
-        return ["–"] * 5
-
-    def working(count: str) -> str:
-        peak, kept = memory[fisher_type][count]
-        return f"{(peak - kept) / memory['gradient'][count][0]:.2f}"
-
-    resident_peak, kept = memory[fisher_type]["resident"]
-    allocated_peak = memory[fisher_type]["allocated"][0]
-    mebibytes = [f"{value / 2**20:.1f}" for value in (resident_peak, kept, allocated_peak)]
-    return [*mebibytes[:2], working("resident"), mebibytes[2], working("allocated")]
+    """For each count (resident, then allocated): the extra peak in MiB (and, resident, the MiB
+    kept), and the working memory × the gradient's extra peak."""
+    cells = []
+    for count in ("resident", "allocated"):
+        measured = memory.get(fisher_type, {}).get(count)
+        if measured is None:
+            cells += ["–"] * (3 if count == "resident" else 2)
+            continue
+        (peak, kept), gradient_peak = measured, memory["gradient"][count][0]
+        cells += [f"{peak / 2**20:.1f}"] + ([f"{kept / 2**20:.1f}"] if count == "resident" else [])
+        cells.append(f"{(peak - kept) / gradient_peak:.2f}")
+    return cells
 
 
 def main() -> None:
@@ -189,13 +175,12 @@ def main() -> None:
     where = (
         torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     )
-    gradient_memory = (
-        ""
-        if not memory
-        else ", extra peak {:.1f} MiB resident, {:.1f} MiB allocated".format(
-            *(memory["gradient"][count][0] / 2**20 for count in ("resident", "allocated"))
-        )
-    )
+    gradient_peaks = [
+        f"{memory['gradient'][count][0] / 2**20:.1f} MiB {count}"
+        for count in ("resident", "allocated")
+        if memory and memory["gradient"][count] is not None
+    ]
+    gradient_memory = f", extra peak {', '.join(gradient_peaks)}" if gradient_peaks else ""
     lines = [
         f"ResNet-18{' (channels / 8, QUICK)' if args.quick else ''}: its convolutions' and head's weights, "
         f"D = {D:,} of {total:,} (BatchNorm's have no KFAC rule); {args.batches} batch(es) of 8 images "

@@ -130,6 +130,33 @@ def allocated_peak_during(function: Callable[[], object]) -> tuple[int, int] | N
     return (peak, allocated) if events else None
 
 
+def memory_counts(
+    probe: MemoryProbe, functions: dict[str, Callable[[], object]], reset: Callable[[], None]
+) -> dict[str, dict[str, list[int] | None]]:
+    """Extra peak and kept bytes of each call, ``{name: {"resident": [peak, kept], "allocated": …}}``.
+
+    Each call starts after ``reset()`` (a gradient's peak must include the gradient it makes)
+    and what it returns is kept until its kept memory is read. All resident counts come first:
+    the profiler's buffers stay resident after it. On a GPU the probe's count is the allocated
+    one; ``"allocated"`` is ``None`` where the profiler gives no events.
+    """
+    counts: dict[str, dict[str, list[int] | None]] = {name: {} for name in functions}
+    kept: list[object] = []
+    for name, function in functions.items():
+        reset()
+        before = probe.current()
+        peak = probe.peak_during(lambda function=function: kept.append(function()))
+        counts[name]["resident"] = [peak, probe.current() - before]
+        kept.clear()
+    for name, function in functions.items():
+        reset()
+        allocated = (
+            counts[name]["resident"] if probe.device.type == "cuda" else allocated_peak_during(function)
+        )
+        counts[name]["allocated"] = None if allocated is None else list(allocated)
+    return counts
+
+
 def publish(lines: list[str], output: str | None) -> None:
     """Print a benchmark's result table, and write it to ``output`` if given (``--output``)."""
     text = "\n".join(lines)
