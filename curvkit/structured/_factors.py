@@ -14,12 +14,15 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from torch import Tensor
 from torch.nn import functional
 
 from curvkit._boundary import torch_dtype_of
+
+Result = TypeVar("Result")
 
 
 def checked_factor(factor: object, name: str, finite_diagonal: bool = False) -> Tensor:
@@ -250,22 +253,21 @@ def eigh64(factor: Tensor) -> tuple[Tensor, Tensor | None]:
     return values.clamp(min=0.0), cast_back(vectors, factor.dtype)
 
 
-def memory_key(factor: Tensor) -> tuple:
-    """The same for two tensors that are the same matrix in the same memory (views of one tensor)."""
-    return (factor.data_ptr(), tuple(factor.shape), factor.stride(), factor.dtype, factor.device)
+def once_per_factor(function: Callable[[Tensor], Result]) -> Callable[[Tensor], Result]:
+    """``function`` computed once per factor, however many blocks hold it.
 
+    Factors are the same where their memory, shape, strides, dtype and device are (blocks may
+    hold different views of one tensor: a separate bias's output factor is its weight's).
+    """
+    results: dict[tuple, tuple[Tensor, Result]] = {}
 
-def shared_eigh64() -> Callable[[Tensor], tuple[Tensor, Tensor | None]]:
-    """:func:`eigh64` that decomposes each factor once (:func:`memory_key`), however many blocks hold it."""
-    decomposed: dict[tuple, tuple[Tensor, tuple[Tensor, Tensor | None]]] = {}
+    def once(factor: Tensor) -> Result:
+        key = (factor.data_ptr(), tuple(factor.shape), factor.stride(), factor.dtype, factor.device)
+        if key not in results:  # the factor kept beside its result: no other tensor takes its memory
+            results[key] = (factor, function(factor))
+        return results[key][1]
 
-    def eigh(factor: Tensor) -> tuple[Tensor, Tensor | None]:
-        key = memory_key(factor)
-        if key not in decomposed:  # the factor kept beside its result: no other tensor takes its memory
-            decomposed[key] = (factor, eigh64(factor))
-        return decomposed[key][1]
-
-    return eigh
+    return once
 
 
 def damped_inverse(factor: Tensor, damping: float, retry_double_precision: bool, name: str) -> Tensor:

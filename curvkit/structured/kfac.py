@@ -19,7 +19,7 @@ from torch import Tensor
 
 from curvkit.linear_operator import LinearOperator
 from curvkit.structured._deferred import DeferredLinearOperator
-from curvkit.structured._factors import checked_factor, memory_key, shared_eigh64, symmetrized
+from curvkit.structured._factors import checked_factor, eigh64, once_per_factor, symmetrized
 from curvkit.structured._parameter_blocks import ParameterBlocks
 from curvkit.structured.block_diagonal import BlockDiagonalLinearOperator
 from curvkit.structured.blocks import (
@@ -101,11 +101,12 @@ class KroneckerFactoredLinearOperator(ParameterBlocks):
         super().__init__(params, blocks, dtype=dtype, device=device)
 
     def _install(self, blocks: Sequence[KroneckerBlock]) -> None:
-        self._copies: dict[tuple, tuple[Tensor, Tensor]] = {}  # a factor held by several blocks: one copy
+        # a factor held by several blocks is copied once (converted and symmetrized in one copy)
+        self._copy_of = once_per_factor(lambda given: symmetrized(given.detach(), self.dtype, self.device))
         try:
             super()._install(blocks)
         finally:
-            del self._copies  # it holds the given factors
+            del self._copy_of  # it holds the given factors
 
     def _checked_block(self, block: KroneckerBlock, where: str) -> tuple[KroneckerBlock, Placement]:
         output_factor = self._factor(block.output_factor, f"{where}.output_factor")
@@ -121,11 +122,8 @@ class KroneckerFactoredLinearOperator(ParameterBlocks):
     def _factor(self, factor: object, name: str) -> Tensor:
         """The factor checked, in this operator's dtype and device, symmetrized."""
         given = checked_factor(factor, name, finite_diagonal=not self._copy)
-        if given.ndim == 2 and self._copy:  # converted and symmetrized in one copy
-            key = memory_key(given)
-            if key not in self._copies:  # the given factor kept: no other tensor takes its memory
-                self._copies[key] = (given, symmetrized(given.detach(), self.dtype, self.device))
-            return self._copies[key][1]
+        if given.ndim == 2 and self._copy:
+            return self._copy_of(given)
         factor = self._converted(given)
         if factor.ndim == 1 and bool((factor < 0).any()):
             raise ValueError(f"{name} is a diagonal with negative entries; factors are second moments (PSD).")
@@ -189,7 +187,7 @@ class KroneckerFactoredLinearOperator(ParameterBlocks):
         Eigendecompositions in float64; negative eigenvalues (rounding) clamped to zero, so this
         equals KFAC up to that clamping.
         """
-        eigh = shared_eigh64()  # a separate bias's output factor is its weight's: decomposed once
+        eigh = once_per_factor(eigh64)  # a separate bias's output factor is its weight's
         return EigenCorrectedKroneckerLinearOperator(
             self.in_layout.shapes,
             [

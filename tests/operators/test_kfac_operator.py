@@ -23,7 +23,6 @@ from curvkit._layers import convolution
 from curvkit.operators import _kfac_factors as kfac_factors
 from curvkit.operators import _recorded_pass as recorded_pass
 from curvkit.reference import empirical_fisher_matrix, ggn_matrix
-from curvkit.structured import _factors as structured_factors
 
 
 @pytest.mark.parametrize("sizes", [(1,), (1, 1, 1), (3, 5, 2)], ids=["one", "single-datum-batches", "three"])
@@ -199,9 +198,9 @@ def test_a_separate_bias_keeps_its_weights_output_factor_not_a_copy(fisher_type,
 
 def test_a_shared_output_factor_is_eigendecomposed_once(monkeypatch):
     """EKFAC's basis: a separate bias's output eigenvectors are its weight's, decomposed once."""
-    decomposed, original = [], structured_factors.eigh64
+    decomposed, original = [], torch.linalg.eigh
 
-    def eigh64(factor):
+    def eigh(factor):
         decomposed.append(factor.shape)
         return original(factor)
 
@@ -209,7 +208,7 @@ def test_a_shared_output_factor_is_eigendecomposed_once(monkeypatch):
     data, params = classification_data((3, 5)), list(model.parameters())
     kfac = KFACLinearOperator(model, loss_func, params, data, fisher_type="type-2")
     kfac.compute_kronecker_factors()
-    monkeypatch.setattr(structured_factors, "eigh64", eigh64)
+    monkeypatch.setattr(torch.linalg, "eigh", eigh)
     blocks = kfac.factored.eigendecomposed().blocks
     assert len(decomposed) == 6  # three layers' G and A; the biases' G are their weights'
     for weight, bias in zip(blocks[::2], blocks[1::2]):
