@@ -120,13 +120,15 @@ class LayerChain:
         return cls(tuple(modules[: starts[0]]), tuple(layers))
 
     def linearize(
-        self, batch: Batch, loss_func: Callable, gradients: bool = True
+        self, batch: Batch, loss_func: Callable, gradients: bool = True, slopes: bool = True
     ) -> ChainLinearization | None:
         """What the batch's products need: its forward pass and (``gradients``) its gradient.
 
         Without ``gradients`` (the GGN diagonal: :meth:`ChainLinearization.output_gradients`
         only), the pass records no second derivatives of the activations and takes no backward
-        pass.
+        pass. Without ``slopes`` either (KFAC's 'forward-only' factors: the layer inputs only),
+        the segments run as plain modules and record no derivative (for a smooth activation that
+        is an autograd pass each); nothing can be pulled back then (``segments`` is ``None``).
 
         Returns:
             ``None`` if the chain does not apply to the batch (layer inputs whose first axis is
@@ -151,11 +153,27 @@ class LayerChain:
                 if not layer.rule.stacks_columns(layer.module, values) or values.shape[0] != batch.size:
                     return None
                 inputs.append(values)
-                pre_activation = layer.module(values)
-                output_shapes.append(tuple(pre_activation.shape[1:]))
-                values, segment = run(layer.activation, pre_activation, second_derivatives=gradients)
+                values = layer.module(values)
+                output_shapes.append(tuple(values.shape[1:]))
+                if not slopes:  # the layer's output is new: an in-place activation may overwrite it
+                    for module in layer.activation:
+                        values = module(values)
+                    continue
+                values, segment = run(layer.activation, values, second_derivatives=gradients)
                 segments.append(segment)
             output = values
+            if not slopes:
+                return ChainLinearization(
+                    self,
+                    first,
+                    inputs,
+                    output_shapes,
+                    [None] * len(self.layers),
+                    None,
+                    output,
+                    batch,
+                    loss_func,
+                )
             layer_gradients: list[Tensor | None] = [None] * len(self.layers)
             if not gradients:
                 return ChainLinearization(
@@ -191,7 +209,8 @@ class ChainLinearization:
         inputs: ``a_{l-1}``, as the layer takes it (``[N, in]``, ``[N, C, *spatial]``).
         output_shapes: ``z_l``'s shape per sample.
         gradients: ``g_l`` ``[N, P_l]`` (``None`` below ``first``).
-        segments: What follows each layer, as recorded on the batch.
+        segments: What follows each layer, as recorded on the batch (``None``: linearized
+            without slopes, nothing to pull back).
         output: ``f``, where ``∇²_f L`` is taken.
         batch: The batch (targets and loss terms for ``∇²_f L``).
         loss_func: The loss.
@@ -202,7 +221,7 @@ class ChainLinearization:
     inputs: list[Tensor]
     output_shapes: list[tuple[int, ...]]
     gradients: list[Tensor | None]
-    segments: list[SegmentRecord]
+    segments: list[SegmentRecord] | None
     output: Tensor
     batch: Batch
     loss_func: Callable
@@ -217,6 +236,8 @@ class ChainLinearization:
         (one transposed convolution of ``N·K`` rows, in chunks) for all of them, each segment one
         elementwise product or pooling transpose, without autograd.
         """
+        if self.segments is None:
+            raise RuntimeError("The chain was linearized without slopes: no column can be pulled back.")
         num_columns, num_samples = columns.shape[:2]
         cotangent = columns.transpose(0, 1).reshape(num_samples, -1)  # owned: scaled in place
         result: list[Tensor | None] = [None] * len(self.chain.layers)

@@ -126,7 +126,13 @@ def recorded_pass(
         )
 
     def batch_result(batch: Batch, total: list[Tensor] | None) -> list[Tensor]:
-        linearization = None if chain is None else chain.linearize(batch, setup.loss_func, gradients=False)
+        linearization = (
+            None
+            if chain is None
+            else chain.linearize(
+                batch, setup.loss_func, gradients=False, slopes=fisher_type != "forward-only"
+            )
+        )
         if linearization is not None:
             return per_batch(batch, *_chain_chunks(plans, chain, linearization, columns_of), total)
         with recording(layers):

@@ -19,7 +19,7 @@ from kfac_problems import (
 from torch import nn
 
 from curvkit import FisherType, KFACLinearOperator, KFACType
-from curvkit._layers import convolution
+from curvkit._layers import convolution, segments
 from curvkit.operators import _kfac_factors as kfac_factors
 from curvkit.operators import _recorded_pass as recorded_pass
 from curvkit.reference import empirical_fisher_matrix, ggn_matrix
@@ -381,3 +381,17 @@ def test_chain_pass_gives_the_recorded_pass_factors(problem, approx, fisher_type
     recorded = KFACLinearOperator(_NotAChain(*model), loss_func, params, data, **kwargs).to_dense()
     assert len(chain_batches) == len(data)
     torch.testing.assert_close(chained, recorded, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("fisher_type, derivatives", [("forward-only", 0), ("mc", 2)])
+def test_forward_only_forms_no_activation_derivatives_on_a_chain(fisher_type, derivatives, monkeypatch):
+    """'forward-only' needs the layer inputs only: no activation's slope (a Tanh's is an autograd pass)."""
+    model, loss_func, data = mlp_classifier(), nn.CrossEntropyLoss(), classification_data((3,))
+    calls = []
+    original = segments._elementwise_derivatives
+    counted = lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs)  # noqa: E731
+    monkeypatch.setattr(segments, "_elementwise_derivatives", counted)
+    KFACLinearOperator(
+        model, loss_func, list(model.parameters()), data, fisher_type=fisher_type
+    ).compute_kronecker_factors()
+    assert len(calls) == derivatives  # the Tanh and the ReLU, once per batch

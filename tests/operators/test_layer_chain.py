@@ -15,6 +15,7 @@ from torch import nn
 from zoo import make_problem_from_id
 
 from curvkit import HessianLinearOperator, reference
+from curvkit._engine import Batch
 from curvkit._layers.chain import LayerChain
 from curvkit._layers.parameters import layer_map
 from curvkit._layers.segments import ELEMENTWISE
@@ -447,3 +448,17 @@ def test_a_convolution_bias_whose_output_has_one_position(unchecked):
         _hessian(model, loss_func, params, data).to_dense(),
         reference.hessian_matrix(model, loss_func, params, data),
     )
+
+
+def test_a_chain_linearized_without_slopes_pulls_nothing_back():
+    """KFAC's 'forward-only' pass takes the layer inputs only; pulling columns back would be wrong."""
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    chain = LayerChain.of(model, layer_map(model, list(model.parameters())), 4)
+    batch = Batch(0, torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64), 5, 5)
+    linearization = chain.linearize(batch, nn.MSELoss(), gradients=False, slopes=False)
+    with_slopes = chain.linearize(batch, nn.MSELoss(), gradients=False)
+    for inputs, expected in zip(linearization.inputs, with_slopes.inputs):
+        torch.testing.assert_close(inputs, expected, rtol=0, atol=0)
+    torch.testing.assert_close(linearization.output, model(batch.X), rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="without slopes"):
+        linearization.output_gradients(torch.ones(1, 5, 2, dtype=torch.float64))
