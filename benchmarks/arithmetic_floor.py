@@ -138,17 +138,22 @@ def kfac_floors(shapes: list[LayerShape], num_classes: int, convolutions: bool) 
     return result
 
 
+def problem_kfac_floors(problem: str) -> dict[str, float]:
+    """:func:`kfac_floors` of a benchmark problem (its model on one sample of its data)."""
+    model, _, _, data = make_problem(problem, torch.device("cpu"), quick=False)
+    with torch.no_grad():
+        num_classes = model(data[0][0][:1]).shape[1]
+    convolutions = any(isinstance(module, nn.Conv2d) for module in model.modules())
+    return kfac_floors(layer_shapes(model, data[0][0]), num_classes, convolutions)
+
+
 def kfac_table() -> list[str]:
     lines = [
         "| problem | " + " | ".join(f"factors {row}" for row in KFAC_ROWS) + " | target (every type) |",
         "|---|" + "---:|" * (len(KFAC_ROWS) + 1),
     ]
     for problem in ("mlp", "cnn"):
-        model, _, _, data = make_problem(problem, torch.device("cpu"), quick=False)
-        with torch.no_grad():
-            num_classes = model(data[0][0][:1]).shape[1]
-        convolutions = any(isinstance(module, nn.Conv2d) for module in model.modules())
-        result = kfac_floors(layer_shapes(model, data[0][0]), num_classes, convolutions)
+        result = problem_kfac_floors(problem)
         cells = [f"{result[row]:.2f}" if row in result else "–" for row in KFAC_ROWS]
         lines.append(f"| {problem} | " + " | ".join(cells) + f" | ≤ {FACTOR_TARGET[problem]:.0f} |")
     return lines

@@ -10,6 +10,10 @@ multiple of one plain-autograd gradient over the same data, timed in the same pr
 - **factor floor**: what every library's 'empirical' factor pass must at least do, in plain torch:
   one gradient with hooks keeping each layer's input and output gradient, and their Gram matrices
   (an upper bound of the floor: KFAC needs no weight gradients);
+- **multiply-add floor** (no timing): the factor pass's multiply-adds over one gradient's
+  (``arithmetic_floor.py``: forward, the pulled-back columns' backward pass, the Gram products
+  as one triangle), what its time over a gradient's cannot undercut while both run at the same
+  rate per multiply-add;
 - **cached product** ``KFAC @ v`` and ``KFAC @ V`` (16 columns) once the factors exist, and in the
   same rounds the per-layer factor multiplications it consists of: ``G_l W_l A_lᵀ`` (and
   ``G_l b_l``) on the same input's per-layer views, with factors of the same shapes;
@@ -53,6 +57,7 @@ import time
 from pathlib import Path
 
 import torch
+from arithmetic_floor import problem_kfac_floors
 from kfac_calls import COLUMNS, ROUNDS, factor_settings, run_accuracy, run_memory, run_time
 from measure import STEADY_MALLOC, publish
 from problems import PROBLEM_LABELS, make_problem
@@ -218,10 +223,11 @@ def table(problem: str, runs: dict[str, list[dict]], agreement: dict) -> list[st
     lines += [
         f"One gradient: {summary(gradient_ms)} ms (curvkit's processes).",
         "",
-        "| × one gradient | curvkit | target | curvlinops 3.0.1 | curvkit / curvlinops (≤ 0.6) "
-        "| BackPACK 1.7.1 | curvkit vs curvlinops, max rel. diff |",
-        "|---|---:|---|---:|---:|---:|---:|",
+        "| × one gradient | curvkit | target | multiply-add floor | curvlinops 3.0.1 "
+        "| curvkit / curvlinops (≤ 0.6) | BackPACK 1.7.1 | curvkit vs curvlinops, max rel. diff |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
     ]
+    floors = problem_kfac_floors(problem)  # arithmetic_floor.py: the factor rows' multiply-adds
     names = [
         *factor_settings(problem),
         "factor floor",
@@ -244,9 +250,10 @@ def table(problem: str, runs: dict[str, list[dict]], agreement: dict) -> list[st
             bp_cell += f" {verdict(statistics.median(mine), statistics.median(bp))}"
         compared = agreement.get(name, "own draws" if agreement and name == "factors 'mc'" else "–")
         target = target_cell(problem, name, ours) if mine else "–"
-        lines.append(
-            "| " + " | ".join([name, summary(mine), target, summary(other), share, bp_cell, compared]) + " |"
-        )
+        floor = floors.get(name.removeprefix("factors "))
+        floor_cell = "–" if floor is None else f"{floor:.2f}"
+        cells = [name, summary(mine), target, floor_cell, summary(other), share, bp_cell, compared]
+        lines.append("| " + " | ".join(cells) + " |")
     for library in ("curvlinops", "backpack", "memory", "accuracy"):
         failed = error_of(runs.get(library, [agreement] if library == "accuracy" else []))
         if failed:

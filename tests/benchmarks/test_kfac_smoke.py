@@ -23,4 +23,11 @@ def test_kfac_benchmark_quick_run():
     assert len(rows) == 2 * 12 + 1  # the CNN has the 'reduce' row too
     for row in rows:
         float(row[1])  # curvkit's figure is a number
-        assert row[3] == row[5] == "–"  # curvlinops and BackPACK: not asked for
+        assert row[4] == row[6] == "–"  # curvlinops and BackPACK: not asked for
+        # the factor rows' multiply-add floor (arithmetic_floor.py), the others none
+        assert (row[3] != "–") == row[0].startswith("factors '"), row
+    for problem_rows in (rows[:12], rows[12:]):
+        floor = {row[0]: float(row[3]) for row in problem_rows if row[3] != "–"}
+        # no columns pulled back < one column < C − 1 columns
+        assert floor["factors 'forward-only'"] < floor["factors 'mc'"] == floor["factors 'empirical'"]
+        assert floor["factors 'mc'"] < floor["factors 'type-2'"]
