@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from curvkit._boundary import as_integer
 from curvkit._engine.finite import DATA_HINT, check_finite, named_inputs
 from curvkit._engine.reduction import LocalReduction, checksum
+from curvkit._precision import summed_dtype
 
 BatchInput = Tensor | Mapping[str, Tensor]
 
@@ -304,14 +305,19 @@ class MiniBatchEngine:
                 different ``inputs``.
         """
         if not self.reduction.distributed:
-            total, num_terms, is_list = self._local_sum(batch_result, reduction, desc, out)
+            total, num_terms, is_list, dtypes = self._local_sum(batch_result, reduction, desc, out)
             if total is None:
                 raise ValueError("No batch of data has a loss term (every target is ignored).")
         else:
-            total, num_terms, is_list = self._reduced_sum(batch_result, reduction, desc, out, inputs)
+            total, num_terms, is_list, dtypes = self._reduced_sum(batch_result, reduction, desc, out, inputs)
         if reduction == "mean":
             for accumulated in total:
                 accumulated.div_(num_terms)
+        if out is not None and total is not out:  # summed in float32: rounded once, into out
+            for target, accumulated in zip(out, total):
+                target.copy_(accumulated)
+            total = out
+        total = [accumulated.to(dtype) for accumulated, dtype in zip(total, dtypes)]
         return total if is_list else total[0]
 
     def _local_sum(
@@ -320,12 +326,14 @@ class MiniBatchEngine:
         reduction: str,
         desc: str | None,
         out: list[Tensor] | None,
-    ) -> tuple[list[Tensor] | None, float, bool]:
-        """This process's ``Σ_b K_b R_b`` (or ``Σ_b R_b``), ``Σ_b K_b``, whether results are lists.
+    ) -> tuple[list[Tensor] | None, float, bool, list[torch.dtype]]:
+        """This process's ``Σ_b K_b R_b`` (or ``Σ_b R_b``), ``Σ_b K_b``, lists or not, the dtypes.
 
-        The sum is ``None`` if no batch has loss terms.
+        The sum is ``None`` if no batch has loss terms. Half-precision results are summed in
+        float32 (:mod:`curvkit._precision`), also where ``out`` is given.
         """
         total, num_terms, is_list = None, 0.0, True
+        dtypes = [] if out is None else [accumulated.dtype for accumulated in out]
         for batch in self.batches(desc):
             weight = batch.loss_terms if reduction == "mean" else 1.0
             if weight == 0.0:
@@ -339,13 +347,14 @@ class MiniBatchEngine:
                 if total is not None:
                     for accumulated, part in zip(total, parts):
                         accumulated.add_(part, alpha=weight)
-                elif out is None:
-                    total = [weight * part for part in parts]
+                elif out is None or any(summed_dtype(o.dtype) != o.dtype for o in out):
+                    dtypes = dtypes or [part.dtype for part in parts]
+                    total = [weight * part.to(summed_dtype(part.dtype)) for part in parts]
                 else:
                     total = out
                     for accumulated, part in zip(total, parts):
                         torch.mul(part, weight, out=accumulated)
-        return total, num_terms, is_list
+        return total, num_terms, is_list, dtypes
 
     def _reduced_sum(
         self,
@@ -354,15 +363,14 @@ class MiniBatchEngine:
         desc: str | None,
         out: list[Tensor] | None,
         inputs: Tensor | None,
-    ) -> tuple[list[Tensor], float, bool]:
+    ) -> tuple[list[Tensor], float, bool, list[torch.dtype]]:
         """The local sums added over the ranks: a status exchange, then one all-reduce."""
         step = f"a product of {desc}" if desc else "a sum over batches"
         with self.reduction.failure_told(step):
-            total, num_terms, is_list = self._local_sum(batch_result, reduction, desc, out)
+            total, num_terms, is_list, dtypes = self._local_sum(batch_result, reduction, desc, out)
             if total is None and out is not None:  # no loss term in this shard: it adds nothing
-                total = out
-                for accumulated in total:
-                    accumulated.zero_()
+                # in the dtype the other ranks sum in (half precision in float32)
+                total = [torch.zeros_like(o, dtype=summed_dtype(o.dtype)) for o in out]
             if total is None:
                 raise ValueError(
                     f"No batch of data{self._on_rank()} has a loss term (every target is ignored)."
@@ -378,7 +386,7 @@ class MiniBatchEngine:
             raise ValueError("No batch of data on any rank has a loss term (every target is ignored).")
         with torch.no_grad():
             self.reduction.all_reduce(total)
-        return total, num_terms, is_list
+        return total, num_terms, is_list, dtypes
 
     def accumulate_over_batches(
         self,

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from curvkit._boundary import numpy_dtype_of, torch_dtype_of
+from curvkit._precision import HALF_PRECISIONS
 from curvkit.linear_operator import LinearOperator, _ForeignLinearOperator, as_linear_operator
 
 
@@ -30,9 +31,6 @@ def _product_dtype(A: Any) -> torch.dtype | None:
     except TypeError:
         return None
     return torch.promote_types(dtype, default) if dtype.is_floating_point else None
-
-
-HALF_PRECISIONS = (torch.float16, torch.bfloat16)
 
 
 class _Float32View(LinearOperator):

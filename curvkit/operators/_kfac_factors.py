@@ -27,6 +27,7 @@ from torch import Tensor
 from curvkit._engine import Batch
 from curvkit._engine.determinism import SharedPassProbe
 from curvkit._layers.parameters import Layer
+from curvkit._precision import summed_dtype
 from curvkit.operators._kfac_plan import BlockPlan, shared_output_sides
 from curvkit.operators._recorded_pass import Chunks, Uses, loss_weight_of, recorded_pass
 from curvkit.operators._setup import ModelDataSetup
@@ -70,14 +71,15 @@ def add_gram(total: Tensor | None, rows: Tensor, alpha: float = 1.0) -> Tensor:
 
     The pass adds every batch's products into the data set's sums (``addmm``), so no per-batch
     Gram matrix is formed and then added. Only the lower triangle is kept up to date (the
-    upper one may hold anything): :func:`factor_sums` mirrors it at the end.
+    upper one may hold anything): :func:`factor_sums` mirrors it at the end. Half-precision rows
+    are summed in float32 (:mod:`curvkit._precision`).
     """
     rows = _leading_in_memory_order(rows)
     # per sample where the rows outnumber the features: a product [d, R] @ [R, d] per sample
     # is efficient then, not where they are fewer (design notes, "Measurements behind the code")
     if rows.ndim >= 3 and rows.stride(-1) != 1 and rows.shape[-2] >= rows.shape[-1]:
         return _add_gram_per_sample(total, rows, alpha)
-    flat = rows.reshape(-1, rows.shape[-1])
+    flat = rows.reshape(-1, rows.shape[-1]).to(summed_dtype(rows.dtype))
     dim, beta = flat.shape[-1], 0.0 if total is None else 1.0  # beta=0: new entries are ignored
     total = new_factor(dim, flat.dtype, flat.device) if total is None else total
     strip = GRAM_STRIP if dim < 4 * GRAM_STRIP else 2 * GRAM_STRIP
@@ -112,11 +114,11 @@ def _add_gram_per_sample(total: Tensor | None, rows: Tensor, alpha: float) -> Te
     needs (design notes, "Measurements behind the code"), in chunks whose ``[b, d, d]`` products stay small.
     """
     columns = rows.reshape(-1, *rows.shape[-2:]).transpose(1, 2)  # [B, d, R]
-    dim = columns.shape[1]
-    total = new_factor(dim, columns.dtype, columns.device).zero_() if total is None else total
+    dim, dtype = columns.shape[1], summed_dtype(columns.dtype)
+    total = new_factor(dim, dtype, columns.device).zero_() if total is None else total
     step = max(1, PATCH_ENTRIES // (dim * dim))
     for start in range(0, columns.shape[0], step):
-        chunk = columns[start : start + step]
+        chunk = columns[start : start + step].to(dtype)
         total.add_(torch.bmm(chunk, chunk.transpose(1, 2)).sum(0), alpha=alpha)
     return total
 
@@ -148,7 +150,9 @@ class GramBuffer:
             total, held = add_gram(total, buffer[:held]), 0
         if buffer is None or held + count > buffer.shape[0]:
             # grown by doubling: a pass of few small batches holds a few rows, not GRAM_ROWS
-            grown = rows.new_empty(min(GRAM_ROWS, 2 * (held + count)), features)
+            grown = rows.new_empty(
+                min(GRAM_ROWS, 2 * (held + count)), features, dtype=summed_dtype(rows.dtype)
+            )
             if held:
                 grown[:held].copy_(buffer[:held])
             buffer = grown
@@ -239,7 +243,8 @@ class BatchFactors:
             gradient_sum = None
             for holder, _, gradients in uses:
                 layer = holder.layer
-                g = layer.rule.output_rows(layer.module, gradients).sum(2)  # [k, N, out]
+                rows = layer.rule.output_rows(layer.module, gradients)
+                g = rows.sum(2, dtype=summed_dtype(rows.dtype))  # [k, N, out]
                 gradient_sum = _add(gradient_sum, g)
             sums.output = self.buffer.add(output, sums.output, gradient_sum, self.loss_weight)
             return
@@ -265,7 +270,9 @@ class BatchFactors:
             if holder.is_embedding:
                 if holder.transposed and self.num_columns is None:
                     continue  # 'forward-only': its inputs lie along the output side, an identity
-                counts = layer.rule.index_counts(layer.module, inputs).to(layer.module.weight.dtype)
+                counts = layer.rule.index_counts(layer.module, inputs).to(
+                    summed_dtype(layer.module.weight.dtype)
+                )
                 if holder.transposed:  # one-hot rows, the same for every column
                     sums.output = _add(sums.output, torch.diag(counts * self.num_columns))
                 else:
@@ -300,7 +307,7 @@ class BatchFactors:
             gridded = self._gridded(index, layer, inputs)
             for samples in _sample_chunks(layer, inputs):
                 rows = _gram_rows(layer, inputs[samples], gridded)
-                parts.append(rows.sum(1))
+                parts.append(rows.sum(1, dtype=summed_dtype(rows.dtype)))
                 positions = rows.shape[1]
             input_sum = _add(input_sum, torch.cat(parts))
             rows_per_sample += positions
@@ -360,7 +367,8 @@ def factor_sums(
         output = _mirrored(output, 1.0 / divisor)
         inputs = _mirrored(inputs, 1.0 / max(count, 1.0))
         inputs = _in_weight_order(inputs, plans[index], grids.get(index))
-        sums.append(FactorSums(output, inputs, count))
+        # half precision's float32 sums rounded once (before a shared side is shared)
+        sums.append(FactorSums(*(_rounded(side, model.dtype) for side in (output, inputs)), count))
     for index, source in shared.items():  # one tensor for both blocks: no side changes once computed
         sums[index].output = sums[source].output
     return sums, divisor
@@ -374,6 +382,10 @@ def _mirrored(side: Tensor, scale: float) -> Tensor | None:
     if side.numel() == 0:
         return None
     return symmetrize_(side, mean=False, scale=scale) if side.ndim == 2 else side.mul_(scale)
+
+
+def _rounded(side: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    return None if side is None else side.to(dtype)
 
 
 def _side_positions(index: int) -> tuple[int, int]:

@@ -21,6 +21,7 @@ from torch import Tensor
 from torch.nn import functional
 
 from curvkit._boundary import torch_dtype_of
+from curvkit._precision import summed_dtype
 
 Result = TypeVar("Result")
 
@@ -273,8 +274,9 @@ def once_per_factor(function: Callable[[Tensor], Result]) -> Callable[[Tensor], 
 def damped_inverse(factor: Tensor, damping: float, retry_double_precision: bool, name: str) -> Tensor:
     """``(F + δ I)⁻¹`` by Cholesky (for a diagonal: entry by entry), symmetric, in ``F``'s dtype.
 
-    If the Cholesky factorization fails in ``F``'s precision, it is retried in float64 (with a
-    warning) when ``retry_double_precision`` is set.
+    Half precision factorizes in float32 (:mod:`curvkit._precision`). If the Cholesky
+    factorization fails in that precision, it is retried in float64 (with a warning) when
+    ``retry_double_precision`` is set.
 
     Raises:
         torch.linalg.LinAlgError: If ``F + δ I`` is not positive definite (in float64 too).
@@ -284,12 +286,12 @@ def damped_inverse(factor: Tensor, damping: float, retry_double_precision: bool,
         if not bool((damped > 0).all()):
             raise torch.linalg.LinAlgError(_not_positive_definite(name, damping))
         return 1.0 / damped
-    damped = factor + damping * torch.eye(factor.shape[0], dtype=factor.dtype, device=factor.device)
+    dtype = summed_dtype(factor.dtype)
+    damped = factor.to(dtype) + damping * torch.eye(factor.shape[0], dtype=dtype, device=factor.device)
     cholesky, info = torch.linalg.cholesky_ex(damped)
-    if bool(info != 0) and retry_double_precision and factor.dtype != torch.float64:
+    if bool(info != 0) and retry_double_precision and dtype != torch.float64:
         warnings.warn(
-            f"The Cholesky factorization of {name} + {damping:g} I failed in {factor.dtype}; "
-            "retrying in float64.",
+            f"The Cholesky factorization of {name} + {damping:g} I failed in {dtype}; retrying in float64.",
             UserWarning,
             stacklevel=2,
         )

@@ -51,6 +51,22 @@ def test_loss_terms_weight_the_batches_and_empty_batches_are_skipped():
     assert calls == [0, 2]  # the batch without kept entries is not evaluated (its mean is 0/0)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("into", [False, True], ids=["new", "out"])
+def test_half_precision_sums_accumulate_in_float32(dtype, into):
+    """Summed in bfloat16, 600 ones stop at 256 (a one is below half the last bit from there on)."""
+    engine = MiniBatchEngine(
+        [(torch.ones(1, 1), torch.ones(1))] * 600, torch.device("cpu"), progressbar=False
+    )
+    out = [torch.full((2,), 7.0, dtype=dtype)] if into else None
+    result = engine.sum_over_batches(lambda batch: [torch.ones(2, dtype=dtype)], "sum", out=out)
+    assert result[0].dtype == dtype and result[0].tolist() == [600.0, 600.0]
+    if into:
+        assert result[0] is out[0]
+    mean = engine.sum_over_batches(lambda batch: torch.full((), 0.1, dtype=dtype), "mean")
+    assert mean.dtype == dtype and mean.item() == torch.tensor(0.1, dtype=dtype).item()
+
+
 def test_given_num_data_is_checked_against_every_pass():
     engine = MiniBatchEngine([(torch.ones(4, 1), torch.ones(4))], torch.device("cpu"), num_data=8)
     assert engine.num_data == 8

@@ -101,6 +101,16 @@ def _compute(data: list, process_group: object | None) -> dict[str, torch.Tensor
         model, loss_func, params, data, fisher_type="empirical", process_group=process_group
     )
     results["EKFAC"] = ekfac.to_dense()
+    # half precision: every rank sums in float32, so the all-reduce adds tensors of one dtype
+    half = model.to(torch.bfloat16)
+    half_data = [(X.to(torch.bfloat16), y) for X, y in data]
+    half_params = list(half.parameters())
+    ggn = GGNLinearOperator(half, loss_func, half_params, half_data, process_group=process_group)
+    results["GGN, bfloat16"] = ggn @ _vectors(ggn.shape[0], 1)[0].to(torch.bfloat16)
+    kfac = KFACLinearOperator(
+        half, loss_func, half_params, half_data, fisher_type="type-2", process_group=process_group
+    )
+    results["KFAC type-2, bfloat16"] = kfac.to_dense()
     return results
 
 
@@ -261,6 +271,8 @@ QUANTITIES = [
     "KFAC mc",
     "KFAC empirical",
     "EKFAC",
+    "GGN, bfloat16",
+    "KFAC type-2, bfloat16",
 ]
 SAME_AS = {"GGN, DDP-wrapped model": "GGN", "dense GGN, memory budget": "dense GGN"}
 """Quantities computed otherwise in one process."""
@@ -271,7 +283,9 @@ def test_every_rank_gets_what_one_process_gets_on_all_data(ranks, one_process, q
     expected = one_process[SAME_AS.get(quantity, quantity)]
     for rank, results in enumerate(ranks):
         assert results[quantity].shape == expected.shape, f"rank {rank}"
-        torch.testing.assert_close(results[quantity], expected, rtol=1e-10, atol=1e-12, msg=f"rank {rank}")
+        # bfloat16: rounded once from float32 sums added in another order (torch's bfloat16 tolerance)
+        tolerance = {} if expected.dtype == torch.bfloat16 else {"rtol": 1e-10, "atol": 1e-12}
+        torch.testing.assert_close(results[quantity], expected, **tolerance, msg=f"rank {rank}")
 
 
 def test_all_reduce_sums_packed_and_large_tensors_in_place(ranks):
