@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from curvkit import GGNLinearOperator, KFACLinearOperator
+from curvkit import EFLinearOperator, FisherMCLinearOperator, GGNLinearOperator, KFACLinearOperator
 from curvkit.structured import KroneckerFactoredLinearOperator
 
 HALF = [torch.bfloat16, torch.float16]
@@ -86,3 +86,13 @@ def test_embedding_token_counts_pass_256_in_bfloat16():
     (block,) = kfac.factored.blocks
     frequencies = block.input_factor if block.input_factor.ndim == 1 else block.output_factor.diagonal()
     assert frequencies.tolist() == [0.75, 0.25, 0.0]
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("operator", [EFLinearOperator, FisherMCLinearOperator])
+def test_the_determinism_probe_allows_half_precision_rounding(operator, dtype, recwarn):
+    """A block of columns and a vector alone differ by a rounding or two there: no wrong batching rule."""
+    (model, data), _ = _problem(dtype)
+    built = operator(model, nn.CrossEntropyLoss(), list(model.parameters()), data[:3])
+    assert not [warning for warning in recwarn if "batching rule" in str(warning.message)]
+    assert built.max_columns != 1
