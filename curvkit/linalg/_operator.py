@@ -111,6 +111,15 @@ def working_dtype(A: LinearOperator) -> torch.dtype:
     return A.dtype if A.dtype is not None else torch.get_default_dtype()
 
 
+def product_eps(A: LinearOperator) -> float:
+    """The relative rounding of ``A``'s products, below which no residual can be resolved.
+
+    That of its dtype, or of the half precision a float32 view multiplies in.
+    """
+    dtype = A.operator.dtype if isinstance(A, _Float32View) else working_dtype(A)
+    return torch.finfo(dtype).eps
+
+
 def needs_transpose(routine: str, product: Callable[[Tensor], Tensor], X: Tensor) -> Tensor:
     """``product(X)``, a product that involves ``Aᵀ``, with a clear error if ``A`` has no transpose.
 

@@ -63,3 +63,35 @@ def test_top_eigenvalues_of_a_bfloat16_network():
     assert values.dtype == vectors.dtype == torch.float32
     expected = torch.linalg.eigvalsh(G.to_dense().float())[-2:]
     torch.testing.assert_close(values, expected, rtol=0.02, atol=0.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    "routine",
+    [lambda A: lanczos_eigsh(A, k=3, seed=0)[0], lambda A: power_iteration(A, seed=0)[0]],
+    ids=["lanczos_eigsh", "power_iteration"],
+)
+def test_default_tolerances_are_lifted_to_the_products_rounding(routine, dtype):
+    """A residual below the products' rounding cannot be resolved: float32's default tolerances
+    (1e-6, 1e-4) made both run out of products on half-precision operators."""
+    matrix = with_spectrum(torch.cat([torch.tensor([8.0, 6.0, 5.0]), torch.linspace(-1.0, 1.0, 37)])).to(
+        dtype
+    )
+    result = routine(matrix).double().reshape(-1).sort().values  # the largest ones, ascending
+    expected = torch.linalg.eigvalsh(matrix.double())[-result.numel() :]
+    torch.testing.assert_close(result, expected, rtol=8 * torch.finfo(dtype).eps, atol=0.0)
+
+
+def test_lanczos_converges_on_a_bfloat16_hessian_at_its_default_tolerance():
+    """The Hessian of a bfloat16 network: lanczos_eigsh ran out of products at float32's tol=1e-6."""
+    from torch import nn
+
+    from curvkit import HessianLinearOperator
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).to(torch.bfloat16)
+    data = [(torch.randn(8, 6).to(torch.bfloat16), torch.randint(0, 3, (8,))) for _ in range(3)]
+    H = HessianLinearOperator(model, nn.CrossEntropyLoss(), list(model.parameters()), data)
+    values, _ = lanczos_eigsh(H, k=2, seed=0)
+    expected = torch.linalg.eigvalsh(H.to_dense().double())[-2:]
+    torch.testing.assert_close(values.double(), expected, rtol=4 * torch.finfo(torch.bfloat16).eps, atol=0.0)

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from curvkit._boundary import as_integer
 from curvkit.linalg._dots import row_dots
-from curvkit.linalg._operator import nonnegative_float, square_operator, working_dtype
+from curvkit.linalg._operator import nonnegative_float, product_eps, square_operator, working_dtype
 from curvkit.linalg._orthonormal import orthonormalized
 from curvkit.linalg._progress import product_progress
 from curvkit.linalg._random import Seed, as_generator, random_block
@@ -215,7 +215,8 @@ def lanczos_eigsh(
         k: Number of eigenpairs, ``1 ≤ k ≤ dim``.
         which: ``'LA'`` (largest algebraic), ``'SA'`` (smallest algebraic) or ``'LM'`` (largest
             magnitude).
-        tol: Relative residual tolerance, ``≥ 0`` (``0``: machine precision).
+        tol: Relative residual tolerance, ``≥ 0`` (``0``: machine precision; at least the
+            products' precision: for a half-precision operator, its rounding).
         max_matvecs: Maximum number of products with ``A`` (columns), all runs and the final
             Rayleigh–Ritz step (``k``) together. Default: ``10 · dim``.
         ncv: Largest basis size, ``k < ncv ≤ dim`` (or ``ncv = dim``), for ``'LM'`` at least
@@ -265,7 +266,7 @@ def lanczos_eigsh(
             "both ends of the spectrum, and a smaller basis can accept one end before the other appears."
         )
     max_matvecs = 10 * n if max_matvecs is None else as_integer(max_matvecs, "max_matvecs", minimum=1)
-    tol = max(tol, torch.finfo(working_dtype(A)).eps)
+    tol = max(tol, product_eps(A))
 
     with product_progress(A, progressbar, "lanczos_eigsh") as A:
         return _search_with_locking(A, k, which, tol, ncv, max_matvecs, seed, check_multiplicity)

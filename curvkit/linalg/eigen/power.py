@@ -8,7 +8,7 @@ from torch import Tensor
 
 from curvkit._boundary import as_integer
 from curvkit.linalg._dots import column_dots, norm
-from curvkit.linalg._operator import nonnegative_float, square_operator, working_dtype
+from curvkit.linalg._operator import nonnegative_float, product_eps, square_operator, working_dtype
 from curvkit.linalg._progress import product_progress
 from curvkit.linalg._random import Seed, as_generator, random_block
 from curvkit.linear_operator import LinearOperator
@@ -33,7 +33,8 @@ def power_iteration(
 
     Args:
         A: Symmetric square operator.
-        tol: Relative residual tolerance, ``≥ 0``.
+        tol: Relative residual tolerance, ``≥ 0`` (at least the products' precision: for a
+            half-precision operator, its rounding).
         max_iterations: Maximum number of products with ``A``, ``≥ 1``.
         seed: ``int``, ``torch.Generator`` or ``None``.
         progressbar: Show one progress bar for the run, counting products.
@@ -53,7 +54,7 @@ def power_iteration(
         -5.0
     """
     A = square_operator(A, typed=True)
-    tol = nonnegative_float(tol, "tol")
+    tol = max(nonnegative_float(tol, "tol"), product_eps(A))  # none finer than the products' rounding
     as_integer(max_iterations, "max_iterations", minimum=1)
     generator = as_generator(seed, A.device)
     v = random_block(A.shape[0], 1, "normal", generator, working_dtype(A), A.device)
