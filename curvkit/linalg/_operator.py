@@ -33,7 +33,7 @@ def _product_dtype(A: Any) -> torch.dtype | None:
     return torch.promote_types(dtype, default) if dtype.is_floating_point else None
 
 
-class _Float32View(LinearOperator):
+class Float32View(LinearOperator):
     """A half-precision operator (float16, bfloat16) as the randomized routines see it: float32.
 
     Products run in the operator's precision, with inputs and results converted, so that the
@@ -74,7 +74,7 @@ def linalg_operator(A: Any, name: str = "A", *, square: bool = True, typed: bool
             A foreign object without ``.dtype`` then costs one product, with a zero block, that
             reveals its precision (:func:`_product_dtype`); otherwise it would be computed in
             torch's default dtype (float32), losing the digits of a float64 operator. A
-            half-precision operator is seen in float32 (:class:`_Float32View`).
+            half-precision operator is seen in float32 (:class:`Float32View`).
 
     Raises:
         ValueError: If ``square`` and the operator is not square.
@@ -88,7 +88,7 @@ def linalg_operator(A: Any, name: str = "A", *, square: bool = True, typed: bool
         dtype = _product_dtype(A)
         operator = operator if dtype is None else _ForeignLinearOperator(A, dtype)
     if typed and operator.dtype in HALF_PRECISIONS:
-        operator = _Float32View(operator)
+        operator = Float32View(operator)
     return operator
 
 
@@ -116,7 +116,7 @@ def product_eps(A: LinearOperator) -> float:
 
     That of its dtype, or of the half precision a float32 view multiplies in.
     """
-    dtype = A.operator.dtype if isinstance(A, _Float32View) else working_dtype(A)
+    dtype = A.operator.dtype if isinstance(A, Float32View) else working_dtype(A)
     return torch.finfo(dtype).eps
 
 

@@ -6,6 +6,9 @@ Here such an object becomes a curvkit :class:`~curvkit.linear_operator.LinearOpe
 products call it with torch tensors as they are (no NumPy round trip, so a GPU operator stays on
 its GPU); curvkit operators, tensors and NumPy arrays are taken as they are. The dtype and
 device the caller names must be the operator's own: a mismatch is an error, not a silent cast.
+A half-precision operator (float16, bfloat16) multiplies in its precision while the sketches'
+QR, eigh and SVD run in float32, as the routines of :mod:`curvkit.linalg` do: the results are
+float32.
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ import torch
 from torch import Tensor
 
 from curvkit._boundary import as_integer, as_tensor
+from curvkit._precision import HALF_PRECISIONS
+from curvkit.linalg._operator import Float32View
 from curvkit.linear_operator import DenseLinearOperator, LinearOperator
 
-DTYPES = (torch.float32, torch.float64)
-"""The dtypes the sketches compute in (QR, eigh and SVD need one of them)."""
+DTYPES = (torch.float32, torch.float64, *HALF_PRECISIONS)
+"""The dtypes an operator may compute in (the sketches compute in float32 around half precision)."""
 
 DEFAULT_BLOCKSIZE = 256
 """Most measurements per product when neither ``meas_blocksize`` nor the operator's ``max_columns`` is set."""
@@ -37,13 +42,15 @@ the operator's size either.
 
 
 def checked_dtype(dtype: Any, name: str) -> torch.dtype:
-    """``dtype`` if it is float32 or float64.
+    """``dtype`` if it is float32, float64, float16 or bfloat16.
 
     Raises:
         TypeError: Naming ``name``, otherwise.
     """
     if dtype not in DTYPES:
-        raise TypeError(f"{name} must be torch.float32 or torch.float64, got {dtype!r}.")
+        raise TypeError(
+            f"{name} must be torch.float32, torch.float64, torch.float16 or torch.bfloat16, got {dtype!r}."
+        )
     return dtype
 
 
@@ -92,11 +99,12 @@ def sketch_operator(lop: Any, device: Any, dtype: Any, name: str = "lop") -> Lin
         lop: A curvkit operator, a tensor, a NumPy array, or any object with ``.shape`` and
             ``@`` that multiplies torch tensors (from both sides where transposes are needed).
         device: The device ``lop`` computes on.
-        dtype: The dtype ``lop`` computes in: ``torch.float32`` or ``torch.float64``.
+        dtype: The dtype ``lop`` computes in: ``torch.float32``, ``torch.float64``,
+            ``torch.float16`` or ``torch.bfloat16``.
         name: The argument's name, for messages.
 
     Returns:
-        The operator.
+        The operator (seen in float32 for half precision: module docstring).
 
     Raises:
         TypeError: If ``lop`` has no 2-d ``.shape`` and ``@``, or ``dtype`` / ``device`` are not
@@ -118,9 +126,8 @@ def sketch_operator(lop: Any, device: Any, dtype: Any, name: str = "lop") -> Lin
         raise ValueError(f"{name} computes in {own_dtype}, but {name}_dtype is {dtype}.")
     if own_device is not None and checked_device(own_device, f"{name}.device") != device:
         raise ValueError(f"{name} is on {own_device}, but {name}_device is {device}.")
-    if isinstance(lop, LinearOperator):
-        return lop
-    return _TorchOperator(lop, dtype, device)
+    operator = lop if isinstance(lop, LinearOperator) else _TorchOperator(lop, dtype, device)
+    return Float32View(operator) if dtype in HALF_PRECISIONS else operator
 
 
 def check_outer_dims(outer_dims: Any, operator: LinearOperator, name: str = "outer_dims") -> int:

@@ -74,7 +74,8 @@ def adaptive_seigh(
     Args:
         lop: Symmetric operator ``[n, n]`` (see :func:`~curvkit.sketch.seigh`).
         lop_device: Its device.
-        lop_dtype: Its dtype, ``torch.float32`` or ``torch.float64``.
+        lop_dtype: Its dtype, ``torch.float32`` or ``torch.float64`` (float16 and bfloat16
+            operators are sketched in float32).
         rel_err: Target for the estimated ``‖A - Â‖_F / ‖A‖_F``, in ``(0, 1)``.
         max_dims: Most basis vectors (``≤ n``): the sketch stops there whatever its error.
         block_dims: Basis vectors added per step.

@@ -69,7 +69,8 @@ def seigh(
         lop: Symmetric operator ``[n, n]``: a curvkit operator, tensor, or any object with
             ``.shape`` and ``@`` that multiplies torch tensors.
         lop_device: The device ``lop`` computes on.
-        lop_dtype: Its dtype, ``torch.float32`` or ``torch.float64``.
+        lop_dtype: Its dtype, ``torch.float32`` or ``torch.float64`` (float16 and bfloat16
+            operators are sketched in float32).
         outer_dims: ``k``, the number of measurements and of eigenpairs returned (``≤ n``).
         seed: ``int``, ``torch.Generator`` or ``None``. An integer seed gives the sketch a stream
             of its own, independent of :func:`apost_error`'s with the same integer.
@@ -93,7 +94,7 @@ def seigh(
         ValueError: If ``lop`` is not square, ``outer_dims`` exceeds ``n``, ``noise_type`` or
             ``recovery_type`` is unknown, ``power_iters`` is given for another recovery, or
             ``lop`` has another dtype or device.
-        TypeError: If ``lop`` has no ``.shape`` and ``@``, or ``lop_dtype`` is not float32 / float64.
+        TypeError: If ``lop`` has no ``.shape`` and ``@``, or ``lop_dtype`` is not a float dtype.
 
     Example:
         >>> import torch

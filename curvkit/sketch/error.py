@@ -74,7 +74,8 @@ def apost_error(
         lop1: Operator ``A₁`` (the curvature matrix, say).
         lop2: Operator ``A₂`` of the same shape (its approximation, say).
         device: The operators' device.
-        dtype: Their dtype, ``torch.float32`` or ``torch.float64``.
+        dtype: Their dtype, ``torch.float32`` or ``torch.float64`` (float16 and bfloat16
+            operators are measured in float32).
         num_meas: Number of test vectors ``s``.
         seed: ``int``, ``torch.Generator`` or ``None``.
         noise_type: ``'gaussian'`` or ``'rademacher'``.

@@ -82,7 +82,8 @@ def ssvd(
         lop: Operator ``[m, n]``: a curvkit operator, tensor, or any object with ``.shape`` and
             ``@`` (both sides) that multiplies torch tensors.
         lop_device: The device ``lop`` computes on.
-        lop_dtype: Its dtype, ``torch.float32`` or ``torch.float64``.
+        lop_dtype: Its dtype, ``torch.float32`` or ``torch.float64`` (float16 and bfloat16
+            operators are sketched in float32).
         outer_dims: ``k ≤ min(m, n)``: measurements per side and singular triplets returned.
         seed: ``int``, ``torch.Generator`` or ``None``.
         noise_type: ``'rademacher'``, ``'gaussian'`` or ``'ssrft'``.
@@ -99,7 +100,7 @@ def ssvd(
     Raises:
         ValueError: If ``outer_dims`` exceeds ``min(m, n)``, ``noise_type`` or ``recovery_type``
             is unknown, or ``lop`` has another dtype or device.
-        TypeError: If ``lop`` has no ``.shape`` and ``@``, or ``lop_dtype`` is not float32 / float64.
+        TypeError: If ``lop`` has no ``.shape`` and ``@``, or ``lop_dtype`` is not a float dtype.
 
     Example:
         >>> import torch

@@ -57,6 +57,21 @@ def test_exactly_low_rank_in_float32(recovery):
     assert relative_error(ews, evs, A) < 2e-5
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("recovery", RECOVERIES)
+def test_half_precision_is_sketched_in_float32(recovery, dtype):
+    """Products in half precision, QR and eigh in float32 (no half-precision kernels for them):
+    the float32 sketch of the rounded matrix, up to the products' rounding."""
+    A, _ = symmetric_matrix("low_rank")
+    rounded = A.to(dtype)
+    ews, evs = seigh(rounded, "cpu", dtype, 20, seed=0, recovery_type=recovery)
+    assert ews.dtype == evs.dtype == torch.float32
+    expected, _ = seigh(rounded.float(), "cpu", torch.float32, 20, seed=0, recovery_type=recovery)
+    eps = torch.finfo(dtype).eps
+    torch.testing.assert_close(ews, expected, rtol=0, atol=8 * eps * float(expected.abs().max()))
+    assert relative_error(ews, evs, rounded.double()) < 8 * eps
+
+
 def mean_error(A, k, recovery, psd=False, seeds=range(6), norm="fro", **options):
     errors = []
     for seed in seeds:

@@ -54,7 +54,7 @@ A = torch.eye(10, dtype=torch.float64)
         (
             lambda: seigh(A, "cpu", torch.int64, 3),
             TypeError,
-            "lop_dtype must be torch.float32 or torch.float64",
+            "lop_dtype must be torch.float32, torch.float64, torch.float16 or torch.bfloat16",
         ),
         (lambda: seigh(A, "nowhere", torch.float64, 3), TypeError, "lop_device must be a torch.device"),
         (lambda: seigh([1, 2], "cpu", torch.float64, 3), TypeError, "lop must have a 2-d .shape and @"),
