@@ -162,22 +162,11 @@ class LayerChain:
                 values, segment = run(layer.activation, values, second_derivatives=gradients)
                 segments.append(segment)
             output = values
-            if not slopes:
-                return ChainLinearization(
-                    self,
-                    first,
-                    inputs,
-                    output_shapes,
-                    [None] * len(self.layers),
-                    None,
-                    output,
-                    batch,
-                    loss_func,
-                )
             layer_gradients: list[Tensor | None] = [None] * len(self.layers)
-            if not gradients:
+            if not gradients or not slopes:  # without slopes, no gradient either: nothing recorded
+                recorded = segments if slopes else None
                 return ChainLinearization(
-                    self, first, inputs, output_shapes, layer_gradients, segments, output, batch, loss_func
+                    self, first, inputs, output_shapes, layer_gradients, recorded, output, batch, loss_func
                 )
             # backward: the pre-activation gradients g_l (the segments record φ'' ⊙ γ on the way)
             activation_gradient = output_gradients(loss_func, output, batch.y).reshape(batch.size, -1)
