@@ -18,12 +18,21 @@ HALF = [torch.bfloat16, torch.float16]
 NUM_BATCHES = 256  # summed in half precision, KFAC drifted 25–30 eps over these, a GGN product 2.6–3.1
 
 
-def _problem(dtype):
+def _problem(dtype, convolution=False):
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(12, 10), nn.ReLU(), nn.Linear(10, 4)).to(dtype)
+    if convolution:  # 2 × 3 × 3 patches at 4 × 4 positions per sample
+        model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(48, 4))
+        input_shape = (2, 6, 6)
+    else:
+        model = nn.Sequential(nn.Linear(12, 10), nn.ReLU(), nn.Linear(10, 4))
+        input_shape = (12,)
+    model = model.to(dtype)
     generator = torch.Generator().manual_seed(1)
     data = [
-        (torch.randn(8, 12, generator=generator).to(dtype), torch.randint(0, 4, (8,), generator=generator))
+        (
+            torch.randn(8, *input_shape, generator=generator).to(dtype),
+            torch.randint(0, 4, (8,), generator=generator),
+        )
         for _ in range(NUM_BATCHES)
     ]
     exact = copy.deepcopy(model).double()
@@ -36,13 +45,13 @@ def _relative_error(actual, expected):
 
 
 @pytest.mark.parametrize("dtype", HALF)
-def test_kfac_factors_are_summed_in_float32(dtype):
-    (model, data), (exact, exact_data) = _problem(dtype)
-    kfac = KFACLinearOperator(
-        model, nn.CrossEntropyLoss(), list(model.parameters()), data, fisher_type="type-2"
-    )
+@pytest.mark.parametrize("convolution, kfac_approx", [(False, "expand"), (True, "expand"), (True, "reduce")])
+def test_kfac_factors_are_summed_in_float32(convolution, kfac_approx, dtype):
+    (model, data), (exact, exact_data) = _problem(dtype, convolution)
+    options = {"fisher_type": "type-2", "kfac_approx": kfac_approx}
+    kfac = KFACLinearOperator(model, nn.CrossEntropyLoss(), list(model.parameters()), data, **options)
     reference = KFACLinearOperator(
-        exact, nn.CrossEntropyLoss(), list(exact.parameters()), exact_data, fisher_type="type-2"
+        exact, nn.CrossEntropyLoss(), list(exact.parameters()), exact_data, **options
     )
     assert kfac.dtype == dtype
     assert _relative_error(kfac.to_dense(), reference.to_dense()) < torch.finfo(dtype).eps
