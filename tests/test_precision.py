@@ -11,7 +11,14 @@ import pytest
 import torch
 from torch import nn
 
-from curvkit import EFLinearOperator, FisherMCLinearOperator, GGNLinearOperator, KFACLinearOperator
+from curvkit import (
+    EFLinearOperator,
+    EKFACLinearOperator,
+    FisherMCLinearOperator,
+    GGNLinearOperator,
+    KFACLinearOperator,
+    ggn_diagonal,
+)
 from curvkit.structured import KroneckerFactoredLinearOperator
 
 HALF = [torch.bfloat16, torch.float16]
@@ -105,3 +112,22 @@ def test_the_determinism_probe_allows_half_precision_rounding(operator, dtype, r
     built = operator(model, nn.CrossEntropyLoss(), list(model.parameters()), data[:3])
     assert not [warning for warning in recwarn if "batching rule" in str(warning.message)]
     assert built.max_columns != 1
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_ggn_diagonal_and_ekfac_are_summed_in_float32(dtype):
+    (model, data), (exact, exact_data) = _problem(dtype)
+    params, exact_params, loss_func = (
+        list(model.parameters()),
+        list(exact.parameters()),
+        nn.CrossEntropyLoss(),
+    )
+    diagonal = torch.cat([d.flatten() for d in ggn_diagonal(model, loss_func, params, data)])
+    expected = torch.cat([d.flatten() for d in ggn_diagonal(exact, loss_func, exact_params, exact_data)])
+    assert diagonal.dtype == dtype
+    assert _relative_error(diagonal, expected) < torch.finfo(dtype).eps
+    ekfac = EKFACLinearOperator(model, loss_func, params, data, fisher_type="type-2").to_dense()
+    reference = EKFACLinearOperator(
+        exact, loss_func, exact_params, exact_data, fisher_type="type-2"
+    ).to_dense()
+    assert _relative_error(ekfac, reference) < 2 * torch.finfo(dtype).eps  # eigenvectors kept in `dtype`
