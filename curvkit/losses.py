@@ -472,9 +472,11 @@ def sample_targets(
     probability = output.softmax(dim=1).movedim(1, -1)  # [N, (T,) C]
     # the exponential race (Gumbel-max): argmax_c p_c / E_c with E_c ~ Exp(1) is c with
     # probability p_c. Unlike torch.multinomial, which checks its input with .item() when
-    # drawing one sample, it never waits for the device.
+    # drawing one sample, it never waits for the device. E = −log U for U ~ U[0, 1): faster
+    # than exponential_ on the CPU (design notes, "Measurements behind the code"); U = 0, once
+    # in 2²⁴ draws in float32, only drops that class from that race
     races = torch.empty((mc_samples, *probability.shape), dtype=probability.dtype, device=probability.device)
-    draws = (probability / races.exponential_(generator=generator)).argmax(dim=-1)
+    draws = (probability / races.uniform_(generator=generator).log_().neg_()).argmax(dim=-1)
     if _is_class_index_target(loss_func, observed):
         draws = draws.masked_fill(observed == loss_func.ignore_index, loss_func.ignore_index)
     return draws
