@@ -16,6 +16,6 @@ import torch
 HALF_PRECISIONS = (torch.float16, torch.bfloat16)
 
 
-def summed_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype sums of ``dtype`` terms accumulate in: float32 for half precision, else ``dtype``."""
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype sums and factorizations of ``dtype`` tensors run in: float32 for half precision."""
     return torch.float32 if dtype in HALF_PRECISIONS else dtype

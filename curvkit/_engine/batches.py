@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from curvkit._boundary import as_integer
 from curvkit._engine.finite import DATA_HINT, check_finite, named_inputs
 from curvkit._engine.reduction import LocalReduction, checksum
-from curvkit._precision import summed_dtype
+from curvkit._precision import compute_dtype
 
 BatchInput = Tensor | Mapping[str, Tensor]
 
@@ -347,9 +347,9 @@ class MiniBatchEngine:
                 if total is not None:
                     for accumulated, part in zip(total, parts):
                         accumulated.add_(part, alpha=weight)
-                elif out is None or any(summed_dtype(o.dtype) != o.dtype for o in out):
+                elif out is None or any(compute_dtype(o.dtype) != o.dtype for o in out):
                     dtypes = dtypes or [part.dtype for part in parts]
-                    total = [weight * part.to(summed_dtype(part.dtype)) for part in parts]
+                    total = [weight * part.to(compute_dtype(part.dtype)) for part in parts]
                 else:
                     total = out
                     for accumulated, part in zip(total, parts):
@@ -370,7 +370,7 @@ class MiniBatchEngine:
             total, num_terms, is_list, dtypes = self._local_sum(batch_result, reduction, desc, out)
             if total is None and out is not None:  # no loss term in this shard: it adds nothing
                 # in the dtype the other ranks sum in (half precision in float32)
-                total = [torch.zeros_like(o, dtype=summed_dtype(o.dtype)) for o in out]
+                total = [torch.zeros_like(o, dtype=compute_dtype(o.dtype)) for o in out]
             if total is None:
                 raise ValueError(
                     f"No batch of data{self._on_rank()} has a loss term (every target is ignored)."

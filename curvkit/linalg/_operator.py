@@ -87,9 +87,12 @@ def linalg_operator(A: Any, name: str = "A", *, square: bool = True, typed: bool
     if typed and foreign and operator.dtype is None:
         dtype = _product_dtype(A)
         operator = operator if dtype is None else _ForeignLinearOperator(A, dtype)
-    if typed and operator.dtype in HALF_PRECISIONS:
-        operator = Float32View(operator)
-    return operator
+    return seen_in_float32(operator) if typed else operator
+
+
+def seen_in_float32(operator: LinearOperator) -> LinearOperator:
+    """A half-precision operator as a :class:`Float32View`, any other as it is."""
+    return Float32View(operator) if operator.dtype in HALF_PRECISIONS else operator
 
 
 def square_operator(A: Any, name: str = "A", *, typed: bool = False) -> LinearOperator:

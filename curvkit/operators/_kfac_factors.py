@@ -27,7 +27,7 @@ from torch import Tensor
 from curvkit._engine import Batch
 from curvkit._engine.determinism import SharedPassProbe
 from curvkit._layers.parameters import Layer
-from curvkit._precision import summed_dtype
+from curvkit._precision import compute_dtype
 from curvkit.operators._kfac_plan import BlockPlan, shared_output_sides
 from curvkit.operators._recorded_pass import Chunks, Uses, loss_weight_of, recorded_pass
 from curvkit.operators._setup import ModelDataSetup
@@ -79,7 +79,7 @@ def add_gram(total: Tensor | None, rows: Tensor, alpha: float = 1.0) -> Tensor:
     # is efficient then, not where they are fewer (design notes, "Measurements behind the code")
     if rows.ndim >= 3 and rows.stride(-1) != 1 and rows.shape[-2] >= rows.shape[-1]:
         return _add_gram_per_sample(total, rows, alpha)
-    flat = rows.reshape(-1, rows.shape[-1]).to(summed_dtype(rows.dtype))
+    flat = rows.reshape(-1, rows.shape[-1]).to(compute_dtype(rows.dtype))
     dim, beta = flat.shape[-1], 0.0 if total is None else 1.0  # beta=0: new entries are ignored
     total = new_factor(dim, flat.dtype, flat.device) if total is None else total
     strip = GRAM_STRIP if dim < 4 * GRAM_STRIP else 2 * GRAM_STRIP
@@ -114,7 +114,7 @@ def _add_gram_per_sample(total: Tensor | None, rows: Tensor, alpha: float) -> Te
     needs (design notes, "Measurements behind the code"), in chunks whose ``[b, d, d]`` products stay small.
     """
     columns = rows.reshape(-1, *rows.shape[-2:]).transpose(1, 2)  # [B, d, R]
-    dim, dtype = columns.shape[1], summed_dtype(columns.dtype)
+    dim, dtype = columns.shape[1], compute_dtype(columns.dtype)
     total = new_factor(dim, dtype, columns.device).zero_() if total is None else total
     step = max(1, PATCH_ENTRIES // (dim * dim))
     for start in range(0, columns.shape[0], step):
@@ -151,7 +151,7 @@ class GramBuffer:
         if buffer is None or held + count > buffer.shape[0]:
             # grown by doubling: a pass of few small batches holds a few rows, not GRAM_ROWS
             grown = rows.new_empty(
-                min(GRAM_ROWS, 2 * (held + count)), features, dtype=summed_dtype(rows.dtype)
+                min(GRAM_ROWS, 2 * (held + count)), features, dtype=compute_dtype(rows.dtype)
             )
             if held:
                 grown[:held].copy_(buffer[:held])
@@ -244,7 +244,7 @@ class BatchFactors:
             for holder, _, gradients in uses:
                 layer = holder.layer
                 rows = layer.rule.output_rows(layer.module, gradients)
-                g = rows.sum(2, dtype=summed_dtype(rows.dtype))  # [k, N, out]
+                g = rows.sum(2, dtype=compute_dtype(rows.dtype))  # [k, N, out]
                 gradient_sum = _add(gradient_sum, g)
             sums.output = self.buffer.add(output, sums.output, gradient_sum, self.loss_weight)
             return
@@ -271,7 +271,7 @@ class BatchFactors:
                 if holder.transposed and self.num_columns is None:
                     continue  # 'forward-only': its inputs lie along the output side, an identity
                 counts = layer.rule.index_counts(layer.module, inputs).to(
-                    summed_dtype(layer.module.weight.dtype)
+                    compute_dtype(layer.module.weight.dtype)
                 )
                 if holder.transposed:  # one-hot rows, the same for every column
                     sums.output = _add(sums.output, torch.diag(counts * self.num_columns))
@@ -307,7 +307,7 @@ class BatchFactors:
             gridded = self._gridded(index, layer, inputs)
             for samples in _sample_chunks(layer, inputs):
                 rows = _gram_rows(layer, inputs[samples], gridded)
-                parts.append(rows.sum(1, dtype=summed_dtype(rows.dtype)))
+                parts.append(rows.sum(1, dtype=compute_dtype(rows.dtype)))
                 positions = rows.shape[1]
             input_sum = _add(input_sum, torch.cat(parts))
             rows_per_sample += positions

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from curvkit._boundary import as_integer, as_tensor
 from curvkit._precision import HALF_PRECISIONS
-from curvkit.linalg._operator import Float32View
+from curvkit.linalg._operator import seen_in_float32
 from curvkit.linear_operator import DenseLinearOperator, LinearOperator
 
 DTYPES = (torch.float32, torch.float64, *HALF_PRECISIONS)
@@ -127,7 +127,7 @@ def sketch_operator(lop: Any, device: Any, dtype: Any, name: str = "lop") -> Lin
     if own_device is not None and checked_device(own_device, f"{name}.device") != device:
         raise ValueError(f"{name} is on {own_device}, but {name}_device is {device}.")
     operator = lop if isinstance(lop, LinearOperator) else _TorchOperator(lop, dtype, device)
-    return Float32View(operator) if dtype in HALF_PRECISIONS else operator
+    return seen_in_float32(operator)
 
 
 def check_outer_dims(outer_dims: Any, operator: LinearOperator, name: str = "outer_dims") -> int:

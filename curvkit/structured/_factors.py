@@ -21,7 +21,7 @@ from torch import Tensor
 from torch.nn import functional
 
 from curvkit._boundary import torch_dtype_of
-from curvkit._precision import summed_dtype
+from curvkit._precision import compute_dtype
 
 Result = TypeVar("Result")
 
@@ -286,7 +286,7 @@ def damped_inverse(factor: Tensor, damping: float, retry_double_precision: bool,
         if not bool((damped > 0).all()):
             raise torch.linalg.LinAlgError(_not_positive_definite(name, damping))
         return 1.0 / damped
-    dtype = summed_dtype(factor.dtype)
+    dtype = compute_dtype(factor.dtype)
     damped = factor.to(dtype) + damping * torch.eye(factor.shape[0], dtype=dtype, device=factor.device)
     cholesky, info = torch.linalg.cholesky_ex(damped)
     if bool(info != 0) and retry_double_precision and dtype != torch.float64:
