@@ -22,6 +22,7 @@ from torch.nn import functional
 
 from curvkit._boundary import torch_dtype_of
 from curvkit._precision import compute_dtype
+from curvkit.structured._low_rank import low_rank_eigh, residual_tolerance, takes_low_rank_route
 
 Result = TypeVar("Result")
 
@@ -242,30 +243,38 @@ def scaled_to_one(tensor: Tensor, floor: float) -> tuple[Tensor, float]:
     return functional.hardshrink(tensor * (1.0 / scale), floor), scale  # one pass, fused
 
 
-def eigh64(factor: Tensor) -> tuple[Tensor, Tensor | None]:
+def eigh64(factor: Tensor, rank: int | None = None) -> tuple[Tensor, Tensor | None]:
     """Eigenvalues (float64, negatives clamped to 0) and eigenvectors (factor's dtype; ``None``: identity).
 
     Clamped because KFAC's factors are positive semi-definite and their negative eigenvalues are
     rounding: kept, they turn ``(λ_G λ_A + δ)⁻¹`` negative or infinite for small damping.
+    ``rank``: an upper bound of the factor's rank (``None``: none known); well below its size,
+    the decomposition costs ``O(n² rank)`` (:mod:`curvkit.structured._low_rank`, which falls
+    back to the full one if the bound is wrong) and the eigenvalues beyond the rank are 0.
     """
     if factor.ndim == 1:
         return factor.to(torch.float64).clamp(min=0.0), None
-    values, vectors = torch.linalg.eigh(symmetrized(factor, torch.float64))
+    factor64 = symmetrized(factor, torch.float64)
+    decomposed = None
+    if takes_low_rank_route(factor.shape[0], rank):
+        decomposed = low_rank_eigh(factor64, rank, residual_tolerance(factor.shape[0], factor.dtype))
+    values, vectors = torch.linalg.eigh(factor64) if decomposed is None else decomposed
     return values.clamp(min=0.0), cast_back(vectors, factor.dtype)
 
 
-def once_per_factor(function: Callable[[Tensor], Result]) -> Callable[[Tensor], Result]:
-    """``function`` computed once per factor, however many blocks hold it.
+def once_per_factor(function: Callable[..., Result]) -> Callable[..., Result]:
+    """``function(factor, *rest)`` computed once per factor, however many blocks hold it.
 
     Factors are the same where their memory, shape, strides, dtype and device are (blocks may
-    hold different views of one tensor: a separate bias's output factor is its weight's).
+    hold different views of one tensor: a separate bias's output factor is its weight's) and
+    ``rest`` is too.
     """
     results: dict[tuple, tuple[Tensor, Result]] = {}
 
-    def once(factor: Tensor) -> Result:
-        key = (factor.data_ptr(), tuple(factor.shape), factor.stride(), factor.dtype, factor.device)
+    def once(factor: Tensor, *rest: object) -> Result:
+        key = (factor.data_ptr(), tuple(factor.shape), factor.stride(), factor.dtype, factor.device, *rest)
         if key not in results:  # the factor kept beside its result: no other tensor takes its memory
-            results[key] = (factor, function(factor))
+            results[key] = (factor, function(factor, *rest))
         return results[key][1]
 
     return once

@@ -73,6 +73,8 @@ class ParameterBlocks(ClosedForms, LinearOperator):
 
     BLOCK: ClassVar[type]
     _FORMAT: ClassVar[str]
+    _LATER_FIELDS: ClassVar[frozenset[str]] = frozenset()
+    """Fields of ``BLOCK`` added after its format was fixed: a state dict saved before lacks them."""
 
     def __init__(
         self,
@@ -198,7 +200,7 @@ class ParameterBlocks(ClosedForms, LinearOperator):
         names = {f.name for f in fields(cls.BLOCK)}
         blocks = []
         for index, entry in enumerate(state_dict["blocks"]):
-            if set(entry) != names:
+            if not set(entry) <= names or not names - set(entry) <= cls._LATER_FIELDS:
                 raise ValueError(
                     f"state_dict block {index} has entries {sorted(entry)}, expected {sorted(names)}."
                 )

@@ -44,12 +44,19 @@ class KroneckerBlock:
         input_factor: ``A``, ``[in, in]`` or ``[in]``: the second moment of the layer's inputs
             (with a 1 appended when weight and bias are joined); ``None`` for a bias alone.
         input_major: The weight stores inputs along its rows (``nn.Embedding``): block ``A ⊗ G``.
+        output_rank: An upper bound of ``G``'s rank, or ``None``: a second moment summed from
+            ``r`` rows has rank at most ``r``. Where it is well below the factor's size, its
+            eigendecomposition (EKFAC, exact damping) costs ``O(n² r)`` instead of ``O(n³)``;
+            a bound below the true rank is detected, and the full decomposition taken.
+        input_rank: The same for ``A``.
     """
 
     params: tuple[int, ...]
     output_factor: Tensor
     input_factor: Tensor | None = None
     input_major: bool = False
+    output_rank: int | None = None
+    input_rank: int | None = None
 
 
 @dataclass(frozen=True)
@@ -204,7 +211,9 @@ def eigen_operator(where: Placement, block: EigenKroneckerBlock) -> LinearOperat
 
 
 def kronecker_eigenbasis(
-    where: Placement, block: KroneckerBlock, eigh: Callable[[Tensor], tuple[Tensor, Tensor | None]] = eigh64
+    where: Placement,
+    block: KroneckerBlock,
+    eigh: Callable[[Tensor, int | None], tuple[Tensor, Tensor | None]] = eigh64,
 ) -> tuple[Tensor, EigenKroneckerBlock]:
     """KFAC's eigenvalues ``vec Λ = λ_L ⊗ λ_R`` (float64, ``[rows, columns]``) and eigenbasis.
 
@@ -212,11 +221,11 @@ def kronecker_eigenbasis(
     shared between blocks), negative eigenvalues (rounding) clamped to zero; the eigenvectors in
     the factors' dtype. The block returned holds the eigenvalues in that dtype.
     """
-    output_values, output_vectors = eigh(block.output_factor)
+    output_values, output_vectors = eigh(block.output_factor, block.output_rank)
     if block.input_factor is None:
         input_values, input_vectors = torch.ones(1, dtype=torch.float64, device=output_values.device), None
     else:
-        input_values, input_vectors = eigh(block.input_factor)
+        input_values, input_vectors = eigh(block.input_factor, block.input_rank)
     left_values, right_values = where.ordered(output_values, input_values)
     values = torch.outer(left_values, right_values)
     dtype = block.output_factor.dtype

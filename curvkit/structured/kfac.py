@@ -17,6 +17,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from curvkit._boundary import as_integer
 from curvkit.linear_operator import LinearOperator
 from curvkit.structured._deferred import DeferredLinearOperator
 from curvkit.structured._factors import checked_factor, eigh64, once_per_factor, symmetrized
@@ -85,6 +86,7 @@ class KroneckerFactoredLinearOperator(ParameterBlocks):
 
     BLOCK: ClassVar[type] = KroneckerBlock
     _FORMAT: ClassVar[str] = "curvkit.KroneckerFactoredLinearOperator/1"
+    _LATER_FIELDS: ClassVar[frozenset[str]] = frozenset({"output_rank", "input_rank"})
 
     def __init__(
         self,
@@ -117,7 +119,12 @@ class KroneckerFactoredLinearOperator(ParameterBlocks):
         position = placement(
             self.in_layout.shapes, block.params, block.input_major, output_factor.shape[0], input_dim, where
         )
-        return KroneckerBlock(position.params, output_factor, input_factor, block.input_major), position
+        output_rank = _rank_bound(block.output_rank, f"{where}.output_rank")
+        input_rank = None if input_factor is None else _rank_bound(block.input_rank, f"{where}.input_rank")
+        checked = KroneckerBlock(
+            position.params, output_factor, input_factor, block.input_major, output_rank, input_rank
+        )
+        return checked, position
 
     def _factor(self, factor: object, name: str) -> Tensor:
         """The factor checked, in this operator's dtype and device, symmetrized."""
@@ -201,3 +208,7 @@ class KroneckerFactoredLinearOperator(ParameterBlocks):
     def eigenvalue_corrections(self, max_entries: int = 2**24) -> EigenvalueCorrections:
         """An accumulator of EKFAC's corrected eigenvalues in this KFAC's eigenbasis (see its class)."""
         return EigenvalueCorrections(self.eigendecomposed(), max_entries=max_entries)
+
+
+def _rank_bound(rank: object, name: str) -> int | None:
+    return None if rank is None else as_integer(rank, name, minimum=0)
