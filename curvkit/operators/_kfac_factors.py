@@ -60,6 +60,8 @@ class FactorSums:
     output: Tensor | None = None  # [rows, rows]; None for 'forward-only' (identity)
     input: Tensor | None = None  # [cols, cols], or [V] diagonal; None for a bias alone
     count: float = 0.0  # (sample, row) pairs of the input side
+    output_rows: float = 0.0  # rows summed into each side: bounds of their ranks
+    input_rows: float = 0.0
 
 
 def _add(total: Tensor | None, value: Tensor) -> Tensor:
@@ -247,6 +249,7 @@ class BatchFactors:
                 g = rows.sum(2, dtype=compute_dtype(rows.dtype))  # [k, N, out]
                 gradient_sum = _add(gradient_sum, g)
             sums.output = self.buffer.add(output, sums.output, gradient_sum, self.loss_weight)
+            sums.output_rows += _num_rows(gradient_sum)
             return
         for holder, _, gradients in uses:
             layer = holder.layer
@@ -256,8 +259,10 @@ class BatchFactors:
                 # per (sample, row), not per column: hence 1/K (module docstring of _kfac_plan)
                 alpha = self.loss_weight / self.num_columns
                 sums.input = self.buffer.add(inputs, sums.input, g, alpha)
+                sums.input_rows += _num_rows(g)
             else:
                 sums.output = self.buffer.add(output, sums.output, g, self.loss_weight)
+                sums.output_rows += _num_rows(g)
 
     def add_input_sides(self, sums: FactorSums, index: int, plan: BlockPlan, uses: Uses) -> None:
         """Add the terms of the uses' inputs to block ``index``'s ``sums`` (once per batch)."""
@@ -275,6 +280,7 @@ class BatchFactors:
                 )
                 if holder.transposed:  # one-hot rows, the same for every column
                     sums.output = _add(sums.output, torch.diag(counts * self.num_columns))
+                    sums.output_rows += inputs.numel()
                 else:
                     sums.input = _add(sums.input, counts)
                 sums.count += inputs.numel()
@@ -286,6 +292,7 @@ class BatchFactors:
                     rows = _joined(rows)
                 sums.input = self.buffer.add(_side_positions(index)[1], sums.input, rows)
                 sums.count += rows.shape[0] * rows.shape[1]
+                sums.input_rows += rows.shape[0] * rows.shape[1]
         return None
 
     def _gridded(self, index: int, layer: Layer, inputs: Tensor) -> bool:
@@ -316,6 +323,7 @@ class BatchFactors:
             mean = _joined(mean)
         sums.input = self.buffer.add(_side_positions(index)[1], sums.input, mean)
         sums.count += mean.shape[0]
+        sums.input_rows += mean.shape[0]
 
 
 def factor_sums(
@@ -362,15 +370,16 @@ def factor_sums(
     *counts, loss_terms = totals[-1].tolist()
     divisor = loss_terms if reduction == "mean" else 1.0
     sums = []
-    for index, count in enumerate(counts):
+    for index, (count, output_rows, input_rows) in enumerate(zip(*[iter(counts)] * 3)):
         output, inputs = totals[2 * index : 2 * index + 2]
         output = _mirrored(output, 1.0 / divisor)
         inputs = _mirrored(inputs, 1.0 / max(count, 1.0))
         inputs = _in_weight_order(inputs, plans[index], grids.get(index))
         # half precision's float32 sums rounded once (before a shared side is shared)
-        sums.append(FactorSums(*(_rounded(side, model.dtype) for side in (output, inputs)), count))
+        output, inputs = (_rounded(side, model.dtype) for side in (output, inputs))
+        sums.append(FactorSums(output, inputs, count, output_rows, input_rows))
     for index, source in shared.items():  # one tensor for both blocks: no side changes once computed
-        sums[index].output = sums[source].output
+        sums[index].output, sums[index].output_rows = sums[source].output, sums[source].output_rows
     return sums, divisor
 
 
@@ -388,6 +397,11 @@ def _rounded(side: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     return None if side is None else side.to(dtype)
 
 
+def _num_rows(rows: Tensor) -> int:
+    """The rows ``[..., features]`` holds (a Gram matrix of them has at most this rank)."""
+    return rows.numel() // max(rows.shape[-1], 1)
+
+
 def _side_positions(index: int) -> tuple[int, int]:
     """Positions of block ``index``'s output and input sides in the flat sums (:func:`_flat`)."""
     return 2 * index, 2 * index + 1
@@ -402,10 +416,11 @@ def _sides(total: list[Tensor], index: int) -> FactorSums:
 def _flat(blocks: list[FactorSums], loss_weight: float, model) -> list[Tensor]:
     """A batch's sums for the engine: each block's two sides, then the counts and the loss's terms.
 
-    An absent side is an empty tensor. The counts of all blocks and the loss's terms are one
-    float64 tensor, not one per block: on a GPU each is a copy from the host.
+    An absent side is an empty tensor. The counts of all blocks (each block's ``count``,
+    ``output_rows``, ``input_rows``) and the loss's terms are one float64 tensor, not one per
+    block: on a GPU each is a copy from the host.
     """
     empty = torch.empty(0, dtype=model.dtype, device=model.device)
     sides = [empty if side is None else side for sums in blocks for side in (sums.output, sums.input)]
-    counts = [sums.count for sums in blocks] + [loss_weight]
+    counts = [n for sums in blocks for n in (sums.count, sums.output_rows, sums.input_rows)] + [loss_weight]
     return [*sides, torch.tensor(counts, dtype=torch.float64, device=model.device)]

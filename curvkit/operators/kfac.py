@@ -245,14 +245,18 @@ class KFACLinearOperator(HeldClosedForms, LinearOperator):
         tensors = self._setup.model.tensors
         blocks, identities = [], {}
         for plan, factor in zip(self._plans, factors):
-            output = factor.output
+            output, output_rank = factor.output, round(factor.output_rows)
             if output is None:  # 'forward-only': one identity per size (a bias shares its weight's)
                 size = plan.output_dim(tensors)
                 if size not in identities:
                     identities[size] = torch.eye(size, dtype=self.dtype, device=self.device)
-                output = identities[size]
+                output, output_rank = identities[size], None
             inputs = None if plan.bias_only else factor.input
-            blocks.append(KroneckerBlock(plan.params, output, inputs, input_major=plan.input_major))
+            # the rows summed bound each factor's rank: EKFAC's and exact damping's
+            # eigendecompositions of a wide factor from few rows take O(n² rank)
+            input_rank = None if inputs is None or inputs.ndim == 1 else round(factor.input_rows)
+            ranks = {"output_rank": output_rank, "input_rank": input_rank}
+            blocks.append(KroneckerBlock(plan.params, output, inputs, input_major=plan.input_major, **ranks))
         # the pass's own sums of outer products, exactly symmetric: taken as they are
         return KroneckerFactoredLinearOperator(list(tensors), blocks, copy=False)
 

@@ -97,6 +97,8 @@ def _compute(data: list, process_group: object | None) -> dict[str, torch.Tensor
             model, loss_func, params, data, fisher_type=fisher_type, seed=5, process_group=process_group
         )
         results[f"KFAC {fisher_type}"] = kfac.to_dense()
+    bounds = [bound for block in kfac.factored.blocks for bound in (block.output_rank, block.input_rank)]
+    results["KFAC rank bounds"] = torch.tensor([-1 if b is None else b for b in bounds], dtype=torch.float64)
     ekfac = EKFACLinearOperator(
         model, loss_func, params, data, fisher_type="empirical", process_group=process_group
     )
@@ -270,6 +272,7 @@ QUANTITIES = [
     "KFAC type-2",
     "KFAC mc",
     "KFAC empirical",
+    "KFAC rank bounds",
     "EKFAC",
     "GGN, bfloat16",
     "KFAC type-2, bfloat16",
