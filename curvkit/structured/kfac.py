@@ -10,6 +10,7 @@ convolutions; Eschenhagen et al. (2023) for weight sharing.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from functools import partial
 from typing import ClassVar
@@ -19,6 +20,7 @@ from torch import Tensor
 
 from curvkit._boundary import as_integer
 from curvkit.linear_operator import LinearOperator
+from curvkit.structured._closed_forms import as_result
 from curvkit.structured._deferred import DeferredLinearOperator
 from curvkit.structured._factors import checked_factor, eigh64, once_per_factor, symmetrized
 from curvkit.structured._parameter_blocks import ParameterBlocks
@@ -139,6 +141,16 @@ class KroneckerFactoredLinearOperator(ParameterBlocks):
     def _block_operator(self, block: KroneckerBlock, where: Placement) -> LinearOperator:
         return kronecker_operator(where, block.output_factor, block.input_factor)
 
+    def slogdet(self) -> tuple[Tensor, Tensor]:
+        """``(sign, log|det|)``; ``(0, -inf)`` at once where a factor's rank bound is below its size.
+
+        Such a factor is singular, and so is every Kronecker product holding it: its eigenvalues
+        computed in floating point would be rounding, the log-determinant of no use.
+        """
+        if any(_bounded_below_size(block) for block in self._blocks):
+            return as_result(0.0, self), as_result(-math.inf, self)
+        return super().slogdet()
+
     def inverse(
         self,
         damping: float | tuple[float, float] = 0.0,
@@ -212,3 +224,8 @@ class KroneckerFactoredLinearOperator(ParameterBlocks):
 
 def _rank_bound(rank: object, name: str) -> int | None:
     return None if rank is None else as_integer(rank, name, minimum=0)
+
+
+def _bounded_below_size(block: KroneckerBlock) -> bool:
+    factors = [(block.output_factor, block.output_rank), (block.input_factor, block.input_rank)]
+    return any(rank is not None and rank < factor.shape[0] for factor, rank in factors if factor is not None)

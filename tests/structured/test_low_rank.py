@@ -1,5 +1,7 @@
 """Eigendecompositions of factors with a rank bound: the same decomposition as ``eigh``, in ``O(n² r)``."""
 
+import math
+
 import pytest
 import torch
 from structured_factors import matrix, psd
@@ -140,3 +142,17 @@ def test_bad_rank_bound(rank):
     with pytest.raises(ValueError, match=r"blocks\[0\].input_rank must be a non-negative integer"):
         block = KroneckerBlock((0,), psd(3, 0), psd(5, 1), input_rank=rank)
         KroneckerFactoredLinearOperator([weight], [block])
+
+
+def test_a_rank_bound_below_the_size_makes_the_determinant_zero_at_once(monkeypatch):
+    """A factor summed from fewer rows than its size is singular: ``logdet`` is ``-inf``, no ``eigvalsh``."""
+    bounded = _low_rank_kfac(ranks=True)
+    monkeypatch.setattr(torch.linalg, "eigvalsh", None)  # any eigenvalue computation would fail
+    assert bounded.logdet().item() == -math.inf and bounded.det().item() == 0.0
+    monkeypatch.undo()
+    full_rank = KroneckerFactoredLinearOperator(
+        [torch.zeros(4, 6, dtype=torch.float64)],
+        [KroneckerBlock((0,), psd(4, 1), psd(6, 2), output_rank=4, input_rank=6)],
+    )
+    expected = torch.linalg.slogdet(full_rank.to_dense())[1]
+    torch.testing.assert_close(full_rank.logdet(), expected)  # bounds at the sizes: computed
