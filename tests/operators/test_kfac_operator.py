@@ -20,6 +20,7 @@ from torch import nn
 
 from curvkit import FisherType, KFACLinearOperator, KFACType
 from curvkit._layers import convolution, segments
+from curvkit.operators import _gram_sums as gram_sums
 from curvkit.operators import _kfac_factors as kfac_factors
 from curvkit.operators import _recorded_pass as recorded_pass
 from curvkit.reference import empirical_fisher_matrix, ggn_matrix
@@ -56,7 +57,7 @@ def test_type2_on_a_deep_linear_network_is_the_ggn_block_diagonal(sizes, separat
 @pytest.mark.parametrize("approx", ["expand", "reduce"])
 def test_gram_matrices_in_strips_give_the_ggn_blocks_exactly_symmetric(approx, monkeypatch):
     """Wide factors are summed in strips of their lower triangle, then mirrored: still the GGN's blocks."""
-    monkeypatch.setattr(kfac_factors, "GRAM_STRIP", 2)  # factors of 4 to 6 rows: strips of 2 and 1
+    monkeypatch.setattr(gram_sums, "GRAM_STRIP", 2)  # factors of 4 to 6 rows: strips of 2 and 1
     model, loss_func = deep_linear(), nn.MSELoss()
     data, params = regression_data((3, 5, 2)), list(model.parameters())
     kfac = KFACLinearOperator(
@@ -270,6 +271,7 @@ def test_chunks_of_samples_give_the_same_factors(approx, dims, monkeypatch):
 
     whole = dense()
     monkeypatch.setattr(kfac_factors, "PATCH_ENTRIES", 1)
+    monkeypatch.setattr(gram_sums, "PER_SAMPLE_ENTRIES", 1)
     torch.testing.assert_close(dense(), whole, rtol=1e-12, atol=1e-14)
 
 
@@ -296,10 +298,10 @@ def test_rows_held_back_give_the_same_factors(gram_rows, problem, approx, fisher
     def dense():
         return KFACLinearOperator(model, loss_func, params, data, **kwargs).to_dense()
 
-    monkeypatch.setattr(kfac_factors, "BUFFERED_FEATURES", 10**9)  # none held
+    monkeypatch.setattr(gram_sums, "BUFFERED_FEATURES", 10**9)  # none held
     direct = dense()
-    monkeypatch.setattr(kfac_factors, "BUFFERED_FEATURES", 1)
-    monkeypatch.setattr(kfac_factors, "GRAM_ROWS", gram_rows)
+    monkeypatch.setattr(gram_sums, "BUFFERED_FEATURES", 1)
+    monkeypatch.setattr(gram_sums, "GRAM_ROWS", gram_rows)
     torch.testing.assert_close(dense(), direct, rtol=1e-12, atol=1e-14)
 
 
