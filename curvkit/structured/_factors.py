@@ -22,7 +22,7 @@ from torch.nn import functional
 
 from curvkit._boundary import torch_dtype_of
 from curvkit._precision import compute_dtype
-from curvkit.structured._low_rank import low_rank_eigh, residual_tolerance, takes_low_rank_route
+from curvkit.structured._low_rank import low_rank_eigh, residual_tolerance, ritz_pairs, takes_low_rank_route
 
 Result = TypeVar("Result")
 
@@ -280,12 +280,16 @@ def once_per_factor(function: Callable[..., Result]) -> Callable[..., Result]:
     return once
 
 
-def damped_inverse(factor: Tensor, damping: float, retry_double_precision: bool, name: str) -> Tensor:
+def damped_inverse(
+    factor: Tensor, damping: float, retry_double_precision: bool, name: str, rank: int | None = None
+) -> Tensor:
     """``(F + δ I)⁻¹`` by Cholesky (for a diagonal: entry by entry), symmetric, in ``F``'s dtype.
 
     Half precision factorizes in float32 (:mod:`curvkit._precision`). If the Cholesky
     factorization fails in that precision, it is retried in float64 (with a warning) when
-    ``retry_double_precision`` is set.
+    ``retry_double_precision`` is set. ``rank``: an upper bound of ``F``'s rank; well below its
+    size (and with ``δ > 0``), the inverse is formed from ``F``'s eigenpairs on its range in
+    ``O(n² rank)`` (:func:`_low_rank_damped_inverse`).
 
     Raises:
         torch.linalg.LinAlgError: If ``F + δ I`` is not positive definite (in float64 too).
@@ -295,6 +299,10 @@ def damped_inverse(factor: Tensor, damping: float, retry_double_precision: bool,
         if not bool((damped > 0).all()):
             raise torch.linalg.LinAlgError(_not_positive_definite(name, damping))
         return 1.0 / damped
+    if damping > 0 and takes_low_rank_route(factor.shape[0], rank):
+        inverse = _low_rank_damped_inverse(factor, damping, rank)
+        if inverse is not None:
+            return inverse
     dtype = compute_dtype(factor.dtype)
     damped = factor.to(dtype) + damping * torch.eye(factor.shape[0], dtype=dtype, device=factor.device)
     cholesky, info = torch.linalg.cholesky_ex(damped)
@@ -308,6 +316,23 @@ def damped_inverse(factor: Tensor, damping: float, retry_double_precision: bool,
     if bool(info != 0):
         raise torch.linalg.LinAlgError(_not_positive_definite(name, damping))
     return symmetrized(torch.cholesky_inverse(cholesky)).to(factor.dtype)
+
+
+def _low_rank_damped_inverse(factor: Tensor, damping: float, rank: int) -> Tensor | None:
+    """``(F + δ I)⁻¹ = I/δ − U diag(λ / (δ (λ + δ))) Uᵀ`` from ``F``'s eigenpairs ``(λ, U)`` on its range.
+
+    In float64, returned in ``F``'s dtype; ``None`` where the rank bound is wrong
+    (:func:`curvkit.structured._low_rank.ritz_pairs`).
+    """
+    tolerance = residual_tolerance(factor.shape[0], factor.dtype)
+    pairs = ritz_pairs(symmetrized(factor, torch.float64), rank, tolerance)
+    if pairs is None:
+        return None
+    values, vectors = pairs
+    values = values.clamp(min=0.0)
+    inverse = (vectors * (-values / (damping * (values + damping)))) @ vectors.T
+    inverse.diagonal().add_(1.0 / damping)
+    return symmetrized(inverse, factor.dtype)
 
 
 def _not_positive_definite(name: str, damping: float) -> str:

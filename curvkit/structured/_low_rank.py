@@ -64,6 +64,20 @@ def low_rank_eigh(factor: Tensor, rank: int, tolerance: float) -> tuple[Tensor, 
         ``(values, vectors)`` as :func:`torch.linalg.eigh` gives them (the ``n − w`` zeros
         first, ``w = rank + OVERSAMPLING``), or ``None`` if the residual exceeds ``tolerance``.
     """
+    pairs = ritz_pairs(factor, rank, tolerance)
+    if pairs is None:
+        return None
+    values, ritz_vectors = pairs
+    vectors = torch.cat([orthonormal_complement(ritz_vectors), ritz_vectors], dim=1)
+    return torch.cat([values.new_zeros(factor.shape[0] - values.shape[0]), values]), vectors
+
+
+def ritz_pairs(factor: Tensor, rank: int, tolerance: float) -> tuple[Tensor, Tensor] | None:
+    """The eigenpairs of ``factor`` on its range: ``w = rank + OVERSAMPLING`` values and ``[n, w]`` vectors.
+
+    Steps 1 and 2 of the module docstring; ``None`` if the residual exceeds ``tolerance`` (see
+    :func:`low_rank_eigh`). Every other eigenvalue of ``factor`` is 0.
+    """
     size, width = factor.shape[0], rank + OVERSAMPLING
     generator = torch.Generator(device=factor.device).manual_seed(SEED)
     test = torch.randn(size, width, generator=generator, dtype=factor.dtype, device=factor.device)
@@ -75,9 +89,7 @@ def low_rank_eigh(factor: Tensor, rank: int, tolerance: float) -> tuple[Tensor, 
     if float(torch.linalg.matrix_norm(image - basis @ projected)) > tolerance * float(norm):
         return None
     values, rotation = torch.linalg.eigh(projected)
-    ritz_vectors = basis @ rotation
-    vectors = torch.cat([orthonormal_complement(ritz_vectors), ritz_vectors], dim=1)
-    return torch.cat([values.new_zeros(size - width), values]), vectors
+    return values, basis @ rotation
 
 
 def orthonormal_complement(columns: Tensor) -> Tensor:

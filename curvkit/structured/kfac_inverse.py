@@ -148,11 +148,13 @@ def inverse_block(
     output_damping, input_damping = factor_dampings(block, options)
     retry = options.retry_double_precision
     output_inverse: Tensor = damped_inverse(
-        block.output_factor, output_damping, retry, f"{name}'s output factor"
+        block.output_factor, output_damping, retry, f"{name}'s output factor", block.output_rank
     )
     input_inverse = (
         None
         if block.input_factor is None
-        else damped_inverse(block.input_factor, input_damping, retry, f"{name}'s input factor")
+        else damped_inverse(
+            block.input_factor, input_damping, retry, f"{name}'s input factor", block.input_rank
+        )
     )
     return kronecker_operator(where, output_inverse, input_inverse)

@@ -156,3 +156,19 @@ def test_a_rank_bound_below_the_size_makes_the_determinant_zero_at_once(monkeypa
     )
     expected = torch.linalg.slogdet(full_rank.to_dense())[1]
     torch.testing.assert_close(full_rank.logdet(), expected)  # bounds at the sizes: computed
+
+
+@pytest.mark.parametrize("heuristic", [False, True], ids=["damping", "pi heuristic"])
+def test_damped_inverse_of_factors_with_rank_bounds(heuristic, monkeypatch):
+    """``(F + δ I)⁻¹`` from ``F``'s eigenpairs on its range is the Cholesky inverse; ``δ = 0`` raises."""
+    routes = []
+    original = factors_module.ritz_pairs
+    spy = lambda *args: routes.append(args[1]) or original(*args)  # noqa: E731
+    monkeypatch.setattr(factors_module, "ritz_pairs", spy)
+    options = {"damping": 1e-2, "use_heuristic_damping": heuristic}
+    with_bounds, without = _low_rank_kfac(ranks=True), _low_rank_kfac(ranks=False)
+    inverse = with_bounds.inverse(**options).to_dense()
+    torch.testing.assert_close(inverse, without.inverse(**options).to_dense(), rtol=1e-10, atol=1e-10)
+    assert routes == [5]  # the input factor's; G (4 rows) is too small for the route
+    with pytest.raises(torch.linalg.LinAlgError, match="not positive definite"):
+        _low_rank_kfac(ranks=True).inverse(damping=0.0) @ torch.ones(244, dtype=torch.float64)
