@@ -22,7 +22,7 @@ from torch.nn import functional
 
 from curvkit._boundary import torch_dtype_of
 from curvkit._precision import compute_dtype
-from curvkit.structured._low_rank import low_rank_eigh, residual_tolerance, ritz_pairs, takes_low_rank_route
+from curvkit.structured._low_rank import low_rank_eigh, ritz_pairs, takes_low_rank_route
 
 Result = TypeVar("Result")
 
@@ -257,7 +257,7 @@ def eigh64(factor: Tensor, rank: int | None = None) -> tuple[Tensor, Tensor | No
     factor64 = symmetrized(factor, torch.float64)
     decomposed = None
     if takes_low_rank_route(factor.shape[0], rank):
-        decomposed = low_rank_eigh(factor64, rank, residual_tolerance(factor.shape[0], factor.dtype))
+        decomposed = low_rank_eigh(factor64, rank, factor.dtype)
     values, vectors = torch.linalg.eigh(factor64) if decomposed is None else decomposed
     return values.clamp(min=0.0), cast_back(vectors, factor.dtype)
 
@@ -324,8 +324,7 @@ def _low_rank_damped_inverse(factor: Tensor, damping: float, rank: int) -> Tenso
     In float64, returned in ``F``'s dtype; ``None`` where the rank bound is wrong
     (:func:`curvkit.structured._low_rank.ritz_pairs`).
     """
-    tolerance = residual_tolerance(factor.shape[0], factor.dtype)
-    pairs = ritz_pairs(symmetrized(factor, torch.float64), rank, tolerance)
+    pairs = ritz_pairs(symmetrized(factor, torch.float64), rank, factor.dtype)
     if pairs is None:
         return None
     values, vectors = pairs

@@ -52,19 +52,20 @@ def residual_tolerance(size: int, dtype: torch.dtype) -> float:
     return math.sqrt(size) * eps
 
 
-def low_rank_eigh(factor: Tensor, rank: int, tolerance: float) -> tuple[Tensor, Tensor] | None:
+def low_rank_eigh(factor: Tensor, rank: int, rounded_as: torch.dtype) -> tuple[Tensor, Tensor] | None:
     """Eigenvalues (ascending) and eigenvectors of the symmetric ``factor`` of rank at most ``rank``.
 
     Args:
         factor: ``[n, n]``, float64, symmetric.
         rank: An upper bound of its rank.
-        tolerance: The largest relative residual ``‖F Q − Q B‖_F / ‖F‖_F`` accepted.
+        rounded_as: The dtype whose rounding its entries carry (a float32 factor converted):
+            the residual is held to :func:`residual_tolerance` of it.
 
     Returns:
         ``(values, vectors)`` as :func:`torch.linalg.eigh` gives them (the ``n − w`` zeros
-        first, ``w = rank + OVERSAMPLING``), or ``None`` if the residual exceeds ``tolerance``.
+        first, ``w = rank + OVERSAMPLING``), or ``None`` if the residual exceeds the tolerance.
     """
-    pairs = ritz_pairs(factor, rank, tolerance)
+    pairs = ritz_pairs(factor, rank, rounded_as)
     if pairs is None:
         return None
     values, ritz_vectors = pairs
@@ -72,13 +73,14 @@ def low_rank_eigh(factor: Tensor, rank: int, tolerance: float) -> tuple[Tensor, 
     return torch.cat([values.new_zeros(factor.shape[0] - values.shape[0]), values]), vectors
 
 
-def ritz_pairs(factor: Tensor, rank: int, tolerance: float) -> tuple[Tensor, Tensor] | None:
+def ritz_pairs(factor: Tensor, rank: int, rounded_as: torch.dtype) -> tuple[Tensor, Tensor] | None:
     """The eigenpairs of ``factor`` on its range: ``w = rank + OVERSAMPLING`` values and ``[n, w]`` vectors.
 
-    Steps 1 and 2 of the module docstring; ``None`` if the residual exceeds ``tolerance`` (see
+    Steps 1 and 2 of the module docstring; ``None`` if the residual exceeds the tolerance (see
     :func:`low_rank_eigh`). Every other eigenvalue of ``factor`` is 0.
     """
     size, width = factor.shape[0], rank + OVERSAMPLING
+    tolerance = residual_tolerance(size, rounded_as)
     generator = torch.Generator(device=factor.device).manual_seed(SEED)
     test = torch.randn(size, width, generator=generator, dtype=factor.dtype, device=factor.device)
     basis = torch.linalg.qr(factor @ torch.linalg.qr(factor @ test).Q).Q

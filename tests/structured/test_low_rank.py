@@ -13,7 +13,6 @@ from curvkit.structured._low_rank import (
     OVERSAMPLING,
     low_rank_eigh,
     orthonormal_complement,
-    residual_tolerance,
     takes_low_rank_route,
 )
 
@@ -54,7 +53,7 @@ def test_a_bound_below_the_rank_is_detected():
     """The range then misses part of the factor: ``low_rank_eigh`` says so, ``eigh64`` decomposes it whole."""
     size, rows = 200, 40
     factor = second_moment(size, rows, torch.float64)
-    assert low_rank_eigh(factor, 20, residual_tolerance(size, torch.float64)) is None
+    assert low_rank_eigh(factor, 20, torch.float64) is None
     values, vectors = eigh64(factor, rank=20)
     assert reconstruction_error(values, vectors, factor) < 1e-13
     assert int((values > 1e-12 * float(values[-1])).sum()) == rows
@@ -65,7 +64,7 @@ def test_route_taken_only_where_it_pays(monkeypatch):
     monkeypatch.setattr(factors_module, "low_rank_eigh", lambda *args: calls.append(args[1:]))
     for size, rank in [(200, 12), (200, 60), (200, None), (40, 2)]:
         eigh64(second_moment(size, 30, torch.float64), rank=rank)
-    assert calls == [(12, residual_tolerance(200, torch.float64))]
+    assert calls == [(12, torch.float64)]
     assert takes_low_rank_route(200, 40) and not takes_low_rank_route(200, 41)
     assert not takes_low_rank_route(200, None)
 
@@ -73,7 +72,7 @@ def test_route_taken_only_where_it_pays(monkeypatch):
 def test_half_precision_rounding_takes_the_full_route():
     """A bfloat16 factor's rounding is above float32's tolerance: ``eigh`` whole, not a coarse result."""
     factor = second_moment(200, 12, torch.bfloat16)
-    assert low_rank_eigh(factor.double(), 12, residual_tolerance(200, torch.bfloat16)) is None
+    assert low_rank_eigh(factor.double(), 12, torch.bfloat16) is None
 
 
 @pytest.mark.parametrize(
