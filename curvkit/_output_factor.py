@@ -30,6 +30,7 @@ from functools import cache, partial
 from torch import Generator, Tensor, einsum
 
 from curvkit._engine import Batch
+from curvkit._predictive import sample_targets, sampled_output_gradients
 from curvkit.losses import (
     batch_loss_scale,
     hessian_sqrt_columns,
@@ -37,8 +38,6 @@ from curvkit.losses import (
     output_gradients,
     output_hessian_matmat,
     output_hessian_sqrt_columns,
-    sample_targets,
-    sampled_output_gradients,
 )
 
 FISHER_TYPES = ("type-2", "mc", "empirical", "forward-only")

@@ -39,7 +39,7 @@ from torch.func import grad, jacrev, vmap
 
 from curvkit._model.autograd import call_with, parameter_paths
 from curvkit._model.kernels import differentiable_kernels
-from curvkit.losses import batch_generator, sample_targets
+from curvkit._predictive import batch_generator, sample_targets
 
 Params = Sequence[Tensor] | Mapping[str, Tensor]
 Batch = tuple[Tensor | Mapping[str, Tensor], Tensor]
@@ -333,9 +333,9 @@ def fisher_mc_matrix(
 
     with :math:`s` as in :func:`empirical_fisher_matrix` and :math:`\ell` the negative
     log-likelihood of the model's predictive distribution (cross-entropy's label smoothing left
-    out). Each batch's targets are drawn, via :func:`curvkit.losses.sample_targets`, from the
+    out). Each batch's targets are drawn, via :func:`curvkit._predictive.sample_targets`, from the
     generator of ``seed`` and the batch's position in ``data``
-    (:func:`curvkit.losses.batch_generator`). In expectation over the
+    (:func:`curvkit._predictive.batch_generator`). In expectation over the
     targets this is the GGN (for cross-entropy, with class indices or normalized probabilities).
 
     Args:

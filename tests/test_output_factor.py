@@ -14,7 +14,8 @@ from curvkit._output_factor import (
     output_curvature,
     output_factor,
 )
-from curvkit.losses import batch_generator, num_loss_terms
+from curvkit._predictive import batch_generator
+from curvkit.losses import num_loss_terms
 
 LOSSES = {
     "mse": (nn.MSELoss(), lambda n: torch.randn(n, 3, dtype=torch.float64)),
@@ -78,7 +79,8 @@ def test_type_2_without_a_closed_form_has_a_matrix_but_no_factor():
 @pytest.mark.parametrize("loss_name", sorted(LOSSES))
 def test_mc_is_the_mean_of_the_sampled_gradients_outer_products(loss_name):
     """``Λ = (1 / (c M)) Σ_m g̃_m g̃_mᵀ`` per sample, with ``g̃_m = c ∇(−log q(ỹ_m | f))``."""
-    from curvkit.losses import batch_loss_scale, sample_targets, sampled_output_gradients
+    from curvkit._predictive import sample_targets, sampled_output_gradients
+    from curvkit.losses import batch_loss_scale
 
     loss_func, output, batch = _batch(loss_name)
     mc_samples = 3

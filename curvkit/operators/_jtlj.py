@@ -19,7 +19,7 @@ from torch import Tensor
 
 from curvkit._engine import Batch
 from curvkit._output_factor import OutputCurvature, factor_rank, output_curvature
-from curvkit.losses import batch_generator
+from curvkit._predictive import batch_generator
 from curvkit.operators._curvature import CurvatureLinearOperator
 from curvkit.operators._layer_factors import LayerFactorization
 

@@ -42,7 +42,7 @@ from curvkit._layers.recording import (
     traced_forward,
 )
 from curvkit._output_factor import OutputCurvature, output_curvature
-from curvkit.losses import batch_generator
+from curvkit._predictive import batch_generator
 from curvkit.operators._kfac_plan import BlockPlan, Holder
 from curvkit.operators._setup import ModelDataSetup
 

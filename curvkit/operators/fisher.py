@@ -83,7 +83,7 @@ class FisherMCLinearOperator(JTLJLinearOperator):
     with ``ℓ = -log q`` and the scaling ``T`` of :class:`EFLinearOperator`; in expectation over
     the samples it equals the GGN. The operator is one deterministic draw: every product
     draws each batch's targets from a generator seeded by ``seed`` and the batch's position
-    (:func:`curvkit.losses.batch_generator`), so batches must come in the same order each time
+    (:func:`curvkit._predictive.batch_generator`), so batches must come in the same order each time
     (no shuffling), and data-parallel products over shards draw what one process draws on all
     the data. Create instances with different seeds for independent draws.
 

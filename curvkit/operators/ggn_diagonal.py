@@ -18,7 +18,8 @@ from curvkit._layers.recording import output_gradients, recording, traced_forwar
 from curvkit._model.autograd import paths_agree
 from curvkit._model.kernels import differentiable_kernels
 from curvkit._output_factor import output_factor
-from curvkit.losses import batch_generator, check_supported, reduction_of
+from curvkit._predictive import batch_generator
+from curvkit.losses import check_supported, reduction_of
 from curvkit.operators._setup import ModelDataSetup
 from curvkit.structured import DiagonalLinearOperator
 
