@@ -134,8 +134,8 @@ def column_dots(X: Tensor, Y: Tensor) -> Tensor:
     instead of making a ``[n, k]`` temporary (design notes, "Measurements behind the code").
     Blocks come in two layouts: ``[n, k]`` row-major (a product's result) or the transpose of
     ``[k, n]`` rows (random vectors, bases). A slice of the other operand is copied into the
-    layout of ``X`` first (in cache): multiplying across layouts strides through memory, and
-    took 1.7 times as long.
+    layout of ``X`` first (in cache): multiplying across layouts strides through memory (design
+    notes, "Measurements behind the code").
     """
     if X.shape[0] <= BLOCK:
         return (X * Y).sum(0).double()

@@ -2,8 +2,8 @@ r"""Lanczos with full re-orthogonalization deferred to block sweeps.
 
 :class:`~curvkit.linalg.lanczos.LanczosProcess` orthogonalizes every new vector against the whole
 basis before multiplying it: two matrix-vector passes over the basis per step. On a CPU these run
-at memory speed on one core; for the 269,322 parameters of the benchmark MLP, 64 steps of them
-take 0.11–0.19 times as long as the 64 Hessian products (``benchmarks/spectral_density.py``).
+at memory speed on one core, a sizeable share of a density's time next to the products (design
+notes, "Measurements behind the code").
 This process multiplies each new vector right after the three-term recurrence (orthogonalized
 against its two predecessors only) and orthogonalizes the vectors of the last ``s`` steps
 together: one block sweep of two matrix-matrix products over the basis (block classical
