@@ -161,8 +161,9 @@ class BatchFactors:
                 if holder.transposed:  # one-hot rows, the same for every column
                     sums.output = _add(sums.output, torch.diag(counts * self.num_columns))
                     sums.output_rows += inputs.numel()
-                else:
+                else:  # a diagonal's rank: the tokens seen, at most one per row
                     sums.input = _add(sums.input, counts)
+                    sums.input_rows += inputs.numel()
                 sums.count += inputs.numel()
                 continue
             gridded = self._gridded(index, layer, inputs)
@@ -171,8 +172,9 @@ class BatchFactors:
                 if plan.joined:
                     rows = _joined(rows)
                 sums.input = self.buffer.add(_side_positions(index)[1], sums.input, rows)
-                sums.count += rows.shape[0] * rows.shape[1]
-                sums.input_rows += rows.shape[0] * rows.shape[1]
+                num_rows = rows.shape[0] * rows.shape[1]  # the side's divisor and rank bound alike
+                sums.count += num_rows
+                sums.input_rows += num_rows
         return None
 
     def _gridded(self, index: int, layer: Layer, inputs: Tensor) -> bool:

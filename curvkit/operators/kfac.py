@@ -254,7 +254,7 @@ class KFACLinearOperator(HeldClosedForms, LinearOperator):
             inputs = None if plan.bias_only else factor.input
             # the rows summed bound each factor's rank: EKFAC's and exact damping's
             # eigendecompositions of a wide factor from few rows take O(n² rank)
-            input_rank = None if inputs is None or inputs.ndim == 1 else round(factor.input_rows)
+            input_rank = None if inputs is None else round(factor.input_rows)
             ranks = {"output_rank": output_rank, "input_rank": input_rank}
             blocks.append(KroneckerBlock(plan.params, output, inputs, input_major=plan.input_major, **ranks))
         # the pass's own sums of outer products, exactly symmetric: taken as they are

@@ -59,9 +59,15 @@ def test_rank_bounds_of_convolutions_count_positions():
     assert [rank[:2] for rank in ranks] == [(3 * 16, 3 * 16), (3 * 16, None), (3, 3), (3, None)]
 
 
-def test_an_embeddings_diagonal_factor_has_no_rank_bound():
+def test_an_embeddings_diagonal_factor_is_bounded_by_its_tokens():
+    """Token counts ``[V]`` from ``N T`` tokens: at most that many nonzero, so ``logdet = -inf``."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 3)).double()
-    data = [(torch.randint(0, 10, (2, 5)), torch.randn(2, 5, 3, dtype=F64))]
-    ranks = _ranks(model, nn.MSELoss(), data, fisher_type="empirical", loss_average="batch+sequence")
-    assert [rank[:2] for rank in ranks] == [(2 * 5, None), (2 * 5, 2 * 5), (2 * 5, None)]
+    model = nn.Sequential(nn.Embedding(30, 4), nn.Linear(4, 3)).double()
+    data = [(torch.randint(0, 30, (2, 5)), torch.randn(2, 5, 3, dtype=F64))]
+    kwargs = {"fisher_type": "empirical", "loss_average": "batch+sequence"}
+    ranks = _ranks(model, nn.MSELoss(), data, **kwargs)
+    assert [rank[:2] for rank in ranks] == [(2 * 5, 2 * 5), (2 * 5, 2 * 5), (2 * 5, None)]
+    token_counts = ranks[0][2].input_factor
+    assert token_counts.shape == (30,) and int(torch.count_nonzero(token_counts)) <= 2 * 5
+    kfac = KFACLinearOperator(model, nn.MSELoss(), list(model.parameters()), data, **kwargs)
+    assert kfac.logdet == -torch.inf == torch.logdet(kfac.to_dense())
