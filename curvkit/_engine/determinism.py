@@ -16,8 +16,9 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.dropout import _DropoutNd
 
-from curvkit._engine.batches import Batch, MiniBatchEngine
+from curvkit._engine.batches import MiniBatchEngine
 from curvkit._engine.finite import MODEL_HINT, check_finite
+from curvkit._engine.iteration import Batch
 from curvkit._engine.reduction import position_weights
 
 

@@ -5,7 +5,7 @@ inside :func:`product_progress`: every product advances the bar by its number of
 the bar shows products done out of the budget (or out of the most the run may take), their rate
 and the time left, in tqdm's conventions. A curvature operator built with ``progressbar=True``
 shows a bar per pass over its data only where a pass takes longer than a second
-(:data:`curvkit._engine.batches.PASS_BAR_DELAY`), below the algorithm's bar.
+(:data:`curvkit._engine.iteration.PASS_BAR_DELAY`), below the algorithm's bar.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Weighting and iteration of the mini-batch engine."""
+"""Weighting and combination of the mini-batches' results."""
 
 import pytest
 import torch
@@ -67,54 +67,8 @@ def test_half_precision_sums_accumulate_in_float32(dtype, into):
     assert mean.dtype == dtype and mean.item() == torch.tensor(0.1, dtype=dtype).item()
 
 
-def test_given_num_data_is_checked_against_every_pass():
-    engine = MiniBatchEngine([(torch.ones(4, 1), torch.ones(4))], torch.device("cpu"), num_data=8)
-    assert engine.num_data == 8
-    with pytest.raises(ValueError, match="num_data is 8, but data yielded 4 samples"):
-        list(engine.batches())
-
-
-def test_dict_inputs_use_batch_size_fn_and_move_to_device():
-    data = [({"a": torch.ones(3, 2), "b": torch.ones(3)}, torch.zeros(3))]
-    engine = MiniBatchEngine(data, torch.device("cpu"), batch_size_fn=lambda X: X["a"].shape[0])
-    (batch,) = list(engine.batches())
-    assert batch.size == 3 and set(batch.X) == {"a", "b"}
-    with pytest.raises(ValueError, match="batch_size_fn is required"):
-        _ = MiniBatchEngine(data, torch.device("cpu")).num_data
-
-
 def test_concatenation_keeps_batch_order():
     data = [(torch.full((size, 1), float(index)), None) for index, size in enumerate((2, 1, 3))]
     engine = MiniBatchEngine(data, torch.device("cpu"))
     rows = engine.concatenate_over_batches(lambda batch: batch.X[:, 0])
     assert rows.tolist() == [0.0, 0.0, 1.0, 2.0, 2.0, 2.0]
-
-
-def test_flattened_sequence_targets_are_pointed_to_batch_size_fn():
-    """Token ids [3, 11] with targets [33]: the message names both layouts and the fix."""
-    engine = MiniBatchEngine([(torch.zeros(3, 11, dtype=torch.long), torch.zeros(33))], torch.device("cpu"))
-    with pytest.raises(
-        ValueError,
-        match=r"batch 0: X holds 3 samples but y has shape \[33\], 11 targets per sample\. .*keep the "
-        r"sequence axis \(output \[N, C, T\], y \[N, T\]\), or flatten .* "
-        r"batch_size_fn=lambda X: X\.numel\(\)",
-    ):
-        list(engine.batches())
-
-
-def test_each_pass_iterates_the_data_once():
-    """tqdm.auto's asyncio base calls iter() in its constructor: the engine hands it an iterator,
-    so that a DataLoader (with workers) starts once per pass, not twice."""
-
-    class Counted(list):
-        iterations = 0
-
-        def __iter__(self):
-            Counted.iterations += 1
-            return super().__iter__()
-
-    data = Counted([(torch.randn(2, 3), torch.randn(2, 1)) for _ in range(3)])
-    for progressbar in (False, True):
-        Counted.iterations = 0
-        batches = list(MiniBatchEngine(data, torch.device("cpu"), progressbar=progressbar).batches())
-        assert len(batches) == 3 and Counted.iterations == 1

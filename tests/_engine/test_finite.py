@@ -106,13 +106,13 @@ def test_activation_hessian_names_what_is_not_finite(corrupt, match, check_deter
 
 def test_data_is_checked_once_per_batch(monkeypatch):
     """The first pass reads the data; later products do not read it again."""
-    from curvkit._engine import batches
+    from curvkit._engine import iteration
 
     problem = make_problem_from_id("mlp-ce-mean-three-list")
     checked = []
-    check = batches.check_finite
+    check = iteration.check_finite
     monkeypatch.setattr(
-        batches, "check_finite", lambda index, *args: (checked.append(index), check(index, *args))
+        iteration, "check_finite", lambda index, *args: (checked.append(index), check(index, *args))
     )
     G = GGNLinearOperator(
         problem.model, problem.loss_func, problem.params, problem.data, check_deterministic=False

@@ -262,11 +262,11 @@ def test_dataloader_and_progressbar(capsys, monkeypatch):
     X = torch.cat([X for X, _ in problem.data])
     y = torch.cat([y for _, y in problem.data])
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=4)
-    monkeypatch.setattr("curvkit._engine.batches.PASS_BAR_DELAY", 60.0)
+    monkeypatch.setattr("curvkit._engine.iteration.PASS_BAR_DELAY", 60.0)
     operator = GGNLinearOperator(problem.model, problem.loss_func, problem.params, loader, progressbar=True)
     assert_matches(operator.to_dense(), build("ggn", problem).to_dense(), torch.float64)
     assert capsys.readouterr().err == ""  # passes shorter than the delay show no bar
-    monkeypatch.setattr("curvkit._engine.batches.PASS_BAR_DELAY", 0.0)
+    monkeypatch.setattr("curvkit._engine.iteration.PASS_BAR_DELAY", 0.0)
     operator @ torch.ones(operator.shape[0], dtype=torch.float64)
     assert "GGNLinearOperator" in capsys.readouterr().err
     assert operator.num_data == 10

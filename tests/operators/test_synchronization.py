@@ -18,7 +18,7 @@ from torch.utils._pytree import tree_leaves
 from zoo import make_problem_from_id
 
 from curvkit import JacobianLinearOperator, TransposedJacobianLinearOperator, ggn_diagonal
-from curvkit._engine import batches
+from curvkit._engine import iteration
 
 READS = {"_local_scalar_dense", "nonzero", "is_nonzero", "equal", "masked_select", "_unique2", "allclose"}
 
@@ -55,9 +55,9 @@ class DeviceReads(TorchDispatchMode):
 @pytest.fixture(autouse=True)
 def copies_on_transfer(monkeypatch):
     """Moving a batch to the device makes new tensors, as on a GPU (on the CPU, ``.to`` is a no-op)."""
-    move = batches._to_device
+    move = iteration._to_device
     monkeypatch.setattr(
-        batches,
+        iteration,
         "_to_device",
         lambda X, device: torch.utils._pytree.tree_map(
             lambda tensor: tensor.clone() if isinstance(tensor, torch.Tensor) else tensor, move(X, device)
