@@ -68,13 +68,18 @@ def numpy_dtype_of(dtype: torch.dtype) -> numpy.dtype:
 
 
 def as_integer(value: Any, name: str, minimum: int | None = None) -> int:
-    """Return ``value`` as an ``int`` if it is an integer ``≥ minimum`` (NumPy integers too).
+    """Return ``value`` as an ``int`` if it is an integer ``≥ minimum``.
 
-    The one check of integer arguments (dimensions, counts, seeds) everywhere in curvkit.
+    The one check of integer arguments (dimensions, counts, seeds) everywhere in curvkit. NumPy
+    integers count, and so does a one-element integer tensor (``torch.tensor(3)``, as curvlinops
+    takes it); its value is read on the host.
 
     Raises:
         ValueError: For anything else, booleans included, naming ``name``.
     """
+    if isinstance(value, Tensor) and value.numel() == 1:
+        # an integer tensor's value; a bool tensor gives a bool and a float one a float, refused below
+        value = value.item()
     too_small = minimum is not None and isinstance(value, Integral) and value < minimum
     if isinstance(value, bool) or not isinstance(value, Integral) or too_small:
         kind = {None: "an integer", 0: "a non-negative integer", 1: "a positive integer"}.get(

@@ -129,14 +129,29 @@ def test_integer_operators_compute_in_the_default_dtype(build):
     )
 
 
-@pytest.mark.parametrize("dim", [3, numpy.int64(3), numpy.int32(3), numpy.uint8(3)], ids=repr)
-def test_dimensions_may_be_numpy_integers(dim):
+@pytest.mark.parametrize(
+    "dim", [3, numpy.int64(3), numpy.int32(3), numpy.uint8(3), torch.tensor(3), torch.tensor([3])], ids=repr
+)
+def test_dimensions_may_be_numpy_integers_or_integer_tensors(dim):
     assert IdentityLinearOperator(dim).shape == (3, 3)
     shape = LinearOperator((dim, numpy.int16(2))).shape
     assert shape == (3, 2) and all(type(size) is int for size in shape)
 
 
-@pytest.mark.parametrize("dim", [True, 3.0, numpy.float64(3), -1, numpy.int64(-1)], ids=repr)
+@pytest.mark.parametrize(
+    "dim",
+    [
+        True,
+        3.0,
+        numpy.float64(3),
+        -1,
+        numpy.int64(-1),
+        torch.tensor(3.0),
+        torch.tensor(True),
+        torch.tensor([3, 3]),
+    ],
+    ids=repr,
+)
 def test_dimensions_must_be_non_negative_integers(dim):
     with pytest.raises(ValueError, match="non-negative integer"):
         IdentityLinearOperator(dim)
@@ -206,3 +221,12 @@ def test_integer_inputs_of_an_operator_without_dtype_compute_in_the_default_dtyp
         warnings.simplefilter("error")
         result = IdentityLinearOperator(3) @ torch.arange(3)
     assert result.dtype == torch.get_default_dtype()
+
+
+def test_counts_may_be_integer_tensors_as_curvlinops_takes_them():
+    """``hutchinson_trace(A, torch.tensor(3))``: the count read from the tensor, the estimate unchanged."""
+    from curvkit import hutchinson_trace
+
+    operator = DiagonalLinearOperator(torch.arange(1.0, 5.0, dtype=torch.float64))
+    expected = hutchinson_trace(operator, 3, seed=0)
+    assert hutchinson_trace(operator, torch.tensor(3), seed=0) == expected
