@@ -246,6 +246,27 @@ def hessian_matrix(
         return _dense_hessian(lambda flat: loss_func(output(flat, X), y), theta).detach()
 
 
+def gradient_and_loss(
+    model_func: nn.Module,
+    loss_func: nn.Module,
+    params: Params,
+    data: Iterable[Batch],
+    batch_size_fn: BatchSizeFn | None = None,
+) -> tuple[list[Tensor], Tensor]:
+    r"""The full-data risk :math:`\mathcal{L}(\theta)` and its gradient, on the data as one batch.
+
+    Returns:
+        The gradient as tensors shaped like ``params`` (in their order), and the loss.
+    """
+    output, theta = _flat_model(model_func, params)
+    X, y = _concatenated(_load(data, batch_size_fn))
+    with differentiable_kernels(model_func):
+        gradient, loss = torch.func.grad_and_value(lambda flat: loss_func(output(flat, X), y))(theta)
+    shapes = [tensor.shape for tensor in _param_names(model_func, params)[1]]
+    blocks = gradient.detach().split([shape.numel() for shape in shapes])
+    return [block.reshape(shape) for block, shape in zip(blocks, shapes)], loss.detach()
+
+
 def ggn_matrix(
     model_func: nn.Module,
     loss_func: nn.Module,

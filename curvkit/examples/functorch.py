@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from functools import partial
 
+import torch
 from torch import Tensor, nn
 
 from curvkit import reference
@@ -71,3 +72,28 @@ def functorch_jacobian(
 ) -> Tensor:
     """Dense Jacobian of the outputs, ``[N·C, D]``; see :func:`curvkit.reference.jacobian_matrix`."""
     return reference.jacobian_matrix(model_func, params, data, _batch_size_fn(input_key))
+
+
+def functorch_gradient_and_loss(
+    model_func: nn.Module,
+    loss_func: nn.Module,
+    params: Params,
+    data: Iterable[Batch],
+    input_key: str | None = None,
+) -> tuple[list[Tensor], Tensor]:
+    """Gradient (shaped like ``params``) and loss; see :func:`curvkit.reference.gradient_and_loss`."""
+    return reference.gradient_and_loss(model_func, loss_func, params, data, _batch_size_fn(input_key))
+
+
+def blocks_to_matrix(blocks: Mapping[str, Mapping[str, Tensor]]) -> Tensor:
+    """The matrix of parameter blocks ``blocks[i][j]`` (as ``torch.func.hessian`` returns them by name).
+
+    Block ``(i, j)`` is reshaped to ``[numel_i, numel_j]``; ``numel_i`` is read off the square
+    diagonal block ``(i, i)``.
+    """
+    names = list(blocks)
+    rows = []
+    for name in names:
+        num_rows = round(blocks[name][name].numel() ** 0.5)
+        rows.append(torch.cat([blocks[name][other].reshape(num_rows, -1) for other in names], dim=1))
+    return torch.cat(rows)
