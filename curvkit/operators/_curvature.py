@@ -11,10 +11,10 @@ from curvkit._engine import Batch
 from curvkit._pages import empty_block
 from curvkit.linear_operator import LinearOperator
 from curvkit.losses import reduction_of
-from curvkit.operators._setup import ModelDataSetup
+from curvkit.operators._setup import GradientAndLoss, ModelDataSetup
 
 
-class CurvatureLinearOperator(LinearOperator):
+class CurvatureLinearOperator(GradientAndLoss, LinearOperator):
     """A ``D × D`` curvature matrix of the empirical risk ``L(θ) = c Σ_n ℓ(f_θ(x_n), y_n)``.
 
     ``c = 1/K`` for ``reduction='mean'``, ``K`` the number of terms the mean averages over

@@ -185,6 +185,26 @@ class ModelDataSetup:
             check(output)
         self._first_output_checked = True
 
+    def gradient_and_loss(self, reduction: str) -> tuple[list[Tensor], Tensor]:
+        """The empirical risk ``L(θ)`` and its gradient (shaped like ``θ``), in one pass over the data.
+
+        Batches are weighted as in the products (``K_b / K`` for a mean: the full data set's
+        mean however it is split), and summed over the ranks of a process group.
+        """
+
+        def batch_result(batch: Batch) -> list[Tensor]:
+            with torch.enable_grad():
+                output = self.model(batch.X)
+                self.check_first_output(batch, output)
+                loss = self.loss_func(output, batch.y)
+                gradient = torch.autograd.grad(
+                    loss, self.model.tensors, allow_unused=True, materialize_grads=True
+                )
+            return [loss.detach(), *gradient]
+
+        loss, *gradient = self.engine.sum_over_batches(batch_result, reduction, desc="gradient and loss")
+        return gradient, loss
+
     def _model_tensors(self, batch: Batch, output: Tensor) -> dict[str, Tensor]:
         """The batch's model output and loss, by the names messages use.
 
@@ -323,3 +343,20 @@ class ModelDataSetup:
                 UserWarning,
                 stacklevel=3,
             )
+
+
+class GradientAndLoss:
+    """``gradient_and_loss()`` for an operator of a loss (its ``_setup`` and ``_reduction``)."""
+
+    _setup: ModelDataSetup
+    _reduction: str
+
+    def gradient_and_loss(self) -> tuple[list[Tensor], Tensor]:
+        """The gradient and value of the empirical risk on the operator's data (as curvlinops offers them).
+
+        One pass over the data, at the current parameters.
+
+        Returns:
+            The gradient, one tensor per parameter (in ``params``' order), and the loss (0-d).
+        """
+        return self._setup.gradient_and_loss(self._reduction)

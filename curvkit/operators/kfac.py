@@ -23,7 +23,7 @@ from curvkit.operators._kfac_arguments import (
 )
 from curvkit.operators._kfac_factors import factor_sums
 from curvkit.operators._kfac_plan import BlockPlan, block_plans
-from curvkit.operators._setup import ModelDataSetup
+from curvkit.operators._setup import GradientAndLoss, ModelDataSetup
 from curvkit.structured import KroneckerBlock, KroneckerFactoredLinearOperator
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 __all__ = ["FisherType", "KFACLinearOperator", "KFACType"]
 
 
-class KFACLinearOperator(HeldClosedForms, LinearOperator):
+class KFACLinearOperator(HeldClosedForms, GradientAndLoss, LinearOperator):
     r"""Kronecker-factored approximate curvature (KFAC) of the GGN / Fisher of a model on data.
 
     Per layer (``nn.Linear`` with any leading dimensions, ``nn.Conv1d/2d/3d``, ``nn.Embedding``),
