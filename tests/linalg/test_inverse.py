@@ -293,3 +293,46 @@ def test_conjugate_gradient_takes_one_initial_guess_for_every_column():
     guess = torch.linalg.solve(A, B[:, 0])
     X = conjugate_gradient(DenseLinearOperator(A), B, x0=guess, tol=1e-12)
     torch.testing.assert_close(A @ X, B)
+
+
+# ------------------------------------------------- hyperparameters as constructor keywords
+def test_cg_takes_its_hyperparameters_by_scipys_or_gpytorchs_names():
+    """curvlinops 3.0.1 passes ``CGInverseLinearOperator(A, **kwargs)`` to GPyTorch's ``linear_cg``."""
+    A, B = spd(), rhs(40, 3)
+    by_method = CGInverseLinearOperator(A)
+    by_method.set_cg_hyperparameters(tol=1e-3, maxiter=4, x0=B[:, 0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # not converged in 4 iterations
+        expected = by_method @ B
+        for keywords in (
+            {"tol": 1e-3, "maxiter": 4, "x0": B[:, 0]},
+            {"tolerance": 1e-3, "max_iter": 4, "initial_guess": B[:, 0], "eps": 0, "max_tridiag_iter": 4},
+        ):
+            torch.testing.assert_close(CGInverseLinearOperator(A, **keywords) @ B, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("keywords", "error", "match"),
+    [
+        (
+            {"preconditioner": lambda x: x},
+            TypeError,
+            r"unexpected keyword argument\(s\) \['preconditioner'\].*pass M",
+        ),
+        ({"n_tridiag": 2}, TypeError, r"\['n_tridiag'\]"),
+        ({"max_iter": 3, "maxiter": 3}, TypeError, "'maxiter' twice"),
+        ({"eps": -1.0}, ValueError, "eps must be a finite non-negative number"),
+        ({"tolerance": -1.0}, ValueError, "tol must be"),
+    ],
+)
+def test_cg_keywords_are_checked(keywords, error, match):
+    with pytest.raises(error, match=match):
+        CGInverseLinearOperator(spd(), **keywords)
+
+
+def test_lsmr_takes_its_hyperparameters_as_keywords():
+    A = with_spectrum(torch.logspace(0, 6, 30, dtype=torch.float64))
+    with pytest.warns(UserWarning, match="LSMR did not converge within maxiter=3"):
+        LSMRInverseLinearOperator(A, atol=1e-14, btol=1e-14, maxiter=3) @ rhs(30)
+    with pytest.raises(TypeError, match="damp"):
+        LSMRInverseLinearOperator(A, damp=1.0)

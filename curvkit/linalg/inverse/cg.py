@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 from warnings import warn
@@ -131,9 +132,19 @@ class CGInverseLinearOperator(LinearOperator):
 
     Args:
         A: Linear operator whose inverse is formed. Must be symmetric and positive definite.
+        **cg_hyperparameters: Set at once: those of :meth:`set_cg_hyperparameters`, or the names
+            curvlinops 3.0.1 hands on to GPyTorch's ``linear_cg``: ``max_iter`` (``maxiter``),
+            ``tolerance`` (``tol``; met by every column here, where GPyTorch stops once the
+            columns' relative residuals average below it, after at least 10 iterations),
+            ``initial_guess`` (``x0``). Its guards against division by zero (``eps``,
+            ``stop_updating_after``) and ``max_tridiag_iter`` (a tridiagonalization for
+            log-determinants, which no solve uses) are checked and have no counterpart: a column
+            stops when it meets the tolerance, and a direction of non-positive curvature raises.
 
     Raises:
-        ValueError: If ``A`` is not square.
+        ValueError: If ``A`` is not square, or a hyperparameter is invalid.
+        TypeError: For another keyword (GPyTorch's ``preconditioner`` closure and
+            ``n_tridiag`` included: pass ``M`` for a preconditioner).
 
     Example:
         >>> import torch
@@ -145,7 +156,7 @@ class CGInverseLinearOperator(LinearOperator):
         True
     """
 
-    def __init__(self, A: Any):
+    def __init__(self, A: Any, **cg_hyperparameters: Any):
         self._A = square_operator(A)
         super().__init__(
             self._A.shape,
@@ -155,7 +166,7 @@ class CGInverseLinearOperator(LinearOperator):
             in_layout=self._A.out_layout,
             out_layout=self._A.in_layout,
         )
-        self.set_cg_hyperparameters()
+        self.set_cg_hyperparameters(**_scipy_names(cg_hyperparameters))
 
     def set_cg_hyperparameters(
         self,
@@ -219,6 +230,40 @@ class CGInverseLinearOperator(LinearOperator):
             callback=self._callback,
             progressbar=self._progressbar,
         )
+
+
+GPYTORCH_NAMES = {"max_iter": "maxiter", "tolerance": "tol", "initial_guess": "x0"}
+"""GPyTorch ``linear_cg``'s names (curvlinops 3.0.1's keywords) of ``set_cg_hyperparameters``' arguments."""
+
+GPYTORCH_GUARDS = ("eps", "stop_updating_after", "max_tridiag_iter")
+"""``linear_cg``'s keywords without a counterpart here (:class:`CGInverseLinearOperator`)."""
+
+
+def _scipy_names(hyperparameters: dict[str, Any]) -> dict[str, Any]:
+    """:class:`CGInverseLinearOperator`'s keywords by the names of ``set_cg_hyperparameters``.
+
+    Raises:
+        ValueError: If a guard is not a non-negative number.
+        TypeError: If a keyword is neither SciPy's nor GPyTorch's, or both name one argument.
+    """
+    renamed = {}
+    for name, value in hyperparameters.items():
+        if name in GPYTORCH_GUARDS:
+            nonnegative_float(value, name)
+            continue
+        scipy_name = GPYTORCH_NAMES.get(name, name)
+        if scipy_name in renamed:
+            raise TypeError(f"CGInverseLinearOperator got {scipy_name!r} twice (also as {name!r}).")
+        renamed[scipy_name] = value
+    accepted = set(inspect.signature(CGInverseLinearOperator.set_cg_hyperparameters).parameters) - {"self"}
+    unknown = sorted(set(renamed) - accepted)
+    if unknown:
+        raise TypeError(
+            f"CGInverseLinearOperator got unexpected keyword argument(s) {unknown}; it takes those of "
+            f"set_cg_hyperparameters ({', '.join(sorted(accepted))}) or GPyTorch's "
+            f"{', '.join([*GPYTORCH_NAMES, *GPYTORCH_GUARDS])} (for a preconditioner, pass M)."
+        )
+    return renamed
 
 
 def _preconditioner(M: Any, A: LinearOperator) -> LinearOperator:

@@ -144,6 +144,8 @@ class LSMRInverseLinearOperator(LinearOperator):
         A: Operator of shape ``[m, n]``; the result has shape ``[n, m]``. LSMR multiplies with
             ``A`` and ``Aᵀ``: a foreign object needs a ``.T``, a curvkit operator ``_rmatmat``
             (or ``symmetric=True``); else products raise a ``TypeError`` that says so.
+        **lsmr_hyperparameters: Set at once: those of :meth:`set_lsmr_hyperparameters` (SciPy's
+            names, as curvlinops 3.0.1 takes them here).
 
     Example:
         >>> import torch
@@ -153,7 +155,7 @@ class LSMRInverseLinearOperator(LinearOperator):
         [1.0, 1.0]
     """
 
-    def __init__(self, A: Any):
+    def __init__(self, A: Any, **lsmr_hyperparameters: Any):
         self._A = as_linear_operator(A)
         super().__init__(
             self._A.shape[::-1],
@@ -163,7 +165,7 @@ class LSMRInverseLinearOperator(LinearOperator):
             in_layout=self._A.out_layout,
             out_layout=self._A.in_layout,
         )
-        self.set_lsmr_hyperparameters()
+        self.set_lsmr_hyperparameters(**lsmr_hyperparameters)
 
     def set_lsmr_hyperparameters(
         self,
