@@ -65,3 +65,20 @@ def test_blocks_to_matrix_assembles_torch_funcs_hessian_by_name():
     blocks = torch.func.hessian(loss)(dict(model.named_parameters()))
     dense = functorch_hessian(model, nn.MSELoss(), list(model.parameters()), [(X, y)])
     torch.testing.assert_close(blocks_to_matrix(blocks), dense)
+
+
+def test_examples_gradient_and_loss_pass_over_the_batches_as_the_reference_concatenates_them():
+    from curvkit.examples import gradient_and_loss
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3)).double()
+    params = list(model.parameters())
+    data = [
+        (torch.randn(4, 3, dtype=F64), torch.tensor([0, -100, 2, 1])),
+        (torch.randn(2, 3, dtype=F64), torch.tensor([1, 1])),
+    ]
+    gradient, loss = gradient_and_loss(model, nn.CrossEntropyLoss(), params, data)
+    expected_gradient, expected_loss = functorch_gradient_and_loss(model, nn.CrossEntropyLoss(), params, data)
+    torch.testing.assert_close(loss, expected_loss)
+    for actual, expected in zip(gradient, expected_gradient, strict=True):
+        torch.testing.assert_close(actual, expected)
