@@ -7,6 +7,7 @@ linear algebra that works on them (and on any tensor, NumPy array or SciPy opera
 Kronecker products, block diagonals) and KFAC's / EKFAC's algebra on given factors.
 """
 
+from curvkit import _curvlinops_paths
 from curvkit.linalg import (
     CGInverseLinearOperator,
     HutchinsonDiagonalEstimator,
@@ -54,6 +55,8 @@ from curvkit.structured import (
 from curvkit.submatrix import SubmatrixLinearOperator
 
 __version__ = "0.1.0"
+
+_curvlinops_paths.install()  # curvlinops' module paths, e.g. curvkit.kfac, as aliases
 
 __all__ = [
     "BlockDiagonalLinearOperator",
