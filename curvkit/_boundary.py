@@ -89,6 +89,17 @@ def as_integer(value: Any, name: str, minimum: int | None = None) -> int:
     return int(value)
 
 
+def nonnegative_float(value: Any, name: str) -> float:
+    """Return ``value`` as a float if it is a finite real number ``≥ 0``.
+
+    Raises:
+        ValueError: Otherwise.
+    """
+    if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= value < float("inf"):
+        raise ValueError(f"{name} must be a finite non-negative number, got {value!r}.")
+    return float(value)
+
+
 def as_tensor(
     array: Tensor | numpy.ndarray,
     dtype: torch.dtype | None,

@@ -143,17 +143,6 @@ def needs_transpose(routine: str, product: Callable[[Tensor], Tensor], X: Tensor
         ) from error
 
 
-def nonnegative_float(value: Any, name: str) -> float:
-    """Return ``value`` as a float if it is a finite real number ``≥ 0``.
-
-    Raises:
-        ValueError: Otherwise.
-    """
-    if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= value < float("inf"):
-        raise ValueError(f"{name} must be a finite non-negative number, got {value!r}.")
-    return float(value)
-
-
 def finite_float(value: Any, name: str) -> float:
     """Return ``value`` as a float if it is a finite real number (a 0-d tensor or array too).
 

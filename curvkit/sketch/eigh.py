@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from curvkit._boundary import as_integer
-from curvkit.linalg._operator import nonnegative_float
+from curvkit._boundary import as_integer, nonnegative_float
 from curvkit.linalg._progress import product_progress
 from curvkit.linalg._random import Seed, purpose_generator
 from curvkit.sketch import _symmetric

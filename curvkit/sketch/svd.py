@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from curvkit.linalg._operator import nonnegative_float
+from curvkit._boundary import nonnegative_float
 from curvkit.linalg._orthonormal import orthonormalize_rows_
 from curvkit.linalg._progress import product_progress
 from curvkit.linalg._random import Seed, purpose_generator

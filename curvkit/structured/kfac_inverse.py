@@ -33,11 +33,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from numbers import Real
 
 import torch
 from torch import Tensor
 
+from curvkit._boundary import nonnegative_float
 from curvkit.linear_operator import LinearOperator
 from curvkit.structured._factors import damped_inverse, trace64
 from curvkit.structured.blocks import (
@@ -60,12 +60,6 @@ class InverseOptions:
     use_exact_damping: bool
     cache: bool
     retry_double_precision: bool
-
-
-def _nonnegative(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite non-negative number, got {value!r}.")
-    return float(value)
 
 
 def inverse_options(
@@ -98,17 +92,17 @@ def inverse_options(
         if use_heuristic_damping or use_exact_damping:
             raise ValueError("Heuristic and exact damping take one damping value, not a pair.")
         checked: float | tuple[float, float] = (
-            _nonnegative(damping[0], "damping[0]"),
-            _nonnegative(damping[1], "damping[1]"),
+            nonnegative_float(damping[0], "damping[0]"),
+            nonnegative_float(damping[1], "damping[1]"),
         )
     else:
-        checked = _nonnegative(damping, "damping")
+        checked = nonnegative_float(damping, "damping")
     if use_heuristic_damping and use_exact_damping:
         raise ValueError("Use either heuristic damping or exact damping, not both.")
     return InverseOptions(
         checked,
         use_heuristic_damping,
-        _nonnegative(min_damping, "min_damping"),
+        nonnegative_float(min_damping, "min_damping"),
         use_exact_damping,
         cache,
         retry_double_precision,

@@ -7,9 +7,9 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from curvkit._boundary import as_integer
+from curvkit._boundary import as_integer, nonnegative_float
 from curvkit.linalg._dots import row_dots
-from curvkit.linalg._operator import nonnegative_float, product_eps, square_operator, working_dtype
+from curvkit.linalg._operator import product_eps, square_operator, working_dtype
 from curvkit.linalg._orthonormal import orthonormalized
 from curvkit.linalg._progress import product_progress
 from curvkit.linalg._random import Seed, as_generator, random_block

@@ -6,9 +6,9 @@ from typing import Any
 
 from torch import Tensor
 
-from curvkit._boundary import as_integer
+from curvkit._boundary import as_integer, nonnegative_float
 from curvkit.linalg._dots import column_dots, norm
-from curvkit.linalg._operator import nonnegative_float, product_eps, square_operator, working_dtype
+from curvkit.linalg._operator import product_eps, square_operator, working_dtype
 from curvkit.linalg._progress import product_progress
 from curvkit.linalg._random import Seed, as_generator, random_block
 from curvkit.linear_operator import LinearOperator

@@ -11,9 +11,9 @@ import numpy
 import torch
 from torch import Tensor
 
-from curvkit._boundary import as_integer, as_tensor
+from curvkit._boundary import as_integer, as_tensor, nonnegative_float
 from curvkit.linalg._dots import column_dots, norms
-from curvkit.linalg._operator import nonnegative_float, square_operator
+from curvkit.linalg._operator import square_operator
 from curvkit.linalg._progress import product_progress
 from curvkit.linear_operator import DenseLinearOperator, LinearOperator, as_linear_operator
 

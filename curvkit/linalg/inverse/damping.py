@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from curvkit.linalg._operator import nonnegative_float, square_operator
+from curvkit._boundary import nonnegative_float
+from curvkit.linalg._operator import square_operator
 from curvkit.linear_operator import LinearOperator
 from curvkit.structured import IdentityLinearOperator
 

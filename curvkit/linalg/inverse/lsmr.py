@@ -8,8 +8,8 @@ from warnings import warn
 import torch
 from torch import Tensor
 
-from curvkit._boundary import as_integer
-from curvkit.linalg._operator import needs_transpose, nonnegative_float
+from curvkit._boundary import as_integer, nonnegative_float
+from curvkit.linalg._operator import needs_transpose
 from curvkit.linalg._progress import product_progress
 from curvkit.linear_operator import LinearOperator, as_linear_operator
 

@@ -10,8 +10,8 @@ import numpy
 import torch
 from torch import Tensor
 
-from curvkit._boundary import as_integer, to_numpy
-from curvkit.linalg._operator import finite_float, nonnegative_float, square_operator
+from curvkit._boundary import as_integer, nonnegative_float, to_numpy
+from curvkit.linalg._operator import finite_float, square_operator
 from curvkit.linalg._progress import product_progress
 from curvkit.linalg._random import Seed, as_generator
 from curvkit.linalg.spectrum.quadrature import Quadrature, lanczos_quadratures
