@@ -3,6 +3,7 @@ r"""EKFAC of a model on a data set: KFAC's eigenbasis with eigenvalues corrected
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
@@ -10,6 +11,9 @@ from curvkit.linear_operator import LinearOperator
 from curvkit.operators._ekfac_pass import correction_sums
 from curvkit.operators.kfac import KFACLinearOperator
 from curvkit.structured import EigenCorrectedKroneckerLinearOperator, EigenvalueCorrections
+
+if TYPE_CHECKING:
+    from curvkit.operators.kfac_inverse import KFACInverseLinearOperator
 
 
 class EKFACLinearOperator(KFACLinearOperator):
@@ -32,7 +36,7 @@ class EKFACLinearOperator(KFACLinearOperator):
 
     Products, ``trace``, ``det``, ``logdet``, ``frobenius_norm`` (properties) and ``to_dense`` come
     from the eigenvalues; :meth:`inverse` supports exact damping only (``(Λ + δ)⁻¹`` in the
-    eigenbasis), as curvlinops' does.
+    eigenbasis), as curvlinops' does, and takes it by default.
 
     Args:
         max_entries: Most numbers one chunk of per-example gradients (or Gramian pairs) may hold.
@@ -97,6 +101,24 @@ class EKFACLinearOperator(KFACLinearOperator):
     def compute_eigenvalue_correction(self) -> None:
         """Compute KFAC's factors and the corrected eigenvalues now (two passes) and keep them."""
         self.compute_kronecker_factors()
+
+    def inverse(
+        self,
+        damping: float | tuple[float, float] = 0.0,
+        use_heuristic_damping: bool = False,
+        min_damping: float = 1e-8,
+        use_exact_damping: bool = True,
+        cache: bool = True,
+        retry_double_precision: bool = True,
+    ) -> KFACInverseLinearOperator:
+        """The exactly damped inverse ``(EKFAC + δ I)⁻¹``, EKFAC's only one (hence the default).
+
+        See :class:`~curvkit.KFACInverseLinearOperator`, which, as curvlinops', asks for
+        ``use_exact_damping=True`` explicitly.
+        """
+        return super().inverse(
+            damping, use_heuristic_damping, min_damping, use_exact_damping, cache, retry_double_precision
+        )
 
     def _computed(self) -> LinearOperator:
         return self._corrected(super()._computed().eigendecomposed())

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy
 import torch
 from torch import Tensor
 
-from curvkit._boundary import as_tensor
+from curvkit._boundary import as_tensor, nonnegative_float, real_scalar
 from curvkit.linear_operator import LinearOperator
 from curvkit.structured._closed_forms import ClosedForms, as_result
 
@@ -17,11 +19,16 @@ class DiagonalLinearOperator(ClosedForms, LinearOperator):
     Args:
         diagonal: The diagonal ``d`` (tensor or NumPy array of shape ``[n]``).
 
+    Sums of diagonal operators (of one dtype and device) and their multiples are diagonal
+    operators again, and :meth:`inverse` is closed-form.
+
     Example:
         >>> import torch
         >>> D = DiagonalLinearOperator(torch.tensor([2.0, 3.0]))
         >>> D.trace(), D.det()
         (tensor(5.), tensor(6.))
+        >>> (D + 2 * D).inverse(damping=1.0).diagonal
+        tensor([0.1429, 0.1000])
     """
 
     def __init__(self, diagonal: Tensor | numpy.ndarray):
@@ -39,6 +46,48 @@ class DiagonalLinearOperator(ClosedForms, LinearOperator):
 
     def _matmat(self, X: Tensor) -> Tensor:
         return self.diagonal.unsqueeze(1) * X
+
+    def __add__(self, other: Any) -> LinearOperator:
+        if self._combines_with(other):
+            return DiagonalLinearOperator(self.diagonal + other.diagonal)
+        return super().__add__(other)
+
+    def __radd__(self, other: Any) -> LinearOperator:
+        if self._combines_with(other):
+            return DiagonalLinearOperator(other.diagonal + self.diagonal)
+        return super().__radd__(other)
+
+    def __mul__(self, scalar: Any) -> LinearOperator:
+        value = real_scalar(scalar)
+        return NotImplemented if value is None else DiagonalLinearOperator(value * self.diagonal)
+
+    __rmul__ = __mul__
+
+    def _combines_with(self, other: Any) -> bool:
+        """Whether ``self + other`` is diagonal: ``other`` diagonal, of this shape, dtype and device."""
+        return (
+            isinstance(other, DiagonalLinearOperator)
+            and other.shape == self.shape
+            and (other.dtype, other.device) == (self.dtype, self.device)
+        )
+
+    def inverse(self, damping: float = 0.0) -> DiagonalLinearOperator:
+        """``(diag(d) + δ I)⁻¹ = diag(1 / (d + δ))``.
+
+        Args:
+            damping: ``δ ≥ 0``.
+
+        Raises:
+            ValueError: If ``damping`` is not a finite non-negative number.
+            torch.linalg.LinAlgError: If an entry of ``d + δ`` is zero (the matrix is singular).
+        """
+        damped = self.diagonal + nonnegative_float(damping, "damping")
+        if bool((damped == 0).any()):
+            raise torch.linalg.LinAlgError(
+                f"diag(d) + {damping} I is singular: {int((damped == 0).sum())} of its entries are 0. "
+                "Use a positive damping."
+            )
+        return DiagonalLinearOperator(1.0 / damped)
 
     def trace(self) -> Tensor:
         return as_result(self.diagonal.to(torch.float64).sum(), self)

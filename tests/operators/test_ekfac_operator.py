@@ -74,8 +74,12 @@ def test_inverse_uses_exact_damping_only():
         inverse.to_dense() @ damped, torch.eye(ekfac.shape[0], dtype=F64), atol=1e-9, rtol=0
     )
     torch.testing.assert_close(ekfac.logdet, torch.linalg.slogdet(ekfac.to_dense())[1])
+    # the method takes exact damping by default; the class, as curvlinops', asks for it
+    torch.testing.assert_close(ekfac.inverse(damping=1e-3).to_dense(), inverse.to_dense(), atol=0, rtol=0)
     with pytest.raises(ValueError, match="only exact damping"):
-        ekfac.inverse(damping=1e-3)
+        KFACInverseLinearOperator(ekfac, damping=1e-3)
+    with pytest.raises(ValueError, match="only exact damping"):
+        ekfac.inverse(damping=1e-3, use_exact_damping=False)
 
 
 def test_state_dict_round_trip():
