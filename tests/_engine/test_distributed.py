@@ -88,6 +88,8 @@ def _compute(data: list, process_group: object | None) -> dict[str, torch.Tensor
         )
     ggn = GGNLinearOperator(model, loss_func, params, data, process_group=process_group)
     hessian = HessianLinearOperator(model, loss_func, params, data, process_group=process_group)
+    gradient, results["loss"] = ggn.gradient_and_loss()
+    results["gradient"] = torch.cat([g.flatten() for g in gradient])
     results["trace"] = hutchinson_trace(ggn, 5, seed=0)
     results["top eigenvalues"] = lanczos_eigsh(hessian, k=2, seed=0)[0]
     results["seigh"] = seigh(ggn, ggn.device, ggn.dtype, 6, seed=0)[0]
@@ -264,6 +266,8 @@ QUANTITIES = [
     "Jᵀ W",
     "ggn_diagonal exact",
     "ggn_diagonal mc",
+    "loss",
+    "gradient",
     "trace",
     "top eigenvalues",
     "seigh",
