@@ -175,16 +175,30 @@ def scipy_view(
     dtype: torch.dtype | None,
     device: torch.device | None,
     product: Callable[[Tensor, bool], Tensor],
+    view_dtype: Any = None,
 ) -> ScipyLinearOperator:
     """A SciPy operator computing ``product(x, transpose)`` in ``dtype`` on ``device``.
 
-    The view's dtype is ``dtype`` in NumPy (float64 if ``None``); a product returns
-    ``numpy.result_type(x.dtype, view.dtype)``, as a NumPy matrix would. Returning float32 for
-    float64 vectors instead makes SciPy's solvers carry float32 scalars, which NumPy 2 then
-    combines with their float64 constants in float32: ``lsmr`` (its ``minrbar = 1e100``) warns
-    ``overflow encountered in cast`` and reports ``condA = inf``.
+    The view's dtype is ``view_dtype`` if given (a NumPy floating-point dtype), else ``dtype``
+    in NumPy (float64 if ``None``); a product returns ``numpy.result_type(x.dtype,
+    view.dtype)``, as a NumPy matrix would. Returning float32 for float64 vectors instead makes
+    SciPy's solvers carry float32 scalars, which NumPy 2 then combines with their float64
+    constants in float32: ``lsmr`` (its ``minrbar = 1e100``) warns ``overflow encountered in
+    cast`` and reports ``condA = inf``.
+
+    Raises:
+        ValueError: If ``view_dtype`` is not a real floating-point NumPy dtype.
     """
-    view_dtype = numpy.dtype("float64") if dtype is None else numpy_dtype_of(dtype)
+    if view_dtype is not None:
+        given = view_dtype
+        try:
+            view_dtype = numpy.dtype(given)
+        except TypeError:
+            view_dtype = None
+        if view_dtype is None or view_dtype.kind != "f":
+            raise ValueError(f"dtype must be a real floating-point NumPy dtype or None, got {given!r}.")
+    else:
+        view_dtype = numpy.dtype("float64") if dtype is None else numpy_dtype_of(dtype)
 
     def apply(x: Any, transpose: bool) -> numpy.ndarray:
         x = numpy.asarray(x)

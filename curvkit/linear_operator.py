@@ -304,11 +304,12 @@ class LinearOperator(ColumnBlocks):
             dense[:, start:stop] = self._product(identity_block, transpose=False)
         return dense
 
-    def to_scipy(self) -> ScipyLinearOperator:
+    def to_scipy(self, dtype: Any = None) -> ScipyLinearOperator:
         """A ``scipy.sparse.linalg.LinearOperator`` view (for ``eigsh``, ``cg``, ``lsmr``, ...).
 
-        The view's ``dtype`` is the operator's: float64 for one that adapts (``dtype=None``),
-        float32 for ``bfloat16`` (NumPy has none). Products compute in the operator's dtype
+        The view's ``dtype`` is ``dtype`` if given (a NumPy floating-point dtype, as curvlinops
+        takes it), else the operator's: float64 for one that adapts (``dtype=None``), float32
+        for ``bfloat16`` (NumPy has none). Products compute in the operator's dtype
         (an adaptive one: the view's) and return arrays of ``numpy.result_type(x.dtype, dtype)``,
         as a NumPy matrix of that dtype would, without the precision warning of ``@``: a
         float32 operator gives float64 products for float64 vectors (SciPy's solvers need
@@ -320,7 +321,7 @@ class LinearOperator(ColumnBlocks):
             >>> view.dtype, view.matvec(numpy.ones(2)).dtype
             (dtype('float32'), dtype('float64'))
         """
-        return scipy_view(self.shape, self.dtype, self.device, self._apply)
+        return scipy_view(self.shape, self.dtype, self.device, self._apply, dtype)
 
 
 # =============================================================================== wrappers

@@ -11,6 +11,7 @@ import torch
 from scipy.sparse.linalg import aslinearoperator, lsmr
 
 from curvkit import DiagonalLinearOperator, IdentityLinearOperator, LinearOperator, as_linear_operator
+from curvkit.linear_operator import DenseLinearOperator
 
 
 def _real():
@@ -182,6 +183,18 @@ def test_scipy_view_returns_the_promoted_dtype(operator_dtype, x_dtype, view_dty
         for result in (view.matvec(x), view.rmatvec(x), view.matmat(x[:, None])[:, 0]):
             assert result.dtype == result_dtype
             numpy.testing.assert_array_equal(result, computed.astype(result_dtype))
+
+
+def test_scipy_views_dtype_may_be_given_as_curvlinops_takes_it():
+    """``to_scipy(dtype=numpy.float64)`` of a float32 operator: a float64 view computing in float32."""
+    operator = DenseLinearOperator(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+    view = operator.to_scipy(dtype=numpy.float64)
+    assert view.dtype == numpy.float64
+    result = view.matvec(numpy.ones(2, dtype=numpy.float32))
+    assert result.dtype == numpy.float64 and result.tolist() == [3.0, 7.0]
+    for dtype in (numpy.int64, numpy.complex128, "bogus"):
+        with pytest.raises(ValueError, match="dtype must be a real floating-point NumPy dtype or None"):
+            operator.to_scipy(dtype=dtype)
 
 
 def test_lsmr_on_a_float32_view_is_quiet_and_accurate():

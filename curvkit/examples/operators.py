@@ -70,12 +70,12 @@ class IdentityLinearOperator(_Identity):
     of the tensors its inputs and outputs are lists of, so that it also multiplies such lists.
 
     Args:
-        shapes: The tensors' shapes, e.g. ``[p.shape for p in params]``.
+        shape: The tensors' shapes, e.g. ``[p.shape for p in params]`` (curvlinops' name).
         device: Its device.
         dtype: Its dtype.
     """
 
-    def __init__(self, shapes: Sequence[Sequence[int]], device: torch.device | str, dtype: torch.dtype):
-        layout = TensorListLayout(shapes)
+    def __init__(self, shape: Sequence[Sequence[int]], device: torch.device | str, dtype: torch.dtype):
+        layout = TensorListLayout(shape)
         super().__init__(layout.dim, dtype=dtype, device=device)
         self._in_layout = self._out_layout = layout

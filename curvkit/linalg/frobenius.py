@@ -17,8 +17,8 @@ from curvkit.linalg._random import RandomColumns, Seed, as_generator, block_widt
 def hutchinson_squared_fro(
     A: Any,
     num_matvecs: int,
-    *,
     distribution: str = "rademacher",
+    *,
     seed: Seed = None,
     progressbar: bool = False,
 ) -> Tensor:

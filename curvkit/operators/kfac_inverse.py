@@ -19,13 +19,13 @@ class KFACInverseLinearOperator(HeldClosedForms, LinearOperator):
     EKFAC). Factors are inverted by Cholesky (float64 retry) at first use and kept if ``cache``.
 
     Raises:
-        TypeError: If ``kfac`` is not a KFAC or EKFAC operator.
+        TypeError: If ``A`` (curvlinops' name for the KFAC or EKFAC operator) is not one.
         ValueError: For a negative or non-finite damping, or incompatible options.
     """
 
     def __init__(
         self,
-        kfac: KFACLinearOperator,
+        A: KFACLinearOperator,
         damping: float | tuple[float, float] = 0.0,
         use_heuristic_damping: bool = False,
         min_damping: float = 1e-8,
@@ -33,20 +33,18 @@ class KFACInverseLinearOperator(HeldClosedForms, LinearOperator):
         cache: bool = True,
         retry_double_precision: bool = True,
     ):
-        if not isinstance(kfac, KFACLinearOperator):
-            raise TypeError(
-                f"kfac must be a KFACLinearOperator or EKFACLinearOperator, got {type(kfac).__name__}."
-            )
-        self._inverse: BlockDiagonalLinearOperator = kfac.factored.inverse(
+        if not isinstance(A, KFACLinearOperator):
+            raise TypeError(f"A must be a KFACLinearOperator or EKFACLinearOperator, got {type(A).__name__}.")
+        self._inverse: BlockDiagonalLinearOperator = A.factored.inverse(
             damping, use_heuristic_damping, min_damping, use_exact_damping, cache, retry_double_precision
         )
         super().__init__(
-            kfac.shape,
-            dtype=kfac.dtype,
-            device=kfac.device,
+            A.shape,
+            dtype=A.dtype,
+            device=A.device,
             psd=True,
-            in_layout=kfac.in_layout,
-            out_layout=kfac.out_layout,
+            in_layout=A.in_layout,
+            out_layout=A.out_layout,
         )
 
     @property

@@ -71,6 +71,14 @@ def test_diagonal_class_averages_to_diagonal():
     torch.testing.assert_close(average, A.diagonal(), atol=0.1, rtol=0)
 
 
+@pytest.mark.parametrize("estimator", [hutchinson_diag, xdiag, hutchinson_squared_fro])
+def test_distribution_may_be_given_by_position_as_in_curvlinops(estimator):
+    A = random_symmetric(12)
+    by_keyword = estimator(A, 6, distribution="normal", seed=3)
+    assert torch.equal(estimator(A, 6, "normal", seed=3), by_keyword)
+    assert not torch.equal(estimator(A, 6, "rademacher", seed=3), by_keyword)
+
+
 @pytest.mark.parametrize("estimator", [hutchinson_diag, xdiag])
 def test_diagonal_bad_input(estimator):
     with pytest.raises(ValueError, match="A must be a square operator"):

@@ -116,6 +116,14 @@ def test_runs_in_operator_dtype(estimator):
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_distribution_may_be_given_by_position_as_in_curvlinops(estimator):
+    A = random_symmetric(12)
+    by_keyword = estimator(A, 6, distribution="normal", seed=3)
+    assert torch.equal(estimator(A, 6, "normal", seed=3), by_keyword)
+    assert not torch.equal(estimator(A, 6, "rademacher", seed=3), by_keyword)
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
 def test_bad_input(estimator):
     with pytest.raises(ValueError, match="A must be a square operator"):
         estimator(torch.zeros(3, 4), 6)

@@ -114,8 +114,10 @@ def test_model_that_is_not_a_module(problem):
 def test_inverse_of_something_else():
     from curvkit import KFACInverseLinearOperator
 
-    with pytest.raises(TypeError, match="kfac must be a KFACLinearOperator"):
+    with pytest.raises(TypeError, match="A must be a KFACLinearOperator"):
         KFACInverseLinearOperator(torch.eye(3), damping=1.0)
+    with pytest.raises(TypeError, match="A must be a KFACLinearOperator"):
+        KFACInverseLinearOperator(A=torch.eye(3), damping=1.0)  # curvlinops' keyword
 
 
 # -------------------------------------------------------- the first output, checked in the pass

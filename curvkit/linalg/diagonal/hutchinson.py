@@ -18,8 +18,8 @@ from curvkit.linear_operator import LinearOperator
 def hutchinson_diag(
     A: Any,
     num_matvecs: int,
-    *,
     distribution: str = "rademacher",
+    *,
     seed: Seed = None,
     progressbar: bool = False,
 ) -> Tensor:

@@ -67,8 +67,8 @@ def projected_out_(Q_rows: Tensor, G: Tensor) -> Tensor:
 def hutchpp_trace(
     A: Any,
     num_matvecs: int,
-    *,
     distribution: str = "rademacher",
+    *,
     seed: Seed = None,
     progressbar: bool = False,
 ) -> Tensor:

@@ -18,8 +18,8 @@ from curvkit.linalg._random import Seed, as_generator
 def xtrace(
     A: Any,
     num_matvecs: int,
-    *,
     distribution: str = "rademacher",
+    *,
     seed: Seed = None,
     progressbar: bool = False,
 ) -> Tensor:
