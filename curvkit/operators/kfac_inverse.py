@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from curvkit.linear_operator import LinearOperator
 from curvkit.operators._closed_forms import HeldClosedForms
 from curvkit.operators.kfac import KFACLinearOperator
 from curvkit.structured.block_diagonal import BlockDiagonalLinearOperator
+
+OPTIONS = (
+    "damping",
+    "use_heuristic_damping",
+    "min_damping",
+    "use_exact_damping",
+    "cache",
+    "retry_double_precision",
+)
+"""The damping options, in the constructor's order (and a state dict's keys beside ``"A"``)."""
 
 
 class KFACInverseLinearOperator(HeldClosedForms, LinearOperator):
@@ -23,6 +35,8 @@ class KFACInverseLinearOperator(HeldClosedForms, LinearOperator):
         ValueError: For a negative or non-finite damping, or incompatible options.
     """
 
+    _STATE_FORMAT = "curvkit.KFACInverseLinearOperator/1"
+
     def __init__(
         self,
         A: KFACLinearOperator,
@@ -35,9 +49,17 @@ class KFACInverseLinearOperator(HeldClosedForms, LinearOperator):
     ):
         if not isinstance(A, KFACLinearOperator):
             raise TypeError(f"A must be a KFACLinearOperator or EKFACLinearOperator, got {type(A).__name__}.")
-        self._inverse: BlockDiagonalLinearOperator = A.factored.inverse(
-            damping, use_heuristic_damping, min_damping, use_exact_damping, cache, retry_double_precision
+        self._kfac = A
+        given = (
+            damping,
+            use_heuristic_damping,
+            min_damping,
+            use_exact_damping,
+            cache,
+            retry_double_precision,
         )
+        self._options = dict(zip(OPTIONS, given))
+        self._inverse: BlockDiagonalLinearOperator = A.factored.inverse(**self._options)
         super().__init__(
             A.shape,
             dtype=A.dtype,
@@ -50,3 +72,36 @@ class KFACInverseLinearOperator(HeldClosedForms, LinearOperator):
     @property
     def _held(self) -> LinearOperator:
         return self._inverse
+
+    # ----------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """The KFAC operator's state dict (``"A"``) and the damping options, as curvlinops saves them.
+
+        The inverted factors are not saved: they are formed again from the factors at first use
+        (a Cholesky factorization or eigendecomposition per factor, no pass over the data).
+        """
+        return {"format": self._STATE_FORMAT, "A": self._kfac.state_dict(), **self._options}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Take the KFAC factors and damping options of ``state_dict`` (into this inverse's ``A`` too).
+
+        Raises:
+            ValueError: If it is not such a state dict, or ``A``'s part does not fit ``A``.
+        """
+        options = self._checked_options(state_dict)
+        self._kfac.load_state_dict(state_dict["A"])
+        self._options = options
+        self._inverse = self._kfac.factored.inverse(**options)
+
+    @classmethod
+    def from_state_dict(cls, state_dict: dict[str, Any], A: KFACLinearOperator) -> KFACInverseLinearOperator:
+        """The inverse of ``A`` with the factors and options of ``state_dict`` (curvlinops' signature)."""
+        options = cls._checked_options(state_dict)
+        A.load_state_dict(state_dict["A"])  # before the inverse asks A for factors: no pass over the data
+        return cls(A, **options)
+
+    @classmethod
+    def _checked_options(cls, state_dict: Any) -> dict[str, Any]:
+        if not isinstance(state_dict, dict) or state_dict.get("format") != cls._STATE_FORMAT:
+            raise ValueError(f"state_dict must be a {cls.__name__}'s state_dict.")
+        return {key: state_dict[key] for key in OPTIONS}

@@ -397,3 +397,38 @@ def test_forward_only_forms_no_activation_derivatives_on_a_chain(fisher_type, de
         model, loss_func, list(model.parameters()), data, fisher_type=fisher_type
     ).compute_kronecker_factors()
     assert len(calls) == derivatives  # the Tanh and the ReLU, once per batch
+
+
+@pytest.mark.parametrize(
+    ("operator", "options"),
+    [
+        ("KFAC", {"damping": (1e-2, 1e-3)}),
+        ("KFAC", {"damping": 1e-2, "use_heuristic_damping": True}),
+        ("EKFAC", {"damping": 1e-2, "use_exact_damping": True}),
+    ],
+)
+def test_the_inverse_is_saved_with_its_kfac_and_options_and_loaded_without_a_pass(
+    operator, options, tmp_path
+):
+    """curvlinops' ``KFACInverseLinearOperator.state_dict`` / ``from_state_dict(state, A)``."""
+    from curvkit import EKFACLinearOperator, KFACInverseLinearOperator
+
+    cls = {"KFAC": KFACLinearOperator, "EKFAC": EKFACLinearOperator}[operator]
+    model, loss_func = mlp_classifier(), nn.CrossEntropyLoss()
+    data, params = classification_data((3, 5)), list(model.parameters())
+    inverse = KFACInverseLinearOperator(cls(model, loss_func, params, data, fisher_type="type-2"), **options)
+    torch.save(inverse.state_dict(), tmp_path / "inverse.pt")
+    forwards = []
+    hook = model.register_forward_hook(lambda *args: forwards.append(1))
+    fresh = cls(model, loss_func, params, data, fisher_type="type-2", check_deterministic=False)
+    loaded = KFACInverseLinearOperator.from_state_dict(torch.load(tmp_path / "inverse.pt"), fresh)
+    torch.testing.assert_close(loaded.to_dense(), inverse.to_dense(), rtol=0, atol=0)
+    hook.remove()
+    assert not forwards  # the factors came from the state dict
+    assert {key: loaded.state_dict()[key] for key in options} == options
+    # an existing inverse takes another one's options and factors
+    other = KFACInverseLinearOperator(fresh, damping=1.0, use_exact_damping=operator == "EKFAC")
+    other.load_state_dict(inverse.state_dict())
+    torch.testing.assert_close(other.to_dense(), inverse.to_dense(), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="state_dict must be a KFACInverseLinearOperator's"):
+        KFACInverseLinearOperator.from_state_dict(fresh.state_dict(), fresh)
