@@ -23,12 +23,13 @@ a product goes through :meth:`MiniBatchEngine.sum_over_batches`,
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from curvkit._engine.iteration import Batch, BatchInput, BatchIteration
-from curvkit._engine.reduction import LocalReduction, checksum
+from curvkit._engine.reduction import checksum
 from curvkit._precision import compute_dtype
 
 
@@ -36,15 +37,15 @@ class MiniBatchEngine(BatchIteration):
     """Iterate ``data`` on ``device`` (:class:`BatchIteration`) and combine per-batch results.
 
     Args:
-        data, device, num_data, batch_size_fn, progressbar, loss_terms: As for
-            :class:`BatchIteration`.
+        data, device: As for :class:`BatchIteration`.
         before_batch: Called before each batch's result in :meth:`sum_over_batches`,
             :meth:`accumulate_over_batches` and :meth:`concatenate_over_batches` (the products'
             guard: the model must not have changed, the cache must be current;
             :meth:`ModelDataSetup.before_batch`), so that no product path has to remember it.
-        reduction: How partial results are combined (:mod:`curvkit._engine.reduction`): in this
-            process (default), or over the ranks of a process group, each iterating its own
-            shard ``data``; then ``num_data`` is the number of samples of all shards together.
+        **iteration: ``num_data``, ``batch_size_fn``, ``progressbar``, ``loss_terms`` and
+            ``reduction`` (how partial results are combined, :mod:`curvkit._engine.reduction`:
+            in this process by default, or over the ranks of a process group), as for
+            :class:`BatchIteration`.
 
     Raises:
         ValueError: As :class:`BatchIteration`.
@@ -55,22 +56,10 @@ class MiniBatchEngine(BatchIteration):
         data: Iterable[tuple[BatchInput, Tensor]],
         device: torch.device,
         *,
-        num_data: int | None = None,
-        batch_size_fn: Callable[[BatchInput], int] | None = None,
-        progressbar: bool = False,
-        loss_terms: Callable[[Batch], float] | None = None,
         before_batch: Callable[[], None] | None = None,
-        reduction: LocalReduction | None = None,
+        **iteration: Any,
     ):
-        super().__init__(
-            data,
-            device,
-            num_data=num_data,
-            batch_size_fn=batch_size_fn,
-            progressbar=progressbar,
-            loss_terms=loss_terms,
-            reduction=reduction,
-        )
+        super().__init__(data, device, **iteration)
         self._before_batch = before_batch or (lambda: None)
 
     def sum_over_batches(
