@@ -161,7 +161,7 @@ class BatchFactors:
                 if holder.transposed:  # one-hot rows, the same for every column
                     sums.output = _add(sums.output, torch.diag(counts * self.num_columns))
                     sums.output_rows += inputs.numel()
-                else:  # a diagonal's rank: the tokens seen, at most one per row
+                else:  # a diagonal's rank: the distinct tokens, at most the tokens read
                     sums.input = _add(sums.input, counts)
                     sums.input_rows += inputs.numel()
                 sums.count += inputs.numel()

@@ -16,11 +16,11 @@ from curvkit.structured._closed_forms import ClosedForms, as_result
 class DiagonalLinearOperator(ClosedForms, LinearOperator):
     """A diagonal matrix ``diag(d)``.
 
-    Args:
-        diagonal: The diagonal ``d`` (tensor or NumPy array of shape ``[n]``).
-
     Sums of diagonal operators (of one dtype and device) and their multiples are diagonal
     operators again, and :meth:`inverse` is closed-form.
+
+    Args:
+        diagonal: The diagonal ``d`` (tensor or NumPy array of shape ``[n]``).
 
     Example:
         >>> import torch
@@ -51,11 +51,6 @@ class DiagonalLinearOperator(ClosedForms, LinearOperator):
         if self._combines_with(other):
             return DiagonalLinearOperator(self.diagonal + other.diagonal)
         return super().__add__(other)
-
-    def __radd__(self, other: Any) -> LinearOperator:
-        if self._combines_with(other):
-            return DiagonalLinearOperator(other.diagonal + self.diagonal)
-        return super().__radd__(other)
 
     def __mul__(self, scalar: Any) -> LinearOperator:
         value = real_scalar(scalar)
