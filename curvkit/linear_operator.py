@@ -274,7 +274,7 @@ class LinearOperator(ColumnBlocks):
             return NotImplemented
         if scalar == 0:
             raise ValueError("Cannot divide a linear operator by zero.")
-        return ScaledLinearOperator(self, 1.0 / scalar)
+        return self * (1.0 / scalar)  # a subclass's own multiple (a diagonal stays diagonal)
 
     def __neg__(self) -> LinearOperator:
         return ScaledLinearOperator(self, -1.0)

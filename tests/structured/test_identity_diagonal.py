@@ -45,6 +45,7 @@ def test_sums_and_multiples_of_diagonals_are_diagonal():
         (first + second, [1.5, 2.0, 3.0]),
         (2 * first + second * 0.5, [2.25, -2.0, 6.0]),
         (first - second, [0.5, -6.0, 3.0]),
+        (first / 2, [0.5, -1.0, 1.5]),
     ]:
         assert isinstance(combined, DiagonalLinearOperator)
         assert combined.diagonal.tolist() == expected
