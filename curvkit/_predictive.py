@@ -49,10 +49,9 @@ def sampled_output_gradients(
     probability = output.softmax(dim=1)
     ignored = targets == loss_func.ignore_index
     # scatter, not F.one_hot: that checks the class range, a device synchronization per batch
-    one_hot = probability.new_zeros((targets.shape[0], *probability.shape))
-    one_hot.scatter_(2, targets.masked_fill(ignored, 0).unsqueeze(2), 1.0)
-    gradients = probability - one_hot
-    return scale * gradients.masked_fill(ignored.unsqueeze(2), 0.0)
+    gradients = probability.new_zeros((targets.shape[0], *probability.shape))
+    gradients.scatter_(2, targets.masked_fill(ignored, 0).unsqueeze(2), -1.0).add_(probability)
+    return gradients.mul_(scale).masked_fill_(ignored.unsqueeze(2), 0.0)
 
 
 _SEED_STRIDE = 0x9E3779B97F4A7C15
@@ -103,14 +102,15 @@ def sample_targets(
     if isinstance(loss_func, BCEWithLogitsLoss):
         probability = output.sigmoid().expand(mc_samples, *output.shape)
         return torch.bernoulli(probability, generator=generator)
-    probability = output.softmax(dim=1).movedim(1, -1)  # [N, (T,) C]
+    logits = output.movedim(1, -1)  # [N, (T,) C]
     # the exponential race (Gumbel-max): argmax_c p_c / E_c with E_c ~ Exp(1) is c with
-    # probability p_c. Unlike torch.multinomial, which checks its input with .item() when
-    # drawing one sample, it never waits for the device. E = −log U for U ~ U[0, 1): faster
-    # than exponential_ on the CPU (design notes, "Measurements behind the code"); U = 0, once
-    # in 2²⁴ draws in float32, only drops that class from that race
-    races = torch.empty((mc_samples, *probability.shape), dtype=probability.dtype, device=probability.device)
-    draws = (probability / races.uniform_(generator=generator).log_().neg_()).argmax(dim=-1)
+    # probability p_c, and so is argmax_c (f_c − log E_c), as log p_c = f_c − logsumexp(f):
+    # no softmax. Unlike torch.multinomial, which checks its input with .item() when drawing
+    # one sample, it never waits for the device. E = −log U for U ~ U[0, 1): faster than
+    # exponential_ on the CPU (design notes, "Measurements behind the code"); U = 0, once in
+    # 2²⁴ draws in float32, only drops that class from that race
+    races = torch.empty((mc_samples, *logits.shape), dtype=logits.dtype, device=logits.device)
+    draws = races.uniform_(generator=generator).log_().neg_().log_().neg_().add_(logits).argmax(dim=-1)
     if is_class_index_target(loss_func, observed):
         draws = draws.masked_fill(observed == loss_func.ignore_index, loss_func.ignore_index)
     return draws

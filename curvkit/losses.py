@@ -113,10 +113,10 @@ def num_loss_terms(loss_func: LossFunction, target: Tensor, batch_size: int) -> 
     if kind in (CrossEntropyLoss, NLLLoss):
         if not is_class_index_target(loss_func, target):
             return float(target.numel() // target.shape[1])
-        kept = target[target != loss_func.ignore_index]
+        kept = target != loss_func.ignore_index
         if loss_func.weight is not None:
-            return float(loss_func.weight.to(target.device)[kept].sum())
-        return float(kept.numel())
+            return float(loss_func.weight.to(target.device)[target[kept]].sum())
+        return float(kept.sum())  # a count, not the kept entries: no boolean indexing
     return float(batch_size)
 
 
