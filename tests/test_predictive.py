@@ -62,3 +62,19 @@ def test_sampled_gradients_leave_label_smoothing_out():
         sampled_output_gradients(smoothed, output, samples, observed)[0],
         output_gradients(plain, output, samples[0]),
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cross_entropy_draws_follow_the_softmax(dtype):
+    """Each class is drawn with its probability softmax(f)_c, per position, also for a logit of −∞."""
+    logits = torch.tensor([[2.0, 0.0, -1.0, -float("inf")], [0.5, 0.5, 3.0, -4.0]], dtype=dtype)
+    sequence = torch.stack([logits, logits.flip(1)], dim=-1)  # [N, C, T]: classes along dim 1
+    observed = torch.zeros(2, 2, dtype=torch.long)
+    draws = sample_targets(
+        nn.CrossEntropyLoss(), sequence, observed, 100_000, torch.Generator().manual_seed(3)
+    )
+    frequencies = torch.nn.functional.one_hot(draws, 4).to(torch.float64).mean(0)  # [N, T, C]
+    expected = sequence.movedim(1, -1).to(torch.float64).softmax(-1)
+    # a frequency of 10⁵ draws scatters by at most √(p(1−p)/10⁵) ≤ 0.0016; six of them is 0.01
+    torch.testing.assert_close(frequencies, expected, atol=0.01, rtol=0)
+    assert (draws[:, 0, 0] != 3).all() and (draws[:, 0, 1] != 0).all()  # probability 0: never drawn
